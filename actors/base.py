@@ -1,0 +1,194 @@
+"""The base of every actor that owns a projection of the domain events.
+
+A `ProjectionActor` follows the event stream from the start (or from its snapshot): the
+bus delivers commits on the asyncio loop, which batches them into `Commits` messages for
+the actor; the actor folds them into its `DomainState` and calls `on_changes`. Replay
+after a (re)start and live processing are the same path.
+
+Requests arrive as `Call`s (bus/service.py) and are dispatched to `handle_<type>` methods
+(dots become underscores). A handler returns the result, raises a `RelayctlError`, or
+returns `DEFERRED` after parking the call with `self.after(sequence, fn)`. `catch_up()`
+gives read-your-writes: it parks work until the projection has folded everything the
+stream held when it was called.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pykka
+import structlog
+
+from actors.state import Changes, DomainState
+from bus.eventstore import EventStore
+from bus.runtime import BusRuntime
+from bus.service import Call
+from messages.errors import RelayctlError
+from messages.events import DomainEvent
+
+log = structlog.get_logger(__name__)
+DEFERRED = object()
+
+
+@dataclass
+class Commits:
+    batch: list[tuple[int, list[DomainEvent]]]
+
+
+@dataclass
+class _Waiter:
+    sequence: int
+    fn: Callable[[], None]
+    call: Call | None
+
+
+class ProjectionActor(pykka.ThreadingActor):
+    name = "projection"
+
+    def __init__(self, runtime: BusRuntime, store: EventStore) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.store = store
+        self.state = DomainState()
+        self.live_from = 0  # sequence of the stream's end at start: replay is done past it
+        self._waiters: list[_Waiter] = []
+        self._subscription: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.live_from = self.runtime.call(self.store.last_sequence())
+        ref = self.actor_ref
+        pending: list[tuple[int, list[DomainEvent]]] = []
+        loop = self.runtime.loop
+
+        def flush() -> None:
+            batch = pending[:]
+            pending.clear()
+            try:
+                ref.tell(Commits(batch))
+            except pykka.ActorDeadError:
+                pass
+
+        def deliver(sequence: int, events: list[DomainEvent]) -> None:
+            # Runs on the loop: gather what arrives in one loop turn into one actor message.
+            if not pending:
+                loop.call_soon(flush)
+            pending.append((sequence, events))
+
+        self._subscription = self.runtime.call(self.store.follow(deliver, self.state.sequence + 1))
+        log.info("projection.started", actor=self.name, replay_to=self.live_from)
+
+    def on_stop(self) -> None:
+        if self._subscription is not None:
+            try:
+                self.runtime.call(self._subscription.unsubscribe(), timeout=5)
+            except Exception:
+                pass
+        for waiter in self._waiters:
+            if waiter.call:
+                waiter.call.fail(f"{self.name} stopped")
+        self._waiters.clear()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        log.error("actor.crashed", actor=self.name, error=repr(exception_value))
+        self.on_stop()
+
+    # -- messages --------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Commits):
+            self._fold(message.batch)
+        elif isinstance(message, Call):
+            self._dispatch(message)
+        else:
+            return self.on_other(message)
+        return None
+
+    def on_other(self, message: Any) -> Any:
+        raise TypeError(f"{self.name} got an unexpected message {type(message).__name__}")
+
+    def _fold(self, batch: list[tuple[int, list[DomainEvent]]]) -> None:
+        changes = Changes()
+        for sequence, events in batch:
+            changes.update(self.state.apply(sequence, events))
+        self.on_changes(changes, batch)
+        self._release_waiters()
+
+    def on_changes(self, changes: Changes, batch: list[tuple[int, list[DomainEvent]]]) -> None:
+        """Hook: called after each folded batch with everything it touched."""
+
+    def _dispatch(self, call: Call) -> None:
+        if not self.is_replayed():
+            # Answering from a half-replayed projection would be wrong (a known key would
+            # look unknown); park the call until the replay reaches where the stream was.
+            self.after(self.live_from, lambda: self._dispatch(call), call)
+            return
+        handler = getattr(self, "handle_" + call.request.type.replace(".", "_"), None)
+        self.run_handler(call, handler)
+
+    def run_handler(self, call: Call, handler: Callable[[Call], Any] | None) -> None:
+        if call.expired:
+            return  # the caller has already given up; its loop side answered
+        try:
+            if handler is None:
+                raise RelayctlError(f"{self.name} cannot handle {call.request.type}")
+            result = handler(call)
+        except RelayctlError as exc:
+            call.error(exc)
+        except Exception as exc:  # a bug in one request must not take the actor down
+            log.exception("actor.handler_failed", actor=self.name, type=call.request.type,
+                          correlation_id=call.request.id)
+            call.error(RelayctlError(f"internal error in {self.name}: {type(exc).__name__}"))
+        else:
+            if result is not DEFERRED:
+                call.reply(result)
+
+    def is_replayed(self) -> bool:
+        return self.state.sequence >= self.live_from
+
+    # -- waiting for the projection ------------------------------------------------------
+
+    def after(self, sequence: int, fn: Callable[[], None], call: Call | None = None) -> None:
+        """Run `fn` on this actor once the projection has folded `sequence`."""
+        if self.state.sequence >= sequence:
+            fn()
+        else:
+            self._waiters.append(_Waiter(sequence, fn, call))
+
+    def catch_up(self, fn: Callable[[], None], call: Call | None = None) -> None:
+        """Run `fn` once every commit stored before now has been folded."""
+        self.after(self.runtime.call(self.store.last_sequence()), fn, call)
+
+    def _release_waiters(self) -> None:
+        if not self._waiters:
+            return
+        ready = [w for w in self._waiters if w.sequence <= self.state.sequence]
+        self._waiters = [w for w in self._waiters if w.sequence > self.state.sequence
+                         and not (w.call and w.call.expired)]
+        for waiter in ready:
+            waiter.fn()
+
+    def serve_caught_up(self, call: Call, fn: Callable[[], Any]) -> Any:
+        """Answer `call` with `fn()` once caught up: the read side of read-your-writes."""
+
+        def run() -> None:
+            self.run_handler(call, lambda _call: fn())
+
+        self.catch_up(run, call)
+        return DEFERRED
+
+
+def wait_ready(ref: pykka.ActorRef[Any], timeout: float = 30.0) -> None:
+    """Block until the actor has replayed the stream as it was when the actor started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proxy = ref.proxy()
+        if proxy.is_replayed().get(timeout=timeout):
+            return
+        time.sleep(0.02)
+    raise TimeoutError("actor did not finish replay in time")
+
+

@@ -1,0 +1,408 @@
+"""Command handlers: control messages in, domain events out.
+
+`decide(state, type, payload, actor)` is pure: it validates a command against the current
+projection and returns a `Decision` - the events to append (possibly none, for a change
+that is already in effect) and how to compute the reply once they are folded. The
+`CommandActor` appends them with the aggregate's last sequence as the expectation, so a
+command decided on stale state is never stored: on a conflict it catches up and decides
+again, up to `MAX_ATTEMPTS` times. An error that might come from stale state (unknown or
+duplicate names) is re-checked once after catching up, so a command sent right after
+another process's change sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import structlog
+
+from actors import options as option_catalogue
+from actors.base import ProjectionActor
+from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey
+from actors.state import DomainState
+from bus.service import Call
+from messages.errors import BadRequest, Conflict, Forbidden, NotFound, RelayctlError, Unauthorized
+from messages.events import ORG, RELAY, USER, DomainEvent
+
+log = structlog.get_logger(__name__)
+MAX_ATTEMPTS = 50
+TRUSTED_RELAYS = "sentry:trusted-relays"
+RELAY_SEEN_INTERVAL = 60.0
+
+
+@dataclass
+class Decision:
+    aggregate: str
+    aggregate_id: str
+    events: list[DomainEvent] = field(default_factory=list)
+    result: Callable[[DomainState], Any] = lambda state: None
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_public_key() -> str:
+    return uuid.uuid4().hex
+
+
+# -- lookups that raise the errors users see ------------------------------------------------
+
+def require_org(state: DomainState, slug: str) -> Org:
+    org = state.org(slug)
+    if org is None:
+        raise NotFound(f"No organization matching `{slug}`")
+    return org
+
+
+def require_project(state: DomainState, org_slug: str, project_slug: str) -> Project:
+    require_org(state, org_slug)
+    project = state.project(org_slug, project_slug)
+    if project is None:
+        raise NotFound(f"No project matching `{org_slug}/{project_slug}`")
+    return project
+
+
+def require_key(state: DomainState, public_key: str) -> tuple[ProjectKey, Org]:
+    key = state.keys.get(public_key)
+    org = state.org_of_key(public_key)
+    if key is None or org is None:
+        raise NotFound(f"No key matching `{public_key}`")
+    return key, org
+
+
+def require_user(state: DomainState, username: str) -> Any:
+    user = state.users.get(username)
+    if user is None:
+        raise NotFound(f"No user matching `{username}`")
+    return user
+
+
+def checked_option(scope: str, key: str, value: Any) -> Any:
+    try:
+        return option_catalogue.validate_option(scope, key, value)
+    except ValueError as exc:
+        raise BadRequest(str(exc), {"key": key}) from None
+
+
+def key_view(key: ProjectKey) -> dict[str, Any]:
+    return {"publicKey": key.public_key, "numericId": key.numeric_id, "status": key.status,
+            "projectId": key.project_id}
+
+
+def relay_view(relay: Any) -> dict[str, Any]:
+    return {"publicKey": relay.public_key, "relayId": relay.relay_id, "internal": relay.internal,
+            "banned": relay.banned, "version": relay.version, "firstSeen": relay.first_seen,
+            "lastSeen": relay.last_seen}
+
+
+# -- decisions --------------------------------------------------------------------------------
+
+class Decider:
+    """Turns one command into a Decision; one method per command type."""
+
+    def __init__(self, state: DomainState, actor: str) -> None:
+        self.state = state
+        self.actor = actor or "anonymous"
+
+    def event(self, type_: str, aggregate_id: str, **payload: Any) -> DomainEvent:
+        return DomainEvent(type=type_, aggregate_id=aggregate_id, payload=payload, actor=self.actor)
+
+    def decide(self, message_type: str, payload: dict[str, Any]) -> Decision:
+        method = getattr(self, message_type.replace(".", "_"), None)
+        if method is None:
+            raise BadRequest(f"unknown command {message_type}")
+        return method(**payload)
+
+    # orgs
+
+    def org_create(self, slug: str, name: str | None) -> Decision:
+        if self.state.org(slug) is not None:
+            raise Conflict(f"Organization `{slug}` already exists")
+        return Decision(ORG, slug, [self.event("OrgCreated", slug, name=name or slug)],
+                        lambda s: {"id": s.org(slug).id, "slug": slug})  # type: ignore[union-attr]
+
+    def _org_option(self, slug: str, key: str, value: Any) -> Decision:
+        org = require_org(self.state, slug)
+        result = lambda s: {"key": key, "value": value}  # noqa: E731
+        if key in org.options and org.options[key] == value:
+            return Decision(ORG, slug, [], result)
+        return Decision(ORG, slug, [self.event("OrgOptionSet", slug, key=key, value=value)], result)
+
+    def org_option_set(self, org: str, key: str, value: Any) -> Decision:
+        return self._org_option(org, key, checked_option("org", key, value))
+
+    def org_option_unset(self, org: str, key: str) -> Decision:
+        found = require_org(self.state, org)
+        if key not in found.options:
+            return Decision(ORG, org)
+        return Decision(ORG, org, [self.event("OrgOptionUnset", org, key=key)])
+
+    def org_trust_relay(self, org: str, public_key: str, name: str | None,
+                        description: str | None) -> Decision:
+        found = require_org(self.state, org)
+        entries = [e for e in found.options.get(TRUSTED_RELAYS, []) if e.get("public_key") != public_key]
+        entry: dict[str, Any] = {"public_key": public_key, "name": name or public_key[:8],
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if description:
+            entry["description"] = description
+        previous = next((e for e in found.options.get(TRUSTED_RELAYS, []) if e.get("public_key") == public_key), None)
+        if previous is not None:
+            entry["created"] = previous.get("created", entry["created"])
+        return self._org_option(org, TRUSTED_RELAYS, checked_option("org", TRUSTED_RELAYS, entries + [entry]))
+
+    def org_untrust_relay(self, org: str, public_key: str) -> Decision:
+        found = require_org(self.state, org)
+        current = found.options.get(TRUSTED_RELAYS, [])
+        remaining = [e for e in current if e.get("public_key") != public_key]
+        if len(remaining) == len(current):
+            raise NotFound(f"Relay `{public_key}` is not trusted by `{org}`")
+        return self._org_option(org, TRUSTED_RELAYS, remaining)
+
+    def org_template_set(self, org: str, template: str, options: dict[str, Any]) -> Decision:
+        require_org(self.state, org)
+        checked = {k: checked_option("project", k, v) for k, v in options.items()}
+        return Decision(ORG, org, [self.event("ProjectTemplateSet", org, template=template, options=checked)])
+
+    # projects
+
+    def project_create(self, org: str, project: str, name: str | None, template: str | None) -> Decision:
+        found = require_org(self.state, org)
+        if self.state.project(org, project) is not None:
+            raise Conflict(f"Project `{org}/{project}` already exists")
+        if template is not None and template not in found.templates:
+            raise NotFound(f"No project template `{template}` in `{org}`")
+        public_key = new_public_key()
+        events = [self.event("ProjectCreated", org, project=project, name=name or project, template=template),
+                  self.event("KeyCreated", org, project=project, public_key=public_key, rate_limit=None)]
+
+        def result(s: DomainState) -> dict[str, Any]:
+            created = s.project(org, project)
+            key = s.keys[public_key]
+            assert created is not None
+            return {"id": created.id, "slug": project, "organizationId": created.org_id,
+                    "publicKey": public_key, "numericId": key.numeric_id}
+        return Decision(ORG, org, events, result)
+
+    def project_option_set(self, org: str, project: str, key: str, value: Any) -> Decision:
+        found = require_project(self.state, org, project)
+        value = checked_option("project", key, value)
+        result = lambda s: {"key": key, "value": value}  # noqa: E731
+        if key in found.options and found.options[key] == value:
+            return Decision(ORG, org, [], result)
+        return Decision(ORG, org, [self.event("ProjectOptionSet", org, project=project, key=key, value=value)], result)
+
+    def project_option_unset(self, org: str, project: str, key: str) -> Decision:
+        found = require_project(self.state, org, project)
+        if key not in found.options:
+            return Decision(ORG, org)
+        return Decision(ORG, org, [self.event("ProjectOptionUnset", org, project=project, key=key)])
+
+    def _project_status(self, org: str, project: str, status: str, type_: str) -> Decision:
+        found = require_project(self.state, org, project)
+        if found.status == status:
+            return Decision(ORG, org)
+        return Decision(ORG, org, [self.event(type_, org, project=project)])
+
+    def project_disable(self, org: str, project: str) -> Decision:
+        return self._project_status(org, project, DISABLED, "ProjectDisabled")
+
+    def project_enable(self, org: str, project: str) -> Decision:
+        return self._project_status(org, project, ACTIVE, "ProjectEnabled")
+
+    def project_delete(self, org: str, project: str) -> Decision:
+        return self._project_status(org, project, DELETED, "ProjectDeleted")
+
+    # keys
+
+    def key_create(self, org: str, project: str, public_key: str | None) -> Decision:
+        require_project(self.state, org, project)
+        public_key = public_key or new_public_key()
+        if public_key in self.state.keys:
+            raise Conflict(f"Key `{public_key}` already exists")
+
+        def result(s: DomainState) -> dict[str, Any]:
+            key = s.keys[public_key]
+            return {"publicKey": public_key, "numericId": key.numeric_id, "projectId": key.project_id}
+        return Decision(ORG, org, [self.event("KeyCreated", org, project=project, public_key=public_key,
+                                              rate_limit=None)], result)
+
+    def _key_status(self, public_key: str, status: str | None, type_: str) -> Decision:
+        key, org = require_key(self.state, public_key)
+        if key.status == status:
+            return Decision(ORG, org.slug)
+        return Decision(ORG, org.slug, [self.event(type_, org.slug, public_key=public_key)])
+
+    def key_disable(self, public_key: str) -> Decision:
+        return self._key_status(public_key, DISABLED, "KeyDisabled")
+
+    def key_enable(self, public_key: str) -> Decision:
+        return self._key_status(public_key, ACTIVE, "KeyEnabled")
+
+    def key_delete(self, public_key: str) -> Decision:
+        return self._key_status(public_key, None, "KeyDeleted")
+
+    # relays
+
+    def relay_allow(self, public_key: str, internal: bool) -> Decision:
+        relay = self.state.relays.get(public_key)
+        if relay is not None and relay.internal == internal and not relay.banned:
+            return Decision(RELAY, public_key)
+        return Decision(RELAY, public_key, [self.event("RelayAllowed", public_key, internal=internal)])
+
+    def relay_deny(self, public_key: str) -> Decision:
+        relay = self.state.relays.get(public_key)
+        if relay is not None and relay.banned:
+            return Decision(RELAY, public_key)
+        return Decision(RELAY, public_key, [self.event("RelayDenied", public_key)])
+
+    def relay_register(self, relay_id: str, public_key: str, version: str | None) -> Decision:
+        known = self.state.relay_by_id(relay_id)
+        if known is not None and known.public_key != public_key:
+            raise BadRequest("Attempted to register agent with a different public key")
+        relay = self.state.relays.get(public_key)
+        if relay is None or relay.banned:
+            raise Forbidden("Relay is not allowed to register")
+        if relay.relay_id != relay_id or relay.version != version:
+            return Decision(RELAY, public_key, [self.event("RelayRegistered", public_key,
+                                                           relay_id=relay_id, version=version)])
+        if relay.last_seen is None or time.time() - relay.last_seen > RELAY_SEEN_INTERVAL:
+            return Decision(RELAY, public_key, [self.event("RelaySeen", public_key, version=version)])
+        return Decision(RELAY, public_key)
+
+    # users
+
+    def user_create(self, username: str, email: str | None, superuser: bool) -> Decision:
+        if username in self.state.users:
+            raise Conflict(f"User `{username}` already exists")
+        return Decision(USER, username, [self.event("UserCreated", username, email=email, superuser=superuser)],
+                        lambda s: {"username": username})
+
+    def user_token_create(self, username: str) -> Decision:
+        require_user(self.state, username)
+        token = secrets.token_urlsafe(32)
+        return Decision(USER, username, [self.event("TokenCreated", username, token_hash=token_hash(token))],
+                        lambda s: {"token": token})
+
+    def user_permission_add(self, username: str, permission: str) -> Decision:
+        user = require_user(self.state, username)
+        if permission in user.permissions:
+            return Decision(USER, username, [], lambda s: {"added": False})
+        return Decision(USER, username, [self.event("PermissionAdded", username, permission=permission)],
+                        lambda s: {"added": True})
+
+    def user_permission_remove(self, username: str, permission: str) -> Decision:
+        user = require_user(self.state, username)
+        if permission not in user.permissions:
+            return Decision(USER, username, [], lambda s: {"removed": False})
+        return Decision(USER, username, [self.event("PermissionRemoved", username, permission=permission)],
+                        lambda s: {"removed": True})
+
+    # bulk import: one commit per org, so an org is loaded whole or not at all
+
+    def import_org(self, org: dict[str, Any]) -> Decision:
+        from actors.importer import decide_import
+
+        return decide_import(self, org)
+
+
+QUERY_TYPES = {"org.option_get", "project.option_get", "key.list", "relay.list",
+               "user.permission_list", "user.authenticate"}
+
+
+def answer_query(state: DomainState, message_type: str, payload: dict[str, Any]) -> Any:
+    if message_type == "org.option_get":
+        org = require_org(state, payload["org"])
+        key = payload["key"]
+        return {"key": key, "value": org.options.get(key, option_catalogue.OPTION_DEFAULTS.get(key)),
+                "isSet": key in org.options}
+    if message_type == "project.option_get":
+        project = require_project(state, payload["org"], payload["project"])
+        org = state.orgs[project.org_id]
+        key = payload["key"]
+        return {"key": key, "value": option_catalogue.get_option(project, key, org=org),
+                "isSet": key in project.options}
+    if message_type == "key.list":
+        project = require_project(state, payload["org"], payload["project"])
+        return {"keys": [key_view(k) for k in state.keys_of(project.id)]}
+    if message_type == "relay.list":
+        return {"relays": [relay_view(r) for r in sorted(state.relays.values(), key=lambda r: r.public_key)]}
+    if message_type == "user.permission_list":
+        user = require_user(state, payload["username"])
+        return {"username": user.username, "permissions": sorted(user.permissions)}
+    if message_type == "user.authenticate":
+        digest = token_hash(payload["token"])
+        for user in state.users.values():
+            if digest in user.token_hashes:
+                return {"username": user.username, "superuser": user.superuser,
+                        "permissions": sorted(user.permissions)}
+        raise Unauthorized("invalid token")
+    raise BadRequest(f"unknown query {message_type}")
+
+
+class CommandActor(ProjectionActor):
+    name = "commands"
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Call):
+            return self._command(message)
+        return super().on_receive(message)
+
+    def _command(self, call: Call) -> None:
+        if not self.is_replayed():
+            self.after(self.live_from, lambda: self._command(call), call)
+            return
+        message_type = call.request.type
+        if message_type in QUERY_TYPES:
+            self.serve_caught_up(call, lambda: answer_query(self.state, message_type, call.payload))
+            return
+        self._attempt(call, attempt=0, synced=False)
+
+    def _attempt(self, call: Call, attempt: int, synced: bool) -> None:
+        if call.expired:
+            return
+        try:
+            decision = Decider(self.state, call.request.actor).decide(call.request.type, call.payload)
+        except (NotFound, Conflict) as exc:
+            if not synced:
+                self.catch_up(lambda: self._attempt(call, attempt, True), call)
+            else:
+                call.error(exc)
+            return
+        except RelayctlError as exc:
+            call.error(exc)
+            return
+        if not decision.events:
+            self.run_handler(call, lambda _c: decision.result(self.state))
+            return
+        expected = self.state.aggregate_version(decision.aggregate, decision.aggregate_id)
+        try:
+            sequence = self.runtime.call(self.store.append(decision.events, expected))
+        except Conflict as exc:
+            if attempt + 1 >= MAX_ATTEMPTS:
+                call.error(Conflict("too many concurrent changes to the same object; retry"))
+                return
+            last = exc.details.get("last_sequence")
+            retry = lambda: self._attempt(call, attempt + 1, True)  # noqa: E731
+            if isinstance(last, int):
+                self.after(last, retry, call)
+            else:
+                self.catch_up(retry, call)
+            return
+        except RelayctlError as exc:
+            call.error(exc)
+            return
+        except Exception as exc:
+            log.warning("commands.append_failed", error=str(exc), correlation_id=call.request.id)
+            call.error(RelayctlError("the event store is unavailable; nothing was changed"))
+            return
+        log.info("commands.stored", type=call.request.type, sequence=sequence,
+                 events=[e.type for e in decision.events], correlation_id=call.request.id)
+        self.after(sequence, lambda: self.run_handler(call, lambda _c: decision.result(self.state)), call)
+
+

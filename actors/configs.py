@@ -1,0 +1,201 @@
+"""The config builder: project configs computed from the projection, kept in Redis.
+
+Every folded batch says which public keys it touched; the builder recomputes exactly
+those configs, and only once every one of them is built does it write them to Redis in
+one pipeline (compute, then swap). A config whose build fails keeps its last good revision
+in the cache. After each write it publishes `rc.config.changed.<key>` with the new rev.
+At start, once replay reaches the end of the stream, it materializes every key, so a
+restart with an empty Redis fills it from the event log.
+
+It also answers `config.get` (v2, and v3 with noCache: built on the spot), `config.get_v1`
+(by project id), `config.build` (a v3 cache miss: build, store and return) and
+`config.history` (the events that shaped a key's config).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+import redis
+import structlog
+
+from actors.base import DEFERRED, ProjectionActor
+from actors.lookup import has_org_access, trusted_relay_keys
+from actors.project_config import build_project_config
+from actors.state import Changes
+from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_key, encode_entry
+from bus.eventstore import EventStore
+from bus.runtime import BusRuntime
+from bus.service import Call
+from messages.errors import NotFound
+from messages.events import ORG, DomainEvent, aggregate_subject
+
+log = structlog.get_logger(__name__)
+
+# The global config every relay asks for before it forwards anything. Relay's own
+# normalize_global_config returns this document unchanged (tested).
+GLOBAL_CONFIG: dict[str, Any] = {
+    "measurements": {
+        "builtinMeasurements": [
+            {"name": name, "unit": "millisecond"}
+            for name in ("fcp", "lcp", "fid", "fp", "ttfb", "ttfb.requesttime", "inp",
+                         "app_start_cold", "app_start_warm", "time_to_initial_display",
+                         "time_to_full_display")
+        ] + [{"name": "cls", "unit": "none"}],
+        "maxCustomMeasurements": 10,
+    },
+}
+
+
+def dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+Entry = tuple[str, tuple[str, ...], bytes]  # (rev, trusted relay keys, document JSON)
+DISABLED: Entry = ("", (), DISABLED_BODY)
+
+
+class ConfigActor(ProjectionActor):
+    name = "configs"
+
+    def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
+        super().__init__(runtime, store)
+        self.redis = redis.Redis.from_url(redis_url) if redis_url else None
+        self.materialized = False
+        self.build_failures = 0
+
+    # -- building --------------------------------------------------------------------------
+
+    def entry(self, public_key: str, *, all_keys: bool = False) -> Entry:
+        """Build one key's config; unknown keys and inactive keys/projects are disabled."""
+        key = self.state.keys.get(public_key)
+        project = self.state.projects.get(key.project_id) if key else None
+        org = self.state.orgs.get(project.org_id) if project else None
+        if key is None or project is None or org is None:
+            return DISABLED
+        keys = [k for k in self.state.keys_of(project.id) if k.is_active] if all_keys else None
+        doc = build_project_config(org, project, key, project_keys=keys)
+        if doc.get("disabled"):
+            return DISABLED
+        return doc["rev"], tuple(trusted_relay_keys(org.options)), dumps(doc)
+
+    def materialize(self, public_keys: Iterable[str], *, with_global: bool = False) -> dict[str, Entry]:
+        built: dict[str, Entry] = {}
+        for public_key in public_keys:
+            try:
+                built[public_key] = self.entry(public_key)
+            except Exception as exc:  # keep the last good revision in the cache
+                self.build_failures += 1
+                log.error("configs.build_failed", public_key=public_key, error=str(exc))
+        if self.redis is None or not (built or with_global):
+            return built
+        values = {cache_key(k): (DISABLED_ENTRY if e is DISABLED else encode_entry(*e)) for k, e in built.items()}
+        if with_global:
+            values[GLOBAL_KEY] = encode_entry("global", (), dumps(GLOBAL_CONFIG))
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            items = list(values.items())
+            for i in range(0, len(items), 1000):
+                pipe.mset(dict(items[i:i + 1000]))
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("configs.redis_write_failed", error=str(exc), keys=len(values))
+            return built
+        self._announce(built)
+        return built
+
+    def _announce(self, built: dict[str, Entry]) -> None:
+        nc = self.runtime.nc
+        if nc is None or not self.materialized:
+            return
+
+        async def publish() -> None:
+            for public_key, (rev, _, _) in built.items():
+                await nc.publish(f"rc.config.changed.{public_key}", rev.encode())
+
+        self.runtime.submit(publish())
+
+    def on_changes(self, changes: Changes, batch: list[tuple[int, list[DomainEvent]]]) -> None:
+        if not self.is_replayed():
+            return
+        if not self.materialized:
+            started = time.monotonic()
+            self.materialize(list(self.state.keys), with_global=True)
+            self.materialized = True
+            log.info("configs.materialized_all", keys=len(self.state.keys),
+                     seconds=round(time.monotonic() - started, 3))
+            return
+        if changes.public_keys:
+            self.materialize(changes.public_keys)
+
+    def on_start(self) -> None:
+        super().on_start()
+        if self.live_from == 0:  # empty stream: nothing to replay, still publish the global config
+            self.materialize([], with_global=True)
+            self.materialized = True
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def _allowed(self, call: Call, org_id: int) -> bool:
+        relay_key = call.payload.get("relay_public_key") or ""
+        return has_org_access(self.state, relay_key, org_id, bool(call.payload.get("internal")))
+
+    def _visible(self, call: Call, public_key: str, entry: Entry) -> Entry:
+        if entry is DISABLED or call.payload.get("internal"):
+            return entry
+        relay_key = call.payload.get("relay_public_key") or ""
+        return entry if relay_key in entry[1] else DISABLED
+
+    def handle_config_get(self, call: Call) -> dict[str, Any]:
+        keys = [k for k in call.payload["public_keys"] if isinstance(k, str)]
+        return {"entries": {k: list(self._visible(call, k, self.entry(k))) for k in keys},
+                "global": list(("global", (), dumps(GLOBAL_CONFIG)))}
+
+    def handle_config_get_v1(self, call: Call) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for project_id in call.payload["project_ids"]:
+            project = self.state.projects.get(project_id) if isinstance(project_id, int) else None
+            keys = self.state.keys_of(project.id) if project else []
+            active = [k for k in keys if k.is_active]
+            entry = self.entry(active[0].public_key, all_keys=True) if active else DISABLED
+            if project is not None and not self._allowed(call, project.org_id):
+                entry = DISABLED
+            out[str(project_id)] = list(entry)
+        return {"entries": out}
+
+    def handle_config_build(self, call: Call) -> dict[str, Any]:
+        keys = [k for k in call.payload["public_keys"] if isinstance(k, str)]
+        built = self.materialize(keys)
+        return {"entries": {k: list(e) for k, e in built.items()}}
+
+    def handle_config_history(self, call: Call) -> Any:
+        public_key = call.payload["public_key"]
+
+        def answer() -> dict[str, Any]:
+            key = self.state.keys.get(public_key)
+            org = self.state.org_of_key(public_key)
+            if key is None or org is None:
+                raise NotFound(f"No key matching `{public_key}`")
+            project = self.state.projects[key.project_id]
+            commits = self.runtime.call(self.store.read(aggregate_subject(ORG, org.slug)))
+            events = []
+            for sequence, commit in commits:
+                for event in commit:
+                    if _relevant(event, project.slug, public_key):
+                        events.append({"sequence": sequence, "type": event.type, "id": event.id,
+                                       "ts": event.ts, "actor": event.actor, "payload": event.payload})
+            return {"publicKey": public_key, "events": events}
+
+        self.serve_caught_up(call, answer)
+        return DEFERRED
+
+
+def _relevant(event: DomainEvent, project_slug: str, public_key: str) -> bool:
+    payload = event.payload
+    if "public_key" in payload:
+        return bool(payload["public_key"] == public_key)
+    if "project" in payload:
+        return bool(payload["project"] == project_slug)
+    return True  # org-level: options, templates, creation

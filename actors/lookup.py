@@ -1,0 +1,97 @@
+"""Key lookup and org access: two small read-side actors over the domain projection.
+
+- `KeyLookupActor` answers batch lookups of public keys (`rc.keys.lookup`).
+- `OrgAccessActor` answers `has_org_access` and relay authentication data
+  (`rc.org.access`), and keeps `relayauth:<relay_id>` in Redis so the gateway can check a
+  signature without a NATS hop.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+import structlog
+
+from actors.base import ProjectionActor
+from actors.model import Relay
+from actors.state import Changes, DomainState, trusted_relay_keys
+from bus.config_cache import RELAY_AUTH_PREFIX
+from bus.eventstore import EventStore
+from bus.runtime import BusRuntime
+from bus.service import Call
+from messages.events import DomainEvent
+
+log = structlog.get_logger(__name__)
+
+
+def has_org_access(state: DomainState, relay_public_key: str, org_id: int, internal: bool) -> bool:
+    """Internal relays see every org; others only orgs listing their key as trusted."""
+    if internal:
+        return True
+    org = state.orgs.get(org_id)
+    return org is not None and relay_public_key in trusted_relay_keys(org.options)
+
+
+def relay_auth(state: DomainState, relay: Relay | None) -> dict[str, Any] | None:
+    """What the gateway needs to authenticate a relay and decide what it may fetch."""
+    if relay is None:
+        return None
+    return {"relayId": relay.relay_id, "publicKey": relay.public_key, "internal": relay.internal,
+            "banned": relay.banned, "version": relay.version,
+            "trusted": state.trusted_by_any_org(relay.public_key)}
+
+
+class KeyLookupActor(ProjectionActor):
+    name = "keys"
+
+    def handle_keys_lookup(self, call: Call) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for public_key in call.payload["public_keys"]:
+            key = self.state.keys.get(public_key) if isinstance(public_key, str) else None
+            project = self.state.projects.get(key.project_id) if key else None
+            if key is None or project is None:
+                out[str(public_key)] = None
+                continue
+            out[public_key] = {"projectId": project.id, "organizationId": project.org_id,
+                               "numericId": key.numeric_id, "status": key.status,
+                               "projectStatus": project.status, "rateLimit": key.rate_limit,
+                               "active": key.is_active and project.is_active}
+        return out
+
+
+class OrgAccessActor(ProjectionActor):
+    name = "orgs"
+
+    def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
+        super().__init__(runtime, store)
+        self.redis = redis.Redis.from_url(redis_url) if redis_url else None
+        self._materialized = False
+
+    def handle_org_has_access(self, call: Call) -> dict[str, bool]:
+        relay = self.state.relays.get(call.payload["relay_public_key"])
+        internal = bool(relay and relay.internal and not relay.banned)
+        return {str(org_id): has_org_access(self.state, call.payload["relay_public_key"], int(org_id), internal)
+                for org_id in call.payload["org_ids"] if isinstance(org_id, int)}
+
+    def handle_org_relay_auth(self, call: Call) -> Any:
+        def answer() -> dict[str, Any]:
+            relay_id, public_key = call.payload.get("relay_id"), call.payload.get("public_key")
+            return {"byId": relay_auth(self.state, self.state.relay_by_id(relay_id)) if relay_id else None,
+                    "byKey": relay_auth(self.state, self.state.relays.get(public_key)) if public_key else None}
+        # Registration right after `relayctl relay allow` must see the allowance.
+        return self.serve_caught_up(call, answer)
+
+    def on_changes(self, changes: Changes, batch: list[tuple[int, list[DomainEvent]]]) -> None:
+        if self.redis is None or not self.is_replayed():
+            return
+        relays = self.state.relays.values() if not self._materialized else (
+            self.state.relays[k] for k in changes.relays if k in self.state.relays)
+        self._materialized = True
+        entries = {RELAY_AUTH_PREFIX + r.relay_id: json.dumps(relay_auth(self.state, r)) for r in relays if r.relay_id}
+        if entries:
+            try:
+                self.redis.mset(entries)
+            except redis.RedisError as exc:  # the gateway falls back to asking us over NATS
+                log.warning("orgs.redis_write_failed", error=str(exc))

@@ -1,0 +1,85 @@
+"""The domain objects that projections fold events into.
+
+Plain dataclasses, no behaviour beyond small derived properties: the state that
+actors own and the config builder reads. Ids that are integers (org, project, key
+numeric id) are the JetStream sequence of the event that created the object, so
+they are unique and the same on every replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTIVE = "active"
+DISABLED = "disabled"
+DELETED = "deleted"
+
+
+@dataclass
+class Org:
+    id: int
+    slug: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    # Project templates: name -> option values a project using it falls back to.
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created: float = 0.0
+    last_change: float = 0.0
+
+
+@dataclass
+class Project:
+    id: int
+    org_id: int
+    slug: str
+    name: str
+    status: str = ACTIVE
+    options: dict[str, Any] = field(default_factory=dict)
+    # Name of a project template (an org-level set of option defaults), or None.
+    template: str | None = None
+    created: float = 0.0
+    last_change: float = 0.0
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == ACTIVE
+
+
+@dataclass
+class ProjectKey:
+    public_key: str
+    numeric_id: int
+    project_id: int
+    status: str = ACTIVE
+    # Key-level rate limit: {"window": seconds, "count": n} or None.
+    rate_limit: dict[str, int] | None = None
+    created: float = 0.0
+    last_change: float = 0.0
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == ACTIVE
+
+
+@dataclass
+class Relay:
+    """A relay key the operator allowed, and what we know of its registration."""
+
+    public_key: str
+    internal: bool = False
+    banned: bool = False
+    relay_id: str | None = None
+    version: str | None = None
+    first_seen: float | None = None
+    last_seen: float | None = None
+
+
+@dataclass
+class User:
+    username: str
+    email: str | None = None
+    superuser: bool = False
+    permissions: set[str] = field(default_factory=set)
+    # sha256 hex digests of the user's API tokens; the tokens themselves are never stored.
+    token_hashes: set[str] = field(default_factory=set)

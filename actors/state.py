@@ -1,0 +1,343 @@
+"""The domain projection: every event folded into orgs, projects, keys, relays and users.
+
+`DomainState.apply(sequence, events)` is the only way state changes, for replay and for
+live events alike. It returns what changed (`Changes`), so the config builder can
+recompute exactly the affected configs. Integer ids are handed out in fold order, so every
+process that folds the same stream agrees on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey, Relay, User
+from messages.events import DomainEvent
+
+SNAPSHOT_FORMAT = 1
+TRUSTED_RELAYS = "sentry:trusted-relays"
+_UNSET: Any = object()
+
+
+def trusted_relay_keys(options: dict[str, Any]) -> list[str]:
+    """The public keys an org lists in `sentry:trusted-relays`."""
+    return [e["public_key"] for e in options.get(TRUSTED_RELAYS) or []
+            if isinstance(e, dict) and isinstance(e.get("public_key"), str)]
+
+
+@dataclass
+class Changes:
+    """What one commit touched."""
+
+    public_keys: set[str] = field(default_factory=set)
+    relays: set[str] = field(default_factory=set)  # relay public keys
+
+    def update(self, other: "Changes") -> None:
+        self.public_keys |= other.public_keys
+        self.relays |= other.relays
+
+
+class DomainState:
+    def __init__(self) -> None:
+        self.sequence = 0
+        self.orgs: dict[int, Org] = {}
+        self.org_by_slug: dict[str, int] = {}
+        self.projects: dict[int, Project] = {}
+        self.project_by_slug: dict[tuple[int, str], int] = {}
+        self.keys: dict[str, ProjectKey] = {}
+        self.keys_of_project: dict[int, list[str]] = {}
+        self.projects_of_org: dict[int, list[int]] = {}
+        self.relays: dict[str, Relay] = {}
+        self.relay_key_by_id: dict[str, str] = {}
+        self.users: dict[str, User] = {}
+        self.aggregate_sequence: dict[tuple[str, str], int] = {}
+        self.next_ids = {"org": 1, "project": 1, "key": 1}
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def org(self, slug: str) -> Org | None:
+        org_id = self.org_by_slug.get(slug)
+        return self.orgs.get(org_id) if org_id is not None else None
+
+    def project(self, org_slug: str, project_slug: str) -> Project | None:
+        org = self.org(org_slug)
+        if org is None:
+            return None
+        project_id = self.project_by_slug.get((org.id, project_slug))
+        return self.projects.get(project_id) if project_id is not None else None
+
+    def keys_of(self, project_id: int) -> list[ProjectKey]:
+        return [self.keys[k] for k in self.keys_of_project.get(project_id, []) if k in self.keys]
+
+    def org_of_key(self, public_key: str) -> Org | None:
+        key = self.keys.get(public_key)
+        if key is None:
+            return None
+        project = self.projects.get(key.project_id)
+        return self.orgs.get(project.org_id) if project else None
+
+    def all_keys_of_org(self, org_id: int) -> set[str]:
+        return {k for p in self.projects_of_org.get(org_id, []) for k in self.keys_of_project.get(p, [])}
+
+    def relay_by_id(self, relay_id: str) -> Relay | None:
+        public_key = self.relay_key_by_id.get(relay_id)
+        return self.relays.get(public_key) if public_key else None
+
+    def aggregate_version(self, aggregate: str, aggregate_id: str) -> int:
+        return self.aggregate_sequence.get((aggregate, aggregate_id), 0)
+
+    # -- the fold --------------------------------------------------------------------------
+
+    def apply(self, sequence: int, events: Iterable[DomainEvent]) -> Changes:
+        changes = Changes()
+        if sequence <= self.sequence:
+            return changes  # already folded (a redelivery after reconnect)
+        for event in events:
+            handler = getattr(self, f"_on_{event.type}", None)
+            if handler is not None:
+                result = handler(event, sequence)
+                if result is not None:
+                    changes.update(result)
+            self.aggregate_sequence[(event.aggregate, event.aggregate_id)] = sequence
+        self.sequence = sequence
+        return changes
+
+    def _new_id(self, kind: str) -> int:
+        value = self.next_ids[kind]
+        self.next_ids[kind] = value + 1
+        return value
+
+    def _org_changed(self, org: Org, ts: float) -> Changes:
+        org.last_change = ts
+        return Changes(public_keys=self.all_keys_of_org(org.id))
+
+    def _project_event(self, event: DomainEvent) -> Project | None:
+        org = self.org(event.aggregate_id)
+        if org is None:
+            return None
+        project_id = self.project_by_slug.get((org.id, event.payload["project"]))
+        return self.projects.get(project_id) if project_id is not None else None
+
+    def _project_changed(self, project: Project, ts: float) -> Changes:
+        project.last_change = ts
+        return Changes(public_keys=set(self.keys_of_project.get(project.id, [])))
+
+    def _on_OrgCreated(self, e: DomainEvent, seq: int) -> None:
+        slug = e.aggregate_id
+        org = Org(id=self._new_id("org"), slug=slug, name=e.payload.get("name") or slug,
+                  created=e.ts, last_change=e.ts)
+        self.orgs[org.id] = org
+        self.org_by_slug[slug] = org.id
+        self.projects_of_org[org.id] = []
+
+    def _on_OrgOptionSet(self, e: DomainEvent, seq: int) -> Changes | None:
+        return self._set_org_option(e, e.payload["key"], e.payload["value"])
+
+    def _on_OrgOptionUnset(self, e: DomainEvent, seq: int) -> Changes | None:
+        return self._set_org_option(e, e.payload["key"], _UNSET)
+
+    def _set_org_option(self, e: DomainEvent, key: str, value: Any) -> Changes | None:
+        org = self.org(e.aggregate_id)
+        if org is None:
+            return None
+        before = set(trusted_relay_keys(org.options))
+        if value is _UNSET:
+            org.options.pop(key, None)
+        else:
+            org.options[key] = value
+        changes = self._org_changed(org, e.ts)
+        # A relay's access depends on which orgs trust it: those relays changed too.
+        changes.relays = before ^ set(trusted_relay_keys(org.options))
+        return changes
+
+    def trusted_by_any_org(self, relay_public_key: str) -> bool:
+        return any(relay_public_key in trusted_relay_keys(o.options) for o in self.orgs.values())
+
+    def _on_ProjectTemplateSet(self, e: DomainEvent, seq: int) -> Changes | None:
+        org = self.org(e.aggregate_id)
+        if org is None:
+            return None
+        org.templates[e.payload["template"]] = dict(e.payload["options"])
+        return self._org_changed(org, e.ts)
+
+    def _on_ProjectCreated(self, e: DomainEvent, seq: int) -> Changes | None:
+        org = self.org(e.aggregate_id)
+        if org is None:
+            return None
+        slug = e.payload["project"]
+        project = Project(id=self._new_id("project"), org_id=org.id, slug=slug,
+                          name=e.payload.get("name") or slug, template=e.payload.get("template"),
+                          options=dict(e.payload.get("options") or {}), created=e.ts, last_change=e.ts)
+        self.projects[project.id] = project
+        self.project_by_slug[(org.id, slug)] = project.id
+        self.projects_of_org[org.id].append(project.id)
+        self.keys_of_project[project.id] = []
+        return None
+
+    def _set_project_status(self, e: DomainEvent, status: str) -> Changes | None:
+        project = self._project_event(e)
+        if project is None:
+            return None
+        changes = self._project_changed(project, e.ts)
+        project.status = status
+        if status == DELETED:
+            # The slug is free again; the keys stay known (served as disabled) until replaced.
+            self.project_by_slug.pop((project.org_id, project.slug), None)
+        return changes
+
+    def _on_ProjectDisabled(self, e: DomainEvent, seq: int) -> Changes | None:
+        return self._set_project_status(e, DISABLED)
+
+    def _on_ProjectEnabled(self, e: DomainEvent, seq: int) -> Changes | None:
+        return self._set_project_status(e, ACTIVE)
+
+    def _on_ProjectDeleted(self, e: DomainEvent, seq: int) -> Changes | None:
+        return self._set_project_status(e, DELETED)
+
+    def _on_ProjectOptionSet(self, e: DomainEvent, seq: int) -> Changes | None:
+        project = self._project_event(e)
+        if project is None:
+            return None
+        project.options[e.payload["key"]] = e.payload["value"]
+        return self._project_changed(project, e.ts)
+
+    def _on_ProjectOptionUnset(self, e: DomainEvent, seq: int) -> Changes | None:
+        project = self._project_event(e)
+        if project is None:
+            return None
+        project.options.pop(e.payload["key"], None)
+        return self._project_changed(project, e.ts)
+
+    def _on_KeyCreated(self, e: DomainEvent, seq: int) -> Changes | None:
+        project = self._project_event(e)
+        if project is None:
+            return None
+        public_key = e.payload["public_key"]
+        key = ProjectKey(public_key=public_key, numeric_id=self._new_id("key"), project_id=project.id,
+                         status=e.payload.get("status") or ACTIVE,
+                         rate_limit=e.payload.get("rate_limit"), created=e.ts, last_change=e.ts)
+        self.keys[public_key] = key
+        self.keys_of_project[project.id].append(public_key)
+        return Changes(public_keys={public_key})
+
+    def _set_key_status(self, e: DomainEvent, status: str | None) -> Changes | None:
+        public_key = e.payload["public_key"]
+        key = self.keys.get(public_key)
+        if key is None:
+            return None
+        if status is None:
+            del self.keys[public_key]
+            self.keys_of_project[key.project_id].remove(public_key)
+        else:
+            key.status = status
+            key.last_change = e.ts
+        return Changes(public_keys={public_key})
+
+    def _on_KeyDisabled(self, e: DomainEvent, seq: int) -> Changes | None:
+        return self._set_key_status(e, DISABLED)
+
+    def _on_KeyEnabled(self, e: DomainEvent, seq: int) -> Changes | None:
+        return self._set_key_status(e, ACTIVE)
+
+    def _on_KeyDeleted(self, e: DomainEvent, seq: int) -> Changes | None:
+        return self._set_key_status(e, None)
+
+    def _relay(self, public_key: str) -> Relay:
+        return self.relays.setdefault(public_key, Relay(public_key=public_key))
+
+    def _on_RelayAllowed(self, e: DomainEvent, seq: int) -> Changes:
+        relay = self._relay(e.aggregate_id)
+        relay.internal = bool(e.payload.get("internal"))
+        relay.banned = False
+        return Changes(relays={relay.public_key})
+
+    def _on_RelayDenied(self, e: DomainEvent, seq: int) -> Changes:
+        relay = self._relay(e.aggregate_id)
+        relay.banned = True
+        relay.internal = False
+        return Changes(relays={relay.public_key})
+
+    def _on_RelayRegistered(self, e: DomainEvent, seq: int) -> Changes:
+        relay = self._relay(e.aggregate_id)
+        relay.relay_id = e.payload["relay_id"]
+        relay.version = e.payload.get("version")
+        relay.first_seen = relay.first_seen or e.ts
+        relay.last_seen = e.ts
+        self.relay_key_by_id[relay.relay_id] = relay.public_key
+        return Changes(relays={relay.public_key})
+
+    def _on_RelaySeen(self, e: DomainEvent, seq: int) -> None:
+        relay = self._relay(e.aggregate_id)
+        relay.last_seen = e.ts
+        relay.version = e.payload.get("version") or relay.version
+
+    def _on_UserCreated(self, e: DomainEvent, seq: int) -> None:
+        self.users[e.aggregate_id] = User(username=e.aggregate_id, email=e.payload.get("email"),
+                                          superuser=bool(e.payload.get("superuser")))
+
+    def _on_TokenCreated(self, e: DomainEvent, seq: int) -> None:
+        user = self.users.get(e.aggregate_id)
+        if user:
+            user.token_hashes.add(e.payload["token_hash"])
+
+    def _on_PermissionAdded(self, e: DomainEvent, seq: int) -> None:
+        user = self.users.get(e.aggregate_id)
+        if user:
+            user.permissions.add(e.payload["permission"])
+
+    def _on_PermissionRemoved(self, e: DomainEvent, seq: int) -> None:
+        user = self.users.get(e.aggregate_id)
+        if user:
+            user.permissions.discard(e.payload["permission"])
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def to_snapshot(self) -> dict[str, Any]:
+        def user_map(u: User) -> dict[str, Any]:
+            d = asdict(u)
+            d["permissions"], d["token_hashes"] = sorted(u.permissions), sorted(u.token_hashes)
+            return d
+
+        return {
+            "format": SNAPSHOT_FORMAT, "sequence": self.sequence, "next_ids": self.next_ids,
+            "orgs": [asdict(o) for o in self.orgs.values()],
+            "projects": [asdict(p) for p in self.projects.values()],
+            "keys": [asdict(k) for k in self.keys.values()],
+            "relays": [asdict(r) for r in self.relays.values()],
+            "users": [user_map(u) for u in self.users.values()],
+            "aggregates": [[a, i, s] for (a, i), s in self.aggregate_sequence.items()],
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> "DomainState":
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError("snapshot format mismatch")
+        state = cls()
+        state.sequence = data["sequence"]
+        state.next_ids = dict(data["next_ids"])
+        for o in data["orgs"]:
+            org = Org(**o)
+            state.orgs[org.id] = org
+            state.org_by_slug[org.slug] = org.id
+            state.projects_of_org[org.id] = []
+        for p in data["projects"]:
+            project = Project(**p)
+            state.projects[project.id] = project
+            state.projects_of_org.setdefault(project.org_id, []).append(project.id)
+            state.keys_of_project[project.id] = []
+            if project.status != DELETED:
+                state.project_by_slug[(project.org_id, project.slug)] = project.id
+        for k in data["keys"]:
+            key = ProjectKey(**k)
+            state.keys[key.public_key] = key
+            state.keys_of_project.setdefault(key.project_id, []).append(key.public_key)
+        for r in data["relays"]:
+            relay = Relay(**r)
+            state.relays[relay.public_key] = relay
+            if relay.relay_id:
+                state.relay_key_by_id[relay.relay_id] = relay.public_key
+        for u in data["users"]:
+            user = User(**{**u, "permissions": set(u["permissions"]), "token_hashes": set(u["token_hashes"])})
+            state.users[user.username] = user
+        state.aggregate_sequence = {(a, i): s for a, i, s in data["aggregates"]}
+        return state

@@ -1,0 +1,124 @@
+"""Run actor instances in this process: `relayctl worker` and `relayctl up` use this.
+
+`ACTOR_KINDS` lists every actor: how to start it and which NATS subjects (and message
+types) it serves. A `Worker` connects once, makes sure the event stream exists, starts each
+actor under a `Supervisor`, waits for its replay, then registers its micro service in the
+actor's queue group, so a new instance only takes requests once it can answer them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pykka
+import structlog
+
+from actors.base import wait_ready
+from actors.supervision import Supervisor
+from bus.eventstore import JetStreamEventStore
+from bus.runtime import BusRuntime
+from bus.service import ActorService
+from messages.commands import CONTROL, QUERIES, Schema
+from messages.subjects import CONTROL_ALL
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Deps:
+    runtime: BusRuntime
+    store: JetStreamEventStore
+    redis_url: str | None
+
+
+@dataclass
+class ActorKind:
+    name: str
+    start: Callable[[Deps], pykka.ActorRef[Any]]
+    endpoints: dict[str, dict[str, Schema]]
+    description: str
+    replays: bool = True
+
+
+def _queries(prefix: str) -> dict[str, Schema]:
+    return {t: s for t, s in QUERIES.items() if t.startswith(prefix)}
+
+
+def _kinds() -> dict[str, ActorKind]:
+    from actors.commands import CommandActor
+    from actors.configs import ConfigActor
+    from actors.lookup import KeyLookupActor, OrgAccessActor
+
+    return {
+        "commands": ActorKind(
+            "commands", lambda d: CommandActor.start(d.runtime, d.store), {CONTROL_ALL: CONTROL},
+            "control messages in, domain events out"),
+        "keys": ActorKind(
+            "keys", lambda d: KeyLookupActor.start(d.runtime, d.store),
+            {"rc.keys.lookup": _queries("keys.")}, "public key -> project, status, rate limits"),
+        "orgs": ActorKind(
+            "orgs", lambda d: OrgAccessActor.start(d.runtime, d.store, d.redis_url),
+            {"rc.org.access": _queries("org.")}, "org access, trusted and registered relays"),
+        "configs": ActorKind(
+            "configs", lambda d: ConfigActor.start(d.runtime, d.store, d.redis_url),
+            {"rc.config.get": {t: QUERIES[t] for t in ("config.get", "config.get_v1", "config.history")},
+             "rc.config.build": _queries("config.build")},
+            "builds project configs and materializes them into Redis"),
+    }
+
+
+ACTOR_NAMES = ("commands", "keys", "orgs", "configs")
+
+
+class Worker:
+    def __init__(self, names: list[str], nats_url: str, redis_url: str | None = None, *,
+                 process_name: str = "worker", on_give_up: Callable[[str], None] | None = None) -> None:
+        kinds = _kinds()
+        unknown = [n for n in names if n not in kinds]
+        if unknown:
+            raise ValueError(f"unknown actor {', '.join(unknown)}; known: {', '.join(kinds)}")
+        self.kinds = [kinds[n] for n in names]
+        self.nats_url = nats_url
+        self.redis_url = redis_url
+        self.process_name = process_name
+        self.on_give_up = on_give_up
+        self.runtime: BusRuntime | None = None
+        self.supervisors: dict[str, Supervisor] = {}
+        self.services: list[ActorService] = []
+        self.stopped = threading.Event()
+
+    def start(self, ready_timeout: float = 120.0) -> "Worker":
+        runtime = self.runtime = BusRuntime(self.nats_url, name=self.process_name).start()
+        assert runtime.nc is not None
+        store = JetStreamEventStore(runtime.nc)
+        runtime.call(store.ensure())
+        deps = Deps(runtime, store, self.redis_url)
+        for kind in self.kinds:
+            supervisor = Supervisor(kind.name, lambda kind=kind: kind.start(deps), on_give_up=self.on_give_up)
+            self.supervisors[kind.name] = supervisor.start()
+        for kind in self.kinds:
+            ref = self.supervisors[kind.name].ref
+            assert ref is not None
+            wait_ready(ref, ready_timeout)
+            service = ActorService(runtime.nc, kind.name, self.supervisors[kind.name], kind.endpoints,
+                                   description=kind.description)
+            runtime.call(service.start())
+            self.services.append(service)
+            log.info("worker.actor_ready", actor=kind.name)
+        return self
+
+    def stop(self) -> None:
+        if self.runtime is None:
+            return
+        for service in self.services:
+            try:
+                self.runtime.call(service.stop(), timeout=5)
+            except Exception:
+                pass
+        for supervisor in self.supervisors.values():
+            supervisor.stop()
+        self.runtime.close()
+        self.runtime = None
+        self.stopped.set()

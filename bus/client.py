@@ -1,0 +1,66 @@
+"""Request/reply with deadlines: how the CLI, the gateway and actors ask each other.
+
+`request()` wraps a payload in the envelope, sends it, and returns the result or raises
+the error the reply carries. The deadline travels in the envelope, so the server side
+stops waiting when the caller does. A request nobody answers (no responders, or a timeout)
+becomes `Unavailable` / `DeadlineExceeded`, never a hang. Idempotent queries may pass
+`retries` to be tried again on another instance of the queue group within the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from messages.commands import control_subject
+from messages.envelope import Request, decode_reply
+from messages.errors import DeadlineExceeded, Unavailable
+
+QUERY_SUBJECTS = {
+    "keys.lookup": "rc.keys.lookup",
+    "org.has_access": "rc.org.access",
+    "org.relay_auth": "rc.org.access",
+    "config.get": "rc.config.get",
+    "config.get_v1": "rc.config.get",
+    "config.history": "rc.config.get",
+    "config.build": "rc.config.build",
+    "metrics.snapshot": "rc.metrics.query",
+}
+
+
+def subject_for(message_type: str) -> str:
+    return QUERY_SUBJECTS.get(message_type) or control_subject(message_type)
+
+
+async def request(nc: NATS, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
+                  subject: str | None = None, correlation_id: str | None = None,
+                  retries: int = 0) -> Any:
+    deadline = time.time() + timeout
+    envelope = Request(type=message_type, payload=payload, deadline=deadline)
+    if correlation_id:
+        envelope.id = correlation_id
+    data = envelope.encode()
+    target = subject or subject_for(message_type)
+    attempt = 0
+    while True:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"no answer on {target} within {timeout:.1f}s")
+        try:
+            msg = await nc.request(target, data, timeout=remaining)
+            return decode_reply(msg.data)
+        except NoRespondersError:
+            if attempt >= retries:
+                raise Unavailable(f"no service is answering on {target}") from None
+        except (NatsTimeout, asyncio.TimeoutError):
+            if attempt >= retries:
+                raise DeadlineExceeded(f"no answer on {target} within {timeout:.1f}s") from None
+        except Unavailable:
+            if attempt >= retries:
+                raise
+        attempt += 1
+        await asyncio.sleep(min(0.05 * attempt, max(0.0, deadline - time.time())))

@@ -1,0 +1,96 @@
+"""The asyncio side of a process: one event loop in a thread, holding the NATS connection.
+
+pykka actors run on their own threads; NATS runs on asyncio. `BusRuntime` owns the loop
+thread and the connection. Actor threads call `runtime.call(coro)` to run a coroutine on
+the loop and wait for it (an actor may block; the loop never does). Loop code hands work to
+actors with `tell` and gets answers back through `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+
+from messages.errors import Unavailable
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+
+async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[], Any] | None = None,
+                  connect_timeout: float = 2.0, max_reconnect_attempts: int = -1,
+                  allow_reconnect: bool = True, quiet: bool = False) -> NATS:
+    """Connect with reconnects forever: a NATS restart must never need a process restart."""
+
+    async def disconnected() -> None:
+        if not quiet:
+            log.warning("nats.disconnected", name=name)
+
+    async def reconnected() -> None:
+        log.info("nats.reconnected", name=name)
+        if on_reconnect:
+            on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        log.debug("nats.error", name=name, error=str(exc))
+
+    try:
+        return await nats.connect(
+            url, name=name, connect_timeout=connect_timeout, reconnect_time_wait=0.5,
+            max_reconnect_attempts=max_reconnect_attempts, allow_reconnect=allow_reconnect,
+            disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
+            max_outstanding_pings=3, ping_interval=5,
+        )
+    except Exception as exc:
+        raise Unavailable(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from None
+
+
+class BusRuntime:
+    """An event loop on a daemon thread, plus the process's NATS connection."""
+
+    def __init__(self, nats_url: str, *, name: str = "relayctl") -> None:
+        self.nats_url = nats_url
+        self.name = name
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=f"{name}-bus", daemon=True)
+        self._thread.start()
+        self.nc: NATS | None = None
+        self.reconnects = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self, timeout: float = 10.0) -> "BusRuntime":
+        def bump() -> None:
+            self.reconnects += 1
+        self.nc = self.call(connect(self.nats_url, name=self.name, on_reconnect=bump), timeout=timeout)
+        return self
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, T] | Awaitable[T], timeout: float | None = 30.0) -> T:
+        """Run `coro` on the loop and wait for its result. Never call this from the loop."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("BusRuntime.call from the event loop would deadlock")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return fut.result(timeout)
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                self.call(self.nc.drain(), timeout=5)
+            except Exception:
+                pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)

@@ -1,0 +1,156 @@
+"""Serve an actor over NATS as a micro service: the asyncio <-> pykka bridge.
+
+Each endpoint subscribes in a queue group, so any number of instances share the work.
+For every request the loop decodes and validates the envelope (a bad one gets an error
+reply at once), checks the in-flight cap (overload is a fast `Overloaded` error, never an
+unbounded queue), then `tell`s the actor a `Call` and awaits an asyncio future that the
+actor resolves through `loop.call_soon_threadsafe`. The loop never blocks on an actor, and
+a caller never waits past its own deadline.
+
+Registering through `nats.micro` makes `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` answer
+for every actor service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import structlog
+from nats import micro
+from nats.micro.request import Request as MicroRequest
+
+from messages.envelope import Request, decode_request, encode_error, encode_result
+from messages.errors import BadRequest, DeadlineExceeded, Overloaded, RelayctlError, Unavailable
+from messages.schema import Schema, validate
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Call:
+    """One request handed to an actor; the actor answers through `reply` or `fail`."""
+
+    request: Request
+    respond: Callable[[RelayctlError | None, Any], None]
+    stream: Callable[[str], None] | None = None
+    received: float = field(default_factory=time.monotonic)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.request.payload
+
+    @property
+    def expired(self) -> bool:
+        return self.request.remaining() <= 0
+
+    def reply(self, result: Any) -> None:
+        self.respond(None, result)
+
+    def error(self, error: RelayctlError) -> None:
+        self.respond(error, None)
+
+    def fail(self, message: str) -> None:
+        self.respond(Unavailable(message), None)
+
+
+class ActorService:
+    """Binds NATS subjects to an actor (anything with `tell`), one micro service."""
+
+    def __init__(self, nc: Any, name: str, target: Any, endpoints: dict[str, dict[str, Schema]], *,
+                 version: str = "0.1.0", max_in_flight: int = 1000,
+                 description: str = "", metadata: dict[str, str] | None = None) -> None:
+        """`endpoints` maps a subject to the message types (and schemas) it accepts."""
+        self.nc = nc
+        self.name = name
+        self.target = target
+        self.endpoints = endpoints
+        self.version = version
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.description = description
+        self.metadata = metadata or {}
+        self.service: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self.service = await micro.add_service(self.nc, name=self.name, version=self.version,
+                                               description=self.description, metadata=self.metadata)
+        for subject, schemas in self.endpoints.items():
+            await self.service.add_endpoint(
+                name=subject.replace(".", "-").replace("*", "any").replace(">", "all"),
+                subject=subject, queue_group=f"rc-{self.name}", handler=self._make_handler(schemas))
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+
+    def _make_handler(self, schemas: dict[str, Schema]) -> Callable[[MicroRequest], Any]:
+        async def handler(msg: MicroRequest) -> None:
+            task = asyncio.ensure_future(self._serve(msg, schemas))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return handler
+
+    async def _serve(self, msg: MicroRequest, schemas: dict[str, Schema]) -> None:
+        try:
+            request = decode_request(msg.data)
+            schema = schemas.get(request.type)
+            if schema is None:
+                raise BadRequest(f"unknown message type {request.type!r} on {msg.subject}")
+            request.payload = validate(schema, request.payload)
+            if request.remaining() <= 0:
+                raise DeadlineExceeded("the request's deadline passed before it was served")
+            if self.in_flight >= self.max_in_flight:
+                raise Overloaded(f"{self.name} is overloaded; retry later")
+        except RelayctlError as exc:
+            await _respond_error(msg, exc)
+            return
+        self.in_flight += 1
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def resolve(error: RelayctlError | None, result: Any) -> None:
+            loop.call_soon_threadsafe(_settle, future, error, result)
+
+        def stream(chunk: str) -> None:
+            loop.call_soon_threadsafe(_publish_chunk, msg, chunk)
+
+        try:
+            self.target.tell(Call(request, resolve, stream))
+            result = await asyncio.wait_for(future, request.remaining())
+            await msg.respond(encode_result(result))
+        except RelayctlError as exc:
+            await _respond_error(msg, exc)
+        except asyncio.TimeoutError:
+            await _respond_error(msg, DeadlineExceeded(f"{self.name} did not answer before the deadline"))
+        except Exception as exc:  # never let one request take the endpoint down
+            log.exception("service.request_failed", service=self.name, error=str(exc))
+            await _respond_error(msg, RelayctlError("internal error"))
+        finally:
+            self.in_flight -= 1
+
+
+def _settle(future: asyncio.Future[Any], error: RelayctlError | None, result: Any) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _publish_chunk(msg: MicroRequest, chunk: str) -> None:
+    from messages.envelope import encode_chunk
+
+    asyncio.ensure_future(msg.respond(encode_chunk(chunk)))
+
+
+async def _respond_error(msg: MicroRequest, error: RelayctlError) -> None:
+    data, headers = encode_error(error)
+    try:
+        await msg.respond(data, headers=headers)
+    except Exception as exc:
+        log.warning("service.reply_failed", error=str(exc))

@@ -1,0 +1,94 @@
+"""What every command needs: where the system is, how to ask it, how to print.
+
+The NATS URL comes from `--nats-url`, else `RELAYCTL_NATS_URL`, else the state file that
+`relayctl up` wrote in the data dir. Requests run on a short-lived connection; errors
+become a message on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from bus.client import request as bus_request
+from bus.runtime import connect
+from messages.errors import RelayctlError
+
+STATE_FILE = "services.json"
+
+
+@dataclass
+class Context:
+    data_dir: Path
+    nats_url_option: str | None
+    redis_url_option: str | None = None
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / STATE_FILE
+
+    def load_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def nats_url(self) -> str:
+        if self.nats_url_option:
+            return self.nats_url_option
+        url = self.load_state().get("nats")
+        if not url:
+            fail(f"no NATS to talk to: run `relayctl up` (data dir {self.data_dir}) or pass --nats-url")
+        return str(url)
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.redis_url_option or self.load_state().get("redis")
+
+    def request(self, message_type: str, payload: dict[str, Any], timeout: float = 10.0) -> Any:
+        async def run() -> Any:
+            nc = await connect(self.nats_url, name="relayctl-cli", max_reconnect_attempts=0,
+                               allow_reconnect=False, quiet=True)
+            try:
+                return await bus_request(nc, message_type, payload, timeout=timeout, retries=2
+                                         if message_type.endswith(("_get", "list")) else 0)
+            finally:
+                await nc.close()
+
+        try:
+            return asyncio.run(run())
+        except RelayctlError as exc:
+            fail(exc.message)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def emit(as_json: bool, data: Any, text: str | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=None, sort_keys=True, default=str))
+    elif text is not None:
+        click.echo(text)
+
+
+def parse_json_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        fail(f"value is not valid JSON ({exc.msg}): {raw}")
+
+
+def split_project(ref: str) -> tuple[str, str]:
+    org, sep, project = ref.partition("/")
+    if not sep or not org or not project or "/" in project:
+        fail(f"expected ORG/PROJECT, got `{ref}`", 2)
+    return org, project

@@ -1,0 +1,393 @@
+"""`up`, `down`, `status`, `worker` and `gateway`: running the system.
+
+`up` provisions or connects: every service (nats, redis, each actor, the gateway) is a
+separate OS process recorded with its pid in `<data dir>/services.json`. A service whose
+process is alive is left alone ("already running") unless `--recreate`; a dead one is
+started again. Independent services start in parallel, then each is health-checked with
+retries; one that never turns healthy fails the command with its name and last error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bus.embedded import free_port, nats_command, port_open, redis_command
+from bus.runtime import connect
+from cli.context import Context, emit, fail
+
+ACTORS = ("commands", "keys", "orgs", "configs")
+SERVICES = ("nats", "redis") + ACTORS + ("gateway",)
+HEALTH_TIMEOUT = float(os.environ.get("RELAYCTL_HEALTH_TIMEOUT", "90"))
+
+
+def pid_alive(pid: int | None, marker: str | None = None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        stat = Path(f"/proc/{pid}/stat").read_text().split()
+        if len(stat) > 2 and stat[2] == "Z":
+            return False
+    except OSError:
+        return True
+    return marker is None or marker in cmdline
+
+
+def stop_pid(pid: int, timeout: float = 5.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Orchestrator:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.data_dir = ctx.data_dir
+        self.logs = self.data_dir / "logs"
+        self.state = ctx.load_state()
+        self.state.setdefault("services", {})
+
+    def save(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.ctx.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True))
+        tmp.replace(self.ctx.state_path)
+
+    def record(self, name: str) -> dict[str, Any]:
+        return self.state["services"].get(name) or {}
+
+    def running(self, name: str) -> bool:
+        rec = self.record(name)
+        return pid_alive(rec.get("pid"), rec.get("marker"))
+
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None, **extra: Any) -> None:
+        import subprocess
+
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"{name}.log"
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env={**os.environ, **(env or {})})
+        self.state["services"][name] = {"pid": proc.pid, "cmd": cmd, "log": str(log_path),
+                                        "marker": extra.pop("marker", None), "started": time.time(), **extra}
+
+    def python_cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "cli", "--data-dir", str(self.data_dir), *args]
+
+    # -- health ----------------------------------------------------------------------------
+
+    def healthy(self, name: str) -> tuple[bool, str]:
+        rec = self.record(name)
+        # No marker check here: a process just spawned may not have exec'd its binary yet.
+        if rec and not pid_alive(rec.get("pid")):
+            return False, f"process {rec.get('pid')} is not running; log: {_log_tail(Path(rec.get('log', '')))}"
+        if name in ("nats", "redis"):
+            url = self.state.get(name, "")
+            host, port = _host_port(url)
+            if not port_open(host, port):
+                return False, f"nothing listens on {host}:{port}"
+            if name == "redis":
+                return _redis_ping(url)
+            return True, "ok"
+        if name == "gateway":
+            try:
+                with urllib.request.urlopen(self.state["gateway"] + "/_health/", timeout=2) as resp:
+                    return resp.status == 200, f"/_health/ answered {resp.status}"
+            except Exception as exc:
+                return False, f"/_health/: {exc}"
+        return _ping_actor(self.state["nats"], name)
+
+    def wait_healthy(self, name: str, timeout: float = HEALTH_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        last = "not checked"
+        while time.monotonic() < deadline:
+            ok, last = self.healthy(name)
+            if ok:
+                return
+            rec = self.record(name)
+            if rec and not pid_alive(rec.get("pid")):
+                break
+            time.sleep(0.2)
+        raise click.ClickException(f"service `{name}` did not become healthy: {last}")
+
+    # -- up / down -------------------------------------------------------------------------
+
+    def start_service(self, name: str, bind: str, env: dict[str, str]) -> None:
+        if name == "nats":
+            port = _host_port(self.state.get("nats", ""))[1] or free_port()
+            if port_open("127.0.0.1", port) and not self.running("nats"):
+                port = free_port()
+            self.state["nats"] = f"nats://127.0.0.1:{port}"
+            self.spawn("nats", nats_command(self.data_dir / "nats", port), marker=f"relayctl-{port}")
+        elif name == "redis":
+            port = _host_port(self.state.get("redis", ""))[1] or free_port()
+            if port_open("127.0.0.1", port) and not self.running("redis"):
+                port = free_port()
+            (self.data_dir / "redis").mkdir(parents=True, exist_ok=True)
+            self.state["redis"] = f"redis://127.0.0.1:{port}/0"
+            self.spawn("redis", redis_command(self.data_dir / "redis", port), marker=str(port))
+        elif name == "gateway":
+            self.state["gateway"] = f"http://{bind}"
+            self.spawn("gateway", self.python_cmd("gateway", "--bind", bind, "--nats-url", self.state["nats"],
+                                                  "--redis-url", self.state["redis"]),
+                       env, marker=str(self.data_dir))
+        else:
+            self.spawn(name, self.python_cmd("worker", name, "--nats-url", self.state["nats"],
+                                             "--redis-url", self.state["redis"]), env, marker=str(self.data_dir))
+
+    def stop_service(self, name: str) -> None:
+        rec = self.record(name)
+        if rec and pid_alive(rec.get("pid"), rec.get("marker")):
+            stop_pid(int(rec["pid"]))
+        if rec:
+            rec["pid"] = None
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    rest = url.split("://", 1)[-1].split("@")[-1].split("/")[0]
+    host, _, port = rest.rpartition(":")
+    return (host or "127.0.0.1"), int(port) if port.isdigit() else 0
+
+
+def _redis_ping(url: str) -> tuple[bool, str]:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_timeout=1).ping()
+        return True, "ok"
+    except Exception as exc:
+        return False, f"redis: {exc}"
+
+
+def _ping_actor(nats_url: str, name: str) -> tuple[bool, str]:
+    async def ping() -> int:
+        nc = await connect(nats_url, name="relayctl-health", allow_reconnect=False, max_reconnect_attempts=0, quiet=True)
+        try:
+            inbox = nc.new_inbox()
+            replies: list[Any] = []
+            async def collect(msg: Any) -> None:
+                replies.append(msg)
+
+            sub = await nc.subscribe(inbox, cb=collect)
+            await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
+            await asyncio.sleep(0.3)
+            await sub.unsubscribe()
+            return len(replies)
+        finally:
+            await nc.close()
+
+    try:
+        count = asyncio.run(ping())
+    except Exception as exc:
+        return False, f"nats: {exc}"
+    return (count > 0), f"{count} instance(s) answered $SRV.PING.{name}"
+
+
+def ping_instances(nats_url: str, name: str) -> int:
+    ok, text = _ping_actor(nats_url, name)
+    return int(text.split()[0]) if ok else 0
+
+
+def _selected(services: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
+    unknown = [s for s in services + exclude if s not in SERVICES]
+    if unknown:
+        fail(f"unknown service {', '.join(unknown)}; known services: {', '.join(SERVICES)}", 2)
+    chosen = list(services) if services else list(SERVICES)
+    return [s for s in SERVICES if s in chosen and s not in exclude]
+
+
+def register(main: click.Group) -> None:
+    @main.command()
+    @click.argument("services", nargs=-1)
+    @click.option("--bind", default="127.0.0.1:3000", show_default=True, help="Gateway HOST:PORT.")
+    @click.option("--nats-url", "nats_url", default=None, help="Use this NATS instead of starting one.")
+    @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None,
+                  help="Use this Redis instead of starting one.")
+    @click.option("--exclude", multiple=True, help="Leave this service out (repeatable).")
+    @click.option("--recreate", is_flag=True, help="Restart services that are already running.")
+    @click.option("--detach", is_flag=True, help="Return once every service is healthy.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def up(ctx: Context, services: tuple[str, ...], bind: str, nats_url: str | None, redis_url: str | None,
+           exclude: tuple[str, ...], recreate: bool, detach: bool, as_json: bool) -> None:
+        """Start the system: NATS, Redis, every actor and the gateway."""
+        selected = _selected(services, exclude)
+        nats_url = nats_url or ctx.nats_url_option
+        orch = Orchestrator(ctx)
+        external = {"nats": nats_url, "redis": redis_url}
+        for name, url in external.items():
+            if url:
+                orch.state[name] = url
+                orch.state["services"].pop(name, None)
+        report: dict[str, str] = {}
+        to_start: list[str] = []
+        for name in selected:
+            if external.get(name):
+                report[name] = "external"
+                continue
+            if orch.running(name) and not recreate:
+                report[name] = "already running"
+                continue
+            to_start.append(name)
+        for name in reversed(to_start):
+            orch.stop_service(name)
+        env = {k: v for k, v in os.environ.items() if k.startswith(("OPENAI_", "RELAYCTL_"))}
+        stages = [[s for s in to_start if s in ("nats", "redis")],
+                  [s for s in to_start if s in ACTORS], [s for s in to_start if s == "gateway"]]
+        if to_start and not orch.state.get("nats") and "nats" not in to_start:
+            fail("no NATS: start the nats service or pass --nats-url")
+        try:
+            for stage in stages:
+                for name in stage:
+                    orch.start_service(name, bind, env)
+                    report[name] = "running"
+                orch.save()
+                with ThreadPoolExecutor(max_workers=max(1, len(stage))) as pool:
+                    list(pool.map(orch.wait_healthy, stage))
+        except click.ClickException as exc:
+            orch.save()
+            fail(exc.message)
+        orch.state["up"] = {"bind": bind}
+        orch.save()
+        out = {"gateway": orch.state.get("gateway"), "nats": orch.state.get("nats"),
+               "redis": orch.state.get("redis"), "services": report}
+        started = [n for n, s in report.items() if s == "running"]
+        text = ("Nothing to do: every service is already running\n" if not started else "") + "\n".join(
+            f"  {n:<9} {s}" for n, s in report.items()) + f"\nGateway: {out['gateway']}\nNATS:    {out['nats']}"
+        emit(as_json, out, text)
+        if detach:
+            return
+        if not as_json:
+            click.echo("Running; press Ctrl-C to stop what this command started.")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        for name in reversed(started):
+            orch.stop_service(name)
+        orch.save()
+
+    @main.command()
+    @click.pass_obj
+    def down(ctx: Context) -> None:
+        """Stop everything `up` started for this data dir."""
+        orch = Orchestrator(ctx)
+        stopped = []
+        for name in reversed(SERVICES):
+            if orch.running(name):
+                orch.stop_service(name)
+                stopped.append(name)
+        orch.save()
+        click.echo("Stopped " + ", ".join(stopped) if stopped else "Nothing was running")
+
+    @main.command()
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def status(ctx: Context, as_json: bool) -> None:
+        """Health of every service and actor instance."""
+        orch = Orchestrator(ctx)
+        out: dict[str, Any] = {}
+        for name in SERVICES:
+            rec = orch.record(name)
+            if not rec and not (name in ("nats", "redis") and orch.state.get(name)):
+                continue
+            if name in ACTORS and not orch.state.get("nats"):
+                continue
+            ok, detail = orch.healthy(name)
+            entry: dict[str, Any] = {"healthy": ok, "detail": detail, "pid": rec.get("pid")}
+            if name in ACTORS and orch.state.get("nats"):
+                entry["instances"] = ping_instances(orch.state["nats"], name) if ok else 0
+            out[name] = entry
+        emit(as_json, {"services": out}, "\n".join(
+            f"{n:<9} {'healthy' if e['healthy'] else 'UNHEALTHY'}  pid={e['pid'] or '-'}  {e['detail']}"
+            for n, e in out.items()) or "Nothing is running")
+
+    @main.command()
+    @click.argument("actors", nargs=-1)
+    @click.option("--nats-url", "nats_url", default=None)
+    @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None)
+    @click.pass_obj
+    def worker(ctx: Context, actors: tuple[str, ...], nats_url: str | None, redis_url: str | None) -> None:
+        """Run actor instances (default: all) in this process."""
+        from actors.worker import ACTOR_NAMES, Worker
+        from cli.logging import setup_logging
+
+        names = list(actors) or list(ACTOR_NAMES)
+        unknown = [n for n in names if n not in ACTOR_NAMES]
+        if unknown:
+            fail(f"unknown actor {', '.join(unknown)}; known: {', '.join(ACTOR_NAMES)}", 2)
+        setup_logging(process="worker:" + ",".join(names))
+        if nats_url:
+            ctx.nats_url_option = nats_url
+        exit_code = []
+
+        def give_up(name: str) -> None:
+            exit_code.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        try:
+            running = Worker(names, ctx.nats_url, redis_url or ctx.redis_url, process_name=",".join(names),
+                             on_give_up=give_up).start()
+        except Exception as exc:
+            fail(f"worker failed to start: {exc}")
+        stop.wait()
+        running.stop()
+        sys.exit(exit_code[0] if exit_code else 0)
+
+    @main.command()
+    @click.option("--bind", default="127.0.0.1:3000", show_default=True)
+    @click.option("--nats-url", "nats_url", default=None)
+    @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None)
+    @click.pass_obj
+    def gateway(ctx: Context, bind: str, nats_url: str | None, redis_url: str | None) -> None:
+        """Run one gateway process."""
+        from cli.logging import setup_logging
+        from gateway.app import run_gateway
+
+        setup_logging(process="gateway")
+        if nats_url:
+            ctx.nats_url_option = nats_url
+        host, _, port = bind.rpartition(":")
+        if not port.isdigit():
+            fail(f"--bind must be HOST:PORT, got `{bind}`", 2)
+        run_gateway(host or "127.0.0.1", int(port), ctx.nats_url, redis_url or ctx.redis_url,
+                    data_dir=ctx.data_dir)

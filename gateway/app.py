@@ -1,0 +1,137 @@
+"""The HTTP gateway: relay endpoints, health, metrics and the user API, on aiohttp.
+
+One gateway process holds a NATS connection (requests to actors) and an async Redis
+client (the config cache). Any number of gateway processes may run, on one port with
+SO_REUSEPORT or on many machines: they share nothing but NATS and Redis. The relay
+registration secret lives in a JetStream KV bucket, created once by whichever gateway
+comes first, so every gateway validates every other's challenge tokens, across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from bus.runtime import connect
+from gateway.errors import HTTPFailure, error_response, from_error, json_response
+from gateway.relays import RelayEndpoints
+from messages.errors import RelayctlError
+
+log = structlog.get_logger(__name__)
+MAX_BODY = 10 * 1024 * 1024
+GATEWAY_BUCKET = "rc_gateway"
+SECRET_KEY = "registration_secret"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    cid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(correlation_id=cid, path=request.path)
+    try:
+        response = await handler(request)
+    except HTTPFailure as failure:
+        response = failure.response()
+    except RelayctlError as exc:
+        response = from_error(exc)
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(413, "Request body too large")
+    except web.HTTPException as exc:
+        if exc.status >= 500:
+            raise
+        response = error_response(exc.status, exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("gateway.unhandled")
+        response = error_response(503, "Temporary failure; retry")
+    response.headers["X-Request-Id"] = cid
+    return response
+
+
+async def registration_secret(nc: Any) -> str:
+    js = nc.jetstream()
+    try:
+        kv = await js.key_value(GATEWAY_BUCKET)
+    except Exception:
+        kv = await js.create_key_value(bucket=GATEWAY_BUCKET, history=1)
+    try:
+        entry = await kv.get(SECRET_KEY)
+        return entry.value.decode()  # type: ignore[no-any-return]
+    except KeyNotFoundError:
+        pass
+    try:
+        await kv.create(SECRET_KEY, secrets.token_urlsafe(48).encode())
+    except KeyWrongLastSequenceError:
+        pass  # another gateway created it first; use theirs
+    except Exception as exc:
+        if "wrong last sequence" not in str(exc):
+            raise
+    return (await kv.get(SECRET_KEY)).value.decode()  # type: ignore[no-any-return]
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    nc = app["nc"]
+    state: dict[str, str] = {"nats": "ok" if nc is not None and nc.is_connected else "unavailable"}
+    if app["redis"] is None:
+        state["redis"] = "not configured"
+    else:
+        try:
+            await asyncio.wait_for(app["redis"].ping(), 1.0)
+            state["redis"] = "ok"
+        except Exception:
+            state["redis"] = "unavailable"
+    healthy = state["nats"] == "ok" and state["redis"] in ("ok", "not configured")
+    return json_response({"healthy": healthy, "dependencies": state}, 200 if healthy else 503)
+
+
+async def live(request: web.Request) -> web.Response:
+    return json_response({"is_healthy": True})
+
+
+def create_app(nats_url: str, redis_url: str | None) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
+    app["nc"] = None
+    app["redis"] = None
+    relays = RelayEndpoints(app)
+
+    async def startup(app: web.Application) -> None:
+        app["nc"] = await connect(nats_url, name="gateway")
+        app["secret"] = await registration_secret(app["nc"])
+        if redis_url:
+            app["redis"] = aioredis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
+
+    async def cleanup(app: web.Application) -> None:
+        if app["redis"] is not None:
+            await app["redis"].aclose()
+        if app["nc"] is not None:
+            await app["nc"].drain()
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    prefix = "/api/0/relays"
+    app.router.add_get(f"{prefix}/live/", live)
+    app.router.add_post(f"{prefix}/register/challenge/", relays.challenge)
+    app.router.add_post(f"{prefix}/register/response/", relays.response)
+    app.router.add_post(f"{prefix}/projectconfigs/", relays.project_configs)
+    app.router.add_post(f"{prefix}/publickeys/", relays.public_keys)
+    app.router.add_post(f"{prefix}/projectids/", relays.project_ids)
+    app.router.add_get("/_health/", health)
+    return app
+
+
+def run_gateway(host: str, port: int, nats_url: str, redis_url: str | None, *, data_dir: Path | None = None) -> None:
+    app = create_app(nats_url, redis_url)
+    web.run_app(app, host=host, port=port, reuse_port=True, print=None, access_log=None,
+                handle_signals=True, shutdown_timeout=5)

@@ -1,0 +1,352 @@
+"""The Relay upstream protocol: registration, signed calls, project configs.
+
+What a real Relay sends and expects (PROTOCOL.md): Ed25519 signatures checked with
+`sentry_relay` over the raw body before any JSON parsing, Sentry's status codes and
+`detail` texts so Relay's retry logic behaves, and the v1/v2/v3 project config flows.
+
+The v3 path is the hot one: one Redis MGET for every requested key (plus the global
+config), the cached JSON bytes spliced into the response without decoding them, and a NATS
+request only for keys missing from the cache, bounded by `BUILD_BUDGET`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import sentry_relay
+import structlog
+from aiohttp import web
+
+from bus.client import request as bus_request
+from bus.config_cache import GLOBAL_KEY, RELAY_AUTH_PREFIX, CachedConfig, cache_key, decode_entry
+from gateway.errors import HTTPFailure, from_error, json_response
+from messages.errors import BadRequest, Forbidden, RelayctlError, Unavailable
+
+log = structlog.get_logger(__name__)
+
+REGISTER_MAX_AGE = 60
+SIGNED_MAX_AGE = 300
+BUILD_BUDGET = 0.5  # seconds a v3 miss may wait for the builder before answering `pending`
+PUBLIC_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+UNSUPPORTED_VERSION = "Unsupported version, we only support versions 1 to 3."
+UNAUTHORIZED_CONFIGS = "Relay unauthorized for config information"
+
+
+@dataclass
+class RelayIdentity:
+    relay_id: str
+    public_key: str
+    internal: bool
+    trusted: bool
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPFailure(400, "No valid json body") from None
+
+
+def _signature(request: web.Request) -> tuple[str, str]:
+    relay_id = request.headers.get("X-Sentry-Relay-Id", "")
+    signature = request.headers.get("X-Sentry-Relay-Signature", "")
+    return relay_id, signature
+
+
+class RelayEndpoints:
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    @property
+    def nc(self) -> Any:
+        return self.app["nc"]
+
+    @property
+    def redis(self) -> Any:
+        return self.app["redis"]
+
+    async def ask(self, message_type: str, payload: dict[str, Any], timeout: float = 4.0,
+                  retries: int = 1) -> Any:
+        if self.nc is None or not self.nc.is_connected:
+            raise Unavailable("the control plane (NATS) is unavailable")
+        return await bus_request(self.nc, message_type, payload, timeout=timeout, retries=retries,
+                                 correlation_id=structlog.contextvars.get_contextvars().get("correlation_id"))
+
+    # -- registration ----------------------------------------------------------------------
+
+    async def challenge(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        data = parse_json(body)
+        if not isinstance(data, dict):
+            raise HTTPFailure(400, "No valid json body")
+        errors = {}
+        if not isinstance(data.get("relay_id"), str) or not UUID_RE.match(data["relay_id"]):
+            errors["relay_id"] = ["Must be a valid UUID."]
+        if not isinstance(data.get("public_key"), str) or not data["public_key"]:
+            errors["public_key"] = ["This field is required."]
+        version = data.get("version")
+        if version is not None and not isinstance(version, str):
+            errors["version"] = ["Must be a string."]
+        if errors:
+            raise HTTPFailure(400, "Invalid registration request", errors=errors)
+        header_id, signature = _signature(request)
+        if not signature:
+            raise HTTPFailure(400, "Missing relay signature")
+        if header_id != data["relay_id"]:
+            raise HTTPFailure(400, "relay_id in the body does not match X-Sentry-Relay-Id")
+        _check_version(version)
+        try:
+            sentry_relay.PublicKey.parse(data["public_key"])
+        except Exception as exc:
+            raise HTTPFailure(400, f"Invalid public key: {first_line(exc)}") from None
+        try:
+            challenge = sentry_relay.create_register_challenge(body, signature, self.app["secret"],
+                                                               max_age=REGISTER_MAX_AGE)
+        except Exception as exc:
+            raise HTTPFailure(400, f"Invalid relay signature: {first_line(exc)}") from None
+        auth = await self.ask("org.relay_auth", {"relay_id": data["relay_id"], "public_key": data["public_key"]})
+        known = auth.get("byId")
+        if known and known["publicKey"] != data["public_key"]:
+            raise HTTPFailure(400, "Attempted to register agent with a different public key")
+        allowed = auth.get("byKey")
+        if allowed is None:
+            raise HTTPFailure(403, "Relay is not allowed to register")
+        if allowed.get("banned"):
+            raise HTTPFailure(403, "Relay is not allowed to register", relay="stop")
+        return json_response({"relay_id": str(challenge["relay_id"]), "token": challenge["token"]})
+
+    async def response(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        data = parse_json(body)
+        if not isinstance(data, dict):
+            raise HTTPFailure(400, "No valid json body")
+        errors = {}
+        if not isinstance(data.get("relay_id"), str) or not UUID_RE.match(data["relay_id"]):
+            errors["relay_id"] = ["Must be a valid UUID."]
+        if not isinstance(data.get("token"), str) or not data["token"]:
+            errors["token"] = ["This field is required."]
+        if errors:
+            raise HTTPFailure(400, "Invalid registration response", errors=errors)
+        header_id, signature = _signature(request)
+        if not signature:
+            raise HTTPFailure(400, "Missing relay signature")
+        if header_id != data["relay_id"]:
+            raise HTTPFailure(400, "relay_id in the body does not match X-Sentry-Relay-Id")
+        try:
+            validated = sentry_relay.validate_register_response(body, signature, self.app["secret"],
+                                                                max_age=REGISTER_MAX_AGE)
+        except sentry_relay.UnpackErrorSignatureExpired:
+            raise HTTPFailure(401, "Challenge expired") from None
+        except Exception as exc:
+            raise HTTPFailure(400, f"Invalid registration response: {first_line(exc)}") from None
+        if str(validated["relay_id"]) != data["relay_id"]:
+            raise HTTPFailure(400, "The token was issued to another relay")
+        version = validated.get("version")
+        _check_version(version if isinstance(version, str) else None)
+        try:
+            await self.ask("relay.register", {"relay_id": data["relay_id"], "public_key": validated["public_key"],
+                                              "version": version}, retries=0)
+        except Forbidden as exc:
+            raise HTTPFailure(403, exc.message, relay="stop") from None
+        except BadRequest as exc:
+            raise HTTPFailure(400, exc.message) from None
+        return json_response({"relay_id": data["relay_id"]})
+
+    # -- signed calls ----------------------------------------------------------------------
+
+    async def authenticate(self, request: web.Request, body: bytes) -> RelayIdentity:
+        relay_id, signature = _signature(request)
+        if not relay_id or not signature:
+            raise HTTPFailure(401, "Missing relay signature")
+        info = await self._relay_info(relay_id)
+        if info is None:
+            raise HTTPFailure(401, "Unknown relay")
+        if info.get("banned"):
+            raise HTTPFailure(401, "Relay is banned")
+        try:
+            valid = sentry_relay.PublicKey.parse(info["publicKey"]).verify(body, signature, max_age=SIGNED_MAX_AGE)
+        except Exception:
+            valid = False
+        if not valid:
+            raise HTTPFailure(401, "Invalid relay signature")
+        structlog.contextvars.bind_contextvars(relay_id=relay_id)
+        return RelayIdentity(relay_id, info["publicKey"], bool(info.get("internal")), bool(info.get("trusted")))
+
+    async def _relay_info(self, relay_id: str) -> dict[str, Any] | None:
+        if self.redis is not None:
+            try:
+                raw = await self.redis.get(RELAY_AUTH_PREFIX + relay_id)
+                if raw:
+                    return json.loads(raw)  # type: ignore[no-any-return]
+            except Exception as exc:
+                log.warning("gateway.redis_unavailable", error=str(exc))
+        auth = await self.ask("org.relay_auth", {"relay_id": relay_id})
+        return auth.get("byId")  # type: ignore[no-any-return]
+
+    async def project_configs(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        relay = await self.authenticate(request, body)
+        if not relay.internal and not relay.trusted:
+            raise HTTPFailure(403, UNAUTHORIZED_CONFIGS, raw=True)
+        version = request.query.get("version") or "1"
+        if version not in ("1", "2", "3"):
+            raise HTTPFailure(400, UNSUPPORTED_VERSION, raw=True)
+        data = parse_json(body)
+        if not isinstance(data, dict):
+            raise HTTPFailure(400, "No valid json body")
+        if version == "1":
+            return await self._configs_v1(relay, data)
+        keys = data.get("publicKeys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise HTTPFailure(400, "publicKeys must be a list of strings")
+        if len(keys) > 5000:
+            raise HTTPFailure(400, "at most 5000 publicKeys per request")
+        revisions = data.get("revisions")
+        if not isinstance(revisions, list) or len(revisions) != len(keys):
+            revisions = [None] * len(keys)
+        valid = [(k, r if isinstance(r, str) else None) for k, r in zip(keys, revisions) if PUBLIC_KEY_RE.match(k)]
+        if version == "2" or data.get("noCache"):
+            return await self._configs_built(relay, valid, with_global=version == "3" and data.get("global") is True,
+                                             v3=version == "3")
+        return await self._configs_v3(relay, valid, with_global=data.get("global") is True)
+
+    async def _configs_v3(self, relay: RelayIdentity, keys: list[tuple[str, str | None]],
+                          with_global: bool) -> web.Response:
+        names = [cache_key(k) for k, _ in keys] + ([GLOBAL_KEY] if with_global else [])
+        values: list[bytes | None] = []
+        if names:
+            try:
+                values = await self.redis.mget(names) if self.redis is not None else [None] * len(names)
+            except Exception as exc:
+                log.warning("gateway.redis_unavailable", error=str(exc))
+                return await self._configs_built(relay, keys, with_global, v3=True)
+        entries: dict[str, CachedConfig] = {}
+        misses = []
+        for (key, _), value in zip(keys, values):
+            if value is None:
+                misses.append(key)
+            else:
+                entries[key] = decode_entry(value)
+        global_entry = decode_entry(values[-1]) if with_global and values and values[-1] is not None else None
+        pending: list[str] = []
+        if misses or (with_global and global_entry is None):
+            try:
+                built = await self.ask("config.build", {"public_keys": misses}, timeout=BUILD_BUDGET, retries=0)
+                for key, (rev, trusted, doc) in built["entries"].items():
+                    entries[key] = CachedConfig(rev, tuple(trusted), doc)
+            except RelayctlError as exc:
+                log.info("gateway.build_pending", keys=len(misses), reason=exc.message)
+            pending = [k for k in misses if k not in entries]
+        return splice_response(relay, keys, entries, pending, v3=True,
+                               global_body=global_entry.body if global_entry else None,
+                               with_global=with_global)
+
+    async def _configs_built(self, relay: RelayIdentity, keys: list[tuple[str, str | None]], with_global: bool,
+                             v3: bool) -> web.Response:
+        try:
+            result = await self.ask("config.get", {"public_keys": [k for k, _ in keys], "version": 3 if v3 else 2,
+                                                   "relay_public_key": relay.public_key,
+                                                   "internal": relay.internal})
+        except RelayctlError as exc:
+            return from_error(exc if exc.status != 404 else Unavailable(exc.message))
+        entries = {k: CachedConfig(rev, tuple(t), doc) for k, (rev, t, doc) in result["entries"].items()}
+        global_body = result["global"][2] if with_global else None
+        return splice_response(relay, keys, entries, [], v3=v3, global_body=global_body, with_global=with_global)
+
+    async def _configs_v1(self, relay: RelayIdentity, data: dict[str, Any]) -> web.Response:
+        projects = data.get("projects")
+        if not isinstance(projects, list):
+            raise HTTPFailure(400, "projects must be a list of project ids")
+        ids = [p for p in projects if isinstance(p, int) and not isinstance(p, bool)]
+        ids += [int(p) for p in projects if isinstance(p, str) and p.isdigit()]
+        try:
+            result = await self.ask("config.get_v1", {"project_ids": ids, "relay_public_key": relay.public_key,
+                                                      "internal": relay.internal})
+        except RelayctlError as exc:
+            return from_error(exc)
+        parts = [json.dumps(pid).encode() + b":" + doc for pid, (_rev, _t, doc) in result["entries"].items()]
+        return _json_bytes(b'{"configs":{' + b",".join(parts) + b"}}")
+
+    async def public_keys(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        await self.authenticate(request, body)
+        data = parse_json(body)
+        ids = data.get("relay_ids") if isinstance(data, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise HTTPFailure(400, "relay_ids must be a list of relay ids")
+        infos = await asyncio.gather(*(self._relay_info(i) for i in ids[:1000]))
+        keys: dict[str, Any] = {}
+        relays: dict[str, Any] = {}
+        for relay_id, info in zip(ids, infos):
+            keys[relay_id] = info["publicKey"] if info else None
+            relays[relay_id] = {"publicKey": info["publicKey"], "internal": bool(info.get("internal"))} if info else None
+        return json_response({"public_keys": keys, "relays": relays})
+
+    async def project_ids(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        await self.authenticate(request, body)
+        data = parse_json(body)
+        keys = data.get("publicKeys") if isinstance(data, dict) else None
+        if not isinstance(keys, list):
+            raise HTTPFailure(400, "publicKeys must be a list of project keys")
+        valid = [k for k in keys if isinstance(k, str) and PUBLIC_KEY_RE.match(k)]
+        try:
+            found = await self.ask("keys.lookup", {"public_keys": valid}) if valid else {}
+        except RelayctlError as exc:
+            return from_error(exc)
+        return json_response({"projectIds": {k: v["projectId"] for k, v in found.items() if v}})
+
+
+def _check_version(version: str | None) -> None:
+    if version is None:
+        return
+    try:
+        supported = sentry_relay.is_version_supported(version)
+    except Exception as exc:
+        raise HTTPFailure(400, f"Invalid relay version: {first_line(exc)}") from None
+    if not supported:
+        raise HTTPFailure(400, f"Relay version {version} is not supported")
+
+
+def splice_response(relay: RelayIdentity, keys: list[tuple[str, str | None]], entries: dict[str, CachedConfig],
+                    pending: list[str], *, v3: bool, global_body: bytes | None, with_global: bool) -> web.Response:
+    """Assemble the response from cached JSON bytes, without decoding any config."""
+    configs: list[bytes] = []
+    unchanged: list[str] = []
+    for key, revision in keys:
+        entry = entries.get(key)
+        if entry is None:
+            continue
+        if not entry.disabled and not relay.internal and relay.public_key not in entry.trusted_relays:
+            configs.append(b'"' + key.encode() + b'":{"disabled":true}')
+        elif v3 and revision and revision == entry.rev and not entry.disabled:
+            unchanged.append(key)
+        else:
+            configs.append(b'"' + key.encode() + b'":' + entry.body)
+    out = b'{"configs":{' + b",".join(configs) + b"}"
+    if v3:
+        out += b',"pending":' + json.dumps(pending).encode()
+        if unchanged:
+            out += b',"unchanged":' + json.dumps(unchanged).encode()
+        if with_global:
+            if global_body is not None:
+                out += b',"global":' + global_body + b',"globalStatus":"ready"'
+            else:
+                out += b',"globalStatus":"pending"'
+    return _json_bytes(out + b"}")
+
+
+def _json_bytes(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+

@@ -1,0 +1,95 @@
+"""Control messages (subject `rc.ctl.<aggregate>.<command>`) and query messages.
+
+Each entry of `CONTROL` maps a message type `"<aggregate>.<command>"` to the schema of its
+payload. The CLI sends these; so may any service. Changes reply once their events are
+stored; reads reply with state that includes every change acknowledged before they were
+sent (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import re
+
+from messages.schema import Schema, field
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
+PUBLIC_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
+PERMISSION_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,99}$")
+RELAY_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+OPTION_KEY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,199}$")
+
+
+def _matches(regex: re.Pattern[str], what: str):
+    def check(value: str) -> str | None:
+        return None if regex.match(value) else f"not a valid {what}"
+    return check
+
+
+slug = field(str, check=_matches(SLUG_RE, "slug (lowercase letters, digits, - and _)"))
+public_key = field(str, check=_matches(PUBLIC_KEY_RE, "project key (32 hex characters)"))
+relay_key = field(str, check=_matches(RELAY_KEY_RE, "relay public key (43 url-safe base64 characters)"))
+username = field(str, check=_matches(USERNAME_RE, "username"))
+option_key = field(str, check=_matches(OPTION_KEY_RE, "option key"))
+name = field(str, required=False)
+any_value = field(object, nullable=True)
+
+_org_project: Schema = {"org": slug, "project": slug}
+
+CONTROL: dict[str, Schema] = {
+    "org.create": {"slug": slug, "name": name},
+    "org.option_set": {"org": slug, "key": option_key, "value": any_value},
+    "org.option_get": {"org": slug, "key": option_key},
+    "org.option_unset": {"org": slug, "key": option_key},
+    "org.trust_relay": {"org": slug, "public_key": relay_key, "name": name,
+                        "description": field(str, required=False)},
+    "org.untrust_relay": {"org": slug, "public_key": relay_key},
+    "org.template_set": {"org": slug, "template": slug, "options": field(dict)},
+    "project.create": {**_org_project, "name": name, "template": field(str, required=False)},
+    "project.option_set": {**_org_project, "key": option_key, "value": any_value},
+    "project.option_get": {**_org_project, "key": option_key},
+    "project.option_unset": {**_org_project, "key": option_key},
+    "project.disable": _org_project,
+    "project.enable": _org_project,
+    "project.delete": _org_project,
+    "key.create": {**_org_project, "public_key": field(
+        str, required=False, check=_matches(PUBLIC_KEY_RE, "project key (32 hex characters)"))},
+    "key.disable": {"public_key": public_key},
+    "key.enable": {"public_key": public_key},
+    "key.delete": {"public_key": public_key},
+    "key.list": _org_project,
+    "relay.allow": {"public_key": relay_key, "internal": field(bool, required=False, default=False)},
+    "relay.deny": {"public_key": relay_key},
+    "relay.list": {},
+    "relay.register": {"relay_id": field(str), "public_key": relay_key,
+                       "version": field(str, required=False)},
+    "user.create": {"username": username, "email": field(str, required=False),
+                    "superuser": field(bool, required=False, default=False)},
+    "user.token_create": {"username": username},
+    "user.permission_add": {"username": username, "permission": field(
+        str, check=_matches(PERMISSION_RE, "permission"))},
+    "user.permission_remove": {"username": username, "permission": field(str)},
+    "user.permission_list": {"username": username},
+    "user.authenticate": {"token": field(str)},
+    "import.org": {"org": field(dict)},
+}
+
+# actor queries
+QUERIES: dict[str, Schema] = {
+    "keys.lookup": {"public_keys": field(list)},
+    "org.has_access": {"relay_public_key": relay_key, "org_ids": field(list)},
+    "org.relay_auth": {"relay_id": field(str, required=False), "public_key": field(str, required=False)},
+    "config.get": {"public_keys": field(list), "version": field(int, required=False, default=3),
+                   "relay_public_key": field(str, required=False),
+                   "internal": field(bool, required=False, default=True)},
+    "config.get_v1": {"project_ids": field(list), "relay_public_key": field(str, required=False),
+                      "internal": field(bool, required=False, default=True)},
+    "config.build": {"public_keys": field(list)},
+    "config.history": {"public_key": public_key},
+    "metrics.snapshot": {"format": field(str, required=False, default="json")},
+}
+
+
+def control_subject(message_type: str) -> str:
+    aggregate, command = message_type.split(".", 1)
+    return f"rc.ctl.{aggregate}.{command}"

@@ -1,0 +1,138 @@
+"""Domain events: facts in the past tense, the source of truth of the whole system.
+
+An event is a map `{"id": uuid hex, "type": str, "v": int, "aggregate": str,
+"aggregate_id": str, "ts": float, "actor": str, "payload": map}`. Events are appended in
+commits: one JetStream message holds the events one command produced (one or more, all
+of one aggregate), so a command is stored whole or not at all. The message's subject is
+`rc.ev.<aggregate>.<aggregate_id>.<type of its first event>` and its `Nats-Msg-Id` is the
+first event's id, so a retried append is stored once.
+
+Every type has a current version (`EVENT_TYPES`); an older stored version is upcast on
+read by the functions in `UPCASTERS`, so projections only ever see current payloads.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from messages.envelope import pack, unpack
+from messages.errors import BadMessage
+
+ORG = "org"
+RELAY = "relay"
+USER = "user"
+AGGREGATES = (ORG, RELAY, USER)
+
+# type -> (aggregate, current version)
+EVENT_TYPES: dict[str, tuple[str, int]] = {
+    # org aggregate: the org, its options and templates, its projects and their keys
+    "OrgCreated": (ORG, 1),
+    "OrgOptionSet": (ORG, 1),
+    "OrgOptionUnset": (ORG, 1),
+    "ProjectTemplateSet": (ORG, 1),
+    "ProjectCreated": (ORG, 1),
+    "ProjectDisabled": (ORG, 1),
+    "ProjectEnabled": (ORG, 1),
+    "ProjectDeleted": (ORG, 1),
+    "ProjectOptionSet": (ORG, 1),
+    "ProjectOptionUnset": (ORG, 1),
+    "KeyCreated": (ORG, 2),
+    "KeyDisabled": (ORG, 1),
+    "KeyEnabled": (ORG, 1),
+    "KeyDeleted": (ORG, 1),
+    # relay aggregate (id: the relay's public key)
+    "RelayAllowed": (RELAY, 1),
+    "RelayDenied": (RELAY, 1),
+    "RelayRegistered": (RELAY, 1),
+    "RelaySeen": (RELAY, 1),
+    # user aggregate (id: username)
+    "UserCreated": (USER, 1),
+    "TokenCreated": (USER, 1),
+    "PermissionAdded": (USER, 1),
+    "PermissionRemoved": (USER, 1),
+}
+
+
+def _key_created_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    # v1 had no rate limit; v2 carries it explicitly (None = unlimited)
+    return {**payload, "rate_limit": payload.get("rate_limit")}
+
+
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("KeyCreated", 1): _key_created_v1_to_v2,
+}
+
+
+@dataclass
+class DomainEvent:
+    type: str
+    aggregate_id: str
+    payload: dict[str, Any]
+    actor: str = "system"
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ts: float = field(default_factory=time.time)
+    v: int = 0  # 0 = the type's current version
+    sequence: int = 0  # the stream sequence of the commit; set when read
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise BadMessage(f"unknown event type {self.type!r}")
+        if not self.v:
+            self.v = EVENT_TYPES[self.type][1]
+
+    @property
+    def aggregate(self) -> str:
+        return EVENT_TYPES[self.type][0]
+
+    def to_map(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "v": self.v, "aggregate": self.aggregate,
+                "aggregate_id": self.aggregate_id, "ts": self.ts, "actor": self.actor,
+                "payload": self.payload}
+
+
+def event_subject(aggregate: str, aggregate_id: str, type_: str = "*") -> str:
+    return f"rc.ev.{aggregate}.{aggregate_id}.{type_}"
+
+
+def aggregate_subject(aggregate: str, aggregate_id: str) -> str:
+    """The wildcard covering every event of one aggregate (optimistic concurrency scope)."""
+    return f"rc.ev.{aggregate}.{aggregate_id}.>"
+
+
+def encode_commit(events: list[DomainEvent]) -> bytes:
+    if not events:
+        raise ValueError("a commit holds at least one event")
+    aggregates = {(e.aggregate, e.aggregate_id) for e in events}
+    if len(aggregates) != 1:
+        raise ValueError("a commit holds events of exactly one aggregate")
+    return pack({"events": [e.to_map() for e in events]})
+
+
+def upcast(type_: str, version: int, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    current = EVENT_TYPES[type_][1]
+    while version < current:
+        step = UPCASTERS.get((type_, version))
+        if step is None:
+            raise BadMessage(f"no upcaster for {type_} v{version}")
+        payload = step(payload)
+        version += 1
+    return version, payload
+
+
+def decode_commit(data: bytes, sequence: int = 0) -> list[DomainEvent]:
+    raw = unpack(data)
+    if not isinstance(raw, dict) or not isinstance(raw.get("events"), list):
+        raise BadMessage("commit must be a map with an events list")
+    events = []
+    for item in raw["events"]:
+        if not isinstance(item, dict) or item.get("type") not in EVENT_TYPES:
+            raise BadMessage(f"unknown or malformed event in commit: {item!r:.200}")
+        version, payload = upcast(item["type"], int(item.get("v", 1)), dict(item.get("payload") or {}))
+        events.append(DomainEvent(type=item["type"], aggregate_id=str(item["aggregate_id"]),
+                                  payload=payload, actor=str(item.get("actor", "system")),
+                                  id=str(item["id"]), ts=float(item["ts"]), v=version,
+                                  sequence=sequence))
+    return events

@@ -1,0 +1,331 @@
+"""Internal metrics: recording in a process, the batch wire format, aggregation, Prometheus."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.metrics_store import MetricsStore
+from bus import metrics as metrics_module
+from bus.metrics import MalformedBatch, Metrics, decode_batch, encode_batch
+
+WAIT = 5.0  # generous upper bound for anything asynchronous
+
+
+class Published:
+    """A publish callable that records decoded batches and lets tests wait for them."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, Any]] = []
+        self._arrived = threading.Condition()
+
+    def __call__(self, data: bytes) -> None:
+        with self._arrived:
+            self.batches.append(decode_batch(data))
+            self._arrived.notify_all()
+
+    @property
+    def points(self) -> list[list[Any]]:
+        return [point for batch in self.batches for point in batch["points"]]
+
+    def named(self, name: str) -> list[list[Any]]:
+        return [point for point in self.points if point[1] == name]
+
+    def wait_for(self, name: str) -> list[list[Any]]:
+        with self._arrived:
+            self._arrived.wait_for(lambda: self.named(name), timeout=WAIT)
+        return self.named(name)
+
+
+@pytest.fixture
+def published() -> Published:
+    return Published()
+
+
+@pytest.fixture
+def recorder(published: Published) -> Iterator[Metrics]:
+    instance = Metrics(published, process="tests", flush_interval=0.05)
+    yield instance
+    instance.close()
+
+
+def test_points_are_published_in_the_background(recorder: Metrics, published: Published) -> None:
+    """A recorded counter reaches publish without any explicit flush."""
+    recorder.incr("jobs.done", 2, tags={"queue": "fast"})
+
+    [point] = published.wait_for("jobs.done")
+    assert point[0] == "counter"
+    assert point[2] == 2.0
+    assert point[3] == {"queue": "fast"}
+    assert published.batches[0]["process"] == "tests"
+
+
+def test_timer_tags_success(recorder: Metrics, published: Published) -> None:
+    """A timed block that completes is recorded in seconds with result=success."""
+    with recorder.timer("work", tags={"kind": "a"}):
+        pass
+    recorder.flush()
+
+    [point] = published.named("work")
+    assert point[0] == "timer"
+    assert point[3] == {"kind": "a", "result": "success"}
+    assert 0 <= point[2] < WAIT
+
+
+def test_timer_tags_failure_and_reraises(recorder: Metrics, published: Published) -> None:
+    """A timed block that raises is recorded with result=failure and the error propagates."""
+    with pytest.raises(KeyError), recorder.timer("work"):
+        raise KeyError("boom")
+    recorder.flush()
+
+    [point] = published.named("work")
+    assert point[3] == {"result": "failure"}
+
+
+def test_high_cardinality_tags_are_dropped(recorder: Metrics, published: Published) -> None:
+    """Tags named *_id, project, event or group never leave the process."""
+    recorder.incr(
+        "events.seen",
+        tags={"org_id": 3, "project": "p", "event": "e", "group": "g", "platform": "python"},
+    )
+    recorder.flush()
+
+    [point] = published.named("events.seen")
+    assert point[3] == {"platform": "python"}
+
+
+def test_global_tags_apply_to_every_point(published: Published) -> None:
+    """Global tags are merged into each point and a point's own tag wins."""
+    instance = Metrics(published, process="gw", global_tags={"host": "a", "region": "eu"})
+    try:
+        instance.gauge("queue.depth", 4, tags={"region": "us"})
+        instance.distribution("payload.bytes", 512)
+        instance.flush()
+    finally:
+        instance.close()
+
+    assert published.named("queue.depth")[0][3] == {"host": "a", "region": "us"}
+    assert published.named("payload.bytes")[0][3] == {"host": "a", "region": "eu"}
+
+
+def test_batch_round_trips_and_rejects_garbage() -> None:
+    """encode_batch output decodes to the same batch; other bytes raise MalformedBatch."""
+    points = [["counter", "a", 1.0, {"t": "v"}, 1700000000.0]]
+    assert decode_batch(encode_batch("p", points)) == {"process": "p", "points": points}
+
+    with pytest.raises(MalformedBatch):
+        decode_batch(b"\xc1 not msgpack")
+    with pytest.raises(MalformedBatch):
+        decode_batch(encode_batch("p", [["bogus", "a", 1.0, {}, 0.0]]))
+
+
+def test_full_queue_drops_and_counts(published: Published) -> None:
+    """Points beyond the queue bound are dropped, and the drop count is published later."""
+    instance = Metrics(published, process="tests", max_queue=10, flush_interval=60)
+    try:
+        for _ in range(25):
+            instance.incr("burst")
+        assert instance.dropped_points == 15
+        instance.flush()
+    finally:
+        instance.close()
+
+    assert len(published.named("burst")) == 10
+    [drop] = published.named("internal.metrics.dropped_points")
+    assert drop[2] == 15.0
+    assert drop[3] == {"reason": "queue_full"}
+
+
+def test_raising_publish_never_fails_the_caller() -> None:
+    """A publish that raises loses its batch but neither the caller nor the flusher dies."""
+    calls: list[bytes] = []
+    healthy = threading.Event()
+
+    def flaky_publish(data: bytes) -> None:
+        calls.append(data)
+        if not healthy.is_set():
+            raise ConnectionError("nats is gone")
+
+    # No background flushes: the test decides when each publish happens.
+    instance = Metrics(flaky_publish, process="tests", flush_interval=60)
+    try:
+        instance.incr("before")
+        instance.flush()
+        assert instance.dropped_points == 1
+
+        healthy.set()
+        instance.incr("after")
+        instance.flush()
+    finally:
+        instance.close()
+
+    names = {point[1] for point in decode_batch(calls[-1])["points"]}
+    assert "after" in names
+    assert "internal.metrics.dropped_points" in names
+
+
+def test_hanging_publish_never_blocks_the_caller() -> None:
+    """A publish that never returns costs dropped points, not a blocked caller or close."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def stuck_publish(data: bytes) -> None:
+        started.set()
+        release.wait()
+
+    instance = Metrics(
+        stuck_publish, process="tests", max_queue=20, flush_interval=0.05, publish_timeout=0.1
+    )
+    try:
+        instance.incr("first")
+        assert started.wait(WAIT)
+
+        def record_many() -> None:
+            for _ in range(500):
+                instance.incr("more")
+
+        recorded = threading.Thread(target=record_many)
+        recorded.start()
+        recorded.join(WAIT)
+        assert not recorded.is_alive()
+
+        closing = threading.Thread(target=instance.close)
+        closing.start()
+        closing.join(WAIT)
+        assert not closing.is_alive()
+        assert instance.dropped_points > 0
+    finally:
+        release.set()
+
+
+def test_module_helpers_are_noops_until_configured(published: Published) -> None:
+    """The module-level helpers do nothing before configure and publish after it."""
+    metrics_module.close()
+    metrics_module.incr("ignored")
+    with metrics_module.timer("ignored.timer"):
+        pass
+
+    configured = metrics_module.configure(published, process="cli")
+    try:
+        metrics_module.metrics.incr("counted")
+        with pytest.raises(RuntimeError), metrics_module.timer("timed"):
+            raise RuntimeError
+        configured.flush()
+    finally:
+        metrics_module.close()
+
+    assert {point[1] for point in published.points} == {"counted", "timed"}
+    assert published.named("timed")[0][3] == {"result": "failure"}
+
+
+def _batch(process: str, *points: list[Any]) -> dict[str, Any]:
+    return {"process": process, "points": list(points)}
+
+
+def test_store_aggregates_per_series_and_process() -> None:
+    """Counters sum, timers and distributions keep count/sum/min/max, gauges keep the latest."""
+    store = MetricsStore()
+    store.apply_batch(
+        _batch(
+            "gateway",
+            ["counter", "req", 1.0, {"status": "200"}, 10.0],
+            ["counter", "req", 2.0, {"status": "200"}, 11.0],
+            ["timer", "handle", 0.2, {"result": "success"}, 10.0],
+            ["timer", "handle", 0.4, {"result": "success"}, 11.0],
+            ["gauge", "conns", 7.0, {}, 12.0],
+            ["gauge", "conns", 3.0, {}, 11.0],
+            ["distribution", "size", 100.0, {}, 10.0],
+        )
+    )
+    store.apply_batch(_batch("worker", ["counter", "req", 4.0, {"status": "200"}, 10.0]))
+
+    snapshot = store.snapshot()
+    assert snapshot["counters"] == {"req{status=200}": 7.0}
+    assert snapshot["processes"]["gateway"]["counters"] == {"req{status=200}": 3.0}
+    assert snapshot["processes"]["worker"]["counters"] == {"req{status=200}": 4.0}
+    timer = snapshot["timers"]["handle{result=success}"]
+    assert timer["count"] == 2
+    assert timer["sum"] == pytest.approx(0.6)
+    assert (timer["min"], timer["max"]) == (0.2, 0.4)
+    assert snapshot["gauges"] == {"conns": 7.0}
+    assert snapshot["distributions"]["size"]["count"] == 1
+    json.dumps(snapshot)  # JSON-friendly as documented
+
+
+def test_store_bounds_series_and_rejects_bad_points() -> None:
+    """Series beyond max_series and malformed points are counted, not stored."""
+    store = MetricsStore(max_series=2)
+    store.apply_batch(
+        _batch(
+            "p",
+            ["counter", "a", 1.0, {}, 0.0],
+            ["counter", "b", 1.0, {}, 0.0],
+            ["counter", "c", 1.0, {}, 0.0],
+            ["counter", "a", 1.0, {}, 0.0],
+            ["nonsense"],
+            ["histogram", "d", 1.0, {}, 0.0],
+        )
+    )
+
+    assert store.snapshot()["counters"] == {"a": 2.0, "b": 1.0}
+    assert store.rejected_points == 3
+
+
+def test_prometheus_text_parses() -> None:
+    """The exposition parses with prometheus_client and carries sanitized names and labels."""
+    store = MetricsStore()
+    store.apply_batch(
+        _batch(
+            "gateway",
+            ["counter", "internal.captured.events.upstream", 3.0, {"dsn-kind": "s4s"}, 1.0],
+            ["timer", "config.build", 0.03, {"result": "success"}, 1.0],
+            ["timer", "config.build", 42.0, {"result": "success"}, 1.0],
+            ["gauge", "queue.depth", 5.0, {"le": "x", "process": "spoofed"}, 1.0],
+            ["distribution", "envelope.bytes", 900.0, {}, 1.0],
+            # Collides with the counter above once sanitized: must not break the output.
+            ["gauge", "internal_captured_events_upstream", 1.0, {}, 1.0],
+        )
+    )
+
+    families = {f.name: f for f in text_string_to_metric_families(store.prometheus_text().decode())}
+
+    counter = families["relayctl_internal_captured_events_upstream"]
+    assert counter.type == "counter"
+    [sample] = counter.samples
+    assert sample.name == "relayctl_internal_captured_events_upstream_total"
+    assert sample.labels == {"dsn_kind": "s4s", "process": "gateway"}
+    assert sample.value == 3.0
+
+    histogram = families["relayctl_config_build_seconds"]
+    assert histogram.type == "histogram"
+    values = {(s.name, s.labels.get("le")): s.value for s in histogram.samples}
+    assert values[("relayctl_config_build_seconds_count", None)] == 2
+    assert values[("relayctl_config_build_seconds_bucket", "0.05")] == 1
+    assert values[("relayctl_config_build_seconds_bucket", "+Inf")] == 2
+
+    [gauge] = families["relayctl_queue_depth"].samples
+    assert gauge.labels == {"tag_le": "x", "tag_process": "spoofed", "process": "gateway"}
+    assert families["relayctl_envelope_bytes"].type == "summary"
+
+
+def test_recorded_points_flow_into_the_store(published: Published) -> None:
+    """What a process records is what the store aggregates, via the wire format."""
+    instance = Metrics(published, process="relay-proxy")
+    try:
+        instance.incr("forwarded", tags={"project_id": 9, "outcome": "ok"})
+        instance.incr("forwarded", tags={"outcome": "ok"})
+        instance.flush()
+    finally:
+        instance.close()
+
+    store = MetricsStore()
+    for batch in published.batches:
+        store.apply_batch(batch)
+    assert store.snapshot()["processes"]["relay-proxy"]["counters"] == {
+        "forwarded{outcome=ok}": 2.0
+    }

@@ -1,0 +1,344 @@
+"""The project config document: shape, Relay acceptance, PII merge, revisions."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from sentry_relay.auth import generate_key_pair
+from sentry_relay.processing import normalize_project_config, validate_pii_config
+
+from actors.model import DELETED, DISABLED, Org, Project, ProjectKey
+from actors.options import validate_option
+from actors.project_config import DISABLED_CONFIG, build_project_config, merge_pii_configs
+
+KEY = "a" * 32
+OTHER_KEY = "b" * 32
+TOP_LEVEL_KEYS = {
+    "disabled",
+    "slug",
+    "lastFetch",
+    "lastChange",
+    "rev",
+    "publicKeys",
+    "config",
+    "organizationId",
+    "projectId",
+}
+# Keys this sentry_relay build drops on a round trip even when valid: empty features, and
+# metricExtraction, which its normalizer never serializes.
+NOT_ROUND_TRIPPED = {"features", "metricExtraction"}
+
+
+def make(
+    org_options: dict[str, Any] | None = None,
+    project_options: dict[str, Any] | None = None,
+    **key_fields: Any,
+) -> tuple[Org, Project, ProjectKey]:
+    org = Org(1, "acme", "Acme", options=org_options or {}, last_change=100.0)
+    project = Project(2, 1, "web", "Web", options=project_options or {}, last_change=200.5)
+    key = ProjectKey(KEY, 7, 2, last_change=150.0, **key_fields)
+    return org, project, key
+
+
+def assert_relay_accepts(config: dict[str, Any]) -> dict[str, Any]:
+    """Relay's own deserializer accepts the config and keeps every section we emitted."""
+    normalized = normalize_project_config(config)
+    for key in set(config) - NOT_ROUND_TRIPPED:
+        assert normalized.get(key) is not None, f"Relay dropped {key}"
+    return normalized
+
+
+def pii(rule_name: str, pattern: str) -> dict[str, Any]:
+    return {
+        "rules": {
+            rule_name: {
+                "type": "pattern",
+                "pattern": pattern,
+                "redaction": {"method": "replace", "text": "[x]"},
+            },
+            "both": {
+                "type": "multiple",
+                "rules": [rule_name, "@ip"],
+                "redaction": {"method": "remove"},
+            },
+            "alias": {"type": "alias", "rule": rule_name},
+        },
+        "applications": {"$string": [rule_name, "@email"], "$http.headers": ["both", "alias"]},
+    }
+
+
+def every_option_set() -> tuple[Org, Project, ProjectKey]:
+    relay_key = str(generate_key_pair()[1])
+    raw_org = {
+        "sentry:trusted-relays": [{"public_key": relay_key, "name": "edge"}],
+        "sentry:relay_pii_config": pii("org_secret", "s3cr3t"),
+        "sentry:require_scrub_data": True,
+        "sentry:require_scrub_defaults": True,
+        "sentry:require_scrub_ip_address": True,
+        "sentry:sensitive_fields": ["card"],
+        "sentry:safe_fields": ["order_id"],
+        "sentry:features": ["organizations:session-replay"],
+        "sentry:event_retention": 30,
+        "quotas:org-rate-limit": {"window": 3600, "count": 100000},
+        "ai:policy": "denied",
+    }
+    raw_project = {
+        "sentry:origins": "https://a.example\nhttps://*.b.example",
+        "sentry:scrub_data": False,
+        "sentry:scrub_defaults": False,
+        "sentry:scrub_ip_address": False,
+        "sentry:sensitive_fields": ["ssn"],
+        "sentry:safe_fields": ["trace_id"],
+        "sentry:relay_pii_config": pii("proj_secret", "hunter2"),
+        "sentry:blacklisted_ips": ["10.0.0.1", "192.168.0.0/16"],
+        "sentry:releases": ["1.0.*"],
+        "sentry:error_messages": ["*ResizeObserver*"],
+        "sentry:csp_ignored_sources": ["https://ads.example"],
+        "sentry:csp_ignored_sources_defaults": False,
+        "filters:browser-extensions": "1",
+        "filters:localhost": True,
+        "filters:web-crawlers": 1,
+        "filters:legacy-browsers": ["ie9", "safari_pre_6"],
+        "filters:filtered-transaction": "1",
+        "filters:react-hydration-errors": "1",
+        "filters:chunk-load-error": "1",
+        "quotas:project-rate-limit": {"window": 60, "count": 1000},
+        "sentry:dynamic_sampling_rules": [
+            {
+                "id": 1000,
+                "type": "trace",
+                "samplingValue": {"type": "sampleRate", "value": 0.25},
+                "condition": {"op": "and", "inner": []},
+            },
+        ],
+        "sentry:metric_extraction": {
+            "version": 1,
+            "metrics": [
+                {
+                    "category": "transaction",
+                    "mri": "c:transactions/on_demand@none",
+                    "condition": {"op": "eq", "name": "event.release", "value": "1.0"},
+                }
+            ],
+        },
+        "sentry:features": ["projects:span-metrics-extraction"],
+        "sentry:grouping_config": "newstyle:2023-01-11",
+        "sentry:grouping_enhancements": "stack.function:panic_* -app",
+        "sentry:breakdowns": {"span_ops": {"type": "spanOperations", "matches": ["db", "http"]}},
+    }
+    org_options = {k: validate_option("org", k, v) for k, v in raw_org.items()}
+    project_options = {k: validate_option("project", k, v) for k, v in raw_project.items()}
+    return make(org_options, project_options, rate_limit={"window": 60, "count": 10})
+
+
+def test_defaults_document_is_accepted_by_relay() -> None:
+    """A project with no options gives a full document whose config Relay accepts."""
+    org, project, key = make()
+    doc = build_project_config(org, project, key, now=1000.0)
+    assert set(doc) == TOP_LEVEL_KEYS
+    assert doc["disabled"] is False
+    assert doc["slug"] == "web"
+    normalized = assert_relay_accepts(doc["config"])
+    assert normalized["allowedDomains"] == ["*"]
+    assert doc["config"]["datascrubbingSettings"] == {
+        "excludeFields": [],
+        "scrubData": True,
+        "scrubIpAddresses": False,
+        "sensitiveFields": [],
+        "scrubDefaults": True,
+    }
+    assert doc["config"]["piiConfig"] == {}
+    assert doc["config"]["trustedRelays"] == []
+    assert doc["config"]["sessionMetrics"] == {"version": 1}
+    assert "quotas" not in doc["config"] and "sampling" not in doc["config"]
+    assert "metricExtraction" not in doc["config"]
+
+
+def test_document_with_every_option_set_is_accepted_by_relay() -> None:
+    """Setting every option still gives a config that Relay accepts section by section."""
+    org, project, key = every_option_set()
+    config = build_project_config(org, project, key, now=1000.0)["config"]
+    normalized = assert_relay_accepts(config)
+    assert config["allowedDomains"] == ["https://a.example", "https://*.b.example"]
+    assert config["datascrubbingSettings"] == {
+        "excludeFields": ["order_id", "trace_id"],
+        "scrubData": True,
+        "scrubIpAddresses": True,
+        "sensitiveFields": ["card", "ssn"],
+        "scrubDefaults": True,
+    }
+    filters = normalized["filterSettings"]
+    assert filters["legacyBrowsers"] == {"isEnabled": True, "options": ["ie9", "safari_pre_6"]}
+    assert filters["clientIps"] == {"blacklistedIps": ["10.0.0.1", "192.168.0.0/16"]}
+    assert filters["csp"] == {"disallowedSources": ["https://ads.example"]}
+    assert filters["releases"] == {"releases": ["1.0.*"]}
+    # Relay matches error messages case-insensitively and lowercases the patterns.
+    assert "*resizeobserver*" in filters["errorMessages"]["patterns"]
+    assert {"browserExtensions", "localhost", "webCrawlers", "ignoreTransactions"} <= set(filters)
+    assert normalized["sampling"]["rules"][0]["id"] == 1000
+    assert normalized["eventRetention"] == 30
+    assert config["features"] == [
+        "organizations:session-replay",
+        "projects:span-metrics-extraction",
+    ]
+    assert config["metricExtraction"]["metrics"][0]["mri"] == "c:transactions/on_demand@none"
+    assert config["groupingConfig"] == {
+        "id": "newstyle:2023-01-11",
+        "enhancements": "stack.function:panic_* -app",
+    }
+
+
+def test_quotas_use_relays_schema_with_string_scope_ids() -> None:
+    """Key, project and org quotas carry Relay's fields, the key's scopeId being its numeric id."""
+    org, project, key = every_option_set()
+    quotas = build_project_config(org, project, key)["config"]["quotas"]
+    by_scope = {q["scope"]: q for q in quotas}
+    assert by_scope["key"]["scopeId"] == "7"
+    assert by_scope["key"]["limit"] == 10 and by_scope["key"]["window"] == 60
+    assert by_scope["project"]["scopeId"] == "2"
+    assert by_scope["organization"]["scopeId"] == "1"
+    assert all(isinstance(q["id"], str) and q["categories"] for q in quotas)
+    assert len(normalize_project_config({"quotas": quotas})["quotas"]) == 3
+
+
+def test_pii_configs_merge_org_first_with_prefixes_and_references() -> None:
+    """Org and project PII rules are prefixed, references follow them, org rules come first."""
+    merged = merge_pii_configs(
+        [("organization:", pii("secret", "a")), ("project:", pii("secret", "b"))]
+    )
+    assert list(merged["rules"]) == [
+        "organization:secret",
+        "organization:both",
+        "organization:alias",
+        "project:secret",
+        "project:both",
+        "project:alias",
+    ]
+    assert merged["rules"]["project:both"]["rules"] == ["project:secret", "@ip"]
+    assert merged["rules"]["organization:alias"]["rule"] == "organization:secret"
+    assert merged["applications"]["$string"] == [
+        "organization:secret",
+        "@email",
+        "project:secret",
+        "@email",
+    ]
+    assert merged["applications"]["$http.headers"] == [
+        "organization:both",
+        "organization:alias",
+        "project:both",
+        "project:alias",
+    ]
+    validate_pii_config(json.dumps(merged))
+
+
+def test_pii_merge_leaves_its_inputs_alone() -> None:
+    """Merging never mutates the stored option values."""
+    org_config = pii("secret", "a")
+    before = copy.deepcopy(org_config)
+    merge_pii_configs([("organization:", org_config)])
+    assert org_config == before
+
+
+def test_document_pii_config_is_the_merge_of_org_and_project() -> None:
+    """The document's piiConfig holds both configs' rules, prefixed."""
+    org, project, key = every_option_set()
+    pii_config = build_project_config(org, project, key)["config"]["piiConfig"]
+    assert "organization:org_secret" in pii_config["rules"]
+    assert "project:proj_secret" in pii_config["rules"]
+
+
+def test_trusted_relays_are_the_orgs_relay_public_keys() -> None:
+    """trustedRelays lists the public keys of the org's trusted relays, which Relay parses."""
+    keys = [str(generate_key_pair()[1]) for _ in range(2)]
+    value = validate_option(
+        "org",
+        "sentry:trusted-relays",
+        [{"public_key": k, "name": f"relay {i}"} for i, k in enumerate(keys)],
+    )
+    org, project, key = make({"sentry:trusted-relays": value})
+    config = build_project_config(org, project, key)["config"]
+    assert config["trustedRelays"] == keys
+    assert normalize_project_config(config)["trustedRelays"] == keys
+
+
+def test_disabled_key_gives_exactly_disabled() -> None:
+    """An inactive key gives exactly {"disabled": True}."""
+    org, project, key = make(status=DISABLED)
+    assert build_project_config(org, project, key) == {"disabled": True}
+
+
+def test_inactive_project_gives_exactly_disabled() -> None:
+    """A project that is not active gives exactly {"disabled": True}."""
+    org, project, key = make()
+    for status in (DISABLED, DELETED):
+        project.status = status
+        assert build_project_config(org, project, key) == {"disabled": True}
+
+
+def test_disabled_answer_is_a_fresh_dict() -> None:
+    """Mutating a disabled answer never changes the shared constant."""
+    org, project, key = make(status=DISABLED)
+    build_project_config(org, project, key)["slug"] = "x"
+    assert DISABLED_CONFIG == {"disabled": True}
+
+
+def test_rev_is_stable_across_builds_and_fetch_times() -> None:
+    """Building the same state twice, at different times, keeps the revision."""
+    org, project, key = every_option_set()
+    first = build_project_config(org, project, key, now=1000.0)
+    second = build_project_config(org, project, key, now=2000.0)
+    assert first["lastFetch"] != second["lastFetch"]
+    assert first["rev"] == second["rev"]
+    assert isinstance(first["rev"], str) and len(first["rev"]) == 32
+
+
+def test_rev_changes_when_an_option_changes() -> None:
+    """Changing an option that reaches the document changes the revision."""
+    org, project, key = make()
+    before = build_project_config(org, project, key)["rev"]
+    project.options["sentry:scrub_ip_address"] = True
+    assert build_project_config(org, project, key)["rev"] != before
+    org.options["sentry:safe_fields"] = ["x"]
+    assert build_project_config(org, project, key)["rev"] != before
+
+
+def test_timestamps_are_rfc3339_utc_with_fraction_and_z() -> None:
+    """lastFetch and lastChange are UTC with a fraction and Z; lastChange is the newest change."""
+    org, project, key = make()
+    doc = build_project_config(org, project, key, now=1700000000.25)
+    assert doc["lastFetch"] == "2023-11-14T22:13:20.250000Z"
+    assert doc["lastChange"] == "1970-01-01T00:03:20.500000Z"
+
+
+def test_public_keys_start_with_the_requested_key() -> None:
+    """publicKeys is exactly the requested key, or for v1 that key then the other active keys."""
+    org, project, key = make()
+    doc = build_project_config(org, project, key)
+    assert doc["publicKeys"] == [{"publicKey": KEY, "numericId": 7, "isEnabled": True}]
+    other = ProjectKey(OTHER_KEY, 8, 2)
+    inactive = ProjectKey("c" * 32, 9, 2, status=DISABLED)
+    v1 = build_project_config(org, project, key, project_keys=[other, key, inactive])
+    assert [k["publicKey"] for k in v1["publicKeys"]] == [KEY, OTHER_KEY]
+
+
+def test_ids_are_integers() -> None:
+    """projectId and organizationId are integers."""
+    org, project, key = make()
+    doc = build_project_config(org, project, key)
+    assert doc["projectId"] == 2 and type(doc["projectId"]) is int
+    assert doc["organizationId"] == 1 and type(doc["organizationId"]) is int
+
+
+def test_template_options_reach_the_document() -> None:
+    """A project template's option values are used when the project has none of its own."""
+    org, project, key = make()
+    org.templates["strict"] = {
+        "sentry:scrub_ip_address": True,
+        "sentry:origins": ["https://t.example"],
+    }
+    project.template = "strict"
+    config = build_project_config(org, project, key)["config"]
+    assert config["datascrubbingSettings"]["scrubIpAddresses"] is True
+    assert config["allowedDomains"] == ["https://t.example"]
