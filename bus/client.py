@@ -38,9 +38,9 @@ def subject_for(message_type: str) -> str:
 
 async def request(nc: NATS, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
                   subject: str | None = None, correlation_id: str | None = None,
-                  retries: int = 0) -> Any:
+                  retries: int = 0, actor: str = "") -> Any:
     deadline = time.time() + timeout
-    envelope = Request(type=message_type, payload=payload, deadline=deadline)
+    envelope = Request(type=message_type, payload=payload, deadline=deadline, actor=actor)
     if correlation_id:
         envelope.id = correlation_id
     data = envelope.encode()

@@ -28,8 +28,11 @@ async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[]
                   allow_reconnect: bool = True, quiet: bool = False) -> NATS:
     """Connect with reconnects forever: a NATS restart must never need a process restart."""
 
+    holder: list[NATS] = []
+
     async def disconnected() -> None:
-        if not quiet:
+        closing = bool(holder) and (holder[0].is_closed or holder[0].is_draining)
+        if not quiet and not closing:
             log.warning("nats.disconnected", name=name)
 
     async def reconnected() -> None:
@@ -41,12 +44,14 @@ async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[]
         log.debug("nats.error", name=name, error=str(exc))
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url, name=name, connect_timeout=connect_timeout, reconnect_time_wait=0.5,
             max_reconnect_attempts=max_reconnect_attempts, allow_reconnect=allow_reconnect,
             disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
             max_outstanding_pings=3, ping_interval=5,
         )
+        holder.append(nc)
+        return nc
     except Exception as exc:
         raise Unavailable(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from None
 

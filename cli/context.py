@@ -8,6 +8,7 @@ become a message on stderr and exit status 1, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
 from dataclasses import dataclass
@@ -57,8 +58,8 @@ class Context:
             nc = await connect(self.nats_url, name="relayctl-cli", max_reconnect_attempts=0,
                                allow_reconnect=False, quiet=True)
             try:
-                return await bus_request(nc, message_type, payload, timeout=timeout, retries=2
-                                         if message_type.endswith(("_get", "list")) else 0)
+                return await bus_request(nc, message_type, payload, timeout=timeout, actor=cli_actor(),
+                                         retries=2 if message_type.endswith(("_get", "list")) else 0)
             finally:
                 await nc.close()
 
@@ -66,6 +67,14 @@ class Context:
             return asyncio.run(run())
         except RelayctlError as exc:
             fail(exc.message)
+
+
+def cli_actor() -> str:
+    """Who a change made from this shell is recorded as: `cli:<login>`."""
+    try:
+        return "cli:" + getpass.getuser()
+    except Exception:
+        return "cli"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 
 from cli.context import Context, emit, fail, parse_json_value, split_project
+from cli.logging import setup_logging
 
 pass_ctx = click.make_pass_decorator(Context)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -31,6 +33,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 def main(ctx: click.Context, data_dir: Path, nats_url: str | None) -> None:
     """An event-sourced upstream for Sentry Relay."""
     ctx.obj = Context(data_dir=data_dir.resolve(), nats_url_option=nats_url)
+    if not structlog.is_configured():
+        setup_logging(process="cli", level="warning")
 
 
 # -- orgs ---------------------------------------------------------------------------------------

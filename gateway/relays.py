@@ -79,7 +79,7 @@ class RelayEndpoints:
                   retries: int = 1) -> Any:
         if self.nc is None or not self.nc.is_connected:
             raise Unavailable("the control plane (NATS) is unavailable")
-        return await bus_request(self.nc, message_type, payload, timeout=timeout, retries=retries,
+        return await bus_request(self.nc, message_type, payload, timeout=timeout, retries=retries, actor="gateway",
                                  correlation_id=structlog.contextvars.get_contextvars().get("correlation_id"))
 
     # -- registration ----------------------------------------------------------------------

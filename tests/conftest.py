@@ -1,0 +1,48 @@
+"""Fixtures: a real nats-server (JetStream) and redis-server per test session, on free
+loopback ports in temp dirs, and a running system (every actor + the gateway) per module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bus.embedded import ServerProcess, start_nats, start_redis
+from cli.logging import setup_logging
+from tests.system import SystemUnderTest
+
+setup_logging(process="tests", level="warning")
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    path = tmp_path_factory.mktemp("nats")
+    server = start_nats(path, log_path=path / "nats.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    path = tmp_path_factory.mktemp("redis")
+    server = start_redis(path, log_path=path / "redis.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def system(nats_server: ServerProcess, redis_server: ServerProcess) -> Iterator[SystemUnderTest]:
+    sut = SystemUnderTest(nats_server.url, redis_server.url).start()
+    yield sut
+    sut.stop()
+
+
+@pytest.fixture
+def fresh_servers(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """A nats-server and redis-server of the test's own (for tests that stop or break them)."""
+    nats = start_nats(tmp_path / "nats", log_path=tmp_path / "nats.log")
+    redis = start_redis(tmp_path / "redis", log_path=tmp_path / "redis.log")
+    yield nats, redis
+    nats.stop()
+    redis.stop()
