@@ -44,7 +44,52 @@ class _Waiter:
     call: Call | None
 
 
-class ProjectionActor(pykka.ThreadingActor):
+class ServiceActor(pykka.ThreadingActor):
+    """An actor that answers `Call`s with `handle_<type>` methods."""
+
+    name = "service"
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Call):
+            self._dispatch(message)
+            return None
+        return self.on_other(message)
+
+    def on_other(self, message: Any) -> Any:
+        raise TypeError(f"{self.name} got an unexpected message {type(message).__name__}")
+
+    def is_replayed(self) -> bool:
+        """Ready to serve (projections override this: ready once replay is done)."""
+        return True
+
+    def _dispatch(self, call: Call) -> None:
+        handler = getattr(self, "handle_" + call.request.type.replace(".", "_"), None)
+        self.run_handler(call, handler)
+
+    def run_handler(self, call: Call, handler: Callable[[Call], Any] | None) -> None:
+        if call.expired:
+            return  # the caller has already given up; its loop side answered
+        # Every log line made while serving this call carries the caller's correlation id.
+        with structlog.contextvars.bound_contextvars(correlation_id=call.request.id):
+            self._run_handler(call, handler)
+
+    def _run_handler(self, call: Call, handler: Callable[[Call], Any] | None) -> None:
+        try:
+            if handler is None:
+                raise RelayctlError(f"{self.name} cannot handle {call.request.type}")
+            result = handler(call)
+        except RelayctlError as exc:
+            call.error(exc)
+        except Exception as exc:  # a bug in one request must not take the actor down
+            log.exception("actor.handler_failed", actor=self.name, type=call.request.type,
+                          correlation_id=call.request.id)
+            call.error(RelayctlError(f"internal error in {self.name}: {type(exc).__name__}"))
+        else:
+            if result is not DEFERRED:
+                call.reply(result)
+
+
+class ProjectionActor(ServiceActor):
     name = "projection"
 
     def __init__(self, runtime: BusRuntime, store: EventStore) -> None:
@@ -101,14 +146,8 @@ class ProjectionActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Commits):
             self._fold(message.batch)
-        elif isinstance(message, Call):
-            self._dispatch(message)
-        else:
-            return self.on_other(message)
-        return None
-
-    def on_other(self, message: Any) -> Any:
-        raise TypeError(f"{self.name} got an unexpected message {type(message).__name__}")
+            return None
+        return super().on_receive(message)
 
     def _fold(self, batch: list[tuple[int, list[DomainEvent]]]) -> None:
         changes = Changes()
@@ -126,25 +165,7 @@ class ProjectionActor(pykka.ThreadingActor):
             # look unknown); park the call until the replay reaches where the stream was.
             self.after(self.live_from, lambda: self._dispatch(call), call)
             return
-        handler = getattr(self, "handle_" + call.request.type.replace(".", "_"), None)
-        self.run_handler(call, handler)
-
-    def run_handler(self, call: Call, handler: Callable[[Call], Any] | None) -> None:
-        if call.expired:
-            return  # the caller has already given up; its loop side answered
-        try:
-            if handler is None:
-                raise RelayctlError(f"{self.name} cannot handle {call.request.type}")
-            result = handler(call)
-        except RelayctlError as exc:
-            call.error(exc)
-        except Exception as exc:  # a bug in one request must not take the actor down
-            log.exception("actor.handler_failed", actor=self.name, type=call.request.type,
-                          correlation_id=call.request.id)
-            call.error(RelayctlError(f"internal error in {self.name}: {type(exc).__name__}"))
-        else:
-            if result is not DEFERRED:
-                call.reply(result)
+        super()._dispatch(call)
 
     def is_replayed(self) -> bool:
         return self.state.sequence >= self.live_from

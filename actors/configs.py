@@ -167,6 +167,7 @@ class ConfigActor(ProjectionActor):
 
     def handle_config_build(self, call: Call) -> dict[str, Any]:
         keys = [k for k in call.payload["public_keys"] if isinstance(k, str)]
+        log.info("configs.build_on_demand", keys=len(keys))
         built = self.materialize(keys)
         return {"entries": {k: list(e) for k, e in built.items()}}
 

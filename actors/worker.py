@@ -17,7 +17,9 @@ import structlog
 
 from actors.base import wait_ready
 from actors.supervision import Supervisor
+from bus import metrics
 from bus.eventstore import JetStreamEventStore
+from bus.process import instrument
 from bus.runtime import BusRuntime
 from bus.service import ActorService
 from messages.commands import CONTROL, QUERIES, Schema
@@ -50,6 +52,8 @@ def _kinds() -> dict[str, ActorKind]:
     from actors.commands import CommandActor
     from actors.configs import ConfigActor
     from actors.lookup import KeyLookupActor, OrgAccessActor
+    from actors.metrics import MetricsActor
+    from actors.transport import TransportActor
 
     return {
         "commands": ActorKind(
@@ -66,15 +70,22 @@ def _kinds() -> dict[str, ActorKind]:
             {"rc.config.get": {t: QUERIES[t] for t in ("config.get", "config.get_v1", "config.history")},
              "rc.config.build": _queries("config.build")},
             "builds project configs and materializes them into Redis"),
+        "metrics": ActorKind(
+            "metrics", lambda d: MetricsActor.start(d.runtime),
+            {"rc.metrics.query": _queries("metrics.")}, "aggregated internal metrics"),
+        "transport": ActorKind(
+            "transport", lambda d: TransportActor.start(d.runtime),
+            {"rc.transport.control": _queries("transport.")}, "forwards the system's own error reports"),
     }
 
 
-ACTOR_NAMES = ("commands", "keys", "orgs", "configs")
+ACTOR_NAMES = ("commands", "keys", "orgs", "configs", "metrics", "transport")
 
 
 class Worker:
     def __init__(self, names: list[str], nats_url: str, redis_url: str | None = None, *,
-                 process_name: str = "worker", on_give_up: Callable[[str], None] | None = None) -> None:
+                 process_name: str = "worker", on_give_up: Callable[[str], None] | None = None,
+                 instrument: bool = True) -> None:
         kinds = _kinds()
         unknown = [n for n in names if n not in kinds]
         if unknown:
@@ -84,6 +95,7 @@ class Worker:
         self.redis_url = redis_url
         self.process_name = process_name
         self.on_give_up = on_give_up
+        self.instrument = instrument
         self.runtime: BusRuntime | None = None
         self.supervisors: dict[str, Supervisor] = {}
         self.services: list[ActorService] = []
@@ -92,11 +104,14 @@ class Worker:
     def start(self, ready_timeout: float = 120.0) -> "Worker":
         runtime = self.runtime = BusRuntime(self.nats_url, name=self.process_name).start()
         assert runtime.nc is not None
+        if self.instrument:
+            instrument(runtime.nc, runtime.loop, f"worker:{self.process_name}")
         store = JetStreamEventStore(runtime.nc)
         runtime.call(store.ensure())
         deps = Deps(runtime, store, self.redis_url)
         for kind in self.kinds:
-            supervisor = Supervisor(kind.name, lambda kind=kind: kind.start(deps), on_give_up=self.on_give_up)
+            supervisor = Supervisor(kind.name, lambda kind=kind: kind.start(deps), on_give_up=self.on_give_up,
+                                    on_restart=lambda name: metrics.incr("actor.restarts", tags={"actor": name}))
             self.supervisors[kind.name] = supervisor.start()
         for kind in self.kinds:
             ref = self.supervisors[kind.name].ref

@@ -29,6 +29,7 @@ QUERY_SUBJECTS = {
     "config.history": "rc.config.get",
     "config.build": "rc.config.build",
     "metrics.snapshot": "rc.metrics.query",
+    "transport.flush": "rc.transport.control",
 }
 
 

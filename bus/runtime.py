@@ -74,7 +74,10 @@ class BusRuntime:
 
     def start(self, timeout: float = 10.0) -> "BusRuntime":
         def bump() -> None:
+            from bus import metrics
+
             self.reconnects += 1
+            metrics.incr("nats.reconnects")
         self.nc = self.call(connect(self.nats_url, name=self.name, on_reconnect=bump), timeout=timeout)
         return self
 

@@ -9,7 +9,7 @@ import sys
 import structlog
 
 
-def setup_logging(process: str, level: str | None = None) -> None:
+def setup_logging(process: str, level: str | None = None, *, cache: bool = True) -> None:
     level_name = (level or os.environ.get("RELAYCTL_LOG_LEVEL", "info")).upper()
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if sys.stderr.isatty() and not os.environ.get("RELAYCTL_LOG_JSON")
@@ -24,6 +24,6 @@ def setup_logging(process: str, level: str | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     structlog.contextvars.bind_contextvars(process=process, pid=os.getpid())

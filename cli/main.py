@@ -392,6 +392,8 @@ def import_(ctx: Context, file: Any, as_json: bool) -> None:
                            f"{summary['keys']} keys ({summary['events']} events) in {summary['seconds']}s")
 
 
+from cli import observe as _observe  # noqa: E402  (registers metrics/transport)
 from cli import services as _services  # noqa: E402  (registers up/down/status/worker/gateway)
 
 _services.register(main)
+_observe.register(main)

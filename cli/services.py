@@ -27,7 +27,7 @@ from bus.embedded import free_port, nats_command, port_open, redis_command
 from bus.runtime import connect
 from cli.context import Context, emit, fail
 
-ACTORS = ("commands", "keys", "orgs", "configs")
+ACTORS = ("commands", "keys", "orgs", "configs", "metrics", "transport")
 SERVICES = ("nats", "redis") + ACTORS + ("gateway",)
 HEALTH_TIMEOUT = float(os.environ.get("RELAYCTL_HEALTH_TIMEOUT", "90"))
 

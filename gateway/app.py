@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -20,6 +21,9 @@ import structlog
 from aiohttp import web
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from bus import metrics
+from bus.client import request as bus_request
+from bus.process import instrument
 from bus.runtime import connect
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
 from gateway.relays import RelayEndpoints
@@ -38,6 +42,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     cid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(correlation_id=cid, path=request.path)
+    started = time.perf_counter()
     try:
         response = await handler(request)
     except HTTPFailure as failure:
@@ -56,6 +61,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("gateway.unhandled")
         response = error_response(503, "Temporary failure; retry")
     response.headers["X-Request-Id"] = cid
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    tags = {"route": route, "status": str(response.status)}
+    if route.endswith("/projectconfigs/"):
+        tags["version"] = request.query.get("version") or "1"
+    metrics.timing("gateway.requests", time.perf_counter() - started, tags)
     return response
 
 
@@ -96,11 +106,18 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"healthy": healthy, "dependencies": state}, 200 if healthy else 503)
 
 
+async def prometheus(request: web.Request) -> web.Response:
+    """Every process's metrics, as the metrics actor aggregates them."""
+    text = await bus_request(request.app["nc"], "metrics.snapshot", {"format": "prometheus"}, timeout=3.0,
+                             retries=1)
+    return web.Response(body=text, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
 async def live(request: web.Request) -> web.Response:
     return json_response({"is_healthy": True})
 
 
-def create_app(nats_url: str, redis_url: str | None) -> web.Application:
+def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool = True) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
     app["nc"] = None
     app["redis"] = None
@@ -109,6 +126,8 @@ def create_app(nats_url: str, redis_url: str | None) -> web.Application:
     async def startup(app: web.Application) -> None:
         app["nc"] = await connect(nats_url, name="gateway")
         app["secret"] = await registration_secret(app["nc"])
+        if instrument_process:
+            instrument(app["nc"], asyncio.get_running_loop(), "gateway")
         if redis_url:
             app["redis"] = aioredis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
 
@@ -128,6 +147,7 @@ def create_app(nats_url: str, redis_url: str | None) -> web.Application:
     app.router.add_post(f"{prefix}/publickeys/", relays.public_keys)
     app.router.add_post(f"{prefix}/projectids/", relays.project_ids)
     app.router.add_get("/_health/", health)
+    app.router.add_get("/metrics", prometheus)
     return app
 
 

@@ -87,6 +87,7 @@ QUERIES: dict[str, Schema] = {
     "config.build": {"public_keys": field(list)},
     "config.history": {"public_key": public_key},
     "metrics.snapshot": {"format": field(str, required=False, default="json")},
+    "transport.flush": {},
 }
 
 

@@ -12,7 +12,8 @@ from bus.embedded import ServerProcess, start_nats, start_redis
 from cli.logging import setup_logging
 from tests.system import SystemUnderTest
 
-setup_logging(process="tests", level="warning")
+# Not cached, so tests can swap processors to capture structured log events.
+setup_logging(process="tests", level="warning", cache=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,73 @@
+"""The metrics actor: aggregates every process's metric points and serves them.
+
+Each instance subscribes to `rc.metrics.record` without a queue group, so every instance
+sees every batch and holds the whole picture; a query (`rc.metrics.query`) can go to any
+of them. Points are folded by `MetricsStore`; answers are a JSON snapshot or Prometheus
+text (for the gateway's `/metrics`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from actors.base import ServiceActor
+from actors.metrics_store import MetricsStore
+from bus.metrics import MalformedBatch, decode_batch
+from bus.runtime import BusRuntime
+from bus.service import Call
+from messages.errors import BadRequest
+from messages.subjects import METRICS_RECORD
+
+log = structlog.get_logger(__name__)
+
+
+class MetricsBatch:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class MetricsActor(ServiceActor):
+    name = "metrics"
+
+    def __init__(self, runtime: BusRuntime) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.store = MetricsStore()
+        self.malformed = 0
+        self._subscription: Any = None
+
+    def on_start(self) -> None:
+        ref = self.actor_ref
+
+        async def on_batch(msg: Any) -> None:
+            ref.tell(MetricsBatch(msg.data))
+
+        assert self.runtime.nc is not None
+        self._subscription = self.runtime.call(self.runtime.nc.subscribe(METRICS_RECORD, cb=on_batch))
+
+    def on_stop(self) -> None:
+        if self._subscription is not None:
+            try:
+                self.runtime.call(self._subscription.unsubscribe(), timeout=5)
+            except Exception:
+                pass
+
+    def on_other(self, message: Any) -> Any:
+        if isinstance(message, MetricsBatch):
+            try:
+                self.store.apply_batch(decode_batch(message.data))
+            except MalformedBatch as exc:
+                self.malformed += 1
+                log.warning("metrics.malformed_batch", error=str(exc))
+            return None
+        return super().on_other(message)
+
+    def handle_metrics_snapshot(self, call: Call) -> Any:
+        fmt = call.payload["format"]
+        if fmt == "prometheus":
+            return self.store.prometheus_text()
+        if fmt == "json":
+            return self.store.snapshot()
+        raise BadRequest(f"unknown format {fmt!r}; use json or prometheus")

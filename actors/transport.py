@@ -1,0 +1,91 @@
+"""The transport actor: forwards the system's own error reports to up to two DSNs.
+
+Every process's sentry-sdk publishes envelopes on `rc.transport.envelope` (so may any
+other service). Instances share that subject in a queue group, so each envelope is
+forwarded once, by a `TransportMultiplexer`: upstream first, then relay, with the
+filtering and counting that BEHAVIOUR.md describes.
+
+Configuration (environment, or a `TransportConfig` passed in by tests):
+`RELAYCTL_DSN_UPSTREAM`, `RELAYCTL_DSN_RELAY`, `RELAYCTL_UPSTREAM_METRICS` (1 to keep
+statsd items upstream), `RELAYCTL_INTERNAL_PROJECT_ID` (events raised while processing
+this project never go to relay).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from actors.base import ServiceActor
+from actors.transport_mux import TransportMultiplexer
+from bus import metrics
+from bus.runtime import BusRuntime
+from messages.subjects import TRANSPORT_ENVELOPE
+
+
+@dataclass
+class TransportConfig:
+    upstream: str | None = None
+    relay: str | None = None
+    upstream_metrics_enabled: bool = False
+    internal_project_id: int | None = None
+
+    @classmethod
+    def from_env(cls) -> "TransportConfig":
+        project = os.environ.get("RELAYCTL_INTERNAL_PROJECT_ID", "")
+        return cls(upstream=os.environ.get("RELAYCTL_DSN_UPSTREAM") or None,
+                   relay=os.environ.get("RELAYCTL_DSN_RELAY") or None,
+                   upstream_metrics_enabled=os.environ.get("RELAYCTL_UPSTREAM_METRICS", "") in ("1", "true"),
+                   internal_project_id=int(project) if project.isdigit() else None)
+
+
+class EnvelopeArrived:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class TransportActor(ServiceActor):
+    name = "transport"
+
+    def __init__(self, runtime: BusRuntime, config: TransportConfig | None = None) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.config = config or TransportConfig.from_env()
+        self.mux: TransportMultiplexer | None = None
+        self._subscription: Any = None
+
+    def on_start(self) -> None:
+        self.mux = TransportMultiplexer(
+            upstream=self.config.upstream, relay=self.config.relay, metrics=metrics.metrics,
+            upstream_metrics_enabled=self.config.upstream_metrics_enabled,
+            internal_project_id=self.config.internal_project_id)
+        ref = self.actor_ref
+
+        async def on_envelope(msg: Any) -> None:
+            ref.tell(EnvelopeArrived(msg.data))
+
+        assert self.runtime.nc is not None
+        self._subscription = self.runtime.call(
+            self.runtime.nc.subscribe(TRANSPORT_ENVELOPE, queue="rc-transport", cb=on_envelope))
+
+    def on_stop(self) -> None:
+        if self._subscription is not None:
+            try:
+                self.runtime.call(self._subscription.unsubscribe(), timeout=5)
+            except Exception:
+                pass
+        if self.mux is not None:
+            self.mux.close(timeout=5)
+
+    def on_other(self, message: Any) -> Any:
+        if isinstance(message, EnvelopeArrived):
+            assert self.mux is not None
+            self.mux.submit(message.data)
+            return None
+        return super().on_other(message)
+
+    def handle_transport_flush(self, call: Any) -> dict[str, Any]:
+        assert self.mux is not None
+        return {"flushed": self.mux.flush(timeout=max(0.1, min(5.0, call.request.remaining() - 0.2))),
+                "dropped": self.mux.dropped}
