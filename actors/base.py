@@ -1,6 +1,7 @@
 """The base of every actor that owns a projection of the domain events.
 
-A `ProjectionActor` follows the event stream from the start (or from its snapshot): the
+A `ProjectionActor` follows the event stream from its last snapshot (bus/snapshots.py;
+one actor class per deployment writes them: the command handlers) or the start: the
 bus delivers commits on the asyncio loop, which batches them into `Commits` messages for
 the actor; the actor folds them into its `DomainState` and calls `on_changes`. Replay
 after a (re)start and live processing are the same path.
@@ -22,9 +23,10 @@ import pykka
 import structlog
 
 from actors.state import Changes, DomainState
-from bus.eventstore import EventStore
+from bus.eventstore import EventStore, JetStreamEventStore
 from bus.runtime import BusRuntime
 from bus.service import Call
+from bus.snapshots import SnapshotStore
 from messages.errors import RelayctlError
 from messages.events import DomainEvent
 
@@ -98,13 +100,19 @@ class ProjectionActor(ServiceActor):
         self.store = store
         self.state = DomainState()
         self.live_from = 0  # sequence of the stream's end at start: replay is done past it
+        self._snapshot_sequence = 0
         self._waiters: list[_Waiter] = []
         self._subscription: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    # Write a snapshot after this many commits folded since the last one (0: never).
+    snapshot_every = 0
+    SNAPSHOT_NAME = "domain-state"
+
     def on_start(self) -> None:
         self.live_from = self.runtime.call(self.store.last_sequence())
+        self._load_snapshot()
         ref = self.actor_ref
         pending: list[tuple[int, list[DomainEvent]]] = []
         loop = self.runtime.loop
@@ -125,6 +133,37 @@ class ProjectionActor(ServiceActor):
 
         self._subscription = self.runtime.call(self.store.follow(deliver, self.state.sequence + 1))
         log.info("projection.started", actor=self.name, replay_to=self.live_from)
+
+    def _snapshots(self) -> SnapshotStore | None:
+        nc = self.runtime.nc
+        return SnapshotStore(nc) if nc is not None and isinstance(self.store, JetStreamEventStore) else None
+
+    def _load_snapshot(self) -> None:
+        snapshots = self._snapshots()
+        if snapshots is None:
+            return
+        data = self.runtime.call(snapshots.load(self.SNAPSHOT_NAME))
+        if not data:
+            return
+        try:
+            state = DomainState.from_snapshot(data)
+        except Exception as exc:
+            log.warning("snapshot.ignored", actor=self.name, error=str(exc))
+            return
+        if state.sequence > self.live_from:
+            log.warning("snapshot.ahead_of_stream", actor=self.name, snapshot=state.sequence, stream=self.live_from)
+            return
+        self.state = state
+        self._snapshot_sequence = state.sequence
+        log.info("snapshot.loaded", actor=self.name, sequence=state.sequence)
+
+    def _maybe_snapshot(self) -> None:
+        if not self.snapshot_every or self.state.sequence - self._snapshot_sequence < self.snapshot_every:
+            return
+        snapshots = self._snapshots()
+        if snapshots is not None and self.runtime.call(snapshots.save(self.SNAPSHOT_NAME, self.state.to_snapshot())):
+            self._snapshot_sequence = self.state.sequence
+            log.info("snapshot.saved", actor=self.name, sequence=self.state.sequence)
 
     def on_stop(self) -> None:
         if self._subscription is not None:
@@ -155,6 +194,7 @@ class ProjectionActor(ServiceActor):
             changes.update(self.state.apply(sequence, events))
         self.on_changes(changes, batch)
         self._release_waiters()
+        self._maybe_snapshot()
 
     def on_changes(self, changes: Changes, batch: list[tuple[int, list[DomainEvent]]]) -> None:
         """Hook: called after each folded batch with everything it touched."""

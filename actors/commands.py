@@ -347,6 +347,7 @@ def answer_query(state: DomainState, message_type: str, payload: dict[str, Any])
 
 class CommandActor(ProjectionActor):
     name = "commands"
+    snapshot_every = 10_000  # every actor folds the same state; one kind writes the snapshot
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Call):
