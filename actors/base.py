@@ -100,7 +100,7 @@ class ProjectionActor(ServiceActor):
         self.store = store
         self.state = DomainState()
         self.live_from = 0  # sequence of the stream's end at start: replay is done past it
-        self._snapshot_sequence = 0
+        self.snapshot_sequence = 0
         self._waiters: list[_Waiter] = []
         self._subscription: Any = None
 
@@ -154,15 +154,15 @@ class ProjectionActor(ServiceActor):
             log.warning("snapshot.ahead_of_stream", actor=self.name, snapshot=state.sequence, stream=self.live_from)
             return
         self.state = state
-        self._snapshot_sequence = state.sequence
+        self.snapshot_sequence = state.sequence
         log.info("snapshot.loaded", actor=self.name, sequence=state.sequence)
 
     def _maybe_snapshot(self) -> None:
-        if not self.snapshot_every or self.state.sequence - self._snapshot_sequence < self.snapshot_every:
+        if not self.snapshot_every or self.state.sequence - self.snapshot_sequence < self.snapshot_every:
             return
         snapshots = self._snapshots()
         if snapshots is not None and self.runtime.call(snapshots.save(self.SNAPSHOT_NAME, self.state.to_snapshot())):
-            self._snapshot_sequence = self.state.sequence
+            self.snapshot_sequence = self.state.sequence
             log.info("snapshot.saved", actor=self.name, sequence=self.state.sequence)
 
     def on_stop(self) -> None:

@@ -299,7 +299,8 @@ class DomainState:
             return d
 
         return {
-            "format": SNAPSHOT_FORMAT, "sequence": self.sequence, "next_ids": self.next_ids,
+            # a copy: a snapshot written later (e.g. from the loop) must still describe `sequence`
+            "format": SNAPSHOT_FORMAT, "sequence": self.sequence, "next_ids": dict(self.next_ids),
             "orgs": [asdict(o) for o in self.orgs.values()],
             "projects": [asdict(p) for p in self.projects.values()],
             "keys": [asdict(k) for k in self.keys.values()],

@@ -130,9 +130,13 @@ def decode_commit(data: bytes, sequence: int = 0) -> list[DomainEvent]:
     for item in raw["events"]:
         if not isinstance(item, dict) or item.get("type") not in EVENT_TYPES:
             raise BadMessage(f"unknown or malformed event in commit: {item!r:.200}")
-        version, payload = upcast(item["type"], int(item.get("v", 1)), dict(item.get("payload") or {}))
-        events.append(DomainEvent(type=item["type"], aggregate_id=str(item["aggregate_id"]),
-                                  payload=payload, actor=str(item.get("actor", "system")),
-                                  id=str(item["id"]), ts=float(item["ts"]), v=version,
-                                  sequence=sequence))
+        try:
+            version, payload = upcast(item["type"], int(item.get("v", 1)), dict(item.get("payload") or {}))
+            events.append(DomainEvent(type=item["type"], aggregate_id=str(item["aggregate_id"]),
+                                      payload=payload, actor=str(item.get("actor", "system")),
+                                      id=str(item["id"]), ts=float(item["ts"]), v=version,
+                                      sequence=sequence))
+        except (KeyError, TypeError, ValueError) as exc:
+            # A missing field or a wrong type must be a BadMessage like any other bad commit.
+            raise BadMessage(f"malformed {item['type']} event in commit: {type(exc).__name__}: {exc}") from None
     return events

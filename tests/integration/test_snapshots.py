@@ -55,7 +55,7 @@ def test_start_from_snapshot_equals_full_replay(fresh_servers: tuple[ServerProce
         assert ref is not None
         proxy = ref.proxy()
         loaded = proxy.state.get().to_snapshot()
-        started_from = proxy._snapshot_sequence.get()
+        started_from = proxy.snapshot_sequence.get()
     finally:
         worker.stop()
     assert started_from == snapshot["sequence"]  # it did start from the snapshot, not from 1
