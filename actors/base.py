@@ -23,6 +23,7 @@ import pykka
 import structlog
 
 from actors.state import Changes, DomainState
+from bus import metrics
 from bus.eventstore import EventStore, JetStreamEventStore
 from bus.runtime import BusRuntime
 from bus.service import Call
@@ -192,6 +193,9 @@ class ProjectionActor(ServiceActor):
         changes = Changes()
         for sequence, events in batch:
             changes.update(self.state.apply(sequence, events))
+        metrics.incr("events.folded", len(batch), tags={"actor": self.name,
+                                                       "phase": "live" if self.is_replayed() else "replay"})
+        metrics.gauge("actor.inbox_depth", self.actor_inbox.qsize(), tags={"actor": self.name})
         self.on_changes(changes, batch)
         self._release_waiters()
         self._maybe_snapshot()

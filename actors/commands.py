@@ -25,6 +25,7 @@ from actors import options as option_catalogue
 from actors.base import ProjectionActor
 from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey
 from actors.state import DomainState
+from bus import metrics
 from bus.service import Call
 from messages.errors import BadRequest, Conflict, Forbidden, NotFound, RelayctlError, Unauthorized
 from messages.events import ORG, RELAY, USER, DomainEvent
@@ -383,8 +384,10 @@ class CommandActor(ProjectionActor):
             return
         expected = self.state.aggregate_version(decision.aggregate, decision.aggregate_id)
         try:
-            sequence = self.runtime.call(self.store.append(decision.events, expected))
+            with metrics.timer("events.append", tags={"command": call.request.type}):
+                sequence = self.runtime.call(self.store.append(decision.events, expected))
         except Conflict as exc:
+            metrics.incr("events.append_conflicts")
             if attempt + 1 >= MAX_ATTEMPTS:
                 call.error(Conflict("too many concurrent changes to the same object; retry"))
                 return

@@ -25,6 +25,7 @@ from actors.base import DEFERRED, ProjectionActor
 from actors.lookup import has_org_access, trusted_relay_keys
 from actors.project_config import build_project_config
 from actors.state import Changes
+from bus import metrics
 from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_key, encode_entry
 from bus.eventstore import EventStore
 from bus.runtime import BusRuntime
@@ -83,12 +84,17 @@ class ConfigActor(ProjectionActor):
 
     def materialize(self, public_keys: Iterable[str], *, with_global: bool = False) -> dict[str, Entry]:
         built: dict[str, Entry] = {}
+        started = time.perf_counter()
         for public_key in public_keys:
             try:
                 built[public_key] = self.entry(public_key)
             except Exception as exc:  # keep the last good revision in the cache
                 self.build_failures += 1
+                metrics.incr("config.build_failures")
                 log.error("configs.build_failed", public_key=public_key, error=str(exc))
+        if built:
+            metrics.timing("config.build_per_key", (time.perf_counter() - started) / len(built))
+            metrics.incr("config.built", len(built))
         if self.redis is None or not (built or with_global):
             return built
         values = {cache_key(k): (DISABLED_ENTRY if e is DISABLED else encode_entry(*e)) for k, e in built.items()}
@@ -129,6 +135,10 @@ class ConfigActor(ProjectionActor):
             return
         if changes.public_keys:
             self.materialize(changes.public_keys)
+            # From the moment the change was made to the moment its config is in the cache.
+            newest = max((e.ts for _, events in batch for e in events), default=None)
+            if newest is not None:
+                metrics.timing("config.propagation", max(0.0, time.time() - newest))
 
     def on_start(self) -> None:
         super().on_start()
