@@ -54,6 +54,7 @@ def dumps(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+MATERIALIZE_CHUNK = 2000
 Entry = tuple[str, tuple[str, ...], bytes]  # (rev, trusted relay keys, document JSON)
 DISABLED: Entry = ("", (), DISABLED_BODY)
 
@@ -82,7 +83,24 @@ class ConfigActor(ProjectionActor):
             return DISABLED
         return doc["rev"], tuple(trusted_relay_keys(org.options)), dumps(doc)
 
-    def materialize(self, public_keys: Iterable[str], *, with_global: bool = False) -> dict[str, Entry]:
+    def materialize(self, public_keys: Iterable[str], *, with_global: bool = False,
+                    keep: bool = True) -> dict[str, Entry]:
+        """Build, then write, in chunks: memory stays flat however many keys change at once."""
+        built: dict[str, Entry] = {}
+        chunk: list[str] = []
+        for public_key in public_keys:
+            chunk.append(public_key)
+            if len(chunk) >= MATERIALIZE_CHUNK:
+                done = self._materialize_chunk(chunk, with_global=False)
+                if keep:
+                    built.update(done)
+                chunk = []
+        done = self._materialize_chunk(chunk, with_global=with_global)
+        if keep:
+            built.update(done)
+        return built
+
+    def _materialize_chunk(self, public_keys: list[str], *, with_global: bool) -> dict[str, Entry]:
         built: dict[str, Entry] = {}
         started = time.perf_counter()
         for public_key in public_keys:
@@ -101,11 +119,7 @@ class ConfigActor(ProjectionActor):
         if with_global:
             values[GLOBAL_KEY] = encode_entry("global", (), dumps(GLOBAL_CONFIG))
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            items = list(values.items())
-            for i in range(0, len(items), 1000):
-                pipe.mset(dict(items[i:i + 1000]))
-            pipe.execute()
+            self.redis.mset(values)
         except redis.RedisError as exc:
             log.warning("configs.redis_write_failed", error=str(exc), keys=len(values))
             return built
@@ -128,7 +142,7 @@ class ConfigActor(ProjectionActor):
             return
         if not self.materialized:
             started = time.monotonic()
-            self.materialize(list(self.state.keys), with_global=True)
+            self.materialize(list(self.state.keys), with_global=True, keep=False)
             self.materialized = True
             log.info("configs.materialized_all", keys=len(self.state.keys),
                      seconds=round(time.monotonic() - started, 3))
@@ -178,8 +192,9 @@ class ConfigActor(ProjectionActor):
     def handle_config_build(self, call: Call) -> dict[str, Any]:
         keys = [k for k in call.payload["public_keys"] if isinstance(k, str)]
         log.info("configs.build_on_demand", keys=len(keys))
-        built = self.materialize(keys)
-        return {"entries": {k: list(e) for k, e in built.items()}}
+        # The global config is rewritten too: the gateway asks for a build when it was evicted.
+        built = self.materialize(keys, with_global=True)
+        return {"entries": {k: list(e) for k, e in built.items()}, "global": ["global", [], dumps(GLOBAL_CONFIG)]}
 
     def handle_config_history(self, call: Call) -> Any:
         public_key = call.payload["public_key"]
