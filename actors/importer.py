@@ -46,7 +46,7 @@ def decide_import(decider: "Decider", spec: dict[str, Any]) -> "Decision":
 
     state = decider.state
     slug = spec.get("slug")
-    if not isinstance(slug, str) or not SLUG_RE.match(slug):
+    if not isinstance(slug, str) or not SLUG_RE.fullmatch(slug):
         raise _problem("org.slug", "required, lowercase letters, digits, - and _")
     org_options = _options("org", f"{slug}.options", spec.get("options"))
     if spec.get("trustedRelays") is not None:
@@ -73,7 +73,7 @@ def decide_import(decider: "Decider", spec: dict[str, Any]) -> "Decision":
         if not isinstance(project_spec, dict):
             raise _problem(path, "must be a map")
         project_slug = project_spec.get("slug")
-        if not isinstance(project_slug, str) or not SLUG_RE.match(project_slug):
+        if not isinstance(project_slug, str) or not SLUG_RE.fullmatch(project_slug):
             raise _problem(f"{path}.slug", "required, lowercase letters, digits, - and _")
         if project_slug in seen_projects:
             raise _problem(f"{path}.slug", f"duplicate project `{project_slug}`")
@@ -107,7 +107,7 @@ def decide_import(decider: "Decider", spec: dict[str, Any]) -> "Decision":
                 if project is not None:
                     continue  # an unnamed key of an existing project: already imported
                 public_key = _new_key()
-            elif not isinstance(public_key, str) or not PUBLIC_KEY_RE.match(public_key):
+            elif not isinstance(public_key, str) or not PUBLIC_KEY_RE.fullmatch(public_key):
                 raise _problem(f"{kpath}.publicKey", "must be 32 hex characters")
             if public_key in seen_keys:
                 raise _problem(f"{kpath}.publicKey", "duplicate key")

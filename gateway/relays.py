@@ -19,6 +19,7 @@ from typing import Any
 
 import sentry_relay
 import structlog
+import zstandard
 from aiohttp import web
 
 from bus.client import request as bus_request
@@ -31,8 +32,11 @@ log = structlog.get_logger(__name__)
 REGISTER_MAX_AGE = 60
 SIGNED_MAX_AGE = 300
 BUILD_BUDGET = 0.5  # seconds a v3 miss may wait for the builder before answering `pending`
-PUBLIC_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Used with fullmatch: `$` alone would let a trailing newline through, and the key is
+# spliced into the response unescaped.
+PUBLIC_KEY_RE = re.compile(r"[0-9a-f]{32}")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+PROJECT_ID_RE = re.compile(r"[0-9]{1,18}")  # fits the int64 of the bus and of Relay
 UNSUPPORTED_VERSION = "Unsupported version, we only support versions 1 to 3."
 UNAUTHORIZED_CONFIGS = "Relay unauthorized for config information"
 
@@ -53,7 +57,7 @@ def first_line(exc: BaseException) -> str:
 def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise HTTPFailure(400, "No valid json body") from None
 
 
@@ -90,7 +94,7 @@ class RelayEndpoints:
         if not isinstance(data, dict):
             raise HTTPFailure(400, "No valid json body")
         errors = {}
-        if not isinstance(data.get("relay_id"), str) or not UUID_RE.match(data["relay_id"]):
+        if not isinstance(data.get("relay_id"), str) or not UUID_RE.fullmatch(data["relay_id"]):
             errors["relay_id"] = ["Must be a valid UUID."]
         if not isinstance(data.get("public_key"), str) or not data["public_key"]:
             errors["public_key"] = ["This field is required."]
@@ -131,7 +135,7 @@ class RelayEndpoints:
         if not isinstance(data, dict):
             raise HTTPFailure(400, "No valid json body")
         errors = {}
-        if not isinstance(data.get("relay_id"), str) or not UUID_RE.match(data["relay_id"]):
+        if not isinstance(data.get("relay_id"), str) or not UUID_RE.fullmatch(data["relay_id"]):
             errors["relay_id"] = ["Must be a valid UUID."]
         if not isinstance(data.get("token"), str) or not data["token"]:
             errors["token"] = ["This field is required."]
@@ -168,6 +172,8 @@ class RelayEndpoints:
         relay_id, signature = _signature(request)
         if not relay_id or not signature:
             raise HTTPFailure(401, "Missing relay signature")
+        if not UUID_RE.fullmatch(relay_id):  # no registered relay has such an id; never look it up
+            raise HTTPFailure(401, "Unknown relay")
         info = await self._relay_info(relay_id)
         if info is None:
             raise HTTPFailure(401, "Unknown relay")
@@ -214,11 +220,15 @@ class RelayEndpoints:
         revisions = data.get("revisions")
         if not isinstance(revisions, list) or len(revisions) != len(keys):
             revisions = [None] * len(keys)
-        valid = [(k, r if isinstance(r, str) else None) for k, r in zip(keys, revisions) if PUBLIC_KEY_RE.match(k)]
+        valid: dict[str, str | None] = {}  # a key asked twice is answered once
+        for key, revision in zip(keys, revisions):
+            if PUBLIC_KEY_RE.fullmatch(key) and key not in valid:
+                valid[key] = revision if isinstance(revision, str) else None
+        wanted = list(valid.items())
+        with_global = version == "3" and data.get("global") is True
         if version == "2" or data.get("noCache"):
-            return await self._configs_built(relay, valid, with_global=version == "3" and data.get("global") is True,
-                                             v3=version == "3")
-        return await self._configs_v3(relay, valid, with_global=data.get("global") is True)
+            return await self._configs_built(relay, wanted, with_global, v3=version == "3")
+        return await self._configs_v3(relay, wanted, with_global=with_global)
 
     async def _configs_v3(self, relay: RelayIdentity, keys: list[tuple[str, str | None]],
                           with_global: bool) -> web.Response:
@@ -233,17 +243,22 @@ class RelayEndpoints:
         entries: dict[str, CachedConfig] = {}
         misses = []
         for (key, _), value in zip(keys, values):
-            if value is None:
+            entry = _decode_cached(key, value)
+            if entry is None:
                 misses.append(key)
             else:
-                entries[key] = decode_entry(value)
-        global_entry = decode_entry(values[-1]) if with_global and values and values[-1] is not None else None
+                entries[key] = entry
+        global_entry = _decode_cached(GLOBAL_KEY, values[-1]) if with_global and values else None
         pending: list[str] = []
         if misses or (with_global and global_entry is None):
             try:
-                built = await self.ask("config.build", {"public_keys": misses}, timeout=BUILD_BUDGET, retries=0)
+                built = await self.ask("config.build", {"public_keys": misses},
+                                       timeout=BUILD_BUDGET, retries=0)
                 for key, (rev, trusted, doc) in built["entries"].items():
                     entries[key] = CachedConfig(rev, tuple(trusted), doc)
+                if with_global and global_entry is None and built.get("global"):  # rebuilt with the keys
+                    rev, trusted, doc = built["global"]
+                    global_entry = CachedConfig(rev, tuple(trusted), doc)
             except RelayctlError as exc:
                 log.info("gateway.build_pending", keys=len(misses), reason=exc.message)
             pending = [k for k in misses if k not in entries]
@@ -267,8 +282,10 @@ class RelayEndpoints:
         projects = data.get("projects")
         if not isinstance(projects, list):
             raise HTTPFailure(400, "projects must be a list of project ids")
-        ids = [p for p in projects if isinstance(p, int) and not isinstance(p, bool)]
-        ids += [int(p) for p in projects if isinstance(p, str) and p.isdigit()]
+        if len(projects) > 5000:
+            raise HTTPFailure(400, "at most 5000 projects per request")
+        ids = [int(p) for p in projects if (isinstance(p, int) and not isinstance(p, bool) or isinstance(p, str))
+               and PROJECT_ID_RE.fullmatch(str(p))]
         try:
             result = await self.ask("config.get_v1", {"project_ids": ids, "relay_public_key": relay.public_key,
                                                       "internal": relay.internal})
@@ -284,7 +301,9 @@ class RelayEndpoints:
         ids = data.get("relay_ids") if isinstance(data, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise HTTPFailure(400, "relay_ids must be a list of relay ids")
-        infos = await asyncio.gather(*(self._relay_info(i) for i in ids[:1000]))
+        if len(ids) > 1000:
+            raise HTTPFailure(400, "at most 1000 relay_ids per request")
+        infos = await asyncio.gather(*(self._relay_info(i) if UUID_RE.fullmatch(i) else _none() for i in ids))
         keys: dict[str, Any] = {}
         relays: dict[str, Any] = {}
         for relay_id, info in zip(ids, infos):
@@ -299,12 +318,27 @@ class RelayEndpoints:
         keys = data.get("publicKeys") if isinstance(data, dict) else None
         if not isinstance(keys, list):
             raise HTTPFailure(400, "publicKeys must be a list of project keys")
-        valid = [k for k in keys if isinstance(k, str) and PUBLIC_KEY_RE.match(k)]
+        valid = [k for k in keys if isinstance(k, str) and PUBLIC_KEY_RE.fullmatch(k)]
         try:
             found = await self.ask("keys.lookup", {"public_keys": valid}) if valid else {}
         except RelayctlError as exc:
             return from_error(exc)
         return json_response({"projectIds": {k: v["projectId"] for k, v in found.items() if v}})
+
+
+def _decode_cached(name: str, value: bytes | None) -> CachedConfig | None:
+    """A cache entry, or None when it is missing or unreadable (then it is rebuilt like a miss)."""
+    if value is None:
+        return None
+    try:
+        return decode_entry(value)
+    except (zstandard.ZstdError, ValueError) as exc:
+        log.warning("gateway.cache_entry_corrupt", key=name, error=str(exc))
+        return None
+
+
+async def _none() -> None:
+    return None
 
 
 def _check_version(version: str | None) -> None:

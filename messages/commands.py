@@ -22,7 +22,7 @@ OPTION_KEY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,199}$")
 
 def _matches(regex: re.Pattern[str], what: str):
     def check(value: str) -> str | None:
-        return None if regex.match(value) else f"not a valid {what}"
+        return None if regex.fullmatch(value) else f"not a valid {what}"
     return check
 
 
@@ -87,6 +87,13 @@ QUERIES: dict[str, Schema] = {
     "config.build": {"public_keys": field(list)},
     "config.history": {"public_key": public_key},
     "metrics.snapshot": {"format": field(str, required=False, default="json")},
+    # AI fix suggestions (actors/ai.py) and the error events they are for (actors/error_events.py)
+    "ai.suggest": {**_org_project, "event_id": field(str), "stream": field(bool, required=False, default=True),
+                   "consent": field(bool, required=False, default=False),
+                   "pii_certified": field(bool, required=False, default=False),
+                   "model": field(str, required=False)},
+    "events.store": {**_org_project, "event": field(dict)},
+    "events.get": {**_org_project, "event_id": field(str)},
     "transport.flush": {},
 }
 
