@@ -18,6 +18,7 @@ from actors.base import ProjectionActor
 from actors.model import Relay
 from actors.state import Changes, DomainState, trusted_relay_keys
 from bus.config_cache import RELAY_AUTH_PREFIX
+from messages.subjects import RELAY_CHANGED
 from bus.eventstore import EventStore
 from bus.runtime import BusRuntime
 from bus.service import Call
@@ -89,9 +90,23 @@ class OrgAccessActor(ProjectionActor):
         relays = self.state.relays.values() if not self._materialized else (
             self.state.relays[k] for k in changes.relays if k in self.state.relays)
         self._materialized = True
-        entries = {RELAY_AUTH_PREFIX + r.relay_id: json.dumps(relay_auth(self.state, r)) for r in relays if r.relay_id}
+        changed = [r for r in relays if r.relay_id]
+        entries = {RELAY_AUTH_PREFIX + r.relay_id: json.dumps(relay_auth(self.state, r)) for r in changed}
         if entries:
             try:
                 self.redis.mset(entries)
             except redis.RedisError as exc:  # the gateway falls back to asking us over NATS
                 log.warning("orgs.redis_write_failed", error=str(exc))
+            self._announce([r.relay_id for r in changed if r.relay_id])
+
+    def _announce(self, relay_ids: list[str]) -> None:
+        """Tell every gateway to drop what it holds of these relays."""
+        nc = self.runtime.nc
+        if nc is None:
+            return
+
+        async def publish() -> None:
+            for relay_id in relay_ids:
+                await nc.publish(RELAY_CHANGED, relay_id.encode())
+
+        self.runtime.submit(publish())

@@ -25,9 +25,11 @@ from bus import metrics
 from bus.client import request as bus_request
 from bus.process import instrument
 from bus.runtime import connect
+from gateway.ai import add_ai_routes
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
-from gateway.relays import RelayEndpoints
+from gateway.relays import RelayAuthCache, RelayEndpoints
 from messages.errors import RelayctlError
+from messages.subjects import RELAY_CHANGED
 
 log = structlog.get_logger(__name__)
 MAX_BODY = 10 * 1024 * 1024
@@ -121,11 +123,16 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
     app["nc"] = None
     app["redis"] = None
+    app["relay_auth"] = RelayAuthCache()
     relays = RelayEndpoints(app)
 
     async def startup(app: web.Application) -> None:
         app["nc"] = await connect(nats_url, name="gateway")
         app["secret"] = await registration_secret(app["nc"])
+        async def relay_changed(msg: Any) -> None:
+            app["relay_auth"].drop(msg.data.decode() or None)
+
+        await app["nc"].subscribe(RELAY_CHANGED, cb=relay_changed)
         if instrument_process:
             instrument(app["nc"], asyncio.get_running_loop(), "gateway")
         if redis_url:
@@ -147,6 +154,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app.router.add_post(f"{prefix}/publickeys/", relays.public_keys)
     app.router.add_post(f"{prefix}/projectids/", relays.project_ids)
     app.router.add_get("/_health/", health)
+    add_ai_routes(app)
     app.router.add_get("/metrics", prometheus)
     return app
 

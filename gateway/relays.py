@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,35 @@ UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 PROJECT_ID_RE = re.compile(r"[0-9]{1,18}")  # fits the int64 of the bus and of Relay
 UNSUPPORTED_VERSION = "Unsupported version, we only support versions 1 to 3."
 UNAUTHORIZED_CONFIGS = "Relay unauthorized for config information"
+
+
+class RelayAuthCache:
+    """Relay auth data kept in the gateway for a moment, so a relay polling every 100 ms
+    costs no Redis round trip per request. The org access actor publishes
+    `rc.relay.changed` on every change (ban, internal flag, trust), which drops the entry
+    at once; the TTL only bounds how long a lost notification could matter."""
+
+    def __init__(self, ttl: float = 2.0, max_entries: int = 100_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def get(self, relay_id: str) -> dict[str, Any] | None:
+        hit = self._entries.get(relay_id)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, relay_id: str, info: dict[str, Any]) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[relay_id] = (time.monotonic() + self.ttl, info)
+
+    def drop(self, relay_id: str | None = None) -> None:
+        if relay_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(relay_id, None)
 
 
 @dataclass
@@ -189,15 +219,23 @@ class RelayEndpoints:
         return RelayIdentity(relay_id, info["publicKey"], bool(info.get("internal")), bool(info.get("trusted")))
 
     async def _relay_info(self, relay_id: str) -> dict[str, Any] | None:
+        cache: RelayAuthCache = self.app["relay_auth"]
+        cached = cache.get(relay_id)
+        if cached is not None:
+            return cached
+        info = None
         if self.redis is not None:
             try:
                 raw = await self.redis.get(RELAY_AUTH_PREFIX + relay_id)
                 if raw:
-                    return json.loads(raw)  # type: ignore[no-any-return]
+                    info = json.loads(raw)
             except Exception as exc:
                 log.warning("gateway.redis_unavailable", error=str(exc))
-        auth = await self.ask("org.relay_auth", {"relay_id": relay_id})
-        return auth.get("byId")  # type: ignore[no-any-return]
+        if info is None:
+            info = (await self.ask("org.relay_auth", {"relay_id": relay_id})).get("byId")
+        if info is not None:
+            cache.put(relay_id, info)
+        return info  # type: ignore[no-any-return]
 
     async def project_configs(self, request: web.Request) -> web.Response:
         body = await request.read()
