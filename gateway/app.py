@@ -27,7 +27,7 @@ from bus.process import instrument
 from bus.runtime import connect
 from gateway.ai import add_ai_routes
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
-from gateway.relays import RelayAuthCache, RelayEndpoints
+from gateway.relays import BodyCache, RelayAuthCache, RelayEndpoints
 from messages.errors import RelayctlError
 from messages.subjects import RELAY_CHANGED
 
@@ -124,6 +124,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app["nc"] = None
     app["redis"] = None
     app["relay_auth"] = RelayAuthCache()
+    app["bodies"] = BodyCache()
     relays = RelayEndpoints(app)
 
     async def startup(app: web.Application) -> None:
