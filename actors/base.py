@@ -16,6 +16,7 @@ stream held when it was called.
 from __future__ import annotations
 
 import time
+import queue
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -64,6 +65,21 @@ class ServiceActor(pykka.ThreadingActor):
     def is_replayed(self) -> bool:
         """Ready to serve (projections override this: ready once replay is done)."""
         return True
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        log.error("actor.crashed", actor=self.name, error=repr(exception_value))
+        self.fail_queued(f"{self.name} crashed; retry")
+
+    def fail_queued(self, reason: str) -> None:
+        """Answer the calls still in the inbox now, instead of at their deadlines."""
+        while True:
+            try:
+                envelope = self.actor_inbox.get_nowait()
+            except queue.Empty:
+                return
+            message = getattr(envelope, "message", envelope)
+            if isinstance(message, Call):
+                message.fail(reason)
 
     def _dispatch(self, call: Call) -> None:
         handler = getattr(self, "handle_" + call.request.type.replace(".", "_"), None)
@@ -178,7 +194,7 @@ class ProjectionActor(ServiceActor):
         self._waiters.clear()
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        log.error("actor.crashed", actor=self.name, error=repr(exception_value))
+        super().on_failure(exception_type, exception_value, traceback)
         self.on_stop()
 
     # -- messages --------------------------------------------------------------------------

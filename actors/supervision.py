@@ -93,6 +93,9 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stopping.set()
+        # Wait out a restart in progress, or it would start an actor nobody ever stops.
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
         if self.ref is not None:
             try:
                 self.ref.stop(timeout=5)

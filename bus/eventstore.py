@@ -73,8 +73,12 @@ class JetStreamEventStore:
         except NotFoundError:
             try:
                 await self.js.add_stream(config)
-            except BadRequestError:
-                await self.js.stream_info(self.stream)  # created concurrently by another process
+            except BadRequestError as exc:
+                try:
+                    await self.js.stream_info(self.stream)  # created concurrently by another process
+                except NotFoundError:
+                    # e.g. another stream already holds rc.ev.>: say so instead of "not found"
+                    raise Unavailable(f"cannot create event stream {self.stream}: {exc.description}") from None
 
     async def append(self, events: list[DomainEvent], expected_sequence: int | None) -> int:
         first = events[0]
@@ -90,12 +94,23 @@ class JetStreamEventStore:
         except BadRequestError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 last = _parse_last_sequence(exc.description or "")
+                # JetStream checks the expectation before the message id, so a retry of an
+                # append that was stored (its ack lost) fails here: answer it like a duplicate.
+                if last and await self._stored_with_id(last, first.id):
+                    return last
                 raise Conflict("the aggregate changed concurrently",
                                {"last_sequence": last}) from None
             raise
         except asyncio.TimeoutError:
             raise Unavailable("event store did not acknowledge the append in time") from None
         return int(ack.seq)
+
+    async def _stored_with_id(self, sequence: int, msg_id: str) -> bool:
+        try:
+            msg = await self.js.get_msg(self.stream, seq=sequence, direct=True)
+        except Exception:
+            return False
+        return bool(msg.headers) and msg.headers.get("Nats-Msg-Id") == msg_id
 
     async def last_sequence(self) -> int:
         info = await self.js.stream_info(self.stream)

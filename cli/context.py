@@ -55,7 +55,8 @@ class Context:
 
     def request(self, message_type: str, payload: dict[str, Any], timeout: float = 10.0) -> Any:
         async def run() -> Any:
-            nc = await connect(self.nats_url, name="relayctl-cli", max_reconnect_attempts=0,
+            # 1, not 0: nats-py reads 0 as "retry forever", so a down NATS would hang the CLI.
+            nc = await connect(self.nats_url, name="relayctl-cli", max_reconnect_attempts=1,
                                allow_reconnect=False, quiet=True)
             try:
                 return await bus_request(nc, message_type, payload, timeout=timeout, actor=cli_actor(),

@@ -19,6 +19,7 @@ import structlog
 
 from cli.context import Context, emit, fail, parse_json_value, split_project
 from cli.logging import setup_logging
+from messages.commands import PUBLIC_KEY_RE
 
 pass_ctx = click.make_pass_decorator(Context)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -344,7 +345,7 @@ def config() -> None:
 @json_option
 @pass_ctx
 def config_get(ctx: Context, public_key: str, as_json: bool) -> None:
-    if len(public_key) != 32:
+    if not PUBLIC_KEY_RE.match(public_key):
         fail(f"`{public_key}` is not a project key (32 hex characters)")
     result = ctx.request("config.get", {"public_keys": [public_key], "version": 3, "internal": True})
     body = result["entries"][public_key][2]
@@ -397,3 +398,5 @@ from cli import services as _services  # noqa: E402  (registers up/down/status/w
 
 _services.register(main)
 _observe.register(main)
+from cli import ai as _ai  # noqa: E402  (registers event store/openai)
+_ai.register(main)

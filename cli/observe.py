@@ -51,7 +51,7 @@ def register(main: click.Group) -> None:
 
         async def run() -> str:
             nc = await connect(ctx.nats_url, name="relayctl-cli", allow_reconnect=False,
-                               max_reconnect_attempts=0, quiet=True)
+                               max_reconnect_attempts=1, quiet=True)
             try:
                 loop = asyncio.get_running_loop()
                 init_sentry(loop_publisher(nc, loop, TRANSPORT_ENVELOPE), process="cli")

@@ -27,7 +27,7 @@ from bus.embedded import free_port, nats_command, port_open, redis_command
 from bus.runtime import connect
 from cli.context import Context, emit, fail
 
-ACTORS = ("commands", "keys", "orgs", "configs", "metrics", "transport")
+ACTORS = ("commands", "keys", "orgs", "configs", "metrics", "transport", "ai")
 SERVICES = ("nats", "redis") + ACTORS + ("gateway",)
 HEALTH_TIMEOUT = float(os.environ.get("RELAYCTL_HEALTH_TIMEOUT", "90"))
 
@@ -194,12 +194,19 @@ def _redis_ping(url: str) -> tuple[bool, str]:
 
 def _ping_actor(nats_url: str, name: str) -> tuple[bool, str]:
     async def ping() -> int:
-        nc = await connect(nats_url, name="relayctl-health", allow_reconnect=False, max_reconnect_attempts=0, quiet=True)
+        nc = await connect(nats_url, name="relayctl-health", allow_reconnect=False, max_reconnect_attempts=1, quiet=True)
         try:
             inbox = nc.new_inbox()
             replies: list[Any] = []
             async def collect(msg: Any) -> None:
-                replies.append(msg)
+                # Only a service's own ping response counts: with no service subscribed, the
+                # server itself answers the inbox with a "503 no responders" status message.
+                try:
+                    body = json.loads(msg.data)
+                except ValueError:
+                    return
+                if isinstance(body, dict) and body.get("name") == name:
+                    replies.append(msg)
 
             sub = await nc.subscribe(inbox, cb=collect)
             await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
@@ -323,16 +330,18 @@ def register(main: click.Group) -> None:
         """Health of every service and actor instance."""
         orch = Orchestrator(ctx)
         out: dict[str, Any] = {}
-        for name in SERVICES:
-            rec = orch.record(name)
-            if not rec and not (name in ("nats", "redis") and orch.state.get(name)):
-                continue
-            if name in ACTORS and not orch.state.get("nats"):
-                continue
-            ok, detail = orch.healthy(name)
-            entry: dict[str, Any] = {"healthy": ok, "detail": detail, "pid": rec.get("pid")}
-            if name in ACTORS and orch.state.get("nats"):
-                entry["instances"] = ping_instances(orch.state["nats"], name) if ok else 0
+        names = [n for n in SERVICES
+                 if (orch.record(n) or (n in ("nats", "redis") and orch.state.get(n)))
+                 and not (n in ACTORS and not orch.state.get("nats"))]
+        # Checked in parallel: each actor check waits for ping answers, one after the other is slow.
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            health = dict(zip(names, pool.map(orch.healthy, names)))
+        for name in names:
+            ok, detail = health[name]
+            entry: dict[str, Any] = {"healthy": ok, "detail": detail, "pid": orch.record(name).get("pid")}
+            if name in ACTORS:
+                # the actor check's detail is "<n> instance(s) answered ..."
+                entry["instances"] = int(detail.split()[0]) if ok else 0
             out[name] = entry
         emit(as_json, {"services": out}, "\n".join(
             f"{n:<9} {'healthy' if e['healthy'] else 'UNHEALTHY'}  pid={e['pid'] or '-'}  {e['detail']}"

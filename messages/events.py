@@ -4,7 +4,8 @@ An event is a map `{"id": uuid hex, "type": str, "v": int, "aggregate": str,
 "aggregate_id": str, "ts": float, "actor": str, "payload": map}`. Events are appended in
 commits: one JetStream message holds the events one command produced (one or more, all
 of one aggregate), so a command is stored whole or not at all. The message's subject is
-`rc.ev.<aggregate>.<aggregate_id>.<type of its first event>` and its `Nats-Msg-Id` is the
+`rc.ev.<aggregate>.<aggregate_id>.<type of its first event>` (the id escaped to one
+token, see `subject_token`) and its `Nats-Msg-Id` is the
 first event's id, so a retried append is stored once.
 
 Every type has a current version (`EVENT_TYPES`); an older stored version is upcast on
@@ -13,6 +14,7 @@ read by the functions in `UPCASTERS`, so projections only ever see current paylo
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -93,13 +95,26 @@ class DomainEvent:
                 "payload": self.payload}
 
 
+_UNSAFE_IN_TOKEN = re.compile(r"[.%*>\s]")
+
+
+def subject_token(aggregate_id: str) -> str:
+    """An aggregate id as exactly one subject token.
+
+    Usernames may hold dots; unescaped, user `ann` would own the subjects of `ann.smith` (its
+    concurrency scope `rc.ev.user.ann.>` covers them) and `ann.` would make an invalid subject.
+    Dots, `%`, wildcards and whitespace are percent-encoded (UTF-8 bytes, so it stays one-to-one).
+    """
+    return _UNSAFE_IN_TOKEN.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), aggregate_id)
+
+
 def event_subject(aggregate: str, aggregate_id: str, type_: str = "*") -> str:
-    return f"rc.ev.{aggregate}.{aggregate_id}.{type_}"
+    return f"rc.ev.{aggregate}.{subject_token(aggregate_id)}.{type_}"
 
 
 def aggregate_subject(aggregate: str, aggregate_id: str) -> str:
     """The wildcard covering every event of one aggregate (optimistic concurrency scope)."""
-    return f"rc.ev.{aggregate}.{aggregate_id}.>"
+    return f"rc.ev.{aggregate}.{subject_token(aggregate_id)}.>"
 
 
 def encode_commit(events: list[DomainEvent]) -> bytes:

@@ -1,0 +1,183 @@
+"""The domain projection: folding events, what each fold reports as changed, snapshots."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import msgpack
+
+from actors.model import DELETED, DISABLED
+from actors.state import DomainState
+from messages.events import DomainEvent
+
+KEY_A = "a" * 32
+KEY_B = "b" * 32
+KEY_C = "c" * 32
+RELAY = "r" * 43
+OTHER_RELAY = "s" * 43
+
+
+def ev(type_: str, aggregate_id: str, **payload: object) -> DomainEvent:
+    return DomainEvent(type_, aggregate_id, dict(payload), actor="test", ts=1000.0)
+
+
+def history() -> list[list[DomainEvent]]:
+    """Commits covering every event type, as commands would make them."""
+    return [
+        [ev("OrgCreated", "acme", name="Acme")],
+        [ev("OrgOptionSet", "acme", key="sentry:trusted-relays",
+            value=[{"public_key": RELAY, "name": "edge"}])],
+        [ev("ProjectTemplateSet", "acme", template="base", options={"sentry:origins": ["a.com"]})],
+        [ev("ProjectCreated", "acme", project="web", name="Web", template="base"),
+         ev("KeyCreated", "acme", project="web", public_key=KEY_A, rate_limit=None)],
+        [ev("ProjectOptionSet", "acme", project="web", key="sentry:scrub_data", value=False)],
+        [ev("KeyCreated", "acme", project="web", public_key=KEY_B, rate_limit={"window": 60, "count": 5})],
+        [ev("KeyDisabled", "acme", public_key=KEY_B)],
+        [ev("ProjectCreated", "acme", project="old", name="Old", template=None),
+         ev("KeyCreated", "acme", project="old", public_key=KEY_C, rate_limit=None)],
+        [ev("ProjectDeleted", "acme", project="old")],
+        [ev("OrgCreated", "beta", name="Beta")],
+        [ev("OrgOptionSet", "beta", key="ai:policy", value="denied")],
+        [ev("OrgOptionUnset", "beta", key="ai:policy")],
+        [ev("RelayAllowed", RELAY, internal=True)],
+        [ev("RelayRegistered", RELAY, relay_id="relay-1", version="24.11.0")],
+        [ev("RelaySeen", RELAY, version="24.12.0")],
+        [ev("RelayDenied", OTHER_RELAY)],
+        [ev("UserCreated", "ann", email="ann@example.com", superuser=False)],
+        [ev("TokenCreated", "ann", token_hash="f" * 64)],
+        [ev("PermissionAdded", "ann", permission="relay.admin")],
+        [ev("PermissionAdded", "ann", permission="broadcasts.admin")],
+        [ev("PermissionRemoved", "ann", permission="broadcasts.admin")],
+    ]
+
+
+def fold(commits: list[list[DomainEvent]], state: DomainState | None = None, start: int = 1) -> DomainState:
+    state = state or DomainState()
+    for offset, events in enumerate(commits):
+        state.apply(start + offset, events)
+    return state
+
+
+def test_folding_builds_orgs_projects_keys_relays_and_users() -> None:
+    """Every event type lands where the queries look for it."""
+    state = fold(history())
+    acme = state.org("acme")
+    assert acme is not None and acme.name == "Acme" and acme.templates == {"base": {"sentry:origins": ["a.com"]}}
+    web = state.project("acme", "web")
+    assert web is not None and web.options == {"sentry:scrub_data": False} and web.template == "base"
+    assert [k.public_key for k in state.keys_of(web.id)] == [KEY_A, KEY_B]
+    assert state.keys[KEY_B].status == DISABLED and state.keys[KEY_B].rate_limit == {"window": 60, "count": 5}
+    assert state.project("acme", "old") is None  # deleted: the slug is free again
+    assert state.keys[KEY_C].project_id in state.projects
+    assert state.projects[state.keys[KEY_C].project_id].status == DELETED
+    assert state.org("beta") is not None and state.org("beta").options == {}  # type: ignore[union-attr]
+    relay = state.relay_by_id("relay-1")
+    assert relay is not None and relay.internal and relay.version == "24.12.0"
+    assert state.relays[OTHER_RELAY].banned
+    assert state.users["ann"].permissions == {"relay.admin"}
+    assert state.trusted_by_any_org(RELAY) and not state.trusted_by_any_org(OTHER_RELAY)
+    assert state.sequence == len(history())
+
+
+def test_integer_ids_follow_fold_order() -> None:
+    """Org, project and key ids are handed out in fold order, the same on every replay."""
+    first, second = fold(history()), fold(history())
+    assert [o.id for o in first.orgs.values()] == [1, 2]
+    assert [state.keys[KEY_A].numeric_id for state in (first, second)] == [1, 1]
+    assert first.keys[KEY_C].numeric_id == 3
+    assert first.to_snapshot() == second.to_snapshot()
+
+
+def test_a_redelivered_commit_is_not_folded_twice() -> None:
+    """Applying a sequence at or below the folded one changes nothing."""
+    state = fold(history())
+    before = state.to_snapshot()
+    changes = state.apply(4, [ev("KeyCreated", "acme", project="web", public_key="d" * 32, rate_limit=None)])
+    assert not changes.public_keys and state.to_snapshot() == before
+
+
+def test_changes_name_the_keys_and_relays_a_commit_affects() -> None:
+    """An org option touches every key of the org; trusting a relay touches that relay."""
+    state = fold(history()[:8])
+    changes = state.apply(100, [ev("OrgOptionSet", "acme", key="sentry:trusted-relays",
+                                   value=[{"public_key": OTHER_RELAY, "name": "x"}])])
+    assert changes.public_keys == {KEY_A, KEY_B, KEY_C}
+    assert changes.relays == {RELAY, OTHER_RELAY}  # one lost trust, one gained it
+    changes = state.apply(101, [ev("ProjectOptionSet", "acme", project="web", key="sentry:origins", value=[])])
+    assert changes.public_keys == {KEY_A, KEY_B}
+    changes = state.apply(102, [ev("KeyDeleted", "acme", public_key=KEY_A)])
+    assert changes.public_keys == {KEY_A} and KEY_A not in state.keys
+
+
+def test_events_of_unknown_orgs_or_projects_are_ignored() -> None:
+    """An event for an org or project the state does not know is skipped, not a crash."""
+    state = DomainState()
+    state.apply(1, [ev("ProjectCreated", "ghost", project="p", name="p", template=None)])
+    state.apply(2, [ev("KeyDisabled", "ghost", public_key=KEY_A)])
+    state.apply(3, [ev("TokenCreated", "nobody", token_hash="x")])
+    assert state.sequence == 3 and not state.projects and not state.users
+
+
+def test_the_aggregate_version_is_its_last_commit() -> None:
+    """`aggregate_version` is the sequence of the aggregate's last commit (0 when unknown)."""
+    state = fold(history())
+    assert state.aggregate_version("org", "acme") == 9
+    assert state.aggregate_version("org", "beta") == 12
+    assert state.aggregate_version("user", "ann") == 21
+    assert state.aggregate_version("org", "nobody") == 0
+
+
+def test_a_snapshot_round_trips() -> None:
+    """`from_snapshot(to_snapshot())` restores the same state, indexes included."""
+    state = fold(history())
+    restored = DomainState.from_snapshot(state.to_snapshot())
+    assert restored.to_snapshot() == state.to_snapshot()
+    assert restored.project("acme", "web").id == state.project("acme", "web").id  # type: ignore[union-attr]
+    assert restored.project("acme", "old") is None
+    assert restored.relay_by_id("relay-1") is not None
+    assert [k.public_key for k in restored.keys_of(state.project("acme", "web").id)] == [KEY_A, KEY_B]  # type: ignore[union-attr]
+
+
+def test_a_snapshot_survives_serialization() -> None:
+    """A snapshot is plain data: it survives msgpack and JSON unchanged."""
+    snapshot = fold(history()).to_snapshot()
+    via_msgpack = msgpack.unpackb(msgpack.packb(snapshot), strict_map_key=False)
+    via_json = json.loads(json.dumps(snapshot))
+    for data in (via_msgpack, via_json):
+        assert DomainState.from_snapshot(data).to_snapshot() == snapshot
+
+
+def test_a_restored_state_folds_on_exactly_like_the_original() -> None:
+    """Events after a snapshot fold the same way (ids continue) as on the never-snapshotted state."""
+    commits = history()
+    more = [[ev("ProjectCreated", "beta", project="api", name="API", template=None),
+             ev("KeyCreated", "beta", project="api", public_key="e" * 32, rate_limit=None)],
+            [ev("ProjectCreated", "acme", project="old", name="Old again", template=None)]]
+    full = fold(commits + more)
+    restored = fold(more, DomainState.from_snapshot(fold(commits).to_snapshot()), start=len(commits) + 1)
+    assert restored.to_snapshot() == full.to_snapshot()
+    assert restored.keys["e" * 32].numeric_id == 4
+
+
+def test_a_snapshot_is_not_changed_by_later_folds() -> None:
+    """A snapshot taken now still describes now after more events are folded."""
+    state = fold(history())
+    snapshot = state.to_snapshot()
+    frozen = copy.deepcopy(snapshot)
+    state.apply(50, [ev("OrgCreated", "gamma", name="G"),
+                     ev("ProjectCreated", "gamma", project="p", name="p", template=None),
+                     ev("KeyCreated", "gamma", project="p", public_key="9" * 32, rate_limit=None)])
+    state.apply(51, [ev("PermissionAdded", "ann", permission="more")])
+    assert snapshot == frozen
+
+
+def test_a_snapshot_of_another_format_is_refused() -> None:
+    """Restoring a snapshot of an unknown format raises instead of guessing."""
+    snapshot = fold(history()).to_snapshot()
+    snapshot["format"] = 999
+    try:
+        DomainState.from_snapshot(snapshot)
+    except ValueError:
+        return
+    raise AssertionError("a foreign snapshot format was accepted")
