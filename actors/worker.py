@@ -53,6 +53,7 @@ def _kinds() -> dict[str, ActorKind]:
     from actors.configs import ConfigActor
     from actors.lookup import KeyLookupActor, OrgAccessActor
     from actors.metrics import MetricsActor
+    from actors.ai import ai_actor_factory
     from actors.transport import TransportActor
 
     return {
@@ -76,10 +77,13 @@ def _kinds() -> dict[str, ActorKind]:
         "transport": ActorKind(
             "transport", lambda d: TransportActor.start(d.runtime),
             {"rc.transport.control": _queries("transport.")}, "forwards the system's own error reports"),
+        "ai": ActorKind(
+            "ai", ai_actor_factory(), {"rc.ai.suggest": _queries("ai."), "rc.events.store": _queries("events.")},
+            "AI fix suggestions and the error events they are for"),
     }
 
 
-ACTOR_NAMES = ("commands", "keys", "orgs", "configs", "metrics", "transport")
+ACTOR_NAMES = ("commands", "keys", "orgs", "configs", "metrics", "transport", "ai")
 
 
 class Worker:

@@ -29,6 +29,9 @@ QUERY_SUBJECTS = {
     "config.history": "rc.config.get",
     "config.build": "rc.config.build",
     "metrics.snapshot": "rc.metrics.query",
+    "ai.suggest": "rc.ai.suggest",
+    "events.store": "rc.events.store",
+    "events.get": "rc.events.store",
     "transport.flush": "rc.transport.control",
 }
 

@@ -1,0 +1,216 @@
+"""The AI fix suggestion endpoint of the user API.
+
+    GET /api/0/projects/{org}/{project}/events/{event_id}/ai-fix-suggest/
+        ?stream=yes  ?consent=yes  ?pii_certified=yes
+    Authorization: Bearer <user token>
+
+In order: the token is checked with the `user.authenticate` control message (missing ->
+401 with `WWW-Authenticate: Bearer`, unknown -> 401); the user's token bucket in this
+gateway process is charged (`UserRateLimiter`: `USER_BURST` requests at once, refilled
+at `USER_RATE` per second; empty -> 429 with `Retry-After`); then `ai.suggest` goes to
+the AI actor (actors/ai.py), which checks the org's policy before its cache.
+
+Answers:
+
+- not streamed: 200 `{"suggestion": "..."}`;
+- streamed, fresh: 200 `text/event-stream`. Each chunk is one server-sent event whose
+  `data:` lines are the chunk's lines, so an EventSource client's `event.data` is the
+  chunk exactly; the answer ends with `event: done` (`data: {}`). A failure after the
+  first chunk cannot change the status any more: it is sent as `event: error` with
+  `data: {"error": ..., "status": ...}`;
+- streamed, cached (the first reply is already the whole answer): 200 `text/plain`;
+- refused by policy: 403 `{"restriction": "<policy>"}`;
+- unknown org, project or event, or no AI backend configured: 404 `{"detail": ...}`;
+- the backend's rate limit or the user's: 429 `{"error": ..., "detail": ...}`;
+- backend down: 502/503 `{"detail": ...}` once the model client gives up (its timeout),
+  and never later than the request's deadline (504).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from bus.client import request as bus_request
+from bus.streaming import Chunk, Final, stream_request
+from gateway.errors import error_response, json_response
+from messages.errors import Forbidden, RelayctlError, Unauthorized, Unavailable
+
+__all__ = ["AI_LIMITER", "AI_PATH", "UserRateLimiter", "add_ai_routes", "ai_error_response"]
+
+log = structlog.get_logger(__name__)
+
+AI_PATH = "/api/0/projects/{org}/{project}/events/{event_id}/ai-fix-suggest/"
+# A whole answer, and a streamed one, must fit in these; the model client's own timeout
+# (30 s per read by default) fails first when the backend is down.
+SUGGEST_TIMEOUT = 90.0
+STREAM_TIMEOUT = 180.0
+# The actor sends something at least every model read timeout (30 s) once the model
+# answers; a longer silence means the instance serving the stream is gone.
+STREAM_IDLE_TIMEOUT = 60.0
+AUTH_TIMEOUT = 4.0
+# Per user and gateway process: a burst of 10, then one request every 2 s. Cached
+# answers count too: the limit protects the model budget and the actors alike.
+USER_BURST = 10
+USER_RATE = 0.5
+
+
+class UserRateLimiter:
+    """A token bucket per user: `burst` requests at once, refilled at `rate` per second."""
+
+    MAX_USERS = 10_000
+
+    def __init__(self, rate: float = USER_RATE, burst: int = USER_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, updated)
+        self._lock = threading.Lock()
+
+    def acquire(self, user: str, now: float | None = None) -> float | None:
+        """Take a token: None when allowed, else the seconds until one is available."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, updated = self._buckets.get(user, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - updated) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[user] = (tokens - 1.0, now)
+                if len(self._buckets) > self.MAX_USERS:
+                    self._forget_full(now)
+                return None
+            self._buckets[user] = (tokens, now)
+            return (1.0 - tokens) / self.rate if self.rate > 0 else 60.0
+
+    def _forget_full(self, now: float) -> None:
+        """Drop buckets that have refilled: they hold nothing a fresh bucket would not."""
+        self._buckets = {user: (tokens, updated) for user, (tokens, updated) in self._buckets.items()
+                         if tokens + (now - updated) * self.rate < self.burst}
+
+
+AI_LIMITER = web.AppKey("ai_user_limiter", UserRateLimiter)
+
+
+def add_ai_routes(app: web.Application, limiter: UserRateLimiter | None = None) -> None:
+    app[AI_LIMITER] = limiter or UserRateLimiter()
+    app.router.add_get(AI_PATH, ai_fix_suggest)
+
+
+def ai_error_response(error: RelayctlError) -> web.Response:
+    """A wire error as the HTTP answer BEHAVIOUR.md promises (see the module docstring)."""
+    restriction = error.details.get("restriction")
+    if isinstance(error, Forbidden) and isinstance(restriction, str):
+        return json_response({"restriction": restriction}, 403)
+    status = error.details.get("status")
+    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+        status = error.status if error.status != 500 else 503
+    if status == 429:
+        return json_response({"error": error.message, "detail": error.message}, 429,
+                             headers={"Retry-After": "1"})
+    return error_response(status, error.message)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name) == "yes"
+
+
+async def _authenticate(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _Refusal(json_response({"detail": "Authentication credentials were not provided."}, 401,
+                                     headers={"WWW-Authenticate": "Bearer"}))
+    try:
+        user = await _ask(request, "user.authenticate", {"token": token}, AUTH_TIMEOUT, retries=1)
+    except Unauthorized:
+        raise _Refusal(json_response({"detail": "Invalid token"}, 401,
+                                     headers={"WWW-Authenticate": "Bearer"})) from None
+    return str(user["username"])
+
+
+class _Refusal(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+async def _ask(request: web.Request, message_type: str, payload: dict[str, Any], timeout: float, *,
+               retries: int = 0, actor: str = "gateway") -> Any:
+    nc = request.app["nc"]
+    if nc is None or not nc.is_connected:
+        raise Unavailable("the control plane (NATS) is unavailable")
+    return await bus_request(nc, message_type, payload, timeout=timeout, retries=retries, actor=actor,
+                             correlation_id=_correlation_id())
+
+
+def _correlation_id() -> str | None:
+    return structlog.contextvars.get_contextvars().get("correlation_id")
+
+
+async def ai_fix_suggest(request: web.Request) -> web.StreamResponse:
+    try:
+        username = await _authenticate(request)
+    except _Refusal as refusal:
+        return refusal.response
+    wait = request.app[AI_LIMITER].acquire(username)
+    if wait is not None:
+        message = "You are making too many AI suggestion requests; slow down"
+        return json_response({"error": message, "detail": message}, 429,
+                             headers={"Retry-After": str(max(1, round(wait)))})
+    info = request.match_info
+    payload = {"org": info["org"], "project": info["project"], "event_id": info["event_id"],
+               "stream": _flag(request, "stream"), "consent": _flag(request, "consent"),
+               "pii_certified": _flag(request, "pii_certified")}
+    actor = f"user:{username}"
+    if not payload["stream"]:
+        try:
+            result = await _ask(request, "ai.suggest", payload, SUGGEST_TIMEOUT, actor=actor)
+        except RelayctlError as exc:
+            return ai_error_response(exc)
+        return json_response({"suggestion": result["suggestion"]})
+    return await _stream(request, payload, actor)
+
+
+async def _stream(request: web.Request, payload: dict[str, Any], actor: str) -> web.StreamResponse:
+    replies = stream_request(request.app["nc"], "ai.suggest", payload, timeout=STREAM_TIMEOUT,
+                             idle_timeout=STREAM_IDLE_TIMEOUT, correlation_id=_correlation_id(), actor=actor)
+    async with replies:
+        try:
+            first = await replies.next()
+        except RelayctlError as exc:
+            return ai_error_response(exc)
+        if isinstance(first, Final):
+            # Cached (or empty): the whole answer is here, there is nothing to stream.
+            return web.Response(text=str(first.result["suggestion"]), content_type="text/plain")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                               "X-Request-Id": _correlation_id() or ""})
+        await response.prepare(request)
+        try:
+            await response.write(sse_event(first.text))
+            async for item in replies:
+                if isinstance(item, Chunk):
+                    await response.write(sse_event(item.text))
+                else:
+                    await response.write(sse_event("{}", event="done"))
+        except RelayctlError as exc:
+            log.warning("gateway.ai_stream_failed", error=exc.message)
+            status = ai_error_response(exc).status
+            await response.write(sse_event(json.dumps({"error": exc.message, "status": status}),
+                                           event="error"))
+        except (ConnectionResetError, OSError):
+            # The client went away; the actor still finishes and caches the answer.
+            return response
+        await response.write_eof()
+        return response
+
+
+def sse_event(data: str, event: str | None = None) -> bytes:
+    """One server-sent event; each line of `data` becomes a `data:` line, so it survives whole."""
+    lines = [f"event: {event}"] if event else []
+    lines += [f"data: {line}" for line in data.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
