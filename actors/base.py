@@ -52,6 +52,8 @@ class ServiceActor(pykka.ThreadingActor):
     """An actor that answers `Call`s with `handle_<type>` methods."""
 
     name = "service"
+    # A leaked actor must never keep a process from exiting.
+    use_daemon_thread = True
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Call):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import pykka
 import pytest
 
 from bus.embedded import ServerProcess, start_nats, start_redis
@@ -14,6 +15,13 @@ from tests.system import SystemUnderTest
 
 # Not cached, so tests can swap processors to capture structured log events.
 setup_logging(process="tests", level="warning", cache=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _stop_every_actor() -> Iterator[None]:
+    """No test run leaves actor threads behind, whatever a test forgot to stop."""
+    yield
+    pykka.ActorRegistry.stop_all(timeout=10)
 
 
 @pytest.fixture(scope="session")
