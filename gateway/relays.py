@@ -23,6 +23,7 @@ import structlog
 import zstandard
 from aiohttp import web
 
+from bus import metrics
 from bus.client import request as bus_request
 from bus.config_cache import GLOBAL_KEY, RELAY_AUTH_PREFIX, CachedConfig, cache_key, decode_entry
 from gateway.errors import HTTPFailure, from_error, json_response
@@ -306,6 +307,9 @@ class RelayEndpoints:
             except RelayctlError as exc:
                 log.info("gateway.build_pending", keys=len(misses), reason=exc.message)
             pending = [k for k in misses if k not in entries]
+        metrics.incr("relay.cache", len(keys) - len(misses), tags={"result": "hit"})
+        if misses:
+            metrics.incr("relay.cache", len(misses), tags={"result": "miss"})
         return splice_response(relay, keys, entries, pending, v3=True,
                                global_body=global_entry.body if global_entry else None,
                                with_global=with_global)
@@ -438,6 +442,12 @@ def splice_response(relay: RelayIdentity, keys: list[tuple[str, str | None]], en
             unchanged.append(key)
         else:
             configs.append(b'"' + key.encode() + b'":' + entry.body)
+    metrics.incr("relay.keys", len(keys), tags={"outcome": "requested"})
+    metrics.incr("relay.keys", len(configs), tags={"outcome": "served"})
+    if pending:
+        metrics.incr("relay.keys", len(pending), tags={"outcome": "pending"})
+    if unchanged:
+        metrics.incr("relay.keys", len(unchanged), tags={"outcome": "unchanged"})
     out = b'{"configs":{' + b",".join(configs) + b"}"
     if v3:
         out += b',"pending":' + json.dumps(pending).encode()

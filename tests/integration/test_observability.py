@@ -79,6 +79,32 @@ def test_metrics_endpoint_counts_relay_requests(observed: SystemUnderTest) -> No
     assert after - before >= 5
 
 
+def test_metrics_count_keys_by_outcome(observed: SystemUnderTest) -> None:
+    """Keys requested, served and unchanged, and cache hits, are counted per relay request."""
+    project = observed.new_project()
+    relay = RelayClient(observed.url)
+    observed.cli_ok("relay", "allow", relay.public_key_str, "--internal")
+    relay.register()
+    status, first = relay.configs([project["publicKey"]])
+    assert status == 200
+    relay.configs([project["publicKey"]], revisions=[first["configs"][project["publicKey"]]["rev"]])
+
+    def outcome(samples: dict[str, float], name: str, **labels: str) -> float:
+        return sum(v for k, v in samples.items() if k.startswith(name + "{")
+                   and all(f'"{lk}": "{lv}"' in k for lk, lv in labels.items()))
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        samples = prometheus_samples(observed.url)
+        if outcome(samples, "relayctl_relay_keys_total", outcome="unchanged") >= 1:
+            break
+        time.sleep(0.2)
+    assert outcome(samples, "relayctl_relay_keys_total", outcome="requested") >= 2
+    assert outcome(samples, "relayctl_relay_keys_total", outcome="served") >= 1
+    assert outcome(samples, "relayctl_relay_keys_total", outcome="unchanged") >= 1
+    assert outcome(samples, "relayctl_relay_cache_total", result="hit") >= 2
+
+
 def test_metrics_cli_json_shape(observed: SystemUnderTest) -> None:
     """`relayctl metrics --json` prints counters, timers and gauges aggregated over processes."""
     metrics.incr("test.cli_visible", tags={"kind": "probe"})
