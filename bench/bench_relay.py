@@ -71,8 +71,9 @@ async def propagation(url: str, nats_url: str, relay: RelayClient, org: str, pro
                       rounds: int) -> list[float]:
     nc = await nats.connect(nats_url)
     times: list[float] = []
+    kinds: list[str] = []
     async with aiohttp.ClientSession() as session:
-        async def served() -> dict[str, Any]:
+        async def served() -> Any:
             body = json.dumps({"publicKeys": [key]}).encode()
             headers = {"Content-Type": "application/json", "X-Sentry-Relay-Id": relay.relay_id,
                        "X-Sentry-Relay-Signature": relay.secret_key.sign(body)}
@@ -80,13 +81,19 @@ async def propagation(url: str, nats_url: str, relay: RelayClient, org: str, pro
                 return (await r.json())["configs"][key]  # type: ignore[no-any-return]
 
         for i in range(rounds):
-            kind = i % 3
+            kind = i % 4
             if kind == 0:
                 await request(nc, "key.disable", {"public_key": key})
                 check = lambda doc: doc == {"disabled": True}  # noqa: E731
             elif kind == 1:
                 await request(nc, "key.enable", {"public_key": key})
                 check = lambda doc: doc.get("disabled") is False  # noqa: E731
+            elif kind == 3:
+                # An org option: every project of the org (500 configs) is rebuilt.
+                field = f"field{i}"
+                await request(nc, "org.option_set", {"org": org, "key": "sentry:safe_fields", "value": [field]})
+                check = lambda doc, f=field: f in doc.get("config", {}).get(  # noqa: E731
+                    "datascrubbingSettings", {}).get("excludeFields", [])
             else:
                 origin = f"h{i}.example.com"
                 await request(nc, "project.option_set", {"org": org, "project": project, "key": "sentry:origins",
@@ -96,7 +103,11 @@ async def propagation(url: str, nats_url: str, relay: RelayClient, org: str, pro
             while not check(await served()):
                 await asyncio.sleep(0.002)
             times.append(time.perf_counter() - acked)
+            kinds.append(("key disable", "key enable", "project option", "org option (500 configs)")[kind])
     await nc.close()
+    for name in dict.fromkeys(kinds):
+        mine = [t for t, k in zip(times, kinds) if k == name]
+        print(f"  {name:<26} n={len(mine):<3} p50 {percentile(mine, 50)*1e3:6.1f} ms  p99 {percentile(mine, 99)*1e3:6.1f} ms")
     return times
 
 
@@ -104,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=120)
     args = parser.parse_args()
     with servers() as (nats_server, redis_server):
         worker = Worker(["commands", "keys", "orgs", "configs"], nats_server.url, redis_server.url,
@@ -147,8 +158,10 @@ def main() -> None:
                       f"  p99 {percentile(our_lat, 99)*1e3:6.1f} ms | floor {floor_rate:9.0f} keys/s"
                       f"  p50 {percentile(floor_lat, 50)*1e3:6.1f} ms  p99 {percentile(floor_lat, 99)*1e3:6.1f} ms"
                       f" | ratio {ours / floor_rate:.2f}")
+            print("propagation by kind of change")
             times = asyncio.run(propagation(gw_url, nats_server.url, relay, org, "p0", keys[0], args.rounds))
-            print(f"propagation, change acknowledged -> served ({len(times)} changes: key disable/enable, project option)")
+            print(f"propagation, change acknowledged -> served ({len(times)} changes: key disable/enable,"
+                  " project option, org option over 500 projects)")
             print(f"  p50 {percentile(times, 50)*1e3:6.1f} ms   p99 {percentile(times, 99)*1e3:6.1f} ms"
                   f"   max {max(times)*1e3:6.1f} ms")
         finally:

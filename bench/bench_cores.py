@@ -1,0 +1,138 @@
+"""Every core: throughput with 1 and 2 gateway processes on one port, and with 1 and 2
+config-builder workers in their queue group.
+
+    python -m bench.bench_cores [--seconds 5]
+
+Load comes from `wrk` when it is installed (`apt-get install wrk`: a C load generator,
+so the Python processes under test get the cores) or else from an aiohttp client.
+1. v3, 100 cached keys per request: 1 gateway process, then 2 on the same port
+   (SO_REUSEPORT; the kernel spreads connections).
+2. v2 (built on the spot by the config builder), 10 keys per request, 2 gateways: 1
+   `configs` worker process, then 2 (NATS queue group `rc-configs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import nats
+
+from bench._servers import servers
+from bench.bench_relay import load
+from bus.client import request
+from bus.embedded import free_port, port_open
+from tests.system import RelayClient
+
+
+def start(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while not port_open("127.0.0.1", port):
+        if time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.05)
+
+
+async def wait_instances(nats_url: str, name: str, count: int) -> None:
+    nc = await nats.connect(nats_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        inbox = nc.new_inbox()
+        seen: list[bytes] = []
+
+        async def collect(msg: nats.aio.msg.Msg) -> None:
+            seen.append(msg.data)
+        sub = await nc.subscribe(inbox, cb=collect)
+        await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
+        await asyncio.sleep(0.3)
+        await sub.unsubscribe()
+        if len([s for s in seen if b'"name"' in s]) >= count:
+            break
+    await nc.close()
+
+
+def measure(url: str, relay: RelayClient, keys: list[str], version: int, seconds: float) -> float:
+    """Keys per second over `seconds` of load from 8 connections."""
+    body = json.dumps({"publicKeys": keys}).encode()
+    path = f"/api/0/relays/projectconfigs/?version={version}"
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        n = int(seconds * 200)
+        rate, _ = asyncio.run(load(url, relay, keys, n, 8)) if version == 3 else (0.0, [])
+        return rate
+    headers = {"Content-Type": "application/json", "X-Sentry-Relay-Id": relay.relay_id,
+               "X-Sentry-Relay-Signature": relay.secret_key.sign(body)}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n')
+        for name, value in headers.items():
+            script.write(f'wrk.headers["{name}"] = "{value}"\n')
+    try:
+        out = subprocess.run([wrk, "-t2", "-c8", f"-d{seconds}s", "-s", script.name, url + path],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    if "Non-2xx" in out:
+        raise RuntimeError("errors under load:\n" + out)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rps * len(keys)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5)
+    args = parser.parse_args()
+    with servers() as (nats_server, redis_server):
+        urls = ["--nats-url", nats_server.url, "--redis-url", redis_server.url]
+        workers = [start(["worker", "commands", "keys", "orgs", *urls]), start(["worker", "configs", *urls])]
+        gateways: list[subprocess.Popen[bytes]] = []
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            asyncio.run(wait_instances(nats_server.url, "configs", 1))
+            gateways.append(start(["gateway", "--bind", f"127.0.0.1:{port}", *urls]))
+            wait_port(port)
+            relay = RelayClient(url)
+
+            async def setup() -> list[str]:
+                nc = await nats.connect(nats_server.url)
+                projects = [{"slug": f"p{i}", "keys": [{"publicKey": uuid.uuid4().hex}]} for i in range(100)]
+                await request(nc, "import.org", {"org": {"slug": "cores", "projects": projects}}, timeout=60)
+                await request(nc, "relay.allow", {"public_key": relay.public_key_str, "internal": True})
+                await nc.close()
+                return [p["keys"][0]["publicKey"] for p in projects]  # type: ignore[index]
+            keys = asyncio.run(setup())
+            relay.register()
+            relay.poll(keys, lambda r: not r["pending"] and len(r["configs"]) == len(keys), timeout=60)
+            print(f"load: {'wrk -t2 -c8' if shutil.which('wrk') else 'aiohttp, 8 concurrent'}; machine: {os.cpu_count()} cores")
+            one = measure(url, relay, keys, 3, args.seconds)
+            gateways.append(start(["gateway", "--bind", f"127.0.0.1:{port}", *urls]))
+            time.sleep(2)
+            two = measure(url, relay, keys, 3, args.seconds)
+            print(f"v3 100 keys  1 gateway {one:9.0f} keys/s   2 gateways {two:9.0f} keys/s   scaling {two / one:.2f}x")
+            if shutil.which("wrk"):
+                v2_one = measure(url, relay, keys[:10], 2, args.seconds)
+                workers.append(start(["worker", "configs", *urls]))
+                asyncio.run(wait_instances(nats_server.url, "configs", 2))
+                v2_two = measure(url, relay, keys[:10], 2, args.seconds)
+                print(f"v2 10 keys   1 configs worker {v2_one:7.0f} keys/s   2 workers {v2_two:7.0f} keys/s"
+                      f"   scaling {v2_two / v2_one:.2f}x")
+        finally:
+            for proc in gateways + workers:
+                proc.terminate()
+
+
+if __name__ == "__main__":
+    main()
