@@ -19,10 +19,12 @@ import asyncio
 import json
 import tempfile
 import time
+from typing import Any
 
 import aiohttp
 
 from actors.ai import AIConfig
+from actors.ai_prompt import describe_event_for_ai
 from bench._servers import percentile, servers
 from gateway.ai import AI_LIMITER
 from tests.ai_helpers import error_event, start_ai_worker
@@ -65,6 +67,32 @@ async def cached(url: str, token: str, path: str, requests: int, concurrency: in
         return time.perf_counter() - started, latencies
 
 
+def deep_event(frames: int = 200) -> dict[str, Any]:
+    event = error_event()
+    stack = event["exception"]["values"][0]["stacktrace"]
+    stack["frames"] = [
+        {"function": f"f{i}", "module": f"pkg.mod{i % 7}", "filename": f"pkg/mod{i % 7}.py", "lineno": i,
+         "in_app": i % 3 == 0, "context_line": f"    value = compute_{i}(value)",
+         "pre_context": [f"def f{i}(value):"] * 5, "post_context": ["    return value"] * 5}
+        for i in range(frames)]
+    return event
+
+
+def prompt_building(rounds: int = 2000) -> None:
+    """describe_event_for_ai on a 200-frame event, beside json.dumps of the same event."""
+    event = deep_event()
+    started = time.perf_counter()
+    for _ in range(rounds):
+        describe_event_for_ai(event, "gpt-3.5-turbo")
+    build = (time.perf_counter() - started) / rounds
+    started = time.perf_counter()
+    for _ in range(rounds):
+        json.dumps(event)
+    dumps = (time.perf_counter() - started) / rounds
+    print(f"prompt building, 200-frame event: {build * 1e6:7.1f} us/event"
+          f"  (floor: json.dumps of the event {dumps * 1e6:.1f} us)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fresh", type=int, default=20)
@@ -72,6 +100,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--chunk-delay", type=float, default=0.005)
     args = parser.parse_args()
+    prompt_building()
 
     with servers() as (nats, redis), OpenAIStub(REPLY, chunk_delay=args.chunk_delay) as stub:
         system = SystemUnderTest(nats.url, redis.url, actors=["commands"]).start()
