@@ -119,14 +119,34 @@ def project() -> None:
     """Projects and their options."""
 
 
+@org.group("template")
+def org_template() -> None:
+    """Project templates: option values projects created from them fall back to."""
+
+
+@org_template.command("set")
+@click.argument("org_slug", metavar="ORG")
+@click.argument("template")
+@click.argument("options", metavar="JSON")
+@pass_ctx
+def org_template_set(ctx: Context, org_slug: str, template: str, options: str) -> None:
+    value = parse_json_value(options)
+    if not isinstance(value, dict):
+        fail("template options must be a JSON object of option keys and values")
+    ctx.request("org.template_set", {"org": org_slug, "template": template, "options": value})
+    click.echo(f"Set template `{template}` on `{org_slug}`")
+
+
 @project.command("create")
 @click.argument("org_slug", metavar="ORG")
 @click.argument("slug")
 @click.option("--name")
+@click.option("--template", help="A project template of the org (see `org template set`).")
 @json_option
 @pass_ctx
-def project_create(ctx: Context, org_slug: str, slug: str, name: str | None, as_json: bool) -> None:
-    result = ctx.request("project.create", {"org": org_slug, "project": slug, "name": name})
+def project_create(ctx: Context, org_slug: str, slug: str, name: str | None, template: str | None,
+                   as_json: bool) -> None:
+    result = ctx.request("project.create", {"org": org_slug, "project": slug, "name": name, "template": template})
     emit(as_json, result, f"Created project `{org_slug}/{slug}` (id {result['id']}) with key {result['publicKey']}")
 
 
