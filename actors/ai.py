@@ -276,34 +276,18 @@ class AISuggestionActor(ProjectionActor):
         self._in_flight: dict[int, Call] = {}  # by id(call); also guarded by the lock
         self._pending = 0
         self._pending_lock = threading.Lock()
-        self._ingest_subscription: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def on_start(self) -> None:
         self.runtime.call(self.events.ensure())
         super().on_start()
-        nc = self.runtime.nc
-        if nc is not None:
-            ref = self.actor_ref
-
-            async def ingest(msg: Any) -> None:
-                try:
-                    ref.tell(IngestEvent(msg.subject, msg.data))
-                except pykka.ActorDeadError:
-                    pass  # fire-and-forget: an instance going down drops what it had
-
-            # One queue group, so each published event is stored by one instance.
-            self._ingest_subscription = self.runtime.call(
-                nc.subscribe(INGEST_SUBJECTS, queue="rc-ai-ingest", cb=ingest))
+        # One queue group, so each published event is stored by one instance (fire-and-forget:
+        # an instance going down drops what it had).
+        self.listen(INGEST_SUBJECTS, lambda msg: IngestEvent(msg.subject, msg.data), queue="rc-ai-ingest")
 
     def on_stop(self) -> None:
-        if self._ingest_subscription is not None:
-            try:
-                self.runtime.call(self._ingest_subscription.unsubscribe(), timeout=5)
-            except Exception as exc:  # noqa: BLE001 - stopping goes on whatever the bus says
-                log.debug("ai.ingest_unsubscribe_failed", error=str(exc))
-            self._ingest_subscription = None
+        super().on_stop()
         # A model call cannot be interrupted; its caller is told now rather than left
         # waiting for a reply this instance may no longer be able to send.
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -317,7 +301,6 @@ class AISuggestionActor(ProjectionActor):
         close = getattr(self.cache, "close", None)
         if close is not None:
             close()
-        super().on_stop()
 
     def on_other(self, message: Any) -> Any:
         if isinstance(message, IngestEvent):

@@ -54,6 +54,29 @@ class ServiceActor(pykka.ThreadingActor):
     name = "service"
     # A leaked actor must never keep a process from exiting.
     use_daemon_thread = True
+    runtime: BusRuntime
+
+    def listen(self, subject: str, wrap: Callable[[Any], Any], queue: str = "") -> None:
+        """Tell this actor `wrap(msg)` for every NATS message on `subject`, until it stops."""
+        ref = self.actor_ref
+
+        async def deliver(msg: Any) -> None:
+            try:
+                ref.tell(wrap(msg))
+            except pykka.ActorDeadError:
+                pass
+
+        if self.runtime.nc is None:
+            return  # a unit test's runtime without a bus: nothing to listen to
+        subscription = self.runtime.call(self.runtime.nc.subscribe(subject, queue=queue, cb=deliver))
+        self.__dict__.setdefault("_listening", []).append(subscription)
+
+    def on_stop(self) -> None:
+        for subscription in self.__dict__.pop("_listening", []):
+            try:
+                self.runtime.call(subscription.unsubscribe(), timeout=5)
+            except Exception:
+                pass
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Call):
@@ -185,6 +208,7 @@ class ProjectionActor(ServiceActor):
             log.info("snapshot.saved", actor=self.name, sequence=self.state.sequence)
 
     def on_stop(self) -> None:
+        super().on_stop()
         if self._subscription is not None:
             try:
                 self.runtime.call(self._subscription.unsubscribe(), timeout=5)

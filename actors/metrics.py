@@ -36,23 +36,9 @@ class MetricsActor(ServiceActor):
         self.runtime = runtime
         self.store = MetricsStore()
         self.malformed = 0
-        self._subscription: Any = None
 
     def on_start(self) -> None:
-        ref = self.actor_ref
-
-        async def on_batch(msg: Any) -> None:
-            ref.tell(MetricsBatch(msg.data))
-
-        assert self.runtime.nc is not None
-        self._subscription = self.runtime.call(self.runtime.nc.subscribe(METRICS_RECORD, cb=on_batch))
-
-    def on_stop(self) -> None:
-        if self._subscription is not None:
-            try:
-                self.runtime.call(self._subscription.unsubscribe(), timeout=5)
-            except Exception:
-                pass
+        self.listen(METRICS_RECORD, lambda msg: MetricsBatch(msg.data))
 
     def on_other(self, message: Any) -> Any:
         if isinstance(message, MetricsBatch):

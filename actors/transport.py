@@ -53,28 +53,16 @@ class TransportActor(ServiceActor):
         self.runtime = runtime
         self.config = config or TransportConfig.from_env()
         self.mux: TransportMultiplexer | None = None
-        self._subscription: Any = None
 
     def on_start(self) -> None:
         self.mux = TransportMultiplexer(
             upstream=self.config.upstream, relay=self.config.relay, metrics=metrics.metrics,
             upstream_metrics_enabled=self.config.upstream_metrics_enabled,
             internal_project_id=self.config.internal_project_id)
-        ref = self.actor_ref
-
-        async def on_envelope(msg: Any) -> None:
-            ref.tell(EnvelopeArrived(msg.data))
-
-        assert self.runtime.nc is not None
-        self._subscription = self.runtime.call(
-            self.runtime.nc.subscribe(TRANSPORT_ENVELOPE, queue="rc-transport", cb=on_envelope))
+        self.listen(TRANSPORT_ENVELOPE, lambda msg: EnvelopeArrived(msg.data), queue="rc-transport")
 
     def on_stop(self) -> None:
-        if self._subscription is not None:
-            try:
-                self.runtime.call(self._subscription.unsubscribe(), timeout=5)
-            except Exception:
-                pass
+        super().on_stop()
         if self.mux is not None:
             self.mux.close(timeout=5)
 
