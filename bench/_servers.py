@@ -25,3 +25,19 @@ def servers() -> Iterator[tuple[ServerProcess, ServerProcess]]:
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def import_keys(nats_url: str, org: str, count: int, relay_public_key: str) -> list[str]:
+    """One org of `count` projects with a key each, and the relay allowed as internal."""
+    import uuid
+
+    import nats
+
+    from bus.client import request
+
+    nc = await nats.connect(nats_url)
+    projects = [{"slug": f"p{i}", "keys": [{"publicKey": uuid.uuid4().hex}]} for i in range(count)]
+    await request(nc, "import.org", {"org": {"slug": org, "projects": projects}}, timeout=60)
+    await request(nc, "relay.allow", {"public_key": relay_public_key, "internal": True})
+    await nc.close()
+    return [p["keys"][0]["publicKey"] for p in projects]  # type: ignore[index]

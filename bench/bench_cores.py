@@ -23,13 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 import nats
 
-from bench._servers import servers
+from bench._servers import import_keys, servers
 from bench.bench_relay import load
-from bus.client import request
 from bus.embedded import free_port, port_open
 from tests.system import RelayClient
 
@@ -106,14 +104,7 @@ def main() -> None:
             wait_port(port)
             relay = RelayClient(url)
 
-            async def setup() -> list[str]:
-                nc = await nats.connect(nats_server.url)
-                projects = [{"slug": f"p{i}", "keys": [{"publicKey": uuid.uuid4().hex}]} for i in range(100)]
-                await request(nc, "import.org", {"org": {"slug": "cores", "projects": projects}}, timeout=60)
-                await request(nc, "relay.allow", {"public_key": relay.public_key_str, "internal": True})
-                await nc.close()
-                return [p["keys"][0]["publicKey"] for p in projects]  # type: ignore[index]
-            keys = asyncio.run(setup())
+            keys = asyncio.run(import_keys(nats_server.url, "cores", 100, relay.public_key_str))
             relay.register()
             relay.poll(keys, lambda r: not r["pending"] and len(r["configs"]) == len(keys), timeout=60)
             print(f"load: {'wrk -t2 -c8' if shutil.which('wrk') else 'aiohttp, 8 concurrent'}; machine: {os.cpu_count()} cores")

@@ -17,14 +17,11 @@ import time
 import types
 import uuid
 
-import nats
-
 from actors.configs import ConfigActor
 from actors.state import DomainState
 from actors.worker import Worker
-from bench._servers import percentile, servers
+from bench._servers import import_keys, percentile, servers
 from bench.bench_relay import load, spawn
-from bus.client import request
 from bus.embedded import free_port
 from messages.events import DomainEvent
 from tests.system import RelayClient
@@ -70,14 +67,7 @@ def request_growth(nats_url: str, redis_url: str) -> None:
         url = f"http://127.0.0.1:{port}"
         relay = RelayClient(url)
 
-        async def setup() -> list[str]:
-            nc = await nats.connect(nats_url)
-            projects = [{"slug": f"p{i}", "keys": [{"publicKey": uuid.uuid4().hex}]} for i in range(500)]
-            await request(nc, "import.org", {"org": {"slug": "growth", "projects": projects}}, timeout=60)
-            await request(nc, "relay.allow", {"public_key": relay.public_key_str, "internal": True})
-            await nc.close()
-            return [p["keys"][0]["publicKey"] for p in projects]  # type: ignore[index]
-        keys = asyncio.run(setup())
+        keys = asyncio.run(import_keys(nats_url, "growth", 500, relay.public_key_str))
         relay.register()
         relay.poll(keys, lambda r: not r["pending"] and len(r["configs"]) == len(keys), timeout=60)
         print("v3 request latency by batch size (one relay, sequential)")

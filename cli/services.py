@@ -118,11 +118,7 @@ class Orchestrator:
         if rec and not pid_alive(rec.get("pid")):
             return False, f"process {rec.get('pid')} is not running; log: {_log_tail(Path(rec.get('log', '')))}"
         if name == "llm":
-            try:
-                with urllib.request.urlopen(self.state["llm"] + "/health", timeout=2) as resp:
-                    return resp.status == 200, f"/health answered {resp.status}"
-            except Exception as exc:
-                return False, f"/health: {exc}"
+            return _http_health(self.state["llm"] + "/health")
         if name in ("nats", "redis"):
             url = self.state.get(name, "")
             host, port = _host_port(url)
@@ -132,11 +128,7 @@ class Orchestrator:
                 return _redis_ping(url)
             return True, "ok"
         if name == "gateway":
-            try:
-                with urllib.request.urlopen(self.state["gateway"] + "/_health/", timeout=2) as resp:
-                    return resp.status == 200, f"/_health/ answered {resp.status}"
-            except Exception as exc:
-                return False, f"/_health/: {exc}"
+            return _http_health(self.state["gateway"] + "/_health/")
         return _ping_actor(self.state["nats"], name)
 
     def wait_healthy(self, name: str, timeout: float = HEALTH_TIMEOUT) -> None:
@@ -186,6 +178,15 @@ class Orchestrator:
             stop_pid(int(rec["pid"]))
         if rec:
             rec["pid"] = None
+
+
+def _http_health(url: str) -> tuple[bool, str]:
+    path = "/" + url.split("://", 1)[-1].split("/", 1)[-1]
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200, f"{path} answered {resp.status}"
+    except Exception as exc:
+        return False, f"{path}: {exc}"
 
 
 def _host_port(url: str) -> tuple[str, int]:
