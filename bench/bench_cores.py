@@ -62,7 +62,7 @@ async def wait_instances(nats_url: str, name: str, count: int) -> None:
     await nc.close()
 
 
-def measure(url: str, relay: RelayClient, keys: list[str], version: int, seconds: float) -> float:
+def measure(url: str, relay: RelayClient, keys: list[str], version: int, seconds: int) -> float:
     """Keys per second over `seconds` of load from 8 connections."""
     body = json.dumps({"publicKeys": keys}).encode()
     path = f"/api/0/relays/projectconfigs/?version={version}"
@@ -90,7 +90,7 @@ def measure(url: str, relay: RelayClient, keys: list[str], version: int, seconds
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
     with servers() as (nats_server, redis_server):
         urls = ["--nats-url", nats_server.url, "--redis-url", redis_server.url]
