@@ -26,6 +26,7 @@ from actors.base import ProjectionActor
 from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey
 from actors.state import DomainState
 from bus import metrics
+from bus.client import request as bus_request
 from bus.service import Call
 from messages.errors import BadRequest, Conflict, Forbidden, NotFound, RelayctlError, Unauthorized
 from messages.events import ORG, RELAY, USER, DomainEvent
@@ -312,8 +313,33 @@ class Decider:
         return decide_import(self, org)
 
 
+# Changes that decide which relays may register or fetch what: their reply waits for the
+# org access actor (and through it every gateway) to have applied them.
+RELAY_ACCESS_COMMANDS = {"relay.allow", "relay.deny", "org.trust_relay", "org.untrust_relay"}
+
 QUERY_TYPES = {"org.option_get", "project.option_get", "key.list", "relay.list",
-               "user.permission_list", "user.authenticate"}
+               "user.permission_list", "user.authenticate", "export.orgs"}
+
+
+def export_orgs(state: DomainState) -> dict[str, Any]:
+    """Every org in the shape `import.org` reads, in id order (an import into an empty system
+    then hands out the same ids when the orgs were made one after another). Deleted projects
+    and keys are left out: there is nothing to import for them."""
+    orgs = []
+    for org in sorted(state.orgs.values(), key=lambda o: o.id):
+        options = {k: v for k, v in org.options.items() if k != TRUSTED_RELAYS}
+        projects = []
+        for project_id in sorted(state.projects_of_org.get(org.id, [])):
+            project = state.projects[project_id]
+            if project.status == DELETED:
+                continue
+            keys = [{"publicKey": k.public_key, "status": k.status}
+                    for k in sorted(state.keys_of(project.id), key=lambda k: k.numeric_id)]
+            projects.append({"slug": project.slug, "name": project.name, "options": dict(project.options),
+                             "keys": keys})
+        orgs.append({"slug": org.slug, "name": org.name, "options": options,
+                     "trustedRelays": list(org.options.get(TRUSTED_RELAYS, [])), "projects": projects})
+    return {"orgs": orgs}
 
 
 def answer_query(state: DomainState, message_type: str, payload: dict[str, Any]) -> Any:
@@ -336,6 +362,8 @@ def answer_query(state: DomainState, message_type: str, payload: dict[str, Any])
     if message_type == "user.permission_list":
         user = require_user(state, payload["username"])
         return {"username": user.username, "permissions": sorted(user.permissions)}
+    if message_type == "export.orgs":
+        return export_orgs(state)
     if message_type == "user.authenticate":
         digest = token_hash(payload["token"])
         for user in state.users.values():
@@ -407,6 +435,27 @@ class CommandActor(ProjectionActor):
             return
         log.info("commands.stored", type=call.request.type, sequence=sequence,
                  events=[e.type for e in decision.events], correlation_id=call.request.id)
-        self.after(sequence, lambda: self.run_handler(call, lambda _c: decision.result(self.state)), call)
+        def reply() -> None:
+            if call.request.type in RELAY_ACCESS_COMMANDS:
+                self._await_relay_access(decision)
+            self.run_handler(call, lambda _c: decision.result(self.state))
+
+        self.after(sequence, reply, call)
+
+    def _await_relay_access(self, decision: Decision) -> None:
+        """Return only once the org access actor applied a change to who may do what.
+
+        Its `org.relay_auth` answer waits until it has folded everything stored so far,
+        written `relayauth:*` and told the gateways; so a relay banned (or trusted) by a
+        command is refused (or served) by the next request after the command returns.
+        """
+        payload = decision.events[0].payload
+        public_key = payload.get("public_key") if decision.aggregate == RELAY else None
+        try:
+            self.runtime.call(bus_request(self.runtime.nc, "org.relay_auth",
+                                          {"public_key": public_key or decision.aggregate_id}, timeout=3.0),
+                              timeout=4.0)
+        except Exception as exc:  # no org access actor running: nothing to wait for
+            log.info("commands.relay_access_not_confirmed", error=str(exc))
 
 

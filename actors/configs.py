@@ -5,7 +5,8 @@ those configs, and only once every one of them is built does it write them to Re
 one pipeline (compute, then swap). A config whose build fails keeps its last good revision
 in the cache. After each write it publishes `rc.config.changed.<key>` with the new rev.
 At start, once replay reaches the end of the stream, it materializes every key, so a
-restart with an empty Redis fills it from the event log.
+restart with an empty Redis fills it from the event log; so does Redis coming back after
+it died or restarted under a running builder (actors/redis_watch.py).
 
 It also answers `config.get` (v2, and v3 with noCache: built on the spot), `config.get_v1`
 (by project id), `config.build` (a v3 cache miss: build, store and return) and
@@ -23,6 +24,7 @@ import structlog
 
 from actors.base import DEFERRED, ProjectionActor
 from actors.lookup import has_org_access, trusted_relay_keys
+from actors.redis_watch import CheckRedis, RedisWatch, tick
 from actors.project_config import build_project_config
 from actors.state import Changes
 from bus import metrics
@@ -64,7 +66,11 @@ class ConfigActor(ProjectionActor):
 
     def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
         super().__init__(runtime, store)
-        self.redis = redis.Redis.from_url(redis_url) if redis_url else None
+        # Bounded socket waits: a Redis that hangs must not stall the builder for long.
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1) \
+            if redis_url else None
+        self.watch = RedisWatch(self.redis, self.name) if self.redis is not None else None
+        self._ticker: Any = None
         self.materialized = False
         self.build_failures = 0
 
@@ -84,23 +90,24 @@ class ConfigActor(ProjectionActor):
         return doc["rev"], tuple(trusted_relay_keys(org.options)), dumps(doc)
 
     def materialize(self, public_keys: Iterable[str], *, with_global: bool = False,
-                    keep: bool = True) -> dict[str, Entry]:
+                    keep: bool = True, announce: bool = True) -> dict[str, Entry]:
         """Build, then write, in chunks: memory stays flat however many keys change at once."""
         built: dict[str, Entry] = {}
         chunk: list[str] = []
         for public_key in public_keys:
             chunk.append(public_key)
             if len(chunk) >= MATERIALIZE_CHUNK:
-                done = self._materialize_chunk(chunk, with_global=False)
+                done = self._materialize_chunk(chunk, with_global=False, announce=announce)
                 if keep:
                     built.update(done)
                 chunk = []
-        done = self._materialize_chunk(chunk, with_global=with_global)
+        done = self._materialize_chunk(chunk, with_global=with_global, announce=announce)
         if keep:
             built.update(done)
         return built
 
-    def _materialize_chunk(self, public_keys: list[str], *, with_global: bool) -> dict[str, Entry]:
+    def _materialize_chunk(self, public_keys: list[str], *, with_global: bool,
+                           announce: bool = True) -> dict[str, Entry]:
         built: dict[str, Entry] = {}
         started = time.perf_counter()
         for public_key in public_keys:
@@ -122,8 +129,11 @@ class ConfigActor(ProjectionActor):
             self.redis.mset(values)
         except redis.RedisError as exc:
             log.warning("configs.redis_write_failed", error=str(exc), keys=len(values))
+            if self.watch is not None:
+                self.watch.failed()
             return built
-        self._announce(built)
+        if announce:
+            self._announce(built)
         return built
 
     def _announce(self, built: dict[str, Entry]) -> None:
@@ -141,11 +151,8 @@ class ConfigActor(ProjectionActor):
         if not self.is_replayed():
             return
         if not self.materialized:
-            started = time.monotonic()
-            self.materialize(list(self.state.keys), with_global=True, keep=False)
+            self.materialize_all("replayed")
             self.materialized = True
-            log.info("configs.materialized_all", keys=len(self.state.keys),
-                     seconds=round(time.monotonic() - started, 3))
             return
         if changes.public_keys:
             self.materialize(changes.public_keys)
@@ -159,6 +166,28 @@ class ConfigActor(ProjectionActor):
         if self.live_from == 0:  # empty stream: nothing to replay, still publish the global config
             self.materialize([], with_global=True)
             self.materialized = True
+        if self.watch is not None:
+            self._ticker = tick(self.actor_ref)
+
+    def on_stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.set()
+        super().on_stop()
+
+    def on_other(self, message: Any) -> Any:
+        if isinstance(message, CheckRedis):
+            if self.materialized and self.watch is not None and self.watch.needs_rebuild():
+                self.materialize_all("redis_back")
+            return None
+        return super().on_other(message)
+
+    def materialize_all(self, reason: str) -> None:
+        """Write every key's config (and the global config) again, from the projection."""
+        started = time.monotonic()
+        # Revisions did not change: gateways need no rc.config.changed for a refill.
+        self.materialize(list(self.state.keys), with_global=True, keep=False, announce=reason == "replayed")
+        log.info("configs.materialized_all", keys=len(self.state.keys), reason=reason,
+                 seconds=round(time.monotonic() - started, 3))
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 - `KeyLookupActor` answers batch lookups of public keys (`rc.keys.lookup`).
 - `OrgAccessActor` answers `has_org_access` and relay authentication data
   (`rc.org.access`), and keeps `relayauth:<relay_id>` in Redis so the gateway can check a
-  signature without a NATS hop.
+  signature without a NATS hop - written again whole when Redis comes back after a loss
+  (actors/redis_watch.py), so relays keep authenticating from Redis while NATS is down.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import structlog
 
 from actors.base import ProjectionActor
 from actors.model import Relay
+from actors.redis_watch import CheckRedis, RedisWatch, tick
 from actors.state import Changes, DomainState, trusted_relay_keys
 from bus.config_cache import RELAY_AUTH_PREFIX
 from messages.subjects import RELAY_CHANGED
@@ -67,8 +69,29 @@ class OrgAccessActor(ProjectionActor):
 
     def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
         super().__init__(runtime, store)
-        self.redis = redis.Redis.from_url(redis_url) if redis_url else None
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1) \
+            if redis_url else None
+        self.watch = RedisWatch(self.redis, self.name) if self.redis is not None else None
+        self._ticker: Any = None
         self._materialized = False
+
+    def on_start(self) -> None:
+        super().on_start()
+        if self.watch is not None:
+            self._ticker = tick(self.actor_ref)
+
+    def on_stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.set()
+        super().on_stop()
+
+    def on_other(self, message: Any) -> Any:
+        if isinstance(message, CheckRedis):
+            if self._materialized and self.watch is not None and self.watch.needs_rebuild():
+                self._write(list(self.state.relays.values()), announce=False)
+                log.info("orgs.relay_auth_rewritten", relays=len(self.state.relays))
+            return None
+        return super().on_other(message)
 
     def handle_org_has_access(self, call: Call) -> dict[str, bool]:
         relay = self.state.relays.get(call.payload["relay_public_key"])
@@ -90,13 +113,20 @@ class OrgAccessActor(ProjectionActor):
         relays = self.state.relays.values() if not self._materialized else (
             self.state.relays[k] for k in changes.relays if k in self.state.relays)
         self._materialized = True
+        self._write(list(relays), announce=True)
+
+    def _write(self, relays: list[Relay], announce: bool) -> None:
         changed = [r for r in relays if r.relay_id]
-        entries = {RELAY_AUTH_PREFIX + r.relay_id: json.dumps(relay_auth(self.state, r)) for r in changed}
-        if entries:
-            try:
-                self.redis.mset(entries)
-            except redis.RedisError as exc:  # the gateway falls back to asking us over NATS
-                log.warning("orgs.redis_write_failed", error=str(exc))
+        entries = {RELAY_AUTH_PREFIX + str(r.relay_id): json.dumps(relay_auth(self.state, r)) for r in changed}
+        if not entries or self.redis is None:
+            return
+        try:
+            self.redis.mset(entries)
+        except redis.RedisError as exc:  # the gateway falls back to asking us over NATS
+            log.warning("orgs.redis_write_failed", error=str(exc))
+            if self.watch is not None:
+                self.watch.failed()
+        if announce:
             self._announce([r.relay_id for r in changed if r.relay_id])
 
     def _announce(self, relay_ids: list[str]) -> None:
@@ -108,5 +138,11 @@ class OrgAccessActor(ProjectionActor):
         async def publish() -> None:
             for relay_id in relay_ids:
                 await nc.publish(RELAY_CHANGED, relay_id.encode())
+            await nc.flush(timeout=2)
 
-        self.runtime.submit(publish())
+        # Before this actor answers anyone who waits on it (see CommandActor), the gateways
+        # have been told: a ban is in force by the time `relayctl relay deny` returns.
+        try:
+            self.runtime.call(publish(), timeout=3)
+        except Exception as exc:  # the TTL of the gateways' copies bounds the damage
+            log.warning("orgs.announce_failed", error=str(exc))

@@ -4,7 +4,9 @@
 the error the reply carries. The deadline travels in the envelope, so the server side
 stops waiting when the caller does. A request nobody answers (no responders, or a timeout)
 becomes `Unavailable` / `DeadlineExceeded`, never a hang. Idempotent queries may pass
-`retries` to be tried again on another instance of the queue group within the deadline.
+`retries` to be tried again on another instance of the queue group within the deadline,
+and `attempt_timeout` to bound each try: a request in flight to an instance that dies is
+never answered, so without it the first try would use up the whole deadline.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def subject_for(message_type: str) -> str:
 
 async def request(nc: NATS, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
                   subject: str | None = None, correlation_id: str | None = None,
-                  retries: int = 0, actor: str = "") -> Any:
+                  retries: int = 0, actor: str = "", attempt_timeout: float | None = None) -> Any:
     deadline = time.time() + timeout
     envelope = Request(type=message_type, payload=payload, deadline=deadline, actor=actor)
     if correlation_id:
@@ -55,7 +57,8 @@ async def request(nc: NATS, message_type: str, payload: dict[str, Any], *, timeo
         if remaining <= 0:
             raise DeadlineExceeded(f"no answer on {target} within {timeout:.1f}s")
         try:
-            msg = await nc.request(target, data, timeout=remaining)
+            wait = remaining if attempt >= retries or attempt_timeout is None else min(remaining, attempt_timeout)
+            msg = await nc.request(target, data, timeout=wait)
             return decode_reply(msg.data)
         except NoRespondersError:
             if attempt >= retries:

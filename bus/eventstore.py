@@ -16,17 +16,19 @@ Two implementations pass one contract (tests/integration/test_event_store.py):
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, Awaitable, Callable, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.js import api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from messages.errors import Conflict, Unavailable
 from messages.events import DomainEvent, aggregate_subject, decode_commit, encode_commit, event_subject
 from messages.subjects import EVENT_STREAM, EVENT_SUBJECTS
 
 CommitCallback = Callable[[int, list[DomainEvent]], Any]
+APPEND_ATTEMPT_TIMEOUT = 2.0  # one try of an append; a cluster electing a new leader answers none
 WRONG_LAST_SEQUENCE = 10071  # JetStream API error code
 
 
@@ -53,13 +55,19 @@ def _subject_matches(pattern: str, subject: str) -> bool:
     return len(p) == len(s)
 
 
+def stream_replicas() -> int:
+    """Copies of the event stream: `RELAYCTL_STREAM_REPLICAS` (3 on a three-node cluster), else 1."""
+    return int(os.environ.get("RELAYCTL_STREAM_REPLICAS") or 1)
+
+
 class JetStreamEventStore:
-    def __init__(self, nc: NATS, *, stream: str = EVENT_STREAM, replicas: int = 1,
+    def __init__(self, nc: NATS, *, stream: str = EVENT_STREAM, replicas: int | None = None,
                  timeout: float = 5.0) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout)
         self.stream = stream
-        self.replicas = replicas
+        # Used when this process creates the stream; an existing stream keeps its own.
+        self.replicas = replicas if replicas is not None else stream_replicas()
         self.timeout = timeout
 
     async def ensure(self) -> None:
@@ -88,22 +96,30 @@ class JetStreamEventStore:
             headers["Nats-Expected-Last-Subject-Sequence-Subject"] = aggregate_subject(
                 first.aggregate, first.aggregate_id)
         data = encode_commit(events)
-        try:
-            ack = await self.js.publish(event_subject(first.aggregate, first.aggregate_id, first.type),
-                                        data, headers=headers, timeout=self.timeout)
-        except BadRequestError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                last = _parse_last_sequence(exc.description or "")
-                # JetStream checks the expectation before the message id, so a retry of an
-                # append that was stored (its ack lost) fails here: answer it like a duplicate.
-                if last and await self._stored_with_id(last, first.id):
-                    return last
-                raise Conflict("the aggregate changed concurrently",
-                               {"last_sequence": last}) from None
-            raise
-        except asyncio.TimeoutError:
-            raise Unavailable("event store did not acknowledge the append in time") from None
-        return int(ack.seq)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            try:
+                ack = await self.js.publish(event_subject(first.aggregate, first.aggregate_id, first.type), data,
+                                            headers=headers,
+                                            timeout=max(0.1, min(APPEND_ATTEMPT_TIMEOUT, deadline - loop.time())))
+                return int(ack.seq)
+            except BadRequestError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    last = _parse_last_sequence(exc.description or "")
+                    # JetStream checks the expectation before the message id, so a retry of an
+                    # append that was stored (its ack lost) fails here: answer it like a duplicate.
+                    if last and await self._stored_with_id(last, first.id):
+                        return last
+                    raise Conflict("the aggregate changed concurrently",
+                                   {"last_sequence": last}) from None
+                raise
+            except (NoStreamResponseError, ServiceUnavailableError, asyncio.TimeoutError):
+                # No stream leader right now (a node died, an election is on): try again until
+                # the deadline. Safe: the message id makes a retry of a stored append a no-op.
+                if loop.time() + 0.25 >= deadline:
+                    raise Unavailable("event store did not acknowledge the append in time") from None
+                await asyncio.sleep(0.25)
 
     async def _stored_with_id(self, sequence: int, msg_id: str) -> bool:
         try:

@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 
 async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[], Any] | None = None,
+                  on_disconnect: Callable[[], Any] | None = None,
                   connect_timeout: float = 2.0, max_reconnect_attempts: int = -1,
                   allow_reconnect: bool = True, quiet: bool = False) -> NATS:
     """Connect with reconnects forever: a NATS restart must never need a process restart."""
@@ -34,6 +35,8 @@ async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[]
         closing = bool(holder) and (holder[0].is_closed or holder[0].is_draining)
         if not quiet and not closing:
             log.warning("nats.disconnected", name=name)
+        if on_disconnect:
+            on_disconnect()
 
     async def reconnected() -> None:
         log.info("nats.reconnected", name=name)
@@ -43,9 +46,11 @@ async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[]
     async def error(exc: Exception) -> None:
         log.debug("nats.error", name=name, error=str(exc))
 
+    # A cluster is given as comma-separated URLs; nats-py wants a list for a server pool.
+    servers: str | list[str] = [u.strip() for u in url.split(",") if u.strip()] if "," in url else url
     try:
         nc = await nats.connect(
-            url, name=name, connect_timeout=connect_timeout, reconnect_time_wait=0.5,
+            servers, name=name, connect_timeout=connect_timeout, reconnect_time_wait=0.5,
             max_reconnect_attempts=max_reconnect_attempts, allow_reconnect=allow_reconnect,
             disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
             max_outstanding_pings=3, ping_interval=5,

@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 REGISTER_MAX_AGE = 60
 SIGNED_MAX_AGE = 300
+# Relay gives a request 5 s; what the gateway waits for actors stays below, with room to answer.
+ASK_TIMEOUT = 4.0
 BUILD_BUDGET = 0.5  # seconds a v3 miss may wait for the builder before answering `pending`
 # Used with fullmatch: `$` alone would let a trailing newline through, and the key is
 # spliced into the response unescaped.
@@ -110,12 +112,28 @@ class RelayEndpoints:
     def redis(self) -> Any:
         return self.app["redis"]
 
-    async def ask(self, message_type: str, payload: dict[str, Any], timeout: float = 4.0,
+    async def ask(self, message_type: str, payload: dict[str, Any], timeout: float = ASK_TIMEOUT,
                   retries: int = 1) -> Any:
+        """Ask an actor; a query (retries > 0) gets an equal share of `timeout` per try, so a
+        try lost with an instance that died is retried on another within Relay's 5 s."""
         if self.nc is None or not self.nc.is_connected:
             raise Unavailable("the control plane (NATS) is unavailable")
-        return await bus_request(self.nc, message_type, payload, timeout=timeout, retries=retries, actor="gateway",
-                                 correlation_id=structlog.contextvars.get_contextvars().get("correlation_id"))
+        asked = asyncio.ensure_future(bus_request(
+            self.nc, message_type, payload, timeout=timeout, retries=retries, actor="gateway",
+            attempt_timeout=timeout / (retries + 1) if retries else None,
+            correlation_id=structlog.contextvars.get_contextvars().get("correlation_id")))
+        lost: asyncio.Future[None] | None = self.app.get("nats_lost")
+        if lost is None:  # an app that was not started by create_app's startup (unit tests)
+            return await asked
+        try:
+            done, _ = await asyncio.wait({asked, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            asked.cancel()
+            raise
+        if asked in done:
+            return asked.result()
+        asked.cancel()  # the connection dropped: no answer can come on it
+        raise Unavailable("the control plane (NATS) is unavailable")
 
     # -- registration ----------------------------------------------------------------------
 

@@ -72,6 +72,8 @@ CONTROL: dict[str, Schema] = {
     "user.permission_list": {"username": username},
     "user.authenticate": {"token": field(str)},
     "import.org": {"org": field(dict)},
+    # Everything `import.org` reads, for every org: the answer is `{"orgs": [...]}`.
+    "export.orgs": {},
 }
 
 # actor queries

@@ -21,6 +21,10 @@ import pytest
 from bus.embedded import free_port
 from cli.services import ACTORS, SERVICES, pid_alive
 
+# The embedded model (service "llm") is left out: these tests configure an AI backend of
+# their own, so `up` skips it whether or not the local-AI packages are installed.
+STARTED = tuple(s for s in SERVICES if s != "llm")
+
 RELAYCTL = str(Path(sys.executable).parent / "relayctl")
 
 
@@ -31,6 +35,7 @@ class Up:
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("RELAYCTL_NATS_URL", "RELAYCTL_DATA_DIR", "RELAYCTL_REDIS_URL")}
         self.env["RELAYCTL_SENTRY"] = "0"
+        self.env["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"  # a backend of "our own": no llm service
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([RELAYCTL, "--data-dir", str(self.data_dir), *args], capture_output=True,
@@ -62,24 +67,25 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 def test_up_starts_every_service_and_reports_it(system: Up) -> None:
     """`up --detach --json` starts every service as its own healthy process and prints the URLs."""
     out = system.up()
-    assert set(out) == {"gateway", "nats", "redis", "services"}
-    assert out["services"] == {name: "running" for name in SERVICES}
+    assert set(out) == {"gateway", "nats", "redis", "services", "skipped"}
+    assert out["skipped"] == {"llm": "not needed: an AI backend is configured"}
+    assert out["services"] == {name: "running" for name in STARTED}
     assert out["gateway"] == f"http://{system.bind}" and out["nats"].startswith("nats://")
     assert out["redis"].startswith("redis://")
     with urllib.request.urlopen(out["gateway"] + "/_health/", timeout=5) as resp:
         assert resp.status == 200
     status = system.ok("status", "--json")["services"]
-    assert all(status[name]["instances"] == 1 for name in SERVICES if name in ACTORS)
+    assert all(status[name]["instances"] == 1 for name in STARTED if name in ACTORS)
     pids = system.pids()
-    assert set(pids) == set(SERVICES)
-    assert len(set(pids.values())) == len(SERVICES) and all(pid_alive(pid) for pid in pids.values())
+    assert set(pids) == set(STARTED)
+    assert len(set(pids.values())) == len(STARTED) and all(pid_alive(pid) for pid in pids.values())
 
 
 def test_up_again_changes_nothing(system: Up) -> None:
     """`up` on a running system reports every service as already running and starts nothing."""
     before = system.pids()
     out = system.up()
-    assert out["services"] == {name: "already running" for name in SERVICES}
+    assert out["services"] == {name: "already running" for name in STARTED}
     assert "Nothing to do" in system.ok("up", "--detach", "--bind", system.bind)
     assert system.pids() == before
 
@@ -92,7 +98,7 @@ def test_a_killed_service_is_restarted_alone(system: Up) -> None:
     while pid_alive(before["keys"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     out = system.up()
-    assert out["services"] == {name: "running" if name == "keys" else "already running" for name in SERVICES}
+    assert out["services"] == {name: "running" if name == "keys" else "already running" for name in STARTED}
     after = system.pids()
     assert after["keys"] != before["keys"]
     assert {n: p for n, p in after.items() if n != "keys"} == {n: p for n, p in before.items() if n != "keys"}
@@ -117,13 +123,13 @@ def test_state_survives_down_and_up(system: Up) -> None:
     assert system.ok("down") == "Nothing was running\n"
 
     out = system.up("--exclude", "gateway")
-    assert out["services"] == {name: "running" for name in SERVICES if name != "gateway"}
+    assert out["services"] == {name: "running" for name in STARTED if name != "gateway"}
     keys = system.ok("key", "list", "persist/web", "--json")["keys"]
     assert keys == [{"publicKey": created["publicKey"], "numericId": created["numericId"], "status": "active"}]
     status = system.ok("status", "--json")["services"]
     assert not status.get("gateway", {}).get("healthy")
 
     out = system.up()
-    assert out["services"] == {name: "running" if name == "gateway" else "already running" for name in SERVICES}
+    assert out["services"] == {name: "running" if name == "gateway" else "already running" for name in STARTED}
     config = system.ok("config", "get", created["publicKey"], "--json")
     assert config["disabled"] is False

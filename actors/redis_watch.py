@@ -1,0 +1,75 @@
+"""Noticing that the Redis an actor materializes into has lost what it wrote.
+
+The config builder and the org access actor write derived data (`relayconfig:*`,
+`relayauth:*`) to Redis, which may die, restart empty or be flushed while the actors keep
+running. The event log is the source of truth, so the cure is to write everything again;
+`RedisWatch` says when. It counts a failed write, a failed check, or a new server
+(`run_id` changed: a restart, even one no write saw) as a loss, and answers True once
+Redis is reachable again. `tick()` tells an actor `CheckRedis()` every `interval`
+seconds, so a loss is noticed even when no event arrives.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import redis
+import structlog
+
+log = structlog.get_logger(__name__)
+CHECK_INTERVAL = 1.0
+
+
+@dataclass
+class CheckRedis:
+    """Tick: see whether Redis lost what this actor wrote, and write it again if so."""
+
+
+class RedisWatch:
+    def __init__(self, client: redis.Redis, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.run_id: str | None = None
+        self.lost = False
+        self.needs_rebuild()  # the baseline: which server our first writes go to
+
+    def failed(self) -> None:
+        """A write failed: what Redis holds may be stale or gone."""
+        if not self.lost:
+            log.warning("redis.lost", actor=self.name)
+        self.lost = True
+
+    def needs_rebuild(self) -> bool:
+        """True when Redis is reachable after a loss: the caller writes everything again
+        (and calls `failed()` if that write fails too)."""
+        try:
+            run_id = str(self.client.info("server").get("run_id", ""))
+        except redis.RedisError:
+            self.failed()
+            return False
+        if self.run_id is not None and run_id != self.run_id:
+            self.failed()  # restarted: empty, or an old copy of the data
+        self.run_id = run_id
+        if not self.lost:
+            return False
+        self.lost = False
+        log.info("redis.back", actor=self.name)
+        return True
+
+
+def tick(ref: pykka.ActorRef[Any], interval: float = CHECK_INTERVAL) -> threading.Event:
+    """Tell `ref` a `CheckRedis` every `interval` seconds until it dies or the event is set."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval):
+            try:
+                ref.tell(CheckRedis())
+            except pykka.ActorDeadError:
+                return
+
+    threading.Thread(target=run, name="redis-watch", daemon=True).start()
+    return stop
