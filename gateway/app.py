@@ -27,6 +27,7 @@ from bus.process import instrument
 from bus.runtime import connect
 from gateway.ai import add_ai_routes
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
+from gateway.limits import HttpLimits, limits_middleware
 from gateway.relays import BodyCache, RelayAuthCache, RelayEndpoints
 from messages.errors import RelayctlError
 from messages.subjects import RELAY_CHANGED
@@ -119,8 +120,12 @@ async def live(request: web.Request) -> web.Response:
     return json_response({"is_healthy": True})
 
 
-def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool = True) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
+def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool = True,
+               limits: HttpLimits | None = None) -> web.Application:
+    limits = limits or HttpLimits.from_env()
+    # handler_args carries the header limits to whichever runner serves the app.
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware, limits_middleware(limits)],
+                          handler_args=limits.handler_args())
     app["nc"] = None
     app["redis"] = None
     app["relay_auth"] = RelayAuthCache()
@@ -128,7 +133,20 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     relays = RelayEndpoints(app)
 
     async def startup(app: web.Application) -> None:
-        app["nc"] = await connect(nats_url, name="gateway")
+        # Resolved when the NATS connection drops, so requests in flight fail at once (503)
+        # instead of at their deadline; a new one is made on reconnect.
+        loop = asyncio.get_running_loop()
+        app["nats_lost"] = loop.create_future()
+
+        def lost() -> None:
+            if not app["nats_lost"].done():
+                app["nats_lost"].set_result(None)
+
+        def back() -> None:
+            if app["nats_lost"].done():
+                app["nats_lost"] = loop.create_future()
+
+        app["nc"] = await connect(nats_url, name="gateway", on_disconnect=lost, on_reconnect=back)
         app["secret"] = await registration_secret(app["nc"])
         async def relay_changed(msg: Any) -> None:
             app["relay_auth"].drop(msg.data.decode() or None)

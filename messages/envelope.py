@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from messages.errors import BadMessage, RelayctlError, from_wire
+from messages.errors import BadMessage, BadRequest, RelayctlError, from_wire
 
 ENVELOPE_VERSION = 1
 DEFAULT_TIMEOUT = 5.0
@@ -49,7 +49,13 @@ class Request:
 
 
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    """msgpack bytes of `value`; BadRequest for a value msgpack cannot carry (an integer
+    outside 64 bits, nesting too deep), so e.g. a CLI option value of 2**64 is an error
+    message, not a traceback."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (OverflowError, ValueError) as exc:
+        raise BadRequest(f"value cannot be encoded: {exc}") from None
 
 
 def unpack(data: bytes) -> Any:

@@ -143,7 +143,8 @@ def decode_commit(data: bytes, sequence: int = 0) -> list[DomainEvent]:
         raise BadMessage("commit must be a map with an events list")
     events = []
     for item in raw["events"]:
-        if not isinstance(item, dict) or item.get("type") not in EVENT_TYPES:
+        # isinstance first: a list or map as the type would make the lookup raise TypeError
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str) or item["type"] not in EVENT_TYPES:
             raise BadMessage(f"unknown or malformed event in commit: {item!r:.200}")
         try:
             version, payload = upcast(item["type"], int(item.get("v", 1)), dict(item.get("payload") or {}))
@@ -151,7 +152,7 @@ def decode_commit(data: bytes, sequence: int = 0) -> list[DomainEvent]:
                                       payload=payload, actor=str(item.get("actor", "system")),
                                       id=str(item["id"]), ts=float(item["ts"]), v=version,
                                       sequence=sequence))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # Overflow: int(inf)
             # A missing field or a wrong type must be a BadMessage like any other bad commit.
             raise BadMessage(f"malformed {item['type']} event in commit: {type(exc).__name__}: {exc}") from None
     return events

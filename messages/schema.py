@@ -75,7 +75,8 @@ def validate(schema: Schema, payload: Any) -> dict[str, Any]:
                 errors[name] = problem
                 continue
         out[name] = value
-    unknown = sorted(set(payload) - set(schema))
+    # key=str: msgpack map keys may be of any type, and None < True cannot be sorted
+    unknown = sorted(set(payload) - set(schema), key=str)
     for name in unknown:
         errors[str(name)] = "unknown field"
     if errors:
