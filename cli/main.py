@@ -23,6 +23,8 @@ from messages.commands import PUBLIC_KEY_RE
 
 pass_ctx = click.make_pass_decorator(Context)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+# About one relay key in 64 starts with "-": read it as the argument it is, not as an option.
+RELAY_KEY_ARGS = {"ignore_unknown_options": True, "help_option_names": ["--help"]}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,7 +92,7 @@ def org_option_unset(ctx: Context, org_slug: str, key: str) -> None:
     click.echo(f"Unset `{key}` on `{org_slug}`")
 
 
-@org.command("trust-relay")
+@org.command("trust-relay", context_settings=RELAY_KEY_ARGS)
 @click.argument("org_slug", metavar="ORG")
 @click.argument("public_key")
 @click.option("--name")
@@ -103,7 +105,7 @@ def org_trust_relay(ctx: Context, org_slug: str, public_key: str, name: str | No
     click.echo(f"`{org_slug}` now trusts relay `{public_key}`")
 
 
-@org.command("untrust-relay")
+@org.command("untrust-relay", context_settings=RELAY_KEY_ARGS)
 @click.argument("org_slug", metavar="ORG")
 @click.argument("public_key")
 @pass_ctx
@@ -255,7 +257,7 @@ def relay() -> None:
     """Relays allowed to register, banned relays, registered relays."""
 
 
-@relay.command("allow")
+@relay.command("allow", context_settings=RELAY_KEY_ARGS)
 @click.argument("public_key")
 @click.option("--internal", is_flag=True, help="May fetch every project's config.")
 @pass_ctx
@@ -264,7 +266,7 @@ def relay_allow(ctx: Context, public_key: str, internal: bool) -> None:
     click.echo(f"Allowed relay `{public_key}`" + (" (internal)" if internal else ""))
 
 
-@relay.command("deny")
+@relay.command("deny", context_settings=RELAY_KEY_ARGS)
 @click.argument("public_key")
 @pass_ctx
 def relay_deny(ctx: Context, public_key: str) -> None:

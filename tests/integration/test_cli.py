@@ -111,6 +111,16 @@ def test_trusting_relays(system: SystemUnderTest, org: str) -> None:
     fails(system.cli("org", "trust-relay", org, "short"), "not a valid relay public key")
 
 
+def test_relay_keys_starting_with_a_dash_are_arguments(system: SystemUnderTest, org: str) -> None:
+    """A relay key that starts with "-" (one in 64 do) is taken as the key, not as options."""
+    key = "-h" + relay_key()[2:]
+    assert system.cli_ok("relay", "allow", key) == f"Allowed relay `{key}`\n"
+    assert key in [r["publicKey"] for r in system.cli_ok("relay", "list", "--json")["relays"]]
+    assert system.cli_ok("org", "trust-relay", org, key) == f"`{org}` now trusts relay `{key}`\n"
+    assert system.cli_ok("org", "untrust-relay", org, key) == f"`{org}` no longer trusts relay `{key}`\n"
+    assert system.cli_ok("relay", "deny", key) == f"Banned relay `{key}`\n"
+
+
 # -- projects ---------------------------------------------------------------------------------
 
 def test_project_create(system: SystemUnderTest, org: str) -> None:
