@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from messages.errors import Conflict, Unavailable
 from messages.events import DomainEvent, aggregate_subject, decode_commit, encode_commit, event_subject
@@ -30,6 +31,7 @@ from messages.subjects import EVENT_STREAM, EVENT_SUBJECTS
 CommitCallback = Callable[[int, list[DomainEvent]], Any]
 APPEND_ATTEMPT_TIMEOUT = 2.0  # one try of an append; a cluster electing a new leader answers none
 WRONG_LAST_SEQUENCE = 10071  # JetStream API error code
+FOLLOW_ATTEMPTS = 5
 
 
 class Subscription(Protocol):
@@ -142,10 +144,19 @@ class JetStreamEventStore:
 
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                     opt_start_seq=max(1, from_sequence))
-        return await self.js.subscribe(
-            subject, ordered_consumer=True, cb=on_message, config=config, stream=self.stream,
-            idle_heartbeat=2.0, pending_msgs_limit=-1, pending_bytes_limit=-1,
-        )
+        # Creating the consumer can time out while a cluster elects new leaders after losing
+        # a node; a few tries ride that out instead of failing the projection.
+        for attempt in range(FOLLOW_ATTEMPTS):
+            try:
+                return await self.js.subscribe(
+                    subject, ordered_consumer=True, cb=on_message, config=config, stream=self.stream,
+                    idle_heartbeat=2.0, pending_msgs_limit=-1, pending_bytes_limit=-1,
+                )
+            except (asyncio.TimeoutError, NatsTimeoutError, ServiceUnavailableError):
+                if attempt + 1 == FOLLOW_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def read(self, subject: str = EVENT_SUBJECTS, from_sequence: int = 1) -> list[tuple[int, list[DomainEvent]]]:
         """Every stored commit on `subject` from `from_sequence` up to now (not live)."""
