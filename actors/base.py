@@ -15,10 +15,11 @@ stream held when it was called.
 
 from __future__ import annotations
 
-import time
 import queue
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pykka
 import structlog

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import redis
 import structlog
 
 from actors.base import DEFERRED, ProjectionActor
 from actors.lookup import has_org_access, trusted_relay_keys
-from actors.redis_watch import CheckRedis, RedisWatch, tick
 from actors.project_config import build_project_config
+from actors.redis_watch import CheckRedis, RedisWatch, tick
 from actors.state import Changes
 from bus import metrics
 from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_key, encode_entry

@@ -41,7 +41,7 @@ def _options(scope: str, path: str, raw: Any) -> dict[str, Any]:
     return out
 
 
-def decide_import(decider: "Decider", spec: dict[str, Any]) -> "Decision":
+def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
     from actors.commands import Decision
 
     state = decider.state

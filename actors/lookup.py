@@ -20,11 +20,11 @@ from actors.model import Relay
 from actors.redis_watch import CheckRedis, RedisWatch, tick
 from actors.state import Changes, DomainState, trusted_relay_keys
 from bus.config_cache import RELAY_AUTH_PREFIX
-from messages.subjects import RELAY_CHANGED
 from bus.eventstore import EventStore
 from bus.runtime import BusRuntime
 from bus.service import Call
 from messages.events import DomainEvent
+from messages.subjects import RELAY_CHANGED
 
 log = structlog.get_logger(__name__)
 

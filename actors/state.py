@@ -8,8 +8,9 @@ process that folds the same stream agrees on them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey, Relay, User
 from messages.events import DomainEvent
@@ -32,7 +33,7 @@ class Changes:
     public_keys: set[str] = field(default_factory=set)
     relays: set[str] = field(default_factory=set)  # relay public keys
 
-    def update(self, other: "Changes") -> None:
+    def update(self, other: Changes) -> None:
         self.public_keys |= other.public_keys
         self.relays |= other.relays
 
@@ -310,7 +311,7 @@ class DomainState:
         }
 
     @classmethod
-    def from_snapshot(cls, data: dict[str, Any]) -> "DomainState":
+    def from_snapshot(cls, data: dict[str, Any]) -> DomainState:
         if data.get("format") != SNAPSHOT_FORMAT:
             raise ValueError("snapshot format mismatch")
         state = cls()

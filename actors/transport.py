@@ -32,7 +32,7 @@ class TransportConfig:
     internal_project_id: int | None = None
 
     @classmethod
-    def from_env(cls) -> "TransportConfig":
+    def from_env(cls) -> TransportConfig:
         project = os.environ.get("RELAYCTL_INTERNAL_PROJECT_ID", "")
         return cls(upstream=os.environ.get("RELAYCTL_DSN_UPSTREAM") or None,
                    relay=os.environ.get("RELAYCTL_DSN_RELAY") or None,

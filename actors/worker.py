@@ -9,8 +9,9 @@ actor's queue group, so a new instance only takes requests once it can answer th
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pykka
 import structlog
@@ -49,11 +50,11 @@ def _queries(prefix: str) -> dict[str, Schema]:
 
 
 def _kinds() -> dict[str, ActorKind]:
+    from actors.ai import ai_actor_factory
     from actors.commands import CommandActor
     from actors.configs import ConfigActor
     from actors.lookup import KeyLookupActor, OrgAccessActor
     from actors.metrics import MetricsActor
-    from actors.ai import ai_actor_factory
     from actors.transport import TransportActor
 
     return {
@@ -105,7 +106,7 @@ class Worker:
         self.services: list[ActorService] = []
         self.stopped = threading.Event()
 
-    def start(self, ready_timeout: float = 120.0) -> "Worker":
+    def start(self, ready_timeout: float = 120.0) -> Worker:
         runtime = self.runtime = BusRuntime(self.nats_url, name=self.process_name).start()
         assert runtime.nc is not None
         if self.instrument:

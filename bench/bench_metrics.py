@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from bench._servers import servers
 from bus import metrics

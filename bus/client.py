@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from messages.commands import control_subject
 from messages.envelope import Request, decode_reply
@@ -63,7 +64,7 @@ async def request(nc: NATS, message_type: str, payload: dict[str, Any], *, timeo
         except NoRespondersError:
             if attempt >= retries:
                 raise Unavailable(f"no service is answering on {target}") from None
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             if attempt >= retries:
                 raise DeadlineExceeded(f"no answer on {target} within {timeout:.1f}s") from None
         except Unavailable:

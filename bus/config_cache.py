@@ -16,7 +16,6 @@ key is stored too (rev "", document `{"disabled":true}`), so it is a hit.
 
 from __future__ import annotations
 
-
 import zstandard
 
 KEY_PREFIX = "relayconfig:"

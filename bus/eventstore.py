@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from messages.errors import Conflict, Unavailable
 from messages.events import DomainEvent, aggregate_subject, decode_commit, encode_commit, event_subject
@@ -44,7 +45,8 @@ class EventStore(Protocol):
     async def last_sequence(self) -> int: ...
     async def follow(self, callback: CommitCallback, from_sequence: int = 1,
                      subject: str = EVENT_SUBJECTS) -> Subscription: ...
-    async def read(self, subject: str = EVENT_SUBJECTS, from_sequence: int = 1) -> list[tuple[int, list[DomainEvent]]]: ...
+    async def read(self, subject: str = EVENT_SUBJECTS,
+                   from_sequence: int = 1) -> list[tuple[int, list[DomainEvent]]]: ...
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:
@@ -116,7 +118,7 @@ class JetStreamEventStore:
                     raise Conflict("the aggregate changed concurrently",
                                    {"last_sequence": last}) from None
                 raise
-            except (NoStreamResponseError, ServiceUnavailableError, asyncio.TimeoutError):
+            except (TimeoutError, NoStreamResponseError, ServiceUnavailableError):
                 # No stream leader right now (a node died, an election is on): try again until
                 # the deadline. Safe: the message id makes a retry of a stored append a no-op.
                 if loop.time() + 0.25 >= deadline:
@@ -152,7 +154,7 @@ class JetStreamEventStore:
                     subject, ordered_consumer=True, cb=on_message, config=config, stream=self.stream,
                     idle_heartbeat=2.0, pending_msgs_limit=-1, pending_bytes_limit=-1,
                 )
-            except (asyncio.TimeoutError, NatsTimeoutError, ServiceUnavailableError):
+            except (TimeoutError, NatsTimeoutError, ServiceUnavailableError):
                 if attempt + 1 == FOLLOW_ATTEMPTS:
                     raise
                 await asyncio.sleep(0.5 * (attempt + 1))
@@ -178,7 +180,7 @@ class JetStreamEventStore:
                 before = len(out)
                 try:
                     await asyncio.wait_for(asyncio.shield(done), 0.3)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if len(out) == before:
                         break
         finally:
@@ -192,7 +194,7 @@ def _parse_last_sequence(description: str) -> int | None:
 
 
 class _MemorySubscription:
-    def __init__(self, store: "InMemoryEventStore", entry: Any) -> None:
+    def __init__(self, store: InMemoryEventStore, entry: Any) -> None:
         self._store, self._entry = store, entry
 
     async def unsubscribe(self) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bus import metrics
 from messages.subjects import METRICS_RECORD, TRANSPORT_ENVELOPE

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from typing import Any, TypeVar
 
 import nats
 import structlog
@@ -77,7 +78,7 @@ class BusRuntime:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def start(self, timeout: float = 10.0) -> "BusRuntime":
+    def start(self, timeout: float = 10.0) -> BusRuntime:
         def bump() -> None:
             from bus import metrics
 

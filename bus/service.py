@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 from nats import micro
@@ -124,7 +125,7 @@ class ActorService:
             await msg.respond(encode_result(result))
         except RelayctlError as exc:
             await _respond_error(msg, exc)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await _respond_error(msg, DeadlineExceeded(f"{self.name} did not answer before the deadline"))
         except Exception as exc:  # never let one request take the endpoint down
             log.exception("service.request_failed", service=self.name, error=str(exc))

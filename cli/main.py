@@ -7,8 +7,8 @@ commands see every change acknowledged before them. Every command that prints da
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -405,7 +405,8 @@ def import_(ctx: Context, file: Any, as_json: bool) -> None:
     started = time.monotonic()
     totals = {"orgs": 0, "projects": 0, "keys": 0, "events": 0}
     show_progress = not as_json and sys.stderr.isatty()
-    with click.progressbar(orgs, label="Importing orgs", file=sys.stderr if show_progress else open(os.devnull, "w")) as bar:
+    progress_to = sys.stderr if show_progress else io.StringIO()
+    with click.progressbar(orgs, label="Importing orgs", file=progress_to) as bar:
         for spec in bar:
             result = ctx.request("import.org", {"org": spec}, timeout=60.0)
             for k in totals:
@@ -421,6 +422,8 @@ from cli import services as _services  # noqa: E402  (registers up/down/status/w
 _services.register(main)
 _observe.register(main)
 from cli import ai as _ai  # noqa: E402  (registers event store/openai)
+
 _ai.register(main)
 from cli import export as _export  # noqa: E402  (registers export)
+
 _export.register(main)

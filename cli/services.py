@@ -227,7 +227,8 @@ def _redis_ping(url: str) -> tuple[bool, str]:
 
 def _ping_actor(nats_url: str, name: str) -> tuple[bool, str]:
     async def ping() -> int:
-        nc = await connect(nats_url, name="relayctl-health", allow_reconnect=False, max_reconnect_attempts=1, quiet=True)
+        nc = await connect(nats_url, name="relayctl-health", allow_reconnect=False, max_reconnect_attempts=1,
+                           quiet=True)
         try:
             inbox = nc.new_inbox()
             replies: list[Any] = []

@@ -374,7 +374,8 @@ class RelayEndpoints:
         relays: dict[str, Any] = {}
         for relay_id, info in zip(ids, infos):
             keys[relay_id] = info["publicKey"] if info else None
-            relays[relay_id] = {"publicKey": info["publicKey"], "internal": bool(info.get("internal"))} if info else None
+            relays[relay_id] = ({"publicKey": info["publicKey"], "internal": bool(info.get("internal"))}
+                                if info else None)
         return json_response({"public_keys": keys, "relays": relays})
 
     async def project_ids(self, request: web.Request) -> web.Response:

@@ -7,8 +7,9 @@ or raises `BadRequest` naming every wrong field, so a bad message is refused who
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from messages.errors import BadRequest
 

@@ -3,8 +3,8 @@ loopback ports in temp dirs, and a running system (every actor + the gateway) pe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pykka
 import pytest

@@ -14,9 +14,10 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import sentry_relay
 from aiohttp import web
@@ -56,7 +57,7 @@ class GatewayThread:
         self.runner = web.AppRunner(self.app, access_log=None)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def start(self) -> "GatewayThread":
+    def start(self) -> GatewayThread:
         self.thread.start()
 
         async def go() -> None:
@@ -80,7 +81,7 @@ class SystemUnderTest:
     worker: Worker | None = None
     gateway: GatewayThread | None = None
 
-    def start(self, with_gateway: bool = True) -> "SystemUnderTest":
+    def start(self, with_gateway: bool = True) -> SystemUnderTest:
         self.worker = Worker(self.actors, self.nats_url, self.redis_url, process_name="test-worker").start()
         if with_gateway:
             self.gateway = GatewayThread(self.nats_url, self.redis_url).start()

@@ -7,7 +7,8 @@ import json
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pykka
 import pytest

@@ -9,12 +9,12 @@ processes do.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -114,7 +114,7 @@ class Commands:
                 self.runtime.call(bus_request(self.runtime.nc, "org.create", {"slug": slug, "name": None},
                                               timeout=10.0), timeout=15)
                 self.acked.append(slug)
-            except (RelayctlError, asyncio.TimeoutError, TimeoutError) as exc:
+            except (RelayctlError, TimeoutError) as exc:
                 self.failed.append((slug, type(exc).__name__))
                 time.sleep(0.2)
 
@@ -124,7 +124,7 @@ class Commands:
             time.sleep(0.05)
         assert len(self.acked) >= count, f"only {len(self.acked)} of {count} acknowledged; failed: {self.failed}"
 
-    def __enter__(self) -> "Commands":
+    def __enter__(self) -> Commands:
         self._thread.start()
         return self
 
