@@ -100,7 +100,7 @@ class ServiceActor(pykka.ThreadingActor):
         """Answer the calls still in the inbox now, instead of at their deadlines."""
         while True:
             try:
-                envelope = self.actor_inbox.get_nowait()
+                envelope = self.actor_inbox.get_nowait()  # type: ignore[attr-defined]  # a queue.Queue
             except queue.Empty:
                 return
             message = getattr(envelope, "message", envelope)
@@ -238,7 +238,8 @@ class ProjectionActor(ServiceActor):
             changes.update(self.state.apply(sequence, events))
         metrics.incr("events.folded", len(batch), tags={"actor": self.name,
                                                        "phase": "live" if self.is_replayed() else "replay"})
-        metrics.gauge("actor.inbox_depth", self.actor_inbox.qsize(), tags={"actor": self.name})
+        metrics.gauge("actor.inbox_depth", self.actor_inbox.qsize(),  # type: ignore[attr-defined]
+                      tags={"actor": self.name})
         self.on_changes(changes, batch)
         self._release_waiters()
         self._maybe_snapshot()

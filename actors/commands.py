@@ -452,6 +452,8 @@ class CommandActor(ProjectionActor):
         """
         payload = decision.events[0].payload
         public_key = payload.get("public_key") if decision.aggregate == RELAY else None
+        if self.runtime.nc is None:
+            return
         try:
             self.runtime.call(bus_request(self.runtime.nc, "org.relay_auth",
                                           {"public_key": public_key or decision.aggregate_id}, timeout=3.0),

@@ -8,6 +8,7 @@ actor's queue group, so a new instance only takes requests once it can answer th
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,9 +115,12 @@ class Worker:
         store = JetStreamEventStore(runtime.nc)
         runtime.call(store.ensure())
         deps = Deps(runtime, store, self.redis_url)
+        def count_restart(name: str) -> None:
+            metrics.incr("actor.restarts", tags={"actor": name})
+
         for kind in self.kinds:
-            supervisor = Supervisor(kind.name, lambda kind=kind: kind.start(deps), on_give_up=self.on_give_up,
-                                    on_restart=lambda name: metrics.incr("actor.restarts", tags={"actor": name}))
+            supervisor = Supervisor(kind.name, functools.partial(kind.start, deps), on_give_up=self.on_give_up,
+                                    on_restart=count_restart)
             self.supervisors[kind.name] = supervisor.start()
         for kind in self.kinds:
             ref = self.supervisors[kind.name].ref

@@ -130,7 +130,7 @@ class JetStreamEventStore:
             msg = await self.js.get_msg(self.stream, seq=sequence, direct=True)
         except Exception:
             return False
-        return bool(msg.headers) and msg.headers.get("Nats-Msg-Id") == msg_id
+        return msg.headers is not None and msg.headers.get("Nats-Msg-Id") == msg_id
 
     async def last_sequence(self) -> int:
         info = await self.js.stream_info(self.stream)

@@ -94,7 +94,7 @@ class BusRuntime:
         """Run `coro` on the loop and wait for its result. Never call this from the loop."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("BusRuntime.call from the event loop would deadlock")
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
         return fut.result(timeout)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:

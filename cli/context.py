@@ -93,8 +93,10 @@ def emit(as_json: bool, data: Any, text: str | None = None) -> None:
 def parse_json_value(raw: str) -> Any:
     try:
         return json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         fail(f"value is not valid JSON ({exc.msg}): {raw}")
+    except RecursionError:
+        fail("value is nested too deeply")
 
 
 def split_project(ref: str) -> tuple[str, str]:

@@ -87,6 +87,9 @@ def decode_request(data: bytes) -> Request:
     if problems:
         raise BadMessage("invalid envelope: " + "; ".join(problems))
     actor = raw.get("actor")
+    # Every field was checked above; the asserts tell the type checker so.
+    assert isinstance(kind, str) and isinstance(payload, dict) and isinstance(cid, str)
+    assert isinstance(deadline, (int, float)) and isinstance(version, int)
     return Request(type=kind, payload=payload, id=cid, deadline=float(deadline), v=version,
                    actor=actor if isinstance(actor, str) else "")
 
