@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from bus.process import instrument
 from bus.runtime import connect
 from gateway.ai import add_ai_routes
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
-from gateway.limits import HttpLimits, limits_middleware
+from gateway.limits import HttpLimits, limits_middleware, serve
 from gateway.relays import BodyCache, RelayAuthCache, RelayEndpoints
 from messages.errors import RelayctlError
 from messages.subjects import RELAY_CHANGED
@@ -180,6 +181,19 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
 
 
 def run_gateway(host: str, port: int, nats_url: str, redis_url: str | None, *, data_dir: Path | None = None) -> None:
-    app = create_app(nats_url, redis_url)
-    web.run_app(app, host=host, port=port, reuse_port=True, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=5)
+    limits = HttpLimits.from_env()
+    app = create_app(nats_url, redis_url, limits=limits)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+        await serve(runner, host, port, limits, reuse_port=True)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())

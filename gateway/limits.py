@@ -6,6 +6,11 @@
   seconds in total. A client that sends its headers and then stalls (or trickles) the body
   gets 408 and the connection is closed, instead of holding a handler forever. The body
   size limit (413) is the application's `client_max_size`, enforced by the same read.
+- Slow headers: a connection that has not sent one complete request head (request line
+  and headers) within `header_timeout` seconds of connecting is closed. aiohttp has no such
+  timer, so `HeaderDeadline` wraps the server's protocol factory (`serve()` installs it).
+  It covers a connection's first request; later requests on a keep-alive connection are
+  bounded by aiohttp's keep-alive timeout only while idle.
 - Registration (`register/challenge/`, `register/response/`): a token bucket per client
   IP, `register_rate` tokens per second up to `register_burst`; an empty bucket answers 429
   with `Retry-After`. The IP is the TCP peer: `X-Forwarded-For` is never trusted (any
@@ -42,6 +47,7 @@ class HttpLimits:
     max_field_size: int = 8190
     max_headers: int = 64
     body_timeout: float = 10.0  # Relay itself gives a request 5 s
+    header_timeout: float = 10.0
     register_rate: float = 5.0
     register_burst: int = 100
 
@@ -59,6 +65,7 @@ class HttpLimits:
                    max_field_size=int(number("MAX_FIELD_SIZE", d.max_field_size)),
                    max_headers=int(number("MAX_HEADERS", d.max_headers)),
                    body_timeout=number("BODY_TIMEOUT", d.body_timeout),
+                   header_timeout=number("HEADER_TIMEOUT", d.header_timeout),
                    register_rate=number("REGISTER_RATE", d.register_rate),
                    register_burst=int(number("REGISTER_BURST", d.register_burst)))
 
@@ -126,3 +133,64 @@ def limits_middleware(limits: HttpLimits) -> Any:
         return await handler(request)
 
     return middleware
+
+
+class _Watched(asyncio.Protocol):
+    """Forwards every protocol call to aiohttp's request handler, after arming a timer."""
+
+    def __init__(self, handler: Any, timeout: float) -> None:
+        self._handler = handler
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handler.connection_made(transport)
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire, transport)
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        # `_request_count` counts request heads aiohttp has parsed on this connection.
+        if getattr(self._handler, "_request_count", 1) == 0 and not transport.is_closing():
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()  # type: ignore[no-any-return]
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+
+class HeaderDeadline:
+    """aiohttp's protocol factory, with every connection watched by `_Watched`."""
+
+    def __init__(self, server: Any, timeout: float) -> None:
+        self._server = server
+        self._timeout = timeout
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Watched(self._server(), self._timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)  # shutdown(), connections, ... of the real server
+
+
+async def serve(runner: web.AppRunner, host: str, port: int, limits: HttpLimits, *,
+                reuse_port: bool = False) -> web.TCPSite:
+    """Start `runner` on host:port with the header deadline in place."""
+    await runner.setup()
+    # AppRunner has no hook for its protocol factory; wrapping the one it made is the
+    # smallest change that gives aiohttp a header timeout.
+    runner._server = HeaderDeadline(runner._server, limits.header_timeout)  # type: ignore[assignment]
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+    await site.start()
+    return site

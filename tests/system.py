@@ -27,6 +27,7 @@ from actors.worker import ACTOR_NAMES, Worker
 from bus.embedded import free_port
 from cli.main import main as cli_main
 from gateway.app import create_app
+from gateway.limits import HttpLimits, serve
 
 
 @dataclass
@@ -61,8 +62,7 @@ class GatewayThread:
         self.thread.start()
 
         async def go() -> None:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+            await serve(self.runner, "127.0.0.1", self.port, HttpLimits.from_env())
 
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(30)
         return self

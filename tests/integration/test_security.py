@@ -17,7 +17,7 @@ from aiohttp import web
 
 from bus.embedded import free_port
 from gateway.app import create_app
-from gateway.limits import HttpLimits, TokenBuckets
+from gateway.limits import HttpLimits, TokenBuckets, serve
 from tests.integration.test_relay_registration import backdated_token, sign_at
 from tests.system import RelayClient, SystemUnderTest, http_request
 
@@ -31,6 +31,7 @@ class LimitedGateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.loop = asyncio.new_event_loop()
+        self.limits = limits
         self.runner = web.AppRunner(create_app(system.nats_url, system.redis_url, instrument_process=False,
                                                limits=limits), access_log=None)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -39,8 +40,7 @@ class LimitedGateway:
         self.thread.start()
 
         async def go() -> None:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+            await serve(self.runner, "127.0.0.1", self.port, self.limits)
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(30)
         return self
 
@@ -52,8 +52,8 @@ class LimitedGateway:
 
 @pytest.fixture(scope="module")
 def limited(system: SystemUnderTest) -> Iterator[LimitedGateway]:
-    with LimitedGateway(system, HttpLimits(body_timeout=1.0, register_rate=1.0, register_burst=3,
-                                           max_headers=20)) as gateway:
+    with LimitedGateway(system, HttpLimits(body_timeout=1.0, header_timeout=1.0, register_rate=1.0,
+                                           register_burst=3, max_headers=20)) as gateway:
         yield gateway
 
 
@@ -161,6 +161,32 @@ def test_a_trickled_chunked_body_is_cut_off_with_408(limited: LimitedGateway) ->
             b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n")
     response, took = raw_exchange(limited.port, head)
     assert status_of(response) == 408 and took < 5
+
+
+def test_trickled_headers_are_cut_off(limited: LimitedGateway) -> None:
+    """A client that never finishes its request head (slowloris) is disconnected after the
+    header timeout, while it keeps sending bytes; a prompt client on a fresh connection is served."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
+        sock.sendall(b"GET /api/0/relays/live/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        closed = False
+        for _ in range(40):  # one byte of one header value every 0.1 s, never the line end
+            time.sleep(0.1)
+            try:
+                sock.sendall(b"y")
+                sock.settimeout(0.01)
+                if sock.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    took = time.monotonic() - started
+    print(f"trickling client disconnected after {took:.2f} s")
+    assert closed and 0.9 <= took < 3
+    assert http_request(limited.url + "/api/0/relays/live/")[0] == 200
 
 
 @pytest.mark.parametrize("request_bytes", [
