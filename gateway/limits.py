@@ -72,7 +72,9 @@ class HttpLimits:
     def handler_args(self) -> dict[str, Any]:
         """Keyword arguments of aiohttp's request handler (the HTTP parser's limits)."""
         return {"max_line_size": self.max_line_size, "max_field_size": self.max_field_size,
-                "max_headers": self.max_headers}
+                "max_headers": self.max_headers,
+                # An idle keep-alive connection is closed after this (aiohttp's default is an hour).
+                "keepalive_timeout": 75.0}
 
 
 class TokenBuckets:
