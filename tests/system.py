@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -183,3 +186,27 @@ class RelayClient:
                 return last  # type: ignore[no-any-return]
             time.sleep(0.1)
         raise AssertionError(f"condition not met within {timeout}s; last response: {last!r:.500}")
+
+
+RELAYCTL = str(Path(sys.executable).parent / "relayctl")
+
+
+class RelayctlProcess:
+    """The real `relayctl` console script, run in subprocesses against a data dir of its own."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.bind = f"127.0.0.1:{free_port()}"
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("RELAYCTL_NATS_URL", "RELAYCTL_DATA_DIR", "RELAYCTL_REDIS_URL")}
+        self.env["RELAYCTL_SENTRY"] = "0"
+        self.out: dict[str, Any] = {}
+
+    def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([RELAYCTL, "--data-dir", str(self.data_dir), *args], capture_output=True,
+                              text=True, timeout=timeout, env=self.env)
+
+    def ok(self, *args: str) -> Any:
+        result = self.run(*args)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return json.loads(result.stdout) if "--json" in args else result.stdout

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,14 +27,13 @@ import pytest
 import redis
 
 from bus.config_cache import RELAY_AUTH_PREFIX, cache_key
-from bus.embedded import free_port, start_nats
+from bus.embedded import start_nats
 from bus.runtime import connect
 from cli.services import ACTORS, pid_alive
 from gateway.relays import RelayEndpoints
 from messages.envelope import decode_request, encode_result
-from tests.system import RelayClient, http_request
+from tests.system import RELAYCTL, RelayClient, RelayctlProcess, http_request
 
-RELAYCTL = str(Path(sys.executable).parent / "relayctl")
 RELAY_BUDGET = 5.0  # seconds Relay gives each request
 KEYS = 12
 ORG = "faults"  # projects p0..p11, one key each
@@ -50,26 +48,12 @@ class Answer:
     body: Any
 
 
-class Up:
+class Up(RelayctlProcess):
     """`relayctl up` in a data dir of its own, plus one extra `relayctl worker` process."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.bind = f"127.0.0.1:{free_port()}"
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("RELAYCTL_NATS_URL", "RELAYCTL_DATA_DIR", "RELAYCTL_REDIS_URL")}
-        self.env["RELAYCTL_SENTRY"] = "0"
-        self.out: dict[str, Any] = {}
+        super().__init__(data_dir)
         self.worker: subprocess.Popen[bytes] | None = None
-
-    def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([RELAYCTL, "--data-dir", str(self.data_dir), *args], capture_output=True,
-                              text=True, timeout=timeout, env=self.env)
-
-    def ok(self, *args: str) -> Any:
-        result = self.run(*args)
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-        return json.loads(result.stdout) if "--json" in args else result.stdout
 
     def up(self) -> dict[str, Any]:
         self.out = self.ok("up", "--detach", "--bind", self.bind, "--json", "--exclude", "llm")

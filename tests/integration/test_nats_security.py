@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import stat
-import subprocess
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,34 +21,16 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from bus.client import request as bus_request
-from bus.embedded import AUTH_CONFIG, CREDENTIALS_FILE, NATS_ROLES, free_port, role_url
+from bus.embedded import AUTH_CONFIG, CREDENTIALS_FILE, NATS_ROLES, role_url
 from bus.snapshots import SnapshotStore
 from cli.services import SERVICES
 from gateway.app import registration_secret
 from messages.errors import DeadlineExceeded, RelayctlError
 from messages.subjects import EVENT_STREAM
-from tests.system import RelayClient
-
-RELAYCTL = str(Path(sys.executable).parent / "relayctl")
+from tests.system import RelayClient, RelayctlProcess
 
 
-class UpSystem:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.bind = f"127.0.0.1:{free_port()}"
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("RELAYCTL_NATS_URL", "RELAYCTL_DATA_DIR", "RELAYCTL_REDIS_URL")}
-        self.env["RELAYCTL_SENTRY"] = "0"
-        self.out: dict[str, Any] = {}
-
-    def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([RELAYCTL, "--data-dir", str(self.data_dir), *args], capture_output=True,
-                              text=True, timeout=timeout, env=self.env)
-
-    def ok(self, *args: str) -> Any:
-        result = self.run(*args)
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-        return json.loads(result.stdout) if "--json" in args else result.stdout
+class UpSystem(RelayctlProcess):
 
     @property
     def passwords(self) -> dict[str, str]:

@@ -6,11 +6,8 @@ again, lose a process, stop and start again. `down` always runs at the end.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,33 +16,19 @@ from typing import Any
 
 import pytest
 
-from bus.embedded import free_port
 from cli.services import ACTORS, SERVICES, pid_alive
+from tests.system import RelayctlProcess
 
 # The embedded model (service "llm") is left out: these tests configure an AI backend of
 # their own, so `up` skips it whether or not the local-AI packages are installed.
 STARTED = tuple(s for s in SERVICES if s != "llm")
 
-RELAYCTL = str(Path(sys.executable).parent / "relayctl")
 
 
-class Up:
+class Up(RelayctlProcess):
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.bind = f"127.0.0.1:{free_port()}"
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("RELAYCTL_NATS_URL", "RELAYCTL_DATA_DIR", "RELAYCTL_REDIS_URL")}
-        self.env["RELAYCTL_SENTRY"] = "0"
+        super().__init__(data_dir)
         self.env["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"  # a backend of "our own": no llm service
-
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([RELAYCTL, "--data-dir", str(self.data_dir), *args], capture_output=True,
-                              text=True, timeout=timeout, env=self.env)
-
-    def ok(self, *args: str) -> Any:
-        result = self.run(*args)
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-        return json.loads(result.stdout) if "--json" in args else result.stdout
 
     def up(self, *args: str) -> dict[str, Any]:
         return self.ok("up", "--detach", "--bind", self.bind, "--json", *args)  # type: ignore[no-any-return]
