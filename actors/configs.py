@@ -23,10 +23,10 @@ from typing import Any
 import redis
 import structlog
 
-from actors.base import DEFERRED, ProjectionActor
+from actors.base import DEFERRED
 from actors.lookup import has_org_access, trusted_relay_keys
 from actors.project_config import build_project_config
-from actors.redis_watch import CheckRedis, RedisWatch, tick
+from actors.redis_watch import MaterializingActor
 from actors.state import Changes
 from bus import metrics
 from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_key, encode_entry
@@ -62,17 +62,11 @@ Entry = tuple[str, tuple[str, ...], bytes]  # (rev, trusted relay keys, document
 DISABLED: Entry = ("", (), DISABLED_BODY)
 
 
-class ConfigActor(ProjectionActor):
+class ConfigActor(MaterializingActor):
     name = "configs"
 
     def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
-        super().__init__(runtime, store)
-        # Bounded socket waits: a Redis that hangs must not stall the builder for long.
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1) \
-            if redis_url else None
-        self.watch = RedisWatch(self.redis, self.name) if self.redis is not None else None
-        self._ticker: Any = None
-        self.materialized = False
+        super().__init__(runtime, store, redis_url)
         self.build_failures = 0
 
     # -- building --------------------------------------------------------------------------
@@ -167,20 +161,9 @@ class ConfigActor(ProjectionActor):
         if self.live_from == 0:  # empty stream: nothing to replay, still publish the global config
             self.materialize([], with_global=True)
             self.materialized = True
-        if self.watch is not None:
-            self._ticker = tick(self.actor_ref)
 
-    def on_stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.set()
-        super().on_stop()
-
-    def on_other(self, message: Any) -> Any:
-        if isinstance(message, CheckRedis):
-            if self.materialized and self.watch is not None and self.watch.needs_rebuild():
-                self.materialize_all("redis_back")
-            return None
-        return super().on_other(message)
+    def rewrite_all(self) -> None:
+        self.materialize_all("redis_back")
 
     def materialize_all(self, reason: str) -> None:
         """Write every key's config (and the global config) again, from the projection."""

@@ -17,11 +17,9 @@ import structlog
 
 from actors.base import ProjectionActor
 from actors.model import Relay
-from actors.redis_watch import CheckRedis, RedisWatch, tick
+from actors.redis_watch import MaterializingActor
 from actors.state import Changes, DomainState, trusted_relay_keys
 from bus.config_cache import RELAY_AUTH_PREFIX
-from bus.eventstore import EventStore
-from bus.runtime import BusRuntime
 from bus.service import Call
 from messages.events import DomainEvent
 from messages.subjects import RELAY_CHANGED
@@ -64,34 +62,12 @@ class KeyLookupActor(ProjectionActor):
         return out
 
 
-class OrgAccessActor(ProjectionActor):
+class OrgAccessActor(MaterializingActor):
     name = "orgs"
 
-    def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
-        super().__init__(runtime, store)
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1) \
-            if redis_url else None
-        self.watch = RedisWatch(self.redis, self.name) if self.redis is not None else None
-        self._ticker: Any = None
-        self._materialized = False
-
-    def on_start(self) -> None:
-        super().on_start()
-        if self.watch is not None:
-            self._ticker = tick(self.actor_ref)
-
-    def on_stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.set()
-        super().on_stop()
-
-    def on_other(self, message: Any) -> Any:
-        if isinstance(message, CheckRedis):
-            if self._materialized and self.watch is not None and self.watch.needs_rebuild():
-                self._write(list(self.state.relays.values()), announce=False)
-                log.info("orgs.relay_auth_rewritten", relays=len(self.state.relays))
-            return None
-        return super().on_other(message)
+    def rewrite_all(self) -> None:
+        self._write(list(self.state.relays.values()), announce=False)
+        log.info("orgs.relay_auth_rewritten", relays=len(self.state.relays))
 
     def handle_org_has_access(self, call: Call) -> dict[str, bool]:
         relay = self.state.relays.get(call.payload["relay_public_key"])
@@ -110,9 +86,9 @@ class OrgAccessActor(ProjectionActor):
     def on_changes(self, changes: Changes, batch: list[tuple[int, list[DomainEvent]]]) -> None:
         if self.redis is None or not self.is_replayed():
             return
-        relays = self.state.relays.values() if not self._materialized else (
+        relays = self.state.relays.values() if not self.materialized else (
             self.state.relays[k] for k in changes.relays if k in self.state.relays)
-        self._materialized = True
+        self.materialized = True
         self._write(list(relays), announce=True)
 
     def _write(self, relays: list[Relay], announce: bool) -> None:

@@ -19,6 +19,10 @@ import pykka
 import redis
 import structlog
 
+from actors.base import ProjectionActor
+from bus.eventstore import EventStore
+from bus.runtime import BusRuntime
+
 log = structlog.get_logger(__name__)
 CHECK_INTERVAL = 1.0
 
@@ -73,3 +77,37 @@ def tick(ref: pykka.ActorRef[Any], interval: float = CHECK_INTERVAL) -> threadin
 
     threading.Thread(target=run, name="redis-watch", daemon=True).start()
     return stop
+
+
+class MaterializingActor(ProjectionActor):
+    """A projection that writes derived data to Redis, and writes all of it again when
+    Redis comes back after losing it (`rewrite_all`, once `materialized` is set)."""
+
+    def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
+        super().__init__(runtime, store)
+        # Bounded socket waits: a Redis that hangs must not stall the actor for long.
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1) \
+            if redis_url else None
+        self.watch = RedisWatch(self.redis, self.name) if self.redis is not None else None
+        self.materialized = False
+        self._ticker: threading.Event | None = None
+
+    def rewrite_all(self) -> None:
+        raise NotImplementedError
+
+    def on_start(self) -> None:
+        super().on_start()
+        if self.watch is not None:
+            self._ticker = tick(self.actor_ref)
+
+    def on_stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.set()
+        super().on_stop()
+
+    def on_other(self, message: Any) -> Any:
+        if isinstance(message, CheckRedis):
+            if self.materialized and self.watch is not None and self.watch.needs_rebuild():
+                self.rewrite_all()
+            return None
+        return super().on_other(message)
