@@ -109,6 +109,13 @@ class SystemUnderTest:
         assert result.exit_code == 0, (args, result.stdout, result.stderr)
         return result.json() if "--json" in args else result.stdout
 
+    def registered_relay(self, internal: bool = True) -> RelayClient:
+        """A relay the operator allowed (internal by default) that has completed registration."""
+        relay = RelayClient(self.url)
+        self.cli_ok("relay", "allow", *(["--internal"] if internal else []), "--", relay.public_key_str)
+        relay.register()
+        return relay
+
     def new_project(self, org: str | None = None) -> dict[str, Any]:
         """A fresh org (unless given) and project with its first key."""
         org = org or "org-" + uuid.uuid4().hex[:10]

@@ -58,10 +58,7 @@ def bodies(*keys: str) -> st.SearchStrategy[bytes]:
 
 @pytest.fixture(scope="module")
 def relay(system: SystemUnderTest) -> RelayClient:
-    client = RelayClient(system.url)
-    system.cli_ok("relay", "allow", "--internal", "--", client.public_key_str)
-    client.register()
-    return client
+    return system.registered_relay()
 
 
 @pytest.fixture(scope="module")

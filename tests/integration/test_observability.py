@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bus import metrics
 from bus.embedded import ServerProcess
 from tests.envelope_receiver import EnvelopeReceiver
-from tests.system import RelayClient, SystemUnderTest, http_request
+from tests.system import SystemUnderTest, http_request
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,7 @@ def relay_request_count(samples: dict[str, float]) -> float:
 def test_metrics_endpoint_counts_relay_requests(observed: SystemUnderTest) -> None:
     """/metrics is Prometheus text and counts the v3 relay requests this test makes."""
     project = observed.new_project()
-    relay = RelayClient(observed.url)
-    observed.cli_ok("relay", "allow", relay.public_key_str, "--internal")
-    relay.register()
+    relay = observed.registered_relay()
     before = relay_request_count(prometheus_samples(observed.url))
     for _ in range(5):
         assert relay.configs([project["publicKey"]])[0] == 200
@@ -82,9 +80,7 @@ def test_metrics_endpoint_counts_relay_requests(observed: SystemUnderTest) -> No
 def test_metrics_count_keys_by_outcome(observed: SystemUnderTest) -> None:
     """Keys requested, served and unchanged, and cache hits, are counted per relay request."""
     project = observed.new_project()
-    relay = RelayClient(observed.url)
-    observed.cli_ok("relay", "allow", relay.public_key_str, "--internal")
-    relay.register()
+    relay = observed.registered_relay()
     status, first = relay.configs([project["publicKey"]])
     assert status == 200
     relay.configs([project["publicKey"]], revisions=[first["configs"][project["publicKey"]]["rev"]])
@@ -138,9 +134,7 @@ def test_actor_log_carries_gateway_correlation_id(observed: SystemUnderTest) -> 
     import redis
 
     project = observed.new_project()
-    relay = RelayClient(observed.url)
-    observed.cli_ok("relay", "allow", relay.public_key_str, "--internal")
-    relay.register()
+    relay = observed.registered_relay()
     redis.Redis.from_url(observed.redis_url).delete("relayconfig:" + project["publicKey"])
     body = json.dumps({"publicKeys": [project["publicKey"]]}).encode()
     headers = {"Content-Type": "application/json", "X-Sentry-Relay-Id": relay.relay_id,

@@ -21,10 +21,7 @@ BODIES: dict[str, dict[str, Any]] = {"projectconfigs/?version=3": {"publicKeys":
 
 @pytest.fixture(scope="module")
 def relay(system: SystemUnderTest) -> RelayClient:
-    client = RelayClient(system.url)
-    system.cli_ok("relay", "allow", "--internal", "--", client.public_key_str)
-    client.register()
-    return client
+    return system.registered_relay()
 
 
 # -- live -----------------------------------------------------------------------------------------
