@@ -24,7 +24,7 @@ import redis
 import structlog
 
 from actors.base import DEFERRED
-from actors.lookup import has_org_access, trusted_relay_keys
+from actors.lookup import trusted_relay_keys
 from actors.project_config import build_project_config
 from actors.redis_watch import MaterializingActor
 from actors.state import Changes
@@ -60,6 +60,7 @@ def dumps(doc: Any) -> bytes:
 MATERIALIZE_CHUNK = 2000
 Entry = tuple[str, tuple[str, ...], bytes]  # (rev, trusted relay keys, document JSON)
 DISABLED: Entry = ("", (), DISABLED_BODY)
+GLOBAL_ENTRY: Entry = ("global", (), dumps(GLOBAL_CONFIG))
 
 
 class ConfigActor(MaterializingActor):
@@ -119,7 +120,7 @@ class ConfigActor(MaterializingActor):
             return built
         values = {cache_key(k): (DISABLED_ENTRY if e is DISABLED else encode_entry(*e)) for k, e in built.items()}
         if with_global:
-            values[GLOBAL_KEY] = encode_entry("global", (), dumps(GLOBAL_CONFIG))
+            values[GLOBAL_KEY] = encode_entry(*GLOBAL_ENTRY)
         try:
             self.redis.mset(values)
         except redis.RedisError as exc:
@@ -175,20 +176,9 @@ class ConfigActor(MaterializingActor):
 
     # -- queries ---------------------------------------------------------------------------
 
-    def _allowed(self, call: Call, org_id: int) -> bool:
-        relay_key = call.payload.get("relay_public_key") or ""
-        return has_org_access(self.state, relay_key, org_id, bool(call.payload.get("internal")))
-
-    def _visible(self, call: Call, public_key: str, entry: Entry) -> Entry:
-        if entry is DISABLED or call.payload.get("internal"):
-            return entry
-        relay_key = call.payload.get("relay_public_key") or ""
-        return entry if relay_key in entry[1] else DISABLED
-
     def handle_config_get(self, call: Call) -> dict[str, Any]:
         keys = [k for k in call.payload["public_keys"] if isinstance(k, str)]
-        return {"entries": {k: list(self._visible(call, k, self.entry(k))) for k in keys},
-                "global": list(("global", (), dumps(GLOBAL_CONFIG)))}
+        return {"entries": {k: list(self.entry(k)) for k in keys}, "global": list(GLOBAL_ENTRY)}
 
     def handle_config_get_v1(self, call: Call) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -197,17 +187,16 @@ class ConfigActor(MaterializingActor):
             keys = self.state.keys_of(project.id) if project else []
             active = [k for k in keys if k.is_active]
             entry = self.entry(active[0].public_key, all_keys=True) if active else DISABLED
-            if project is not None and not self._allowed(call, project.org_id):
-                entry = DISABLED
             out[str(project_id)] = list(entry)
         return {"entries": out}
 
     def handle_config_build(self, call: Call) -> dict[str, Any]:
         keys = [k for k in call.payload["public_keys"] if isinstance(k, str)]
         log.info("configs.build_on_demand", keys=len(keys))
-        # The global config is rewritten too: the gateway asks for a build when it was evicted.
-        built = self.materialize(keys, with_global=True)
-        return {"entries": {k: list(e) for k, e in built.items()}, "global": ["global", [], dumps(GLOBAL_CONFIG)]}
+        # The gateway asks for the global config too when the cache had lost it.
+        built = self.materialize(keys, with_global=call.payload["global"])
+        return {"entries": {k: list(e) for k, e in built.items()},
+                "global": list(GLOBAL_ENTRY) if call.payload["global"] else None}
 
     def handle_config_history(self, call: Call) -> Any:
         public_key = call.payload["public_key"]

@@ -369,7 +369,7 @@ def config() -> None:
 def config_get(ctx: Context, public_key: str, as_json: bool) -> None:
     if not PUBLIC_KEY_RE.match(public_key):
         fail(f"`{public_key}` is not a project key (32 hex characters)")
-    result = ctx.request("config.get", {"public_keys": [public_key], "version": 3, "internal": True})
+    result = ctx.request("config.get", {"public_keys": [public_key], "version": 3})
     body = result["entries"][public_key][2]
     doc = json.loads(body)
     click.echo(json.dumps(doc) if as_json else json.dumps(doc, indent=2, sort_keys=True))

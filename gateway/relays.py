@@ -25,7 +25,14 @@ from aiohttp import web
 
 from bus import metrics
 from bus.client import request as bus_request
-from bus.config_cache import GLOBAL_KEY, RELAY_AUTH_PREFIX, CachedConfig, cache_key, decode_entry
+from bus.config_cache import (
+    DISABLED_BODY,
+    GLOBAL_KEY,
+    RELAY_AUTH_PREFIX,
+    CachedConfig,
+    cache_key,
+    decode_entry,
+)
 from gateway.errors import HTTPFailure, from_error, json_response
 from messages.errors import BadRequest, Forbidden, RelayctlError, Unavailable
 
@@ -315,7 +322,8 @@ class RelayEndpoints:
         pending: list[str] = []
         if misses or (with_global and global_entry is None):
             try:
-                built = await self.ask("config.build", {"public_keys": misses},
+                built = await self.ask("config.build", {"public_keys": misses,
+                                                        "global": with_global and global_entry is None},
                                        timeout=BUILD_BUDGET, retries=0)
                 for key, (rev, trusted, doc) in built["entries"].items():
                     entries[key] = CachedConfig(rev, tuple(trusted), doc)
@@ -335,9 +343,7 @@ class RelayEndpoints:
     async def _configs_built(self, relay: RelayIdentity, keys: list[tuple[str, str | None]], with_global: bool,
                              v3: bool) -> web.Response:
         try:
-            result = await self.ask("config.get", {"public_keys": [k for k, _ in keys], "version": 3 if v3 else 2,
-                                                   "relay_public_key": relay.public_key,
-                                                   "internal": relay.internal})
+            result = await self.ask("config.get", {"public_keys": [k for k, _ in keys], "version": 3 if v3 else 2})
         except RelayctlError as exc:
             return from_error(exc if exc.status != 404 else Unavailable(exc.message))
         entries = {k: CachedConfig(rev, tuple(t), doc) for k, (rev, t, doc) in result["entries"].items()}
@@ -353,11 +359,11 @@ class RelayEndpoints:
         ids = [int(p) for p in projects if (isinstance(p, int) and not isinstance(p, bool) or isinstance(p, str))
                and PROJECT_ID_RE.fullmatch(str(p))]
         try:
-            result = await self.ask("config.get_v1", {"project_ids": ids, "relay_public_key": relay.public_key,
-                                                      "internal": relay.internal})
+            result = await self.ask("config.get_v1", {"project_ids": ids})
         except RelayctlError as exc:
             return from_error(exc)
-        parts = [json.dumps(pid).encode() + b":" + doc for pid, (_rev, _t, doc) in result["entries"].items()]
+        parts = [json.dumps(pid).encode() + b":" + visible_body(relay, CachedConfig(rev, tuple(trusted), doc))
+                 for pid, (rev, trusted, doc) in result["entries"].items()]
         return _json_bytes(b'{"configs":{' + b",".join(parts) + b"}}")
 
     async def public_keys(self, request: web.Request) -> web.Response:
@@ -446,6 +452,16 @@ def _check_version(version: str | None) -> None:
         raise HTTPFailure(400, f"Relay version {version} is not supported")
 
 
+def may_see(relay: RelayIdentity, entry: CachedConfig) -> bool:
+    """Internal relays see every config; others only those of orgs that trust their key."""
+    return relay.internal or relay.public_key in entry.trusted_relays
+
+
+def visible_body(relay: RelayIdentity, entry: CachedConfig) -> bytes:
+    """The document this relay gets: the config, or `{"disabled":true}` when it may not see it."""
+    return entry.body if entry.disabled or may_see(relay, entry) else DISABLED_BODY
+
+
 def splice_response(relay: RelayIdentity, keys: list[tuple[str, str | None]], entries: dict[str, CachedConfig],
                     pending: list[str], *, v3: bool, global_body: bytes | None, with_global: bool) -> web.Response:
     """Assemble the response from cached JSON bytes, without decoding any config."""
@@ -455,12 +471,10 @@ def splice_response(relay: RelayIdentity, keys: list[tuple[str, str | None]], en
         entry = entries.get(key)
         if entry is None:
             continue
-        if not entry.disabled and not relay.internal and relay.public_key not in entry.trusted_relays:
-            configs.append(b'"' + key.encode() + b'":{"disabled":true}')
-        elif v3 and revision and revision == entry.rev and not entry.disabled:
+        if v3 and revision and revision == entry.rev and not entry.disabled and may_see(relay, entry):
             unchanged.append(key)
         else:
-            configs.append(b'"' + key.encode() + b'":' + entry.body)
+            configs.append(b'"' + key.encode() + b'":' + visible_body(relay, entry))
     metrics.incr("relay.keys", len(keys), tags={"outcome": "requested"})
     metrics.incr("relay.keys", len(configs), tags={"outcome": "served"})
     if pending:

@@ -81,12 +81,11 @@ QUERIES: dict[str, Schema] = {
     "keys.lookup": {"public_keys": field(list)},
     "org.has_access": {"relay_public_key": relay_key, "org_ids": field(list)},
     "org.relay_auth": {"relay_id": field(str, required=False), "public_key": field(str, required=False)},
-    "config.get": {"public_keys": field(list), "version": field(int, required=False, default=3),
-                   "relay_public_key": field(str, required=False),
-                   "internal": field(bool, required=False, default=True)},
-    "config.get_v1": {"project_ids": field(list), "relay_public_key": field(str, required=False),
-                      "internal": field(bool, required=False, default=True)},
-    "config.build": {"public_keys": field(list)},
+    # Config replies carry each config's trusted relay keys; the caller (the gateway) decides
+    # what a relay may see, the same way for cached and freshly built configs.
+    "config.get": {"public_keys": field(list), "version": field(int, required=False, default=3)},
+    "config.get_v1": {"project_ids": field(list)},
+    "config.build": {"public_keys": field(list), "global": field(bool, required=False, default=False)},
     "config.history": {"public_key": public_key},
     "metrics.snapshot": {"format": field(str, required=False, default="json")},
     # AI fix suggestions (actors/ai.py) and the error events they are for (actors/error_events.py)
