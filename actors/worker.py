@@ -24,7 +24,7 @@ from bus.eventstore import JetStreamEventStore
 from bus.process import instrument
 from bus.runtime import BusRuntime
 from bus.service import ActorService
-from messages.commands import CONTROL, QUERIES, Schema
+from messages.commands import CONTROL, Schema, served_on
 from messages.subjects import CONTROL_ALL
 
 log = structlog.get_logger(__name__)
@@ -46,10 +46,6 @@ class ActorKind:
     replays: bool = True
 
 
-def _queries(prefix: str) -> dict[str, Schema]:
-    return {t: s for t, s in QUERIES.items() if t.startswith(prefix)}
-
-
 def _kinds() -> dict[str, ActorKind]:
     from actors.ai import ai_actor_factory
     from actors.commands import CommandActor
@@ -64,23 +60,22 @@ def _kinds() -> dict[str, ActorKind]:
             "control messages in, domain events out"),
         "keys": ActorKind(
             "keys", lambda d: KeyLookupActor.start(d.runtime, d.store),
-            {"rc.keys.lookup": _queries("keys.")}, "public key -> project, status, rate limits"),
+            served_on("rc.keys.lookup"), "public key -> project, status, rate limits"),
         "orgs": ActorKind(
             "orgs", lambda d: OrgAccessActor.start(d.runtime, d.store, d.redis_url),
-            {"rc.org.access": _queries("org.")}, "org access, trusted and registered relays"),
+            served_on("rc.org.access"), "org access, trusted and registered relays"),
         "configs": ActorKind(
             "configs", lambda d: ConfigActor.start(d.runtime, d.store, d.redis_url),
-            {"rc.config.get": {t: QUERIES[t] for t in ("config.get", "config.get_v1", "config.history")},
-             "rc.config.build": _queries("config.build")},
+            served_on("rc.config.get", "rc.config.build"),
             "builds project configs and materializes them into Redis"),
         "metrics": ActorKind(
             "metrics", lambda d: MetricsActor.start(d.runtime),
-            {"rc.metrics.query": _queries("metrics.")}, "aggregated internal metrics"),
+            served_on("rc.metrics.query"), "aggregated internal metrics"),
         "transport": ActorKind(
             "transport", lambda d: TransportActor.start(d.runtime),
-            {"rc.transport.control": _queries("transport.")}, "forwards the system's own error reports"),
+            served_on("rc.transport.control"), "forwards the system's own error reports"),
         "ai": ActorKind(
-            "ai", ai_actor_factory(), {"rc.ai.suggest": _queries("ai."), "rc.events.store": _queries("events.")},
+            "ai", ai_actor_factory(), served_on("rc.ai.suggest", "rc.events.store"),
             "AI fix suggestions and the error events they are for"),
     }
 

@@ -19,24 +19,9 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from messages.commands import control_subject
+from messages.commands import QUERY_SUBJECTS, control_subject
 from messages.envelope import Request, decode_reply
 from messages.errors import DeadlineExceeded, Unavailable
-
-QUERY_SUBJECTS = {
-    "keys.lookup": "rc.keys.lookup",
-    "org.has_access": "rc.org.access",
-    "org.relay_auth": "rc.org.access",
-    "config.get": "rc.config.get",
-    "config.get_v1": "rc.config.get",
-    "config.history": "rc.config.get",
-    "config.build": "rc.config.build",
-    "metrics.snapshot": "rc.metrics.query",
-    "ai.suggest": "rc.ai.suggest",
-    "events.store": "rc.events.store",
-    "events.get": "rc.events.store",
-    "transport.flush": "rc.transport.control",
-}
 
 
 def subject_for(message_type: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 import click
 
+from actors.worker import ACTOR_NAMES
 from bus import local_model
 from bus.embedded import (
     free_port,
@@ -42,7 +43,7 @@ from bus.embedded import (
 from bus.runtime import connect
 from cli.context import Context, emit, fail
 
-ACTORS = ("commands", "keys", "orgs", "configs", "metrics", "transport", "ai")
+ACTORS = ACTOR_NAMES
 # "llm" is the embedded AI backend (bus/local_model.py): started only when its packages are
 # installed and no OpenAI-compatible backend is configured.
 SERVICES = ("nats", "redis", "llm") + ACTORS + ("gateway",)
