@@ -270,7 +270,8 @@ class Decider:
             raise BadRequest("Attempted to register agent with a different public key")
         relay = self.state.relays.get(public_key)
         if relay is None or relay.banned:
-            raise Forbidden("Relay is not allowed to register")
+            # Only a ban tells the relay to give up for good ("relay": "stop" on the wire).
+            raise Forbidden("Relay is not allowed to register", {"banned": relay is not None})
         if relay.relay_id != relay_id or relay.version != version:
             return Decision(RELAY, public_key, [self.event("RelayRegistered", public_key,
                                                            relay_id=relay_id, version=version)])

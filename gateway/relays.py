@@ -217,7 +217,9 @@ class RelayEndpoints:
             await self.ask("relay.register", {"relay_id": data["relay_id"], "public_key": validated["public_key"],
                                               "version": version}, retries=0)
         except Forbidden as exc:
-            raise HTTPFailure(403, exc.message, relay="stop") from None
+            if exc.details.get("banned"):
+                raise HTTPFailure(403, exc.message, relay="stop") from None
+            raise HTTPFailure(403, exc.message) from None
         except BadRequest as exc:
             raise HTTPFailure(400, exc.message) from None
         return json_response({"relay_id": data["relay_id"]})
