@@ -30,8 +30,6 @@ from actors.redis_watch import MaterializingActor
 from actors.state import Changes
 from bus import metrics
 from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_key, encode_entry
-from bus.eventstore import EventStore
-from bus.runtime import BusRuntime
 from bus.service import Call
 from messages.errors import NotFound
 from messages.events import ORG, DomainEvent, aggregate_subject
@@ -65,10 +63,6 @@ GLOBAL_ENTRY: Entry = ("global", (), dumps(GLOBAL_CONFIG))
 
 class ConfigActor(MaterializingActor):
     name = "configs"
-
-    def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
-        super().__init__(runtime, store, redis_url)
-        self.build_failures = 0
 
     # -- building --------------------------------------------------------------------------
 
@@ -110,7 +104,6 @@ class ConfigActor(MaterializingActor):
             try:
                 built[public_key] = self.entry(public_key)
             except Exception as exc:  # keep the last good revision in the cache
-                self.build_failures += 1
                 metrics.incr("config.build_failures")
                 log.error("configs.build_failed", public_key=public_key, error=str(exc))
         if built:

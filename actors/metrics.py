@@ -14,6 +14,7 @@ import structlog
 
 from actors.base import ServiceActor
 from actors.metrics_store import MetricsStore
+from bus import metrics
 from bus.metrics import MalformedBatch, decode_batch
 from bus.runtime import BusRuntime
 from bus.service import Call
@@ -35,7 +36,6 @@ class MetricsActor(ServiceActor):
         super().__init__()
         self.runtime = runtime
         self.store = MetricsStore()
-        self.malformed = 0
 
     def on_start(self) -> None:
         self.listen(METRICS_RECORD, lambda msg: MetricsBatch(msg.data))
@@ -45,7 +45,7 @@ class MetricsActor(ServiceActor):
             try:
                 self.store.apply_batch(decode_batch(message.data))
             except MalformedBatch as exc:
-                self.malformed += 1
+                metrics.incr("metrics.malformed_batches")
                 log.warning("metrics.malformed_batch", error=str(exc))
             return None
         return super().on_other(message)

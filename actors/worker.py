@@ -43,7 +43,6 @@ class ActorKind:
     start: Callable[[Deps], pykka.ActorRef[Any]]
     endpoints: dict[str, dict[str, Schema]]
     description: str
-    replays: bool = True
 
 
 def _kinds() -> dict[str, ActorKind]:

@@ -72,19 +72,18 @@ class BusRuntime:
         self._thread = threading.Thread(target=self._run, name=f"{name}-bus", daemon=True)
         self._thread.start()
         self.nc: NATS | None = None
-        self.reconnects = 0
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
     def start(self, timeout: float = 10.0) -> BusRuntime:
-        def bump() -> None:
+        def count_reconnect() -> None:
             from bus import metrics
 
-            self.reconnects += 1
             metrics.incr("nats.reconnects")
-        self.nc = self.call(connect(self.nats_url, name=self.name, on_reconnect=bump), timeout=timeout)
+
+        self.nc = self.call(connect(self.nats_url, name=self.name, on_reconnect=count_reconnect), timeout=timeout)
         return self
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
