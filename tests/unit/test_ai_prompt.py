@@ -19,7 +19,7 @@ from actors.ai_prompt import (
     validate_error_event,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FIXTURE_NAMES = [
     "event-python-chained.json",
     "event-javascript-minified.json",
@@ -28,10 +28,7 @@ FIXTURE_NAMES = [
 
 
 def load_fixture(name: str) -> dict[str, Any]:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"shared fixture {path} is missing (expected /work/shared/fixtures)")
-    event: dict[str, Any] = json.loads(path.read_text())
+    event: dict[str, Any] = json.loads((FIXTURES / name).read_text())
     return event
 
 
