@@ -3,7 +3,8 @@
 Each instance subscribes to `rc.metrics.record` without a queue group, so every instance
 sees every batch and holds the whole picture; a query (`rc.metrics.query`) can go to any
 of them. Points are folded by `MetricsStore`; answers are a JSON snapshot or Prometheus
-text (for the gateway's `/metrics`).
+text (for the gateway's `/metrics`), each cut to fit one NATS message (the connection's
+`max_payload`): an answer that did not fit would never arrive at all.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from messages.errors import BadRequest
 from messages.subjects import METRICS_RECORD
 
 log = structlog.get_logger(__name__)
+# nats-server's default max_payload, for a connection that has not said otherwise.
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+# The reply envelope ({"ok": true, "result": ...}) and the micro headers, with room to spare.
+REPLY_OVERHEAD = 4096
 
 
 class MetricsBatch:
@@ -50,10 +55,17 @@ class MetricsActor(ServiceActor):
             return None
         return super().on_other(message)
 
+    def reply_budget(self) -> int:
+        """How many bytes an answer may have: one NATS message, less the reply envelope."""
+        nc = self.runtime.nc
+        max_payload = getattr(nc, "max_payload", 0) if nc is not None else 0
+        limit = max_payload if isinstance(max_payload, int) and max_payload > 0 else DEFAULT_MAX_PAYLOAD
+        return max(limit - REPLY_OVERHEAD, REPLY_OVERHEAD)
+
     def handle_metrics_snapshot(self, call: Call) -> Any:
         fmt = call.payload["format"]
         if fmt == "prometheus":
-            return self.store.prometheus_text()
+            return self.store.prometheus_text(max_bytes=self.reply_budget())
         if fmt == "json":
-            return self.store.snapshot()
+            return self.store.snapshot(max_bytes=self.reply_budget())
         raise BadRequest(f"unknown format {fmt!r}; use json or prometheus")

@@ -30,10 +30,26 @@ that name is renamed ``tag_process``), names prefixed ``relayctl_`` with every
 character Prometheus does not allow (dots, dashes) turned into ``_``: counters as
 ``<name>_total``, timers as histograms ``<name>_seconds``, distributions as
 summaries, gauges as gauges.
+
+Bounds, because any process that may publish metrics chooses names, tags and its own
+process name, and one stray tag taken from request input would mint a series per request:
+
+- names, tag names and tag values are cut to `MAX_TEXT` characters;
+- at most `max_series_per_name` series per metric name and process; points of further
+  tag combinations are folded into the overflow series ``name{overflow=true}``
+  (counted in `overflow_points`), so totals stay right while the cardinality stays flat;
+- at most `max_series` series and `max_processes` processes in all; points beyond those
+  are dropped (counted in `rejected_points`);
+- both outputs take a `max_bytes` budget (the metrics actor passes what fits in one NATS
+  reply): past it whole metric families (Prometheus) or series (JSON) are left out, and
+  the output says so - the comment line `TRUNCATION_MARKER ...` in the text, and
+  ``"truncated": true`` with ``"left_out": n`` in the snapshot. Both also carry the
+  store's own counts (`relayctl_metrics_store_*` / ``"store"``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -46,7 +62,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from bus.metrics import COUNTER, DISTRIBUTION, GAUGE, TIMER
 
-__all__ = ["TIMER_BUCKETS", "MetricsStore", "prometheus_name", "series_key"]
+__all__ = ["OVERFLOW_TAGS", "TIMER_BUCKETS", "TRUNCATION_MARKER", "MetricsStore", "prometheus_name",
+           "series_key"]
 
 # Prometheus client defaults, extended to 30 s for slow upstream calls.
 TIMER_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -58,6 +75,13 @@ _RESERVED_LABELS = frozenset({"le", "quantile", "process"})
 
 TagItems = tuple[tuple[str, str], ...]
 SeriesId = tuple[str, TagItems]
+
+MAX_SERIES: Final = 20_000
+MAX_SERIES_PER_NAME: Final = 200
+MAX_PROCESSES: Final = 64
+MAX_TEXT: Final = 200
+OVERFLOW_TAGS: Final[TagItems] = (("overflow", "true"),)
+TRUNCATION_MARKER: Final = b"# relayctl: exposition truncated"
 
 
 def prometheus_name(name: str) -> str:
@@ -79,6 +103,11 @@ def series_key(name: str, tags: TagItems) -> str:
     if not tags:
         return name
     return name + "{" + ",".join(f"{k}={v}" for k, v in tags) + "}"
+
+
+def _clip(text: Any) -> str:
+    text = str(text)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT]
 
 
 @dataclass
@@ -146,41 +175,52 @@ class _Aggregate:
         }
         return tables[kind]
 
-    def as_json(self) -> dict[str, dict[str, Any]]:
-        return {
-            "counters": {series_key(*s): v for s, v in sorted(self.counters.items())},
-            "timers": {series_key(*s): v.as_json() for s, v in sorted(self.timers.items())},
-            "gauges": {series_key(*s): g.value for s, g in sorted(self.gauges.items())},
-            "distributions": {
-                series_key(*s): v.as_json() for s, v in sorted(self.distributions.items())
-            },
-        }
+    def json_entries(self) -> Iterator[tuple[str, str, Any]]:
+        """(map, series key, JSON value) of every series, in snapshot order."""
+        for s, v in sorted(self.counters.items()):
+            yield "counters", series_key(*s), v
+        for s, g in sorted(self.gauges.items()):
+            yield "gauges", series_key(*s), g.value
+        for s, stats in sorted(self.timers.items()):
+            yield "timers", series_key(*s), stats.as_json()
+        for s, stats in sorted(self.distributions.items()):
+            yield "distributions", series_key(*s), stats.as_json()
+
+
+_MAPS: Final = ("counters", "timers", "gauges", "distributions")
 
 
 class MetricsStore:
-    """Aggregated internal metrics of every process.
+    """Aggregated internal metrics of every process, bounded as the module docstring says."""
 
-    `max_series` bounds memory per process: points that would create a new series
-    beyond it are ignored and counted in `rejected_points`, as are malformed points.
-    """
-
-    def __init__(self, *, max_series: int = 10_000) -> None:
+    def __init__(self, *, max_series: int = MAX_SERIES, max_series_per_name: int = MAX_SERIES_PER_NAME,
+                 max_processes: int = MAX_PROCESSES) -> None:
         self._max_series = max_series
+        self._max_series_per_name = max_series_per_name
+        self._max_processes = max_processes
         self._total = _Aggregate()
         self._by_process: dict[str, _Aggregate] = {}
-        self._series_count: dict[str, int] = {}
+        self._series = 0
+        self._per_name: dict[tuple[str, str], int] = {}
         self.rejected_points = 0
+        self.overflow_points = 0
 
     def apply_batch(self, batch: Mapping[str, Any]) -> None:
         """Fold one decoded batch (``{"process": str, "points": [...]}``) in."""
-        process = str(batch.get("process", "unknown"))
-        aggregate = self._by_process.setdefault(process, _Aggregate())
-        for point in batch.get("points", ()):
+        process = _clip(batch.get("process", "unknown"))
+        points = batch.get("points", ())
+        aggregate = self._by_process.get(process)
+        if aggregate is None:
+            if len(self._by_process) >= self._max_processes:
+                self.rejected_points += len(points) if isinstance(points, list) else 1
+                return
+            aggregate = self._by_process[process] = _Aggregate()
+        for point in points:
             try:
                 kind, name, value, tags, ts = point
                 series: SeriesId = (
-                    str(name),
-                    tuple(sorted((str(k), str(v)) for k, v in dict(tags).items())),
+                    _clip(name),
+                    tuple(sorted((_clip(k), _clip(v)) for k, v in dict(tags).items())),
                 )
                 value, ts = float(value), float(ts)
             except (TypeError, ValueError):
@@ -189,28 +229,128 @@ class MetricsStore:
             if kind not in (COUNTER, GAUGE, TIMER, DISTRIBUTION):
                 self.rejected_points += 1
                 continue
-            if not aggregate.has(kind, series):
-                if self._series_count.get(process, 0) >= self._max_series:
-                    self.rejected_points += 1
-                    continue
-                self._series_count[process] = self._series_count.get(process, 0) + 1
-            aggregate.add(kind, series, value, ts)
-            self._total.add(kind, series, value, ts)
+            admitted = self._admit(process, aggregate, kind, series)
+            if admitted is None:
+                self.rejected_points += 1
+                continue
+            aggregate.add(kind, admitted, value, ts)
+            self._total.add(kind, admitted, value, ts)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Return the aggregated state as JSON-friendly maps (see module docstring)."""
-        snapshot: dict[str, Any] = self._total.as_json()
-        snapshot["processes"] = {
-            process: aggregate.as_json() for process, aggregate in sorted(self._by_process.items())
-        }
+    def _admit(self, process: str, aggregate: _Aggregate, kind: str, series: SeriesId) -> SeriesId | None:
+        """The series a point is folded into: its own, the overflow series, or None (dropped)."""
+        if aggregate.has(kind, series):
+            return series
+        name = series[0]
+        overflow = self._per_name.get((process, name), 0) >= self._max_series_per_name
+        if overflow:
+            self.overflow_points += 1
+            series = (name, OVERFLOW_TAGS)
+            if aggregate.has(kind, series):
+                return series
+        if self._series >= self._max_series:
+            return None
+        self._series += 1
+        if not overflow:
+            self._per_name[(process, name)] = self._per_name.get((process, name), 0) + 1
+        return series
+
+    def snapshot(self, max_bytes: int | None = None) -> dict[str, Any]:
+        """Return the aggregated state as JSON-friendly maps (see module docstring).
+
+        With `max_bytes`, series are added (totals first, then per process) only while the
+        JSON stays within it; the ones left out are counted in ``left_out``."""
+        budget = _Budget(max_bytes)
+        snapshot: dict[str, Any] = {m: {} for m in _MAPS}
+        for table, key, value in self._total.json_entries():
+            budget.put(snapshot[table], key, value)
+        processes: dict[str, Any] = {}
+        for process, aggregate in sorted(self._by_process.items()):
+            maps: dict[str, Any] = {m: {} for m in _MAPS}
+            if budget.room(len(process) + 80):
+                processes[process] = maps
+            for table, key, value in aggregate.json_entries():
+                if process in processes:
+                    budget.put(maps[table], key, value)
+                else:
+                    budget.left_out += 1
+        snapshot["processes"] = processes
+        snapshot["truncated"] = budget.left_out > 0
+        snapshot["left_out"] = budget.left_out
+        snapshot["store"] = {"series": self._series, "rejected_points": self.rejected_points,
+                             "overflow_points": self.overflow_points}
         finite: dict[str, Any] = _finite(snapshot)
         return finite
 
-    def prometheus_text(self) -> bytes:
-        """Return every series in the Prometheus text exposition format."""
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_StoreCollector(self._by_process))
-        return generate_latest(registry)
+    def prometheus_text(self, max_bytes: int | None = None) -> bytes:
+        """Return every series in the Prometheus text exposition format.
+
+        With `max_bytes`, whole metric families are added only while the text stays within
+        it; then a `TRUNCATION_MARKER` comment says how many were left out."""
+        # The store's own counts first: they explain a truncated or overflowing exposition.
+        parts = [_store_family("rejected_points", "Points dropped: malformed, or past a series cap",
+                               self.rejected_points),
+                 _store_family("overflow_points", "Points folded into an overflow series",
+                               self.overflow_points)]
+        budget = (max_bytes - 2 * len(TRUNCATION_MARKER) - 200) if max_bytes is not None else None
+        size = sum(len(part) for part in parts)
+        left_out = 0
+        for metric in _StoreCollector(self._by_process).collect():
+            if left_out:
+                left_out += 1
+                continue
+            text = _render(metric)
+            if budget is not None and size + len(text) > budget:
+                left_out = 1
+                continue
+            parts.append(text)
+            size += len(text)
+        if left_out:
+            parts.append(TRUNCATION_MARKER + f": {left_out} metric families left out to stay within "
+                         f"{max_bytes} bytes (the NATS message limit)\n".encode())
+        return b"".join(parts)
+
+
+class _Budget:
+    """Counts the JSON size of what a snapshot holds so far."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        # Room for the fixed keys and the store's counts.
+        self.left = None if max_bytes is None else max_bytes - 512
+        self.left_out = 0
+
+    def room(self, size: int) -> bool:
+        if self.left is None:
+            return True
+        if size > self.left:
+            return False
+        self.left -= size
+        return True
+
+    def put(self, table: dict[str, Any], key: str, value: Any) -> None:
+        if self.room(len(json.dumps(key)) + len(json.dumps(value)) + 4):  # and ": ", ", "
+            table[key] = value
+        else:
+            self.left_out += 1
+
+
+class _OneFamily(Collector):
+    def __init__(self, metric: Metric) -> None:
+        self._metric = metric
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._metric
+
+
+def _render(metric: Metric) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_OneFamily(metric))
+    return generate_latest(registry)
+
+
+def _store_family(name: str, doc: str, value: float) -> bytes:
+    metric = Metric(PREFIX + "metrics_store_" + name, doc, "counter")
+    metric.add_sample(metric.name + "_total", {}, value)
+    return _render(metric)
 
 
 def _finite(value: Any) -> Any:

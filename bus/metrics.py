@@ -24,7 +24,9 @@ Batch wire format (msgpack, produced by `encode_batch`, read by `decode_batch`):
     ts     float  Unix time (seconds) the point was recorded
 
 Tags that would explode cardinality are dropped before queuing: any tag whose
-name ends in ``_id``, and the tags ``project``, ``event`` and ``group``.
+name ends in ``_id``, and the tags ``project``, ``event`` and ``group``; tag names and
+values are cut to ``MAX_TAG_VALUE`` characters. Callers must still never tag raw request
+input (the aggregating store caps series per name, see ``actors.metrics_store``).
 
 Drops are themselves reported: the next batch after points were lost carries a
 counter ``internal.metrics.dropped_points`` tagged ``reason=queue_full`` or
@@ -83,6 +85,8 @@ KINDS: Final = frozenset({COUNTER, TIMER, GAUGE, DISTRIBUTION})
 _HIGH_CARDINALITY_TAGS: Final = frozenset({"project", "event", "group"})
 
 DROPPED_POINTS_METRIC: Final = "internal.metrics.dropped_points"
+# Tag values are meant to be a handful of known words; nothing needs more than this.
+MAX_TAG_VALUE: Final = 200
 
 Tags = Mapping[str, Any]
 # [kind, name, value, tags, ts]
@@ -95,11 +99,12 @@ class MalformedBatch(ValueError):
 
 
 def sanitize_tags(tags: Tags | None) -> dict[str, str]:
-    """Return the tags as str -> str without the high-cardinality ones."""
+    """Return the tags as str -> str without the high-cardinality ones, each value cut to
+    `MAX_TAG_VALUE` characters (a long value would make batches exceed the NATS limit)."""
     if not tags:
         return {}
     return {
-        str(key): str(value)
+        str(key)[:MAX_TAG_VALUE]: str(value)[:MAX_TAG_VALUE]
         for key, value in tags.items()
         if value is not None
         and not str(key).endswith("_id")

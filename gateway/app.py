@@ -40,6 +40,8 @@ GATEWAY_BUCKET = "rc_gateway"
 SECRET_KEY = "registration_secret"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Protocol versions a metric may be tagged with; anything else a client sends is "other".
+TAGGED_VERSIONS = frozenset({"1", "2", "3"})
 
 
 @web.middleware
@@ -69,7 +71,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     tags = {"route": route, "status": str(response.status)}
     if route.endswith("/projectconfigs/"):
-        tags["version"] = request.query.get("version") or "1"
+        # Never the raw query value: any client could mint one series per request.
+        version = request.query.get("version") or "1"
+        tags["version"] = version if version in TAGGED_VERSIONS else "other"
     metrics.timing("gateway.requests", time.perf_counter() - started, tags)
     return response
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.metrics_store import MetricsStore
+from actors.metrics_store import TRUNCATION_MARKER, MetricsStore
 from bus import metrics as metrics_module
 from bus.metrics import MalformedBatch, Metrics, decode_batch, encode_batch
 
@@ -329,3 +329,53 @@ def test_recorded_points_flow_into_the_store(published: Published) -> None:
     assert store.snapshot()["processes"]["relay-proxy"]["counters"] == {
         "forwarded{outcome=ok}": 2.0
     }
+
+
+def test_store_folds_series_past_the_per_name_cap_into_overflow() -> None:
+    """One tag value per point (a tag taken from request input) cannot grow a metric past
+    `max_series_per_name`: the rest land in `name{overflow=true}`, totals stay right."""
+    store = MetricsStore(max_series_per_name=10)
+    store.apply_batch(_batch("gateway", *(["counter", "req", 1.0, {"v": f"junk-{i}"}, 0.0] for i in range(1000))))
+    store.apply_batch(_batch("gateway", ["counter", "other", 1.0, {"v": "a"}, 0.0]))
+
+    counters = store.snapshot()["counters"]
+    req = {k: v for k, v in counters.items() if k.startswith("req")}
+    assert len(req) == 11
+    assert req["req{overflow=true}"] == 990.0
+    assert sum(req.values()) == 1000.0
+    assert counters["other{v=a}"] == 1.0  # other names keep their own series
+    assert store.overflow_points == 990
+
+
+def test_store_bounds_processes_and_text_lengths() -> None:
+    """Made-up process names and huge names or tags cannot grow the store without bound."""
+    store = MetricsStore(max_processes=3)
+    for i in range(10):
+        store.apply_batch(_batch(f"p{i}", ["counter", "n" * 10_000, 1.0, {"t" * 5000: "v" * 5000}, 0.0]))
+
+    snapshot = store.snapshot()
+    assert sorted(snapshot["processes"]) == ["p0", "p1", "p2"]
+    assert store.rejected_points == 7
+    [key] = snapshot["counters"]
+    assert len(key) < 700
+
+
+def test_outputs_fit_their_byte_budget_and_say_when_cut() -> None:
+    """However many series exist, the Prometheus text and the JSON snapshot stay within
+    `max_bytes`, stay parseable, and say that (and how much) was left out."""
+    store = MetricsStore()
+    store.apply_batch(_batch("p", *(["timer", f"t{i}", 0.1, {"k": "v" * 100}, 0.0] for i in range(5000))))
+
+    whole = store.prometheus_text()
+    assert TRUNCATION_MARKER not in whole
+    text = store.prometheus_text(max_bytes=100_000)
+    assert len(text) <= 100_000 < len(whole)
+    assert text.rstrip().splitlines()[-1].startswith(TRUNCATION_MARKER)
+    families = list(text_string_to_metric_families(text.decode()))
+    assert 10 < len(families) < 5000
+
+    assert store.snapshot()["truncated"] is False
+    snapshot = store.snapshot(max_bytes=100_000)
+    assert len(json.dumps(snapshot)) <= 100_000
+    assert snapshot["truncated"] is True and snapshot["left_out"] > 0
+    assert len(snapshot["timers"]) + snapshot["left_out"] == 10_000  # the totals and the one process
