@@ -169,9 +169,21 @@ class ConfigActor(MaterializingActor):
 
     # -- queries ---------------------------------------------------------------------------
 
+    def built_entry(self, public_key: str, *, all_keys: bool = False) -> Entry | None:
+        """`entry`, or None when this key's config cannot be built (logged and counted):
+        one project's bad data never fails an answer about the others."""
+        try:
+            return self.entry(public_key, all_keys=all_keys)
+        except Exception as exc:
+            metrics.incr("config.build_failures")
+            log.error("configs.build_failed", public_key=public_key, error=f"{type(exc).__name__}: {exc}")
+            return None
+
     def handle_config_get(self, call: Call) -> dict[str, Any]:
         keys = [k for k in call.payload["public_keys"] if isinstance(k, str)]
-        return {"entries": {k: list(self.entry(k)) for k in keys}, "global": list(GLOBAL_ENTRY)}
+        # A key whose build fails is left out: the gateway answers it as pending (v3).
+        built = {k: self.built_entry(k) for k in keys}
+        return {"entries": {k: list(e) for k, e in built.items() if e is not None}, "global": list(GLOBAL_ENTRY)}
 
     def handle_config_get_v1(self, call: Call) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -179,8 +191,9 @@ class ConfigActor(MaterializingActor):
             project = self.state.projects.get(project_id) if isinstance(project_id, int) else None
             keys = self.state.keys_of(project.id) if project else []
             active = [k for k in keys if k.is_active]
-            entry = self.entry(active[0].public_key, all_keys=True) if active else DISABLED
-            out[str(project_id)] = list(entry)
+            entry = self.built_entry(active[0].public_key, all_keys=True) if active else DISABLED
+            if entry is not None:
+                out[str(project_id)] = list(entry)
         return {"entries": out}
 
     def handle_config_build(self, call: Call) -> dict[str, Any]:

@@ -48,7 +48,9 @@ org's project templates; a project falls back to its template, then to the defau
 (1) `DEFAULT_BREAKDOWNS`: span_ops over http, db, browser, resource, ui. Trusted relays are a
 list of those maps.
 
-Booleans accept `True`/`False`, `0`/`1` and `"0"`/`"1"`/`"true"`/`"false"`. Filter toggles
+Values are plain JSON data: a map key that is not a string, bytes, NaN or infinity is
+refused (naming the path), and what is stored is the JSON-normal form of the validated
+value. Booleans accept `True`/`False`, `0`/`1` and `"0"`/`"1"`/`"true"`/`"false"`. Filter toggles
 accept the same and are stored as `"0"`/`"1"` like Sentry stores them. Lists of strings
 accept a newline-separated string; entries are stripped and blank ones dropped.
 """
@@ -58,6 +60,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -478,8 +481,48 @@ def default_value(key: str) -> Any:
     return copy.deepcopy(spec.default) if spec is not None else None
 
 
+# Deeper than any real option value; a bound keeps a crafted control message from
+# exhausting the stack of whatever walks the value later.
+MAX_VALUE_DEPTH = 32
+
+
+def _check_plain(key: str, value: Any) -> None:
+    """Refuse what JSON cannot hold: map keys that are not strings (msgpack control messages
+    may carry ints, None, ...; a JSON encoding would silently turn them into strings, so Relay
+    validates one value and another is stored), bytes, NaN and infinity, absurd nesting.
+    Lists may still come as tuples or sets: the validators turn those into lists."""
+    stack: list[tuple[Any, str, int]] = [(value, "value", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_VALUE_DEPTH:
+            raise _fail(key, f"nested deeper than {MAX_VALUE_DEPTH} levels at {path}")
+        if isinstance(item, dict):
+            for name, child in item.items():
+                if not isinstance(name, str):
+                    raise _fail(key, f"map key {name!r} at {path} is not a string (option values are JSON)")
+                stack.append((child, f"{path}.{name}", depth + 1))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise _fail(key, f"{item!r} at {path} is not a JSON number")
+        elif item is not None and not isinstance(item, (str, bool, int, float)):
+            raise _fail(key, f"a {type(item).__name__} at {path} is not a JSON value")
+
+
+def _json_normal(key: str, value: Any) -> Any:
+    """`value` exactly as JSON gives it back (tuples become lists): what is stored, hashed
+    into the revision and sent to Relay is then one and the same value."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise _fail(key, f"not a JSON value: {exc}") from None
+
+
 def validate_option(scope: Scope | str, key: str, value: Any) -> Any:
-    """Return the normalized value of `key` in `scope`, or raise `InvalidOption`."""
+    """Return the normalized value of `key` in `scope`, or raise `InvalidOption`.
+
+    The value returned is JSON-normal (string map keys, lists, finite numbers); a value
+    that is not plain JSON data is refused with the path to the offending part."""
     if scope not in (ORG, PROJECT):
         raise InvalidOption(f"unknown option scope {scope!r}")
     if not isinstance(key, str):
@@ -491,7 +534,8 @@ def validate_option(scope: Scope | str, key: str, value: Any) -> Any:
         raise InvalidOption(
             f"{key} is not an {scope} option" if scope == ORG else f"{key} is not a {scope} option"
         )
-    return spec.validate(key, value)
+    _check_plain(key, value)
+    return _json_normal(key, spec.validate(key, value))
 
 
 def get_option(

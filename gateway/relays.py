@@ -350,7 +350,9 @@ class RelayEndpoints:
             return from_error(exc if exc.status != 404 else Unavailable(exc.message))
         entries = {k: CachedConfig(rev, tuple(t), doc) for k, (rev, t, doc) in result["entries"].items()}
         global_body = result["global"][2] if with_global else None
-        return splice_response(relay, keys, entries, [], v3=v3, global_body=global_body, with_global=with_global)
+        # A key the builder could not build is pending, as on the cached path.
+        pending = [k for k, _ in keys if k not in entries] if v3 else []
+        return splice_response(relay, keys, entries, pending, v3=v3, global_body=global_body, with_global=with_global)
 
     async def _configs_v1(self, relay: RelayIdentity, data: dict[str, Any]) -> web.Response:
         projects = data.get("projects")

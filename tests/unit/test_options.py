@@ -292,3 +292,73 @@ def test_every_default_validates() -> None:
     for key, default in OPTION_DEFAULTS.items():
         for scope in OPTIONS[key].scopes:
             assert validate_option(scope, key, default) == default
+
+
+# -- JSON-normal values (issue 10, item 10) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "path"),
+    [
+        (
+            "sentry:relay_pii_config",
+            {"rules": {1: {"type": "ip", "redaction": {"method": "remove"}}},
+             "applications": {"$string": ["1"]}},
+            "value.rules",
+        ),
+        ("sentry:breakdowns", {1: {"type": "spanOperations", "matches": ["db"]}}, "value"),
+        ("sentry:breakdowns", {"span_ops": {"type": "spanOperations", "matches": ["db"]}, None: {}}, "value"),
+        (
+            "sentry:dynamic_sampling_rules",
+            {"rules": [{"samplingValue": {"type": "sampleRate", "value": 0.5}, "type": "trace",
+                        "condition": {"op": "and", "inner": [], (1, 2): "x"}, "id": 1}]},
+            "value.rules[0].condition",
+        ),
+    ],
+)
+def test_validate_refuses_non_string_map_keys_naming_the_path(key: str, value: object, path: str) -> None:
+    """A map key that is not a string (msgpack allows ints, None, tuples...) is refused with
+    the path to the map; JSON (and so Relay) would only ever see it turned into a string."""
+    with pytest.raises(InvalidOption, match="map key") as exc:
+        validate_option("project", key, value)
+    assert f"at {path}" in str(exc.value) and key in str(exc.value)
+    assert_one_line(exc)
+
+
+def test_validate_refuses_values_json_cannot_hold() -> None:
+    """Bytes, NaN/infinity and absurd nesting are refused, not stored."""
+    for value in ({"rules": {"r": {"type": b"ip"}}}, {"rules": {}, "vars": {"x": float("nan")}}):
+        with pytest.raises(InvalidOption) as exc:
+            validate_option("project", "sentry:relay_pii_config", value)
+        assert_one_line(exc)
+    deep: object = []
+    for _ in range(10_000):
+        deep = [deep]
+    with pytest.raises(InvalidOption, match="nested"):
+        validate_option("project", "sentry:origins", deep)
+
+
+def test_validated_values_are_json_normal() -> None:
+    """What validation returns is exactly what a JSON round trip gives: the value the builder
+    hashes and the value Relay was asked about are the same."""
+    for scope, key, value in [
+        ("project", "sentry:relay_pii_config", PII_CONFIG),
+        ("project", "sentry:origins", ("a.com", "b.com")),
+        ("project", "filters:legacy-browsers", {"ie", "safari"}),
+        ("org", "sentry:relay_pii_config", {"applications": {"$string": ("@ip", "@email")}}),
+        ("org", "quotas:org-rate-limit", {"window": 60, "count": 5}),
+    ]:
+        normalized = validate_option(scope, key, value)
+        assert normalized == json.loads(json.dumps(normalized))
+        assert json.dumps(normalized) == json.dumps(json.loads(json.dumps(normalized)))
+        assert not _has_tuples(normalized)
+
+
+def _has_tuples(value: object) -> bool:
+    if isinstance(value, tuple):
+        return True
+    if isinstance(value, dict):
+        return any(_has_tuples(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_tuples(v) for v in value)
+    return False

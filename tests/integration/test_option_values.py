@@ -1,0 +1,123 @@
+"""Option values as control messages can carry them: msgpack maps with non-string keys are
+refused, and a project whose stored options cannot be built never keeps the others from
+being served (issue 10, item 10). Real NATS, JetStream, Redis, the actors and the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import msgpack
+import nats
+import pytest
+
+from bus.client import subject_for
+from bus.eventstore import JetStreamEventStore
+from messages.events import DomainEvent
+from tests.system import RelayClient, SystemUnderTest
+
+# Relay validates the JSON text of this (`{"1": ...}`, applied as "1"), so it passed; the
+# map stored had the int key 1, which the config builder cannot merge (TypeError).
+INT_KEYED_PII = {"rules": {1: {"type": "ip", "redaction": {"method": "remove"}}},
+                 "applications": {"$string": ["1"]}}
+
+
+def raw_control(nats_url: str, message_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Send a control message as raw msgpack, exactly as any NATS client could; the reply map."""
+    envelope = {"type": message_type, "v": 1, "id": uuid.uuid4().hex, "actor": "test",
+                "deadline": time.time() + 10, "payload": payload}
+
+    async def send() -> dict[str, Any]:
+        nc = await nats.connect(nats_url)
+        try:
+            msg = await nc.request(subject_for(message_type), msgpack.packb(envelope, use_bin_type=True),
+                                   timeout=10)
+            reply: dict[str, Any] = msgpack.unpackb(msg.data, raw=False, strict_map_key=False)
+            return reply
+        finally:
+            await nc.close()
+
+    return asyncio.run(send())
+
+
+@pytest.fixture(scope="module")
+def relay(system: SystemUnderTest) -> RelayClient:
+    return system.registered_relay()
+
+
+def test_non_string_map_keys_are_refused_naming_the_path(system: SystemUnderTest, relay: RelayClient) -> None:
+    """`project.option_set` with `{1: ...}` map keys gets a clear bad request naming the
+    key and the path; nothing is stored, and the project's config is served as before."""
+    project = system.new_project()
+    before = relay.poll([project["publicKey"]], lambda r: project["publicKey"] in r["configs"])
+
+    reply = raw_control(system.nats_url, "project.option_set",
+                        {"org": project["org"], "project": project["slug"],
+                         "key": "sentry:relay_pii_config", "value": INT_KEYED_PII})
+    assert reply["ok"] is False, reply
+    error = reply["error"]
+    assert error["code"] == "bad_request", error
+    assert "sentry:relay_pii_config" in error["message"] and "map key 1 at value.rules" in error["message"]
+
+    reply = raw_control(system.nats_url, "org.option_set",
+                        {"org": project["org"], "key": "sentry:relay_pii_config",
+                         "value": {"rules": {}, "applications": {None: ["@ip"]}}})
+    assert reply["ok"] is False and "map key None at value.applications" in reply["error"]["message"], reply
+
+    option = system.cli("project", "option", "get", f"{project['org']}/{project['slug']}",
+                        "sentry:relay_pii_config", "--json")
+    assert option.exit_code == 0 and option.json()["value"] is None, option
+    status, after = relay.configs([project["publicKey"]])
+    assert status == 200 and after["configs"][project["publicKey"]]["rev"] == \
+        before["configs"][project["publicKey"]]["rev"]
+
+
+def test_one_unbuildable_project_never_blocks_the_others(system: SystemUnderTest, relay: RelayClient) -> None:
+    """A project whose stored options cannot be built (an int-keyed PII config written before
+    validation refused it) keeps its last good revision in the cache and is pending where a
+    fresh build is asked for (v2, v3 noCache); every other key in the same request is
+    served, and the failure is counted."""
+    bad = system.new_project()
+    good = system.new_project()
+    last_good = relay.poll([bad["publicKey"]], lambda r: bad["publicKey"] in r["configs"])
+
+    async def append_legacy_event() -> None:
+        nc = await nats.connect(system.nats_url)
+        try:
+            store = JetStreamEventStore(nc)
+            event = DomainEvent("ProjectOptionSet", bad["org"], payload={
+                "project": bad["slug"], "key": "sentry:relay_pii_config", "value": INT_KEYED_PII})
+            await store.append([event], None)
+        finally:
+            await nc.close()
+
+    asyncio.run(append_legacy_event())
+    # A later change the builder picks up proves the legacy event has been folded.
+    system.cli_ok("project", "option", "set", f"{bad['org']}/{bad['slug']}", "sentry:scrub_ip_address", "true")
+    keys = [bad["publicKey"], good["publicKey"]]
+
+    status, v2 = relay.configs(keys, version=2)
+    assert status == 200, v2
+    assert good["publicKey"] in v2["configs"] and bad["publicKey"] not in v2["configs"]
+    status, v3 = relay.configs(keys, version=3, noCache=True)
+    assert status == 200, v3
+    assert good["publicKey"] in v3["configs"], v3
+    assert bad["publicKey"] in v3["pending"] and bad["publicKey"] not in v3["configs"], v3
+    # The cache keeps the last good revision of the unbuildable project.
+    status, v3 = relay.configs(keys, version=3)
+    assert status == 200 and good["publicKey"] in v3["configs"], v3
+    assert v3["configs"][bad["publicKey"]]["rev"] == last_good["configs"][bad["publicKey"]]["rev"]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        counters = system.cli_ok("metrics", "--json")["counters"]
+        if any(k.startswith("config.build_failures") for k in counters):
+            break
+        time.sleep(0.2)
+    assert any(k.startswith("config.build_failures") for k in counters)
+
+    # The operator repairs it with an ordinary command; the project is served again.
+    system.cli_ok("project", "option", "unset", f"{bad['org']}/{bad['slug']}", "sentry:relay_pii_config")
+    relay.poll([bad["publicKey"]], lambda r: bad["publicKey"] in r["configs"])
