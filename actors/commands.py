@@ -25,6 +25,7 @@ import structlog
 from actors import options as option_catalogue
 from actors.base import ProjectionActor
 from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey
+from actors.project_config import check_pii_change
 from actors.state import DomainState
 from bus import metrics
 from bus.client import request as bus_request
@@ -132,6 +133,7 @@ class Decider:
 
     def _org_option(self, slug: str, key: str, value: Any) -> Decision:
         org = require_org(self.state, slug)
+        check_pii_change(self.state, org, key, org_options={**org.options, key: value})
         result = lambda s: {"key": key, "value": value}  # noqa: E731
         if key in org.options and org.options[key] == value:
             return Decision(ORG, slug, [], result)
@@ -144,6 +146,7 @@ class Decider:
         found = require_org(self.state, org)
         if key not in found.options:
             return Decision(ORG, org)
+        check_pii_change(self.state, found, key, org_options={k: v for k, v in found.options.items() if k != key})
         return Decision(ORG, org, [self.event("OrgOptionUnset", org, key=key)])
 
     def org_trust_relay(self, org: str, public_key: str, name: str | None,
@@ -168,8 +171,9 @@ class Decider:
         return self._org_option(org, TRUSTED_RELAYS, remaining)
 
     def org_template_set(self, org: str, template: str, options: dict[str, Any]) -> Decision:
-        require_org(self.state, org)
+        found = require_org(self.state, org)
         checked = {k: checked_option("project", k, v) for k, v in options.items()}
+        check_pii_change(self.state, found, "", templates={**found.templates, template: checked})
         return Decision(ORG, org, [self.event("ProjectTemplateSet", org, template=template, options=checked)])
 
     # projects
@@ -195,6 +199,8 @@ class Decider:
     def project_option_set(self, org: str, project: str, key: str, value: Any) -> Decision:
         found = require_project(self.state, org, project)
         value = checked_option("project", key, value)
+        check_pii_change(self.state, require_org(self.state, org), key, project=found,
+                         project_options={**found.options, key: value})
         result = lambda s: {"key": key, "value": value}  # noqa: E731
         if key in found.options and found.options[key] == value:
             return Decision(ORG, org, [], result)
@@ -204,6 +210,8 @@ class Decider:
         found = require_project(self.state, org, project)
         if key not in found.options:
             return Decision(ORG, org)
+        check_pii_change(self.state, require_org(self.state, org), key, project=found,
+                         project_options={k: v for k, v in found.options.items() if k != key})
         return Decision(ORG, org, [self.event("ProjectOptionUnset", org, project=project, key=key)])
 
     def _project_status(self, org: str, project: str, status: str, type_: str) -> Decision:

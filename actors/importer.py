@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from actors.model import ACTIVE, DELETED, DISABLED
+from actors.project_config import check_pii_import
 from messages.commands import PUBLIC_KEY_RE, SLUG_RE
 from messages.errors import BadRequest, Conflict
 from messages.events import ORG
@@ -67,6 +68,7 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
             events.append(decider.event("OrgOptionSet", slug, key=key, value=value))
 
     seen_projects: set[str] = set()
+    all_project_options: dict[str, dict[str, Any]] = {}
     seen_keys: set[str] = set()
     for i, project_spec in enumerate(projects):
         path = f"{slug}.projects[{i}]"
@@ -79,6 +81,7 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
             raise _problem(f"{path}.slug", f"duplicate project `{project_slug}`")
         seen_projects.add(project_slug)
         project_options = _options("project", f"{path}.options", project_spec.get("options"))
+        all_project_options[project_slug] = project_options
         keys = project_spec.get("keys")
         if keys is not None and not isinstance(keys, list):
             raise _problem(f"{path}.keys", "must be a list")
@@ -123,6 +126,7 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
             if existing.status != status:
                 events.append(decider.event("KeyDisabled" if status == DISABLED else "KeyEnabled", slug,
                                             public_key=public_key))
+    check_pii_import(state, slug, org_options, all_project_options)
     summary = {**counts, "events": len(events)}
     return Decision(ORG, slug, events, lambda s: summary)
 

@@ -5,6 +5,10 @@ the document answered by `POST /api/0/relays/projectconfigs/`: either exactly
 `{"disabled": true}` or the full enabled document whose `config` Relay's own deserializer
 (`sentry_relay.normalize_project_config`) accepts. Its `rev` is a hash of the content, so
 an unchanged project keeps its revision and can be answered with `unchanged`. Pure: no I/O.
+
+`check_pii_change` validates the merged `piiConfig` this builder would emit, for every
+project (and template) a PII option change affects; the command handlers call it before
+an option or template change becomes an event.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from actors.model import Org, Project, ProjectKey
-from actors.options import get_option, get_org_option
+from sentry_relay.processing import validate_pii_config
+
+from actors.model import DELETED, Org, Project, ProjectKey
+from actors.options import default_value, get_option, get_org_option
+from messages.errors import BadRequest
 
 DISABLED_CONFIG: dict[str, Any] = {"disabled": True}
 
@@ -287,6 +295,148 @@ def _quotas(
         if key.rate_limit:
             quotas.append(_quota("k", "key", key.numeric_id, key.rate_limit, "key_quota"))
     return quotas
+
+
+PII_OPTION = "sentry:relay_pii_config"
+ORG_RULE_PREFIX = "organization:"
+PROJECT_RULE_PREFIX = "project:"
+
+
+def _first_line(exc: BaseException) -> str:
+    # sentry_relay errors carry a Rust stack trace after the first line.
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def merged_pii_problem(org_value: Any, project_value: Any) -> str | None:
+    """What is wrong with the `piiConfig` the builder emits for an org's and a project's
+    `sentry:relay_pii_config`, or None when Relay accepts it and every rule can work.
+
+    Each scope is valid on its own (validate_option), yet the merge can fail: a project
+    applying an org rule (`organization:<name>`) whose regex does not compile, or a name
+    that resolves to no rule (Relay accepts the config and silently scrubs nothing). A rule
+    nothing applies yet must compile too: a later application would break the whole config.
+    """
+    merged = merge_pii_configs([(ORG_RULE_PREFIX, org_value), (PROJECT_RULE_PREFIX, project_value)])
+    if not merged:
+        return None
+    try:
+        validate_pii_config(json.dumps(merged))
+    except Exception as exc:
+        return f"Relay rejects it: {_first_line(exc)}"
+    rules = merged.get("rules") or {}
+    for name in rules:
+        try:
+            validate_pii_config(json.dumps({"rules": rules, "applications": {"$string": [name]}}))
+        except Exception as exc:
+            return f"rule `{name}`: Relay rejects it: {_first_line(exc)}"
+
+    def unknown(name: Any) -> str | None:
+        if not isinstance(name, str) or name.startswith("@") or name in rules:
+            return None  # "@..." are Relay's built-in rules
+        hint = "" if name.startswith((ORG_RULE_PREFIX, PROJECT_RULE_PREFIX)) else \
+            f" (an org rule is applied as `{ORG_RULE_PREFIX}<name>`)"
+        return f"`{name}` is not a rule of the merged config{hint}; Relay would scrub nothing with it"
+
+    for selector, names in (merged.get("applications") or {}).items():
+        for name in names:
+            problem = unknown(name)
+            if problem:
+                return f"applications[{selector!r}]: {problem}"
+    for rule_name, rule in rules.items():
+        refs = rule.get("rules", []) if rule.get("type") == "multiple" else \
+            [rule.get("rule")] if rule.get("type") == "alias" else []
+        for name in refs:
+            problem = unknown(name)
+            if problem:
+                return f"rule `{rule_name}`: {problem}"
+    return None
+
+
+def check_pii_change(state: Any, org: Org, key: str, *, org_options: Mapping[str, Any] | None = None,
+                     templates: Mapping[str, dict[str, Any]] | None = None,
+                     project: Project | None = None, project_options: Mapping[str, Any] | None = None) -> None:
+    """Refuse (BadRequest naming the project) a change whose merged `piiConfig` would fail.
+
+    The change is given as the org's new options (`key` is the option changed), its new
+    templates, or one project's new options; `state` is the DomainState it is decided on.
+    Checked is every config the change affects: for an org change, what each project of the
+    org (deleted ones aside), each template and a project without a config of its own get;
+    for a template change, the changed templates and the projects falling back to them; for
+    a project change, that project. A change that touches no PII config passes at once."""
+    new_org = replace(org, options=dict(org.options if org_options is None else org_options),
+                      templates=dict(org.templates if templates is None else templates))
+
+    def pii_of(options: Mapping[str, Any]) -> tuple[bool, Any]:
+        return PII_OPTION in options, options.get(PII_OPTION)
+
+    changed_templates = {name for name in set(org.templates) | set(new_org.templates)
+                         if pii_of(org.templates.get(name, {})) != pii_of(new_org.templates.get(name, {}))}
+    if templates is not None:
+        if not changed_templates:
+            return
+    elif key != PII_OPTION:
+        return
+    org_value = get_org_option(new_org, PII_OPTION)
+    checks: list[tuple[str, Any]] = []
+    if project is not None:
+        changed = replace(project, options=dict(project.options if project_options is None else project_options))
+        checks.append((f"project `{org.slug}/{project.slug}`", get_option(changed, PII_OPTION, org=new_org)))
+    else:
+        if templates is None:
+            checks.append((f"a project of `{org.slug}` without a PII config of its own",
+                           default_value(PII_OPTION)))
+        for name, options in sorted(new_org.templates.items()):
+            if templates is None or name in changed_templates:
+                checks.append((f"template `{name}` of `{org.slug}`", options.get(PII_OPTION)))
+        for project_id in state.projects_of_org.get(org.id, []):
+            member = state.projects.get(project_id)
+            if member is None or member.status == DELETED:
+                continue
+            if templates is not None and (member.template not in changed_templates or PII_OPTION in member.options):
+                continue  # a template change reaches only the projects falling back to it
+            checks.append((f"project `{org.slug}/{member.slug}`", get_option(member, PII_OPTION, org=new_org)))
+    _refuse_invalid_merges(org_value, checks)
+
+
+def check_pii_import(state: Any, org_slug: str, org_options: Mapping[str, Any],
+                     project_options: Mapping[str, Mapping[str, Any]]) -> None:
+    """`check_pii_change` for an `import.org`: the org's options and several projects'
+    (by slug, new ones included) change at once, so the merges are checked as they will be
+    once the whole import is folded."""
+    touches_org = PII_OPTION in org_options
+    if not touches_org and not any(PII_OPTION in options for options in project_options.values()):
+        return
+    org = state.org(org_slug)
+    current = org if org is not None else Org(0, org_slug, org_slug)
+    new_org = replace(current, options={**current.options, **org_options})
+    finals: dict[str, Project] = {}
+    if org is not None:
+        for project_id in state.projects_of_org.get(org.id, []):
+            member = state.projects.get(project_id)
+            if member is not None and member.status != DELETED:
+                finals[member.slug] = member
+    checks: list[tuple[str, Any]] = []
+    if touches_org:
+        checks.append((f"a project of `{org_slug}` without a PII config of its own", default_value(PII_OPTION)))
+        checks += [(f"template `{name}` of `{org_slug}`", options.get(PII_OPTION))
+                   for name, options in sorted(new_org.templates.items())]
+    for slug in sorted(set(finals) | set(project_options)):
+        if not touches_org and PII_OPTION not in project_options.get(slug, {}):
+            continue
+        member = finals.get(slug) or Project(0, current.id, slug, slug)
+        final = replace(member, options={**member.options, **project_options.get(slug, {})})
+        checks.append((f"project `{org_slug}/{slug}`", get_option(final, PII_OPTION, org=new_org)))
+    _refuse_invalid_merges(get_org_option(new_org, PII_OPTION), checks)
+
+
+def _refuse_invalid_merges(org_value: Any, checks: list[tuple[str, Any]]) -> None:
+    for label, project_value in checks:
+        problem = merged_pii_problem(org_value, project_value)
+        if problem is not None:
+            raise BadRequest(f"invalid value for {PII_OPTION}: the piiConfig relays would get for {label} "
+                             f"(org rules merged with the project's) is invalid: {problem}",
+                             {"key": PII_OPTION, "scope": label})
 
 
 def merge_pii_configs(prefixed: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""Option values as control messages can carry them: msgpack maps with non-string keys are
-refused, and a project whose stored options cannot be built never keeps the others from
-being served (issue 10, item 10). Real NATS, JetStream, Redis, the actors and the gateway."""
+"""Option values that pass a per-value check yet break configs (issue 10, items 10 and 16).
+
+msgpack maps with non-string keys are refused, a project whose stored options cannot be
+built never keeps the others from being served, and PII configs are validated as the
+merge relays receive. Real NATS, JetStream, Redis, the actors, the gateway and the CLI."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import msgpack
 import nats
 import pytest
+from sentry_relay.processing import pii_strip_event, validate_pii_config
 
 from bus.client import subject_for
 from bus.eventstore import JetStreamEventStore
@@ -121,3 +125,36 @@ def test_one_unbuildable_project_never_blocks_the_others(system: SystemUnderTest
     # The operator repairs it with an ordinary command; the project is served again.
     system.cli_ok("project", "option", "unset", f"{bad['org']}/{bad['slug']}", "sentry:relay_pii_config")
     relay.poll([bad["publicKey"]], lambda r: bad["publicKey"] in r["configs"])
+
+
+def test_pii_configs_are_validated_as_the_merge_relays_get(system: SystemUnderTest, relay: RelayClient) -> None:
+    """An org rule whose regex does not compile, a project applying an org rule under a name
+    the merge does not have, and an org change that would leave a project's rule dangling
+    are refused with the project named and Relay's words; a correct reference is served
+    and scrubs."""
+    project = system.new_project()
+    org, ref = project["org"], f"{project['org']}/{project['slug']}"
+    broken = {"rules": {"bad": {"type": "pattern", "pattern": "(", "redaction": {"method": "remove"}}}}
+    tokens = {"rules": {"tok": {"type": "pattern", "pattern": "tok_[a-z]+", "redaction": {"method": "remove"}}}}
+
+    refused = system.cli("org", "option", "set", org, "sentry:relay_pii_config", json.dumps(broken))
+    assert refused.exit_code == 1 and "regex parse error" in refused.stderr, refused
+    assert "rule `organization:bad`" in refused.stderr
+
+    system.cli_ok("org", "option", "set", org, "sentry:relay_pii_config", json.dumps(tokens))
+    refused = system.cli("project", "option", "set", ref, "sentry:relay_pii_config",
+                         json.dumps({"applications": {"$string": ["tok"]}}))
+    assert refused.exit_code == 1, refused
+    assert f"project `{ref}`" in refused.stderr and "`tok` is not a rule" in refused.stderr
+
+    system.cli_ok("project", "option", "set", ref, "sentry:relay_pii_config",
+                  json.dumps({"applications": {"$string": ["organization:tok"]}}))
+    served = relay.poll([project["publicKey"]], lambda r: "organization:tok" in json.dumps(
+        r["configs"].get(project["publicKey"], {}).get("config", {}).get("piiConfig", {}).get("applications", {})))
+    pii_config = served["configs"][project["publicKey"]]["config"]["piiConfig"]
+    validate_pii_config(json.dumps(pii_config))
+    assert "tok_" not in json.dumps(pii_strip_event(pii_config, {"message": "key tok_secret here"}))
+
+    refused = system.cli("org", "option", "unset", org, "sentry:relay_pii_config")
+    assert refused.exit_code == 1 and f"project `{ref}`" in refused.stderr, refused
+    assert "`organization:tok` is not a rule" in refused.stderr

@@ -1,4 +1,4 @@
-"""The project config document: shape, Relay acceptance, PII merge, revisions."""
+"""The project config document: shape, Relay acceptance, PII merge and its validation, revisions."""
 
 from __future__ import annotations
 
@@ -6,12 +6,23 @@ import copy
 import json
 from typing import Any
 
+import pytest
 from sentry_relay.auth import generate_key_pair
 from sentry_relay.processing import normalize_project_config, validate_pii_config
 
+from actors.commands import Decider
 from actors.model import DELETED, DISABLED, Org, Project, ProjectKey
 from actors.options import validate_option
-from actors.project_config import DISABLED_CONFIG, build_project_config, merge_pii_configs
+from actors.project_config import (
+    DISABLED_CONFIG,
+    PII_OPTION,
+    build_project_config,
+    merge_pii_configs,
+    merged_pii_problem,
+)
+from actors.state import DomainState
+from messages.errors import BadRequest
+from messages.events import DomainEvent
 
 KEY = "a" * 32
 OTHER_KEY = "b" * 32
@@ -342,3 +353,120 @@ def test_template_options_reach_the_document() -> None:
     config = build_project_config(org, project, key)["config"]
     assert config["datascrubbingSettings"]["scrubIpAddresses"] is True
     assert config["allowedDomains"] == ["https://t.example"]
+
+
+# -- the merged piiConfig is validated (issue 10, item 16) -----------------------------------
+
+BROKEN = {"rules": {"bad": {"type": "pattern", "pattern": "(", "redaction": {"method": "remove"}}}}
+TOKENS = {"rules": {"tok": {"type": "pattern", "pattern": "tok_[a-z]+", "redaction": {"method": "remove"}}}}
+
+
+def pii_state(org_pii: Any = None, project_pii: Any = None, template_pii: Any = None) -> DomainState:
+    """An org `acme` with project `web` (and `tpl`, using template `t`), the given PII configs
+    stored as events, as if they had been accepted before the merge was validated."""
+    state = DomainState()
+    events = [DomainEvent("OrgCreated", "acme", {"name": "acme", "id": 1}),
+              DomainEvent("ProjectCreated", "acme", {"project": "web", "name": "web", "template": None, "id": 1})]
+    if org_pii is not None:
+        events.append(DomainEvent("OrgOptionSet", "acme", {"key": PII_OPTION, "value": org_pii}))
+    if project_pii is not None:
+        events.append(DomainEvent("ProjectOptionSet", "acme", {"project": "web", "key": PII_OPTION,
+                                                               "value": project_pii}))
+    if template_pii is not None:
+        events += [DomainEvent("ProjectTemplateSet", "acme", {"template": "t", "options": {PII_OPTION: template_pii}}),
+                   DomainEvent("ProjectCreated", "acme", {"project": "tpl", "name": "tpl", "template": "t", "id": 2})]
+    for seq, event in enumerate(events, 1):
+        state.apply(seq, [event])
+    return state
+
+
+def decide(state: DomainState, message_type: str, **payload: Any) -> Any:
+    return Decider(state, "test").decide(message_type, payload)
+
+
+def test_each_scope_alone_passes_validation_but_the_merge_fails() -> None:
+    """The holes: each value passes `validate_option`, yet the merge the builder emits is
+    rejected by Relay or applies nothing; `merged_pii_problem` names what is wrong."""
+    applies_org_bad = {"applications": {"$string": ["organization:bad"]}}
+    applies_tok = {"applications": {"$string": ["tok"]}}
+    for scope, value in (("org", BROKEN), ("project", applies_org_bad), ("project", applies_tok)):
+        validate_option(scope, PII_OPTION, value)
+
+    problem = merged_pii_problem(BROKEN, None)
+    assert problem is not None and "rule `organization:bad`" in problem and "regex parse error" in problem
+    merged = merge_pii_configs([("organization:", BROKEN), ("project:", applies_org_bad)])
+    with pytest.raises(ValueError, match="regex parse error"):
+        validate_pii_config(json.dumps(merged))  # what relays would have received
+    assert "regex parse error" in (merged_pii_problem(BROKEN, applies_org_bad) or "")
+    problem = merged_pii_problem(TOKENS, applies_tok)
+    assert problem is not None and "`tok` is not a rule" in problem and "organization:<name>" in problem
+
+    assert merged_pii_problem(TOKENS, {"applications": {"$string": ["organization:tok", "@ip"]}}) is None
+    assert merged_pii_problem(pii("a", "x"), pii("b", "y")) is None
+    assert merged_pii_problem(None, None) is None
+
+
+def test_org_pii_change_is_checked_against_every_project_and_template() -> None:
+    """An org PII change is refused when the merge fails for the org alone, for any of its
+    projects or for a template, naming which one and what Relay said."""
+    with pytest.raises(BadRequest, match="regex parse error") as refused:
+        decide(pii_state(), "org.option_set", org="acme", key=PII_OPTION, value=BROKEN)
+    assert "without a PII config of its own" in refused.value.message
+
+    uses_tok = {"applications": {"$string": ["organization:tok"]}}
+    state = pii_state(org_pii=TOKENS, project_pii=uses_tok)
+    with pytest.raises(BadRequest, match="project `acme/web`") as refused:
+        decide(state, "org.option_set", org="acme", key=PII_OPTION, value=pii("other", "x"))
+    assert "`organization:tok` is not a rule" in refused.value.message
+    with pytest.raises(BadRequest, match="project `acme/web`"):
+        decide(state, "org.option_unset", org="acme", key=PII_OPTION)
+
+    state = pii_state(org_pii=TOKENS, template_pii=uses_tok)
+    with pytest.raises(BadRequest, match="template `t` of `acme`"):
+        decide(state, "org.option_unset", org="acme", key=PII_OPTION)
+    assert decide(state, "org.option_set", org="acme", key=PII_OPTION, value=pii("tok", "t+")).events
+
+
+def test_project_and_template_pii_changes_are_checked_with_the_orgs_config() -> None:
+    """A project or template PII change is refused when its merge with the org's fails."""
+    state = pii_state(org_pii=BROKEN)  # stored before the merge was validated
+    with pytest.raises(BadRequest, match=r"project `acme/web`.*regex parse error"):
+        decide(state, "project.option_set", org="acme", project="web", key=PII_OPTION,
+               value={"applications": {"$string": ["organization:bad"]}})
+
+    state = pii_state(org_pii=TOKENS)
+    with pytest.raises(BadRequest, match="`tok` is not a rule"):
+        decide(state, "project.option_set", org="acme", project="web", key=PII_OPTION,
+               value={"applications": {"$string": ["tok"]}})
+    assert decide(state, "project.option_set", org="acme", project="web", key=PII_OPTION,
+                  value={"applications": {"$string": ["organization:tok"]}}).events
+    with pytest.raises(BadRequest, match="template `t`"):
+        decide(state, "org.template_set", org="acme", template="t",
+               options={PII_OPTION: {"applications": {"$string": ["tok"]}}})
+
+
+def test_changes_that_touch_no_pii_config_are_never_blocked() -> None:
+    """A project whose stored merge is broken does not block changes that leave PII alone:
+    other options, or templates without a PII config."""
+    state = pii_state(org_pii=TOKENS, project_pii={"applications": {"$string": ["tok"]}})
+    assert decide(state, "org.option_set", org="acme", key="sentry:require_scrub_data", value=True).events
+    assert decide(state, "project.option_set", org="acme", project="web", key="sentry:scrub_data",
+                  value=False).events
+    assert decide(state, "org.template_set", org="acme", template="t2", options={"sentry:scrub_data": False}).events
+    # ... and the broken project can be repaired by unsetting its config.
+    assert decide(state, "project.option_unset", org="acme", project="web", key=PII_OPTION).events
+
+
+def test_an_import_is_checked_as_the_merge_it_leaves() -> None:
+    """`import.org` sets the org's and its projects' configs at once: a project applying an
+    org rule of the same import passes, one applying a name the merge lacks is refused."""
+    uses_tok = {"applications": {"$string": ["organization:tok"]}}
+    spec = {"slug": "imported", "options": {PII_OPTION: TOKENS},
+            "projects": [{"slug": "a", "options": {PII_OPTION: uses_tok}}]}
+    assert decide(DomainState(), "import.org", org=spec).events
+    spec["projects"] = [{"slug": "a", "options": {PII_OPTION: {"applications": {"$string": ["tok"]}}}}]
+    with pytest.raises(BadRequest, match="project `imported/a`.*`tok` is not a rule"):
+        decide(DomainState(), "import.org", org=spec)
+    state = pii_state(org_pii=TOKENS, project_pii=uses_tok)
+    with pytest.raises(BadRequest, match="project `acme/web`"):
+        decide(state, "import.org", org={"slug": "acme", "options": {PII_OPTION: pii("other", "x")}})
