@@ -1,4 +1,5 @@
-"""HTTP limits of the gateway: header sizes, slow bodies, and registration per client IP.
+"""HTTP limits of the gateway: header sizes, slow headers and bodies, connections and
+registration per client IP.
 
 - Headers: aiohttp's parser refuses a request line or header field over `max_line_size` /
   `max_field_size` bytes and more than `max_headers` headers (400/431, before any handler).
@@ -6,11 +7,15 @@
   seconds in total. A client that sends its headers and then stalls (or trickles) the body
   gets 408 and the connection is closed, instead of holding a handler forever. The body
   size limit (413) is the application's `client_max_size`, enforced by the same read.
-- Slow headers: a connection that has not sent one complete request head (request line
-  and headers) within `header_timeout` seconds of connecting is closed. aiohttp has no such
-  timer, so `HeaderDeadline` wraps the server's protocol factory (`serve()` installs it).
-  It covers a connection's first request; later requests on a keep-alive connection are
-  bounded by aiohttp's keep-alive timeout only while idle.
+- Slow headers: every request head (request line and headers) must be complete within
+  `header_timeout` seconds: of connecting, for a connection's first request, and of the
+  first byte of the next head, for each later request on a keep-alive connection (an idle
+  keep-alive connection that sends nothing is closed by aiohttp's keep-alive timeout,
+  75 s). aiohttp has no such timer, so `HeaderDeadline` wraps the server's protocol
+  factory (`serve()` installs it).
+- Connections per client address: at most `max_connections_per_ip` open at once (0: no
+  cap). A connection past it is answered 429 with a JSON `detail` and closed before
+  anything it sends is read, so one address cannot exhaust the gateway's sockets.
 - Registration (`register/challenge/`, `register/response/`): a token bucket per client
   IP, `register_rate` tokens per second up to `register_burst`; an empty bucket answers 429
   with `Retry-After`. The IP is the TCP peer: `X-Forwarded-For` is never trusted (any
@@ -24,6 +29,7 @@ Every value can be set in the environment (`RELAYCTL_HTTP_*`), see `HttpLimits.f
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import time
@@ -50,6 +56,9 @@ class HttpLimits:
     header_timeout: float = 10.0
     register_rate: float = 5.0
     register_burst: int = 100
+    # A Relay keeps a small pool of upstream connections; a fleet behind one NAT address
+    # still stays far below this.
+    max_connections_per_ip: int = 256
 
     @classmethod
     def from_env(cls) -> HttpLimits:
@@ -67,7 +76,8 @@ class HttpLimits:
                    body_timeout=number("BODY_TIMEOUT", d.body_timeout),
                    header_timeout=number("HEADER_TIMEOUT", d.header_timeout),
                    register_rate=number("REGISTER_RATE", d.register_rate),
-                   register_burst=int(number("REGISTER_BURST", d.register_burst)))
+                   register_burst=int(number("REGISTER_BURST", d.register_burst)),
+                   max_connections_per_ip=int(number("MAX_CONNECTIONS_PER_IP", d.max_connections_per_ip)))
 
     def handler_args(self) -> dict[str, Any]:
         """Keyword arguments of aiohttp's request handler (the HTTP parser's limits)."""
@@ -137,50 +147,134 @@ def limits_middleware(limits: HttpLimits) -> Any:
     return middleware
 
 
-class _Watched(asyncio.Protocol):
-    """Forwards every protocol call to aiohttp's request handler, after arming a timer."""
+TOO_MANY_CONNECTIONS = json.dumps({"detail": "Too many connections from your address; retry later"}).encode()
+REFUSAL = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nConnection: close\r\n"
+           b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n" % len(TOO_MANY_CONNECTIONS)) + TOO_MANY_CONNECTIONS
 
-    def __init__(self, handler: Any, timeout: float) -> None:
+
+# How long a refused connection may still send (its bytes are discarded) before it is closed.
+REFUSAL_LINGER = 1.0
+
+
+class ConnectionCounts:
+    """Open connections per client address, for the cap (`max_connections_per_ip`)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        count = self._open.get(address, 0)
+        if self.limit > 0 and count >= self.limit:
+            return False
+        self._open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._open.get(address, 0) - 1
+        if count > 0:
+            self._open[address] = count
+        else:
+            self._open.pop(address, None)
+
+
+class _Watched(asyncio.Protocol):
+    """Forwards every protocol call to aiohttp's request handler, with a header deadline
+    armed for each request head and the connection counted against its address."""
+
+    def __init__(self, handler: Any, timeout: float, counts: ConnectionCounts) -> None:
         self._handler = handler
         self._timeout = timeout
+        self._counts = counts
+        self._address: str | None = None  # set once admitted
+        self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if not self._counts.admit(address):
+            # Answered before reading anything: the client sees the refusal as the reply to
+            # whatever it sends, and aiohttp never holds a handler for this connection. A
+            # half-close, then a close a moment later: closing a socket with the client's
+            # request unread would reset the connection and lose the answer.
+            transport.write(REFUSAL)  # type: ignore[attr-defined]
+            if transport.can_write_eof():  # type: ignore[attr-defined]
+                transport.write_eof()  # type: ignore[attr-defined]
+            asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.close)
+            return
+        self._address = address
+        self._transport = transport
         self._handler.connection_made(transport)
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire, transport)
+        self._arm()
 
-    def _expire(self, transport: asyncio.BaseTransport) -> None:
-        # `_request_count` counts request heads aiohttp has parsed on this connection.
-        if getattr(self._handler, "_request_count", 1) == 0 and not transport.is_closing():
+    def _requests(self) -> int:
+        # `_request_count` counts the request heads aiohttp has parsed on this connection.
+        return int(getattr(self._handler, "_request_count", 0))
+
+    def _waiting_for_a_request(self) -> bool:
+        # aiohttp's handler awaits `_waiter` while it has no request to serve.
+        waiter = getattr(self._handler, "_waiter", None)
+        return waiter is not None and not waiter.done()
+
+    def _arm(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire, self._requests())
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, requests_before: int) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is not None and self._requests() == requests_before and not transport.is_closing():
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._address is None:
+            return
+        self._disarm()
+        self._counts.release(self._address)
+        self._address = None
         self._handler.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._address is None:
+            return
+        before = self._requests()
         self._handler.data_received(data)
+        if self._requests() > before:
+            self._disarm()  # a head is complete: the next one gets a deadline of its own
+        elif self._timer is None and self._waiting_for_a_request():
+            # Bytes while the handler waits for a request are the start of the next head
+            # (body bytes arrive while a request is being handled): its deadline starts now.
+            self._arm()
 
     def eof_received(self) -> bool | None:
+        if self._address is None:
+            return None
         return self._handler.eof_received()  # type: ignore[no-any-return]
 
     def pause_writing(self) -> None:
-        self._handler.pause_writing()
+        if self._address is not None:
+            self._handler.pause_writing()
 
     def resume_writing(self) -> None:
-        self._handler.resume_writing()
+        if self._address is not None:
+            self._handler.resume_writing()
 
 
 class HeaderDeadline:
     """aiohttp's protocol factory, with every connection watched by `_Watched`."""
 
-    def __init__(self, server: Any, timeout: float) -> None:
+    def __init__(self, server: Any, timeout: float, max_connections_per_ip: int = 0) -> None:
         self._server = server
         self._timeout = timeout
+        self._counts = ConnectionCounts(max_connections_per_ip)
 
     def __call__(self) -> asyncio.Protocol:
-        return _Watched(self._server(), self._timeout)
+        return _Watched(self._server(), self._timeout, self._counts)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)  # shutdown(), connections, ... of the real server
@@ -188,11 +282,12 @@ class HeaderDeadline:
 
 async def serve(runner: web.AppRunner, host: str, port: int, limits: HttpLimits, *,
                 reuse_port: bool = False) -> web.TCPSite:
-    """Start `runner` on host:port with the header deadline in place."""
+    """Start `runner` on host:port with the header deadline and the connection cap in place."""
     await runner.setup()
     # AppRunner has no hook for its protocol factory; wrapping the one it made is the
     # smallest change that gives aiohttp a header timeout.
-    runner._server = HeaderDeadline(runner._server, limits.header_timeout)  # type: ignore[assignment]
+    runner._server = HeaderDeadline(runner._server, limits.header_timeout,  # type: ignore[assignment]
+                                    limits.max_connections_per_ip)
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
     await site.start()
     return site
