@@ -19,6 +19,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from messages.errors import Unavailable
+from messages.redact import redact_url
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -59,7 +60,8 @@ async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[]
         holder.append(nc)
         return nc
     except Exception as exc:
-        raise Unavailable(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from None
+        # The URL holds the role's password: the message goes to terminals and log files.
+        raise Unavailable(redact_url(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}")) from None
 
 
 class BusRuntime:

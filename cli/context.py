@@ -20,6 +20,7 @@ import click
 from bus.client import request as bus_request
 from bus.runtime import connect
 from messages.errors import RelayctlError
+from messages.redact import redact_url
 
 STATE_FILE = "services.json"
 
@@ -79,7 +80,8 @@ def cli_actor() -> str:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    # Every error the CLI prints passes here; none may show a URL's password.
+    click.echo(f"error: {redact_url(message)}", err=True)
     sys.exit(code)
 
 

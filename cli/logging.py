@@ -1,12 +1,26 @@
-"""structlog set-up for every process: JSON lines in production, readable in a terminal."""
+"""structlog set-up for every process: JSON lines in production, readable in a terminal.
+
+No log line carries a credential: every event passes `messages.redact.redact_processor`
+(after tracebacks are formatted), and stdlib logging (libraries such as nats-py and asyncio)
+goes to stderr through `RedactingFormatter`; so do the tracebacks of uncaught exceptions.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import threading
+import traceback
+from types import TracebackType
+from typing import Any
 
 import structlog
+
+from messages.redact import RedactingFormatter, redact_processor, redact_url
+
+# Marks the stderr handler installed here, so a second set-up does not add another.
+_HANDLER_NAME = "relayctl-redacting-stderr"
 
 
 def setup_logging(process: str, level: str | None = None, *, cache: bool = True) -> None:
@@ -20,6 +34,7 @@ def setup_logging(process: str, level: str | None = None, *, cache: bool = True)
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
@@ -27,3 +42,44 @@ def setup_logging(process: str, level: str | None = None, *, cache: bool = True)
         cache_logger_on_first_use=cache,
     )
     structlog.contextvars.bind_contextvars(process=process, pid=os.getpid())
+    _redact_stdlib_logging()
+    # A crash's traceback is printed by the interpreter, not logged: redacted all the same.
+    sys.excepthook = _redacting_excepthook
+    threading.excepthook = _redacting_thread_excepthook
+
+
+def _redacting_excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    sys.stderr.write(redact_url("".join(traceback.format_exception(kind, exc, tb))))
+
+
+def _redacting_thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    sys.stderr.write(f"Exception in thread {name}:\n")
+    _redacting_excepthook(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+
+
+class _StderrHandler(logging.StreamHandler[Any]):
+    """Writes to whatever `sys.stderr` is when a record comes (like logging's last resort)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _redact_stdlib_logging() -> None:
+    """Stdlib records (warnings and up, as Python's last-resort handler would print them)
+    reach stderr redacted."""
+    root = logging.getLogger()
+    if any(handler.get_name() == _HANDLER_NAME for handler in root.handlers):
+        return
+    handler = _StderrHandler()
+    handler.set_name(_HANDLER_NAME)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(RedactingFormatter("%(message)s"))
+    root.addHandler(handler)

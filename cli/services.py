@@ -42,6 +42,7 @@ from bus.embedded import (
 )
 from bus.runtime import connect
 from cli.context import Context, emit, fail
+from messages.redact import redact_url
 
 ACTORS = ACTOR_NAMES
 # "llm" is the embedded AI backend (bus/local_model.py): started only when its packages are
@@ -345,7 +346,7 @@ def register(main: click.Group) -> None:
         started = [n for n, s in report.items() if s == "running"]
         text = ("Nothing to do: every service is already running\n" if not started else "") + "\n".join(
             f"  {n:<9} {s}" for n, s in {**report, **skipped}.items()) + \
-            f"\nGateway: {out['gateway']}\nNATS:    {out['nats']}"
+            f"\nGateway: {out['gateway']}\nNATS:    {redact_url(str(out['nats']))}"
         emit(as_json, out, text)
         if detach:
             return
