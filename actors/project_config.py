@@ -164,11 +164,10 @@ def _published_keys(
 
 def _config(org: Org, project: Project, keys: list[ProjectKey]) -> dict[str, Any]:
     def option(name: str) -> Any:
-        # Copies, so the document never aliases state that a projection later mutates.
-        return copy.deepcopy(get_option(project, name, org=org))
+        return _json_copy(get_option(project, name, org=org))
 
     def org_option(name: str) -> Any:
-        return copy.deepcopy(get_org_option(org, name))
+        return _json_copy(get_org_option(org, name))
 
     config: dict[str, Any] = {
         "allowedDomains": option("sentry:origins"),
@@ -221,6 +220,13 @@ def _config(org: Org, project: Project, keys: list[ProjectKey]) -> dict[str, Any
     if metric_extraction is not None:
         config["metricExtraction"] = metric_extraction
     return config
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy (the document never aliases state that a projection later mutates), in the
+    JSON form Relay validated: values stored before validation made them JSON-normal (a
+    msgpack map with int keys, say) build as the JSON that was checked, instead of failing."""
+    return json.loads(json.dumps(value))
 
 
 def _filter_settings(option: Any) -> dict[str, Any]:

@@ -78,36 +78,49 @@ def test_non_string_map_keys_are_refused_naming_the_path(system: SystemUnderTest
         before["configs"][project["publicKey"]]["rev"]
 
 
-def test_one_unbuildable_project_never_blocks_the_others(system: SystemUnderTest, relay: RelayClient) -> None:
-    """A project whose stored options cannot be built (an int-keyed PII config written before
-    validation refused it) keeps its last good revision in the cache and is pending where a
-    fresh build is asked for (v2, v3 noCache); every other key in the same request is
-    served, and the failure is counted."""
-    bad = system.new_project()
-    good = system.new_project()
-    last_good = relay.poll([bad["publicKey"]], lambda r: bad["publicKey"] in r["configs"])
-
-    async def append_legacy_event() -> None:
-        nc = await nats.connect(system.nats_url)
+def append_legacy_option(nats_url: str, project: dict[str, Any], key: str, value: Any) -> None:
+    """Store a ProjectOptionSet no command would decide today (as an older version stored
+    it, or a bug might): straight into the event stream."""
+    async def append() -> None:
+        nc = await nats.connect(nats_url)
         try:
-            store = JetStreamEventStore(nc)
-            event = DomainEvent("ProjectOptionSet", bad["org"], payload={
-                "project": bad["slug"], "key": "sentry:relay_pii_config", "value": INT_KEYED_PII})
-            await store.append([event], None)
+            event = DomainEvent("ProjectOptionSet", project["org"],
+                                payload={"project": project["slug"], "key": key, "value": value})
+            await JetStreamEventStore(nc).append([event], None)
         finally:
             await nc.close()
 
-    asyncio.run(append_legacy_event())
-    # A later change the builder picks up proves the legacy event has been folded.
-    system.cli_ok("project", "option", "set", f"{bad['org']}/{bad['slug']}", "sentry:scrub_ip_address", "true")
-    keys = [bad["publicKey"], good["publicKey"]]
+    asyncio.run(append())
 
+
+def test_one_unbuildable_project_never_blocks_the_others(system: SystemUnderTest, relay: RelayClient) -> None:
+    """A stored int-keyed PII config (accepted before validation refused it) builds as the
+    JSON Relay validated. A project whose stored options cannot be built at all keeps its
+    last good revision in the cache and is pending where a fresh build is asked for (v2,
+    v3 noCache); every other key in the same request is served, and the failure is counted."""
+    legacy, bad, good = system.new_project(), system.new_project(), system.new_project()
+    last_good = relay.poll([bad["publicKey"]], lambda r: bad["publicKey"] in r["configs"])
+
+    append_legacy_option(system.nats_url, legacy, "sentry:relay_pii_config", INT_KEYED_PII)
+    append_legacy_option(system.nats_url, bad, "sentry:breakdowns",
+                         {"ops": {"type": "spanOperations", "matches": [b"\xff-not-json"]}})
+    # Later changes the builder picks up prove the legacy events have been folded.
+    for project in (legacy, bad):
+        system.cli_ok("project", "option", "set", f"{project['org']}/{project['slug']}",
+                      "sentry:scrub_ip_address", "true")
+
+    served = relay.poll([legacy["publicKey"]], lambda r: "project:1" in json.dumps(r["configs"]))
+    pii_config = served["configs"][legacy["publicKey"]]["config"]["piiConfig"]
+    assert pii_config["applications"] == {"$string": ["project:1"]}
+    validate_pii_config(json.dumps(pii_config))
+
+    keys = [bad["publicKey"], good["publicKey"], legacy["publicKey"]]
     status, v2 = relay.configs(keys, version=2)
     assert status == 200, v2
     assert good["publicKey"] in v2["configs"] and bad["publicKey"] not in v2["configs"]
     status, v3 = relay.configs(keys, version=3, noCache=True)
     assert status == 200, v3
-    assert good["publicKey"] in v3["configs"], v3
+    assert good["publicKey"] in v3["configs"] and legacy["publicKey"] in v3["configs"], v3
     assert bad["publicKey"] in v3["pending"] and bad["publicKey"] not in v3["configs"], v3
     # The cache keeps the last good revision of the unbuildable project.
     status, v3 = relay.configs(keys, version=3)
@@ -123,8 +136,9 @@ def test_one_unbuildable_project_never_blocks_the_others(system: SystemUnderTest
     assert any(k.startswith("config.build_failures") for k in counters)
 
     # The operator repairs it with an ordinary command; the project is served again.
-    system.cli_ok("project", "option", "unset", f"{bad['org']}/{bad['slug']}", "sentry:relay_pii_config")
-    relay.poll([bad["publicKey"]], lambda r: bad["publicKey"] in r["configs"])
+    system.cli_ok("project", "option", "unset", f"{bad['org']}/{bad['slug']}", "sentry:breakdowns")
+    relay.poll([bad["publicKey"]], lambda r: bad["publicKey"] in r["configs"]
+               and r["configs"][bad["publicKey"]]["rev"] != last_good["configs"][bad["publicKey"]]["rev"])
 
 
 def test_pii_configs_are_validated_as_the_merge_relays_get(system: SystemUnderTest, relay: RelayClient) -> None:

@@ -470,3 +470,19 @@ def test_an_import_is_checked_as_the_merge_it_leaves() -> None:
     state = pii_state(org_pii=TOKENS, project_pii=uses_tok)
     with pytest.raises(BadRequest, match="project `acme/web`"):
         decide(state, "import.org", org={"slug": "acme", "options": {PII_OPTION: pii("other", "x")}})
+
+
+def test_values_stored_before_json_validation_build_as_the_json_relay_checked() -> None:
+    """A legacy value with int map keys (or tuples) builds as its JSON form, which is what
+    validation showed Relay; one that has no JSON form fails the build (and only it)."""
+    legacy = {"rules": {1: {"type": "ip", "redaction": {"method": "remove"}}}, "applications": {"$string": ("1",)}}
+    org, project, key = make(project_options={"sentry:relay_pii_config": legacy,
+                                              "sentry:breakdowns": {"a": {"type": "spanOperations",
+                                                                          "matches": ["db"]}, 2: None}})
+    document = build_project_config(org, project, key)
+    assert document["config"]["piiConfig"] == {"rules": {"project:1": legacy["rules"][1]},
+                                               "applications": {"$string": ["project:1"]}}
+    assert document["rev"] and document["config"]["breakdownsV2"]["2"] is None
+    project.options["sentry:breakdowns"] = {"a": {"type": "spanOperations", "matches": [b"\xff"]}}
+    with pytest.raises(TypeError):
+        build_project_config(org, project, key)
