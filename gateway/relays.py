@@ -372,7 +372,7 @@ class RelayEndpoints:
 
     async def public_keys(self, request: web.Request) -> web.Response:
         body = await request.read()
-        await self.authenticate(request, body)
+        caller = await self.authenticate(request, body)
         data = parse_json(body)
         ids = data.get("relay_ids") if isinstance(data, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -384,8 +384,9 @@ class RelayEndpoints:
         relays: dict[str, Any] = {}
         for relay_id, info in zip(ids, infos):
             keys[relay_id] = info["publicKey"] if info else None
-            relays[relay_id] = ({"publicKey": info["publicKey"], "internal": bool(info.get("internal"))}
-                                if info else None)
+            # As Sentry: whether a relay is internal is told to internal relays only.
+            relays[relay_id] = ({"publicKey": info["publicKey"],
+                                 "internal": caller.internal and bool(info.get("internal"))} if info else None)
         return json_response({"public_keys": keys, "relays": relays})
 
     async def project_ids(self, request: web.Request) -> web.Response:

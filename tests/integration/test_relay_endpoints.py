@@ -136,12 +136,13 @@ def test_odd_relay_id_headers_are_401(relay: RelayClient, relay_id: str) -> None
 # -- publickeys/ -------------------------------------------------------------------------------------
 
 def test_publickeys_known_and_unknown(system: SystemUnderTest, relay: RelayClient) -> None:
-    """`publickeys/` answers each registered relay's key and internal flag, and null for unknown ids."""
+    """`publickeys/` answers an internal caller each registered relay's key and internal
+    flag, and null for unknown ids."""
     external = RelayClient(system.url)
     system.cli_ok("relay", "allow", "--", external.public_key_str)
     external.register()
     unknown = str(uuid.uuid4())
-    status, data = external.post("publickeys/", {"relay_ids": [relay.relay_id, external.relay_id, unknown]})
+    status, data = relay.post("publickeys/", {"relay_ids": [relay.relay_id, external.relay_id, unknown]})
     assert status == 200
     assert data == {
         "public_keys": {relay.relay_id: relay.public_key_str, external.relay_id: external.public_key_str,
@@ -151,6 +152,19 @@ def test_publickeys_known_and_unknown(system: SystemUnderTest, relay: RelayClien
                    unknown: None},
     }
     sentry_relay.PublicKey.parse(data["public_keys"][relay.relay_id])
+
+
+def test_publickeys_tells_an_external_relay_no_one_is_internal(system: SystemUnderTest, relay: RelayClient) -> None:
+    """As Sentry: an external caller gets every relay's key but `internal: false` for all,
+    itself and internal relays included."""
+    external = RelayClient(system.url)
+    system.cli_ok("relay", "allow", "--", external.public_key_str)
+    external.register()
+    status, data = external.post("publickeys/", {"relay_ids": [relay.relay_id, external.relay_id]})
+    assert status == 200
+    assert data["public_keys"] == {relay.relay_id: relay.public_key_str, external.relay_id: external.public_key_str}
+    assert data["relays"] == {relay.relay_id: {"publicKey": relay.public_key_str, "internal": False},
+                              external.relay_id: {"publicKey": external.public_key_str, "internal": False}}
 
 
 @pytest.mark.parametrize("body", [b"[]", b"{}", b'{"relay_ids": "x"}', b'{"relay_ids": [1]}',
