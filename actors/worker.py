@@ -1,9 +1,10 @@
 """Run actor instances in this process: `relayctl worker` and `relayctl up` use this.
 
-`ACTOR_KINDS` lists every actor: how to start it and which NATS subjects (and message
-types) it serves. A `Worker` connects once, makes sure the event stream exists, starts each
-actor under a `Supervisor`, waits for its replay, then registers its micro service in the
-actor's queue group, so a new instance only takes requests once it can answer them.
+`_kinds()` lists every actor: how to start it and what it is for; the NATS subjects (and
+message types) each serves come from the endpoint table (messages/endpoints.py). A
+`Worker` connects once, makes sure the event stream exists, starts each actor under a
+`Supervisor`, waits for its replay, then registers its micro service in the actor's queue
+group, so a new instance only takes requests once it can answer them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from bus.eventstore import JetStreamEventStore
 from bus.process import instrument
 from bus.runtime import BusRuntime
 from bus.service import ActorService
-from messages.commands import CONTROL, Schema, served_on
-from messages.subjects import CONTROL_ALL
+from messages.endpoints import ACTORS, served_by
+from messages.schema import Schema
 
 log = structlog.get_logger(__name__)
 
@@ -55,31 +56,31 @@ def _kinds() -> dict[str, ActorKind]:
 
     return {
         "commands": ActorKind(
-            "commands", lambda d: CommandActor.start(d.runtime, d.store), {CONTROL_ALL: CONTROL},
+            "commands", lambda d: CommandActor.start(d.runtime, d.store), served_by("commands"),
             "control messages in, domain events out"),
         "keys": ActorKind(
             "keys", lambda d: KeyLookupActor.start(d.runtime, d.store),
-            served_on("rc.keys.lookup"), "public key -> project, status, rate limits"),
+            served_by("keys"), "public key -> project, status, rate limits"),
         "orgs": ActorKind(
             "orgs", lambda d: OrgAccessActor.start(d.runtime, d.store, d.redis_url),
-            served_on("rc.org.access"), "org access, trusted and registered relays"),
+            served_by("orgs"), "org access, trusted and registered relays"),
         "configs": ActorKind(
             "configs", lambda d: ConfigActor.start(d.runtime, d.store, d.redis_url),
-            served_on("rc.config.get", "rc.config.build"),
+            served_by("configs"),
             "builds project configs and materializes them into Redis"),
         "metrics": ActorKind(
             "metrics", lambda d: MetricsActor.start(d.runtime),
-            served_on("rc.metrics.query"), "aggregated internal metrics"),
+            served_by("metrics"), "aggregated internal metrics"),
         "transport": ActorKind(
             "transport", lambda d: TransportActor.start(d.runtime),
-            served_on("rc.transport.control"), "forwards the system's own error reports"),
+            served_by("transport"), "forwards the system's own error reports"),
         "ai": ActorKind(
-            "ai", ai_actor_factory(), served_on("rc.ai.suggest", "rc.events.store"),
+            "ai", ai_actor_factory(), served_by("ai"),
             "AI fix suggestions and the error events they are for"),
     }
 
 
-ACTOR_NAMES = ("commands", "keys", "orgs", "configs", "metrics", "transport", "ai")
+ACTOR_NAMES = ACTORS
 
 
 class Worker:

@@ -19,13 +19,17 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from messages.commands import QUERY_SUBJECTS, control_subject
+from messages.endpoints import endpoint_for
 from messages.envelope import Request, decode_reply
-from messages.errors import DeadlineExceeded, Unavailable
+from messages.errors import BadRequest, DeadlineExceeded, Unavailable
 
 
 def subject_for(message_type: str) -> str:
-    return QUERY_SUBJECTS.get(message_type) or control_subject(message_type)
+    """The subject that serves `message_type` (messages/endpoints.py)."""
+    try:
+        return endpoint_for(message_type).subject
+    except KeyError:
+        raise BadRequest(f"unknown message type {message_type!r}") from None
 
 
 async def request(nc: NATS, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from messages.endpoints import ENDPOINTS, KV, OBJECT, OPERATOR, REPLY_WINDOW, ROLES, STORES, STREAM, TOPICS, Store
+from messages.subjects import inbox_prefix
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -160,66 +163,71 @@ def start_redis(data_dir: Path, port: int | None = None, *, log_path: Path | Non
 CREDENTIALS_FILE = "nats-credentials.json"
 AUTH_CONFIG = "auth.conf"
 
-# What every process does: answer requests (replies go to the asker's inbox), get replies and
-# stream deliveries on its own inboxes, publish its metric points and its own error reports.
-_PROCESS = {"pub": ["_INBOX.>", "rc.metrics.record", "rc.transport.envelope"], "sub": ["_INBOX.>"]}
+def _store_permissions(store: Store, role: str) -> list[str]:
+    """What `role` publishes to use `store`: read it - info and gets, and for a stream or
+    object store ordered consumers (create, info, delete, flow control; $JS.API.STREAM.NAMES:
+    reading an object looks its stream up by subject) - and create it when it may be the
+    first (a reader of the event stream, a writer of a bucket); a writer puts into a bucket
+    (an object store purges a replaced object's old chunks). Never update, purge or delete
+    the event stream."""
+    if role not in store.readers and role not in store.writers:
+        return []
+    stream = {STREAM: store.name, KV: f"KV_{store.name}", OBJECT: f"OBJ_{store.name}"}[store.kind]
+    out = [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.DIRECT.GET.{stream}",
+           f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.STREAM.MSG.GET.{stream}"]
+    if role in store.writers or store.kind == STREAM:
+        out.append(f"$JS.API.STREAM.CREATE.{stream}")
+    if store.kind != KV:  # a KV bucket is only got and put: no consumer to point anywhere
+        out += [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
+                f"$JS.API.CONSUMER.INFO.{stream}.>", f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>"]
+    if store.kind == OBJECT:
+        out.append("$JS.API.STREAM.NAMES")
+    if role in store.writers:
+        out += {KV: [f"$KV.{store.name}.>"], OBJECT: [f"$O.{store.name}.>", f"$JS.API.STREAM.PURGE.{stream}"],
+                STREAM: []}[store.kind]
+    return out
 
 
-def _stream_reader(stream: str) -> list[str]:
-    """Reading a JetStream stream: info, ordered consumers (create, info, delete, flow
-    control), direct and API gets. Never update, purge or delete."""
-    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.>",
-            f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.API.DIRECT.GET.{stream}",
-            f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.ACK.{stream}.>"]
+def role_permissions(role: str) -> dict[str, Any]:
+    """The nats-server permissions of `role`, derived from the endpoint table
+    (messages/endpoints.py): it subscribes to its own inbox prefix, the endpoints it serves
+    (and its micro service's $SRV subjects) and the topics it follows; it publishes the
+    endpoints it may call, the topics it may publish and what its stores need. A service
+    answers only the requests it received (`allow_responses`: no inbox is writable
+    otherwise), once per request - a streamed endpoint many times - within `REPLY_WINDOW`."""
+    if role == OPERATOR:
+        return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+    publish: set[str] = set()
+    subscribe = {inbox_prefix(role) + ".>"}
+    for endpoint in ENDPOINTS:
+        if endpoint.actor == role:
+            subscribe.add(endpoint.subject)
+        if endpoint.may_call(role):
+            publish.add(endpoint.subject)
+    for topic in TOPICS:
+        if role in topic.publishers:
+            publish.add(topic.subject)
+        if role in topic.subscribers:
+            subscribe.add(topic.subject)
+    for store in STORES:
+        publish.update(_store_permissions(store, role))
+    served = [endpoint for endpoint in ENDPOINTS if endpoint.actor == role]
+    permissions: dict[str, Any] = {}
+    if served:
+        # nats.micro: $SRV.<verb> (all services), $SRV.<verb>.<name> and $SRV.<verb>.<name>.<id>
+        subscribe.update(("$SRV.*", f"$SRV.*.{role}", f"$SRV.*.{role}.*"))
+        streamed = any(endpoint.streamed for endpoint in served)
+        permissions["allow_responses"] = {"max": -1 if streamed else 1, "expires": f"{REPLY_WINDOW}s"}
+    permissions["publish"] = {"allow": sorted(publish)}
+    permissions["subscribe"] = {"allow": sorted(subscribe)}
+    return permissions
 
 
-def _bucket(kind: str, name: str) -> list[str]:
-    """A KV (`$KV`) or object store (`$O`) bucket of our own: create it, read and write it.
-    An object store purges a replaced object's old chunks."""
-    stream = ("KV_" if kind == "$KV" else "OBJ_") + name
-    return _stream_reader(stream) + [f"$JS.API.STREAM.CREATE.{stream}", f"{kind}.{name}.>"] + (
-        [f"$JS.API.STREAM.PURGE.{stream}"] if kind == "$O" else [])
-
-
-# Every actor: a micro service ($SRV.PING/INFO/STATS), the event stream (created by whichever
-# process comes first, replayed and followed, never written), snapshots in the object store.
-# ($JS.API.STREAM.NAMES: reading an object looks its stream up by subject.) Actors may ask
-# each other's read-only queries: the command handlers wait on rc.org.access until a relay
-# change is applied.
-_QUERIES = ["rc.keys.lookup", "rc.org.access", "rc.config.get", "rc.config.build"]
-_ACTOR = {"pub": ["$JS.API.STREAM.CREATE.RC_EVENTS", "$JS.API.STREAM.NAMES", "$JS.FC.>", *_QUERIES,
-                  *_stream_reader("RC_EVENTS"),
-                  *_bucket("$O", "rc_snapshots")],
-          "sub": ["$SRV.>"]}
-
-
-def _role(*parts: dict[str, list[str]], pub: tuple[str, ...] = (), sub: tuple[str, ...] = ()) -> dict[str, Any]:
-    publish = [s for p in parts for s in p.get("pub", [])] + list(pub)
-    subscribe = [s for p in parts for s in p.get("sub", [])] + list(sub)
-    return {"publish": {"allow": sorted(set(publish))}, "subscribe": {"allow": sorted(set(subscribe))}}
-
-
-# role -> nats-server permissions. A role is named after the service `up` runs with it.
-NATS_ROLES: dict[str, dict[str, Any]] = {
-    "operator": {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}},
-    # the only role that may append domain events: JetStream stores what is published on rc.ev.>
-    "commands": _role(_PROCESS, _ACTOR, pub=("rc.ev.>",), sub=("rc.ctl.>",)),
-    "keys": _role(_PROCESS, _ACTOR, sub=("rc.keys.lookup",)),
-    "orgs": _role(_PROCESS, _ACTOR, pub=("rc.relay.changed",), sub=("rc.org.access",)),
-    "configs": _role(_PROCESS, _ACTOR, pub=("rc.config.changed.>",), sub=("rc.config.get", "rc.config.build")),
-    "metrics": _role(_PROCESS, _ACTOR, sub=("rc.metrics.record", "rc.metrics.query")),
-    "transport": _role(_PROCESS, _ACTOR, sub=("rc.transport.envelope", "rc.transport.control")),
-    "ai": _role(_PROCESS, _ACTOR, {"pub": _bucket("$KV", "rc_error_events")},
-                sub=("rc.ai.suggest", "rc.events.store", "rc.events.ingest.>")),
-    # The internet-facing gateway: queries only, plus the two control commands its endpoints
-    # need (recording a relay that completed registration, checking a user API token) and the
-    # KV bucket that holds the registration secret. No rc.ev.>, no other rc.ctl.>, no stream API.
-    "gateway": _role({"pub": ["rc.metrics.record", "rc.transport.envelope", *_QUERIES, "rc.ai.suggest",
-                              "rc.metrics.query",
-                              "rc.ctl.relay.register", "rc.ctl.user.authenticate", *_bucket("$KV", "rc_gateway")],
-                      "sub": ["_INBOX.>", "rc.relay.changed"]}),
-}
+# role -> nats-server permissions. A role is named after the service `up` runs with it: the
+# operator (the CLI) may do everything; only the command handlers may append domain events
+# (rc.ev.>); the internet-facing gateway asks the actor queries, sends the two control
+# messages its endpoints need (relay.register, user.authenticate) and keeps its KV bucket.
+NATS_ROLES: dict[str, dict[str, Any]] = {role: role_permissions(role) for role in ROLES}
 
 
 def nats_passwords(data_dir: Path) -> dict[str, str]:

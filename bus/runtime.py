@@ -4,6 +4,11 @@ pykka actors run on their own threads; NATS runs on asyncio. `BusRuntime` owns t
 thread and the connection. Actor threads call `runtime.call(coro)` to run a coroutine on
 the loop and wait for it (an actor may block; the loop never does). Loop code hands work to
 actors with `tell` and gets answers back through `loop.call_soon_threadsafe`.
+
+A connection's replies and JetStream deliveries arrive on inboxes under the prefix of the
+NATS role it connects as (`_INBOX.<role>`, messages/subjects.py), the only inboxes that
+role may subscribe to. The role is the URL's user name when it names one (the URLs `up`
+hands its processes do); any other URL - an external NATS - uses the plain `_INBOX`.
 """
 
 from __future__ import annotations
@@ -13,23 +18,36 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats
 import structlog
 from nats.aio.client import Client as NATS
 
+from messages.endpoints import ROLES
 from messages.errors import Unavailable
 from messages.redact import redact_url
+from messages.subjects import inbox_prefix
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 
+def role_of(url: str) -> str | None:
+    """The NATS role a URL connects as: its (first) user name, if that is a role."""
+    try:
+        user = urlsplit(url.split(",")[0].strip()).username
+    except ValueError:
+        return None
+    return user if user in ROLES else None
+
+
 async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[], Any] | None = None,
                   on_disconnect: Callable[[], Any] | None = None,
                   connect_timeout: float = 2.0, max_reconnect_attempts: int = -1,
-                  allow_reconnect: bool = True, quiet: bool = False) -> NATS:
-    """Connect with reconnects forever: a NATS restart must never need a process restart."""
+                  allow_reconnect: bool = True, quiet: bool = False, role: str | None = None) -> NATS:
+    """Connect with reconnects forever: a NATS restart must never need a process restart.
+    Replies come to the inbox prefix of `role` (default: the URL's, `role_of`)."""
 
     holder: list[NATS] = []
 
@@ -55,7 +73,7 @@ async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[]
             servers, name=name, connect_timeout=connect_timeout, reconnect_time_wait=0.5,
             max_reconnect_attempts=max_reconnect_attempts, allow_reconnect=allow_reconnect,
             disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error,
-            max_outstanding_pings=3, ping_interval=5,
+            max_outstanding_pings=3, ping_interval=5, inbox_prefix=inbox_prefix(role or role_of(url)),
         )
         holder.append(nc)
         return nc

@@ -9,6 +9,14 @@ a caller never waits past its own deadline.
 
 Registering through `nats.micro` makes `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` answer
 for every actor service.
+
+An endpoint accepts only its own message types (messages/endpoints.py): a request of
+another type gets a `bad_request` reply naming what the subject accepts. A request must
+come with an inbox as its reply subject (`_INBOX.…`, where every NATS client gets its
+replies). Anything else that arrives on a service subject - a JetStream push consumer
+whose deliveries someone pointed at it, replying to `$JS.ACK.…` - was not sent as a
+request by any client: it is dropped unanswered, so a stored message (written by a role
+that may write some bucket) can never be replayed as a command.
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ import structlog
 from nats import micro
 from nats.micro.request import Request as MicroRequest
 
+from messages.endpoints import endpoint_for
 from messages.envelope import Request, decode_request, encode_error, encode_result
 from messages.errors import BadRequest, DeadlineExceeded, Overloaded, RelayctlError, Unavailable
 from messages.schema import Schema, validate
+from messages.subjects import INBOX_ROOT
 
 log = structlog.get_logger(__name__)
 
@@ -96,11 +106,15 @@ class ActorService:
         return handler
 
     async def _serve(self, msg: MicroRequest, schemas: dict[str, Schema]) -> None:
+        reply = msg._msg.reply  # nats.micro's Request does not expose the reply subject
+        if not _is_inbox(reply):
+            log.warning("service.not_a_request", service=self.name, subject=msg.subject, reply=reply)
+            return
         try:
             request = decode_request(msg.data)
             schema = schemas.get(request.type)
             if schema is None:
-                raise BadRequest(f"unknown message type {request.type!r} on {msg.subject}")
+                raise BadRequest(_wrong_type(request.type, msg.subject, schemas))
             request.payload = validate(schema, request.payload)
             if request.remaining() <= 0:
                 raise DeadlineExceeded("the request's deadline passed before it was served")
@@ -132,6 +146,20 @@ class ActorService:
             await _respond_error(msg, RelayctlError("internal error"))
         finally:
             self.in_flight -= 1
+
+
+def _is_inbox(reply: str) -> bool:
+    return reply.startswith(INBOX_ROOT + ".")
+
+
+def _wrong_type(message_type: str, subject: str, schemas: dict[str, Schema]) -> str:
+    accepted = ", ".join(schemas)
+    try:
+        served_on = endpoint_for(message_type).subject
+    except KeyError:
+        return f"unknown message type {message_type!r} on {subject} (it accepts {accepted})"
+    return (f"message type {message_type!r} is not accepted on {subject} (it accepts {accepted}); "
+            f"it is sent on {served_on}")
 
 
 def _settle(future: asyncio.Future[Any], error: RelayctlError | None, result: Any) -> None:

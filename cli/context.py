@@ -19,6 +19,7 @@ import click
 
 from bus.client import request as bus_request
 from bus.runtime import connect
+from messages.endpoints import retry_safe
 from messages.errors import RelayctlError
 from messages.redact import redact_url
 
@@ -60,8 +61,10 @@ class Context:
             nc = await connect(self.nats_url, name="relayctl-cli", max_reconnect_attempts=1,
                                allow_reconnect=False, quiet=True)
             try:
+                # Reads may be asked again (another instance may answer); a change is never
+                # sent twice from here.
                 return await bus_request(nc, message_type, payload, timeout=timeout, actor=cli_actor(),
-                                         retries=2 if message_type.endswith(("_get", "list")) else 0)
+                                         retries=2 if retry_safe(message_type) else 0)
             finally:
                 await nc.close()
 

@@ -32,11 +32,10 @@ from gateway.errors import HTTPFailure, error_response, from_error, json_respons
 from gateway.limits import HttpLimits, limits_middleware, serve
 from gateway.relays import BodyCache, RelayAuthCache, RelayEndpoints
 from messages.errors import RelayctlError
-from messages.subjects import RELAY_CHANGED
+from messages.subjects import GATEWAY_BUCKET, RELAY_CHANGED
 
 log = structlog.get_logger(__name__)
 MAX_BODY = 10 * 1024 * 1024
-GATEWAY_BUCKET = "rc_gateway"
 SECRET_KEY = "registration_secret"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

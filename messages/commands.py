@@ -1,9 +1,10 @@
 """Control messages (subject `rc.ctl.<aggregate>.<command>`) and query messages.
 
 Each entry of `CONTROL` maps a message type `"<aggregate>.<command>"` to the schema of its
-payload. The CLI sends these; so may any service. Changes reply once their events are
-stored; reads reply with state that includes every change acknowledged before they were
-sent (read-your-writes).
+payload; `QUERIES` does the same for the actor queries. The subject each type is sent on,
+who serves it and who may send it are in `messages/endpoints.py`. Changes reply once their
+events are stored; reads reply with state that includes every change acknowledged before
+they were sent (read-your-writes).
 """
 
 from __future__ import annotations
@@ -98,29 +99,3 @@ QUERIES: dict[str, Schema] = {
     "transport.flush": {},
 }
 
-
-# The subject each query is served on (control messages: `control_subject`).
-QUERY_SUBJECTS: dict[str, str] = {
-    "keys.lookup": "rc.keys.lookup",
-    "org.has_access": "rc.org.access",
-    "org.relay_auth": "rc.org.access",
-    "config.get": "rc.config.get",
-    "config.get_v1": "rc.config.get",
-    "config.history": "rc.config.get",
-    "config.build": "rc.config.build",
-    "metrics.snapshot": "rc.metrics.query",
-    "ai.suggest": "rc.ai.suggest",
-    "events.store": "rc.events.store",
-    "events.get": "rc.events.store",
-    "transport.flush": "rc.transport.control",
-}
-
-
-def served_on(*subjects: str) -> dict[str, dict[str, Schema]]:
-    """The endpoints of an actor serving `subjects`: each subject with its message schemas."""
-    return {subject: {t: QUERIES[t] for t, s in QUERY_SUBJECTS.items() if s == subject} for subject in subjects}
-
-
-def control_subject(message_type: str) -> str:
-    aggregate, command = message_type.split(".", 1)
-    return f"rc.ctl.{aggregate}.{command}"

@@ -1,30 +1,57 @@
-"""Every NATS subject and JetStream name the system uses, in one place."""
+"""Every NATS subject and JetStream name the system uses, in one place.
+
+A subject with a variable token is given as its NATS pattern (`*` for the token, as the
+permissions and subscriptions use it) plus a function that fills the token in. Who serves,
+calls, publishes and subscribes each subject is in `messages/endpoints.py`.
+"""
 
 from __future__ import annotations
 
-PREFIX = "rc"
+# JetStream: the event stream and the buckets
 EVENT_STREAM = "RC_EVENTS"
 EVENT_SUBJECTS = "rc.ev.>"
 SNAPSHOT_BUCKET = "rc_snapshots"
 ERROR_EVENT_BUCKET = "rc_error_events"
+GATEWAY_BUCKET = "rc_gateway"
 
-# request/reply
-CONTROL = "rc.ctl.{aggregate}.{command}"
-CONTROL_ALL = "rc.ctl.>"
+# request/reply: `rc.ctl.<aggregate>.<command>` for every control message, and the queries
+CONTROL_PREFIX = "rc.ctl"
 KEYS_LOOKUP = "rc.keys.lookup"
 ORG_ACCESS = "rc.org.access"
 CONFIG_GET = "rc.config.get"
 CONFIG_BUILD = "rc.config.build"
 AI_SUGGEST = "rc.ai.suggest"
+EVENTS_STORE = "rc.events.store"
 METRICS_QUERY = "rc.metrics.query"
+TRANSPORT_CONTROL = "rc.transport.control"
 
-# publish
-EVENTS_INGEST = "rc.events.ingest.{project_id}"
+# publish only
+EVENTS_INGEST = "rc.events.ingest.*"  # .<project id>
 TRANSPORT_ENVELOPE = "rc.transport.envelope"
 METRICS_RECORD = "rc.metrics.record"
-CONFIG_CHANGED = "rc.config.changed.{public_key}"
+CONFIG_CHANGED = "rc.config.changed.*"  # .<project key>
 RELAY_CHANGED = "rc.relay.changed"
 
+# Replies and JetStream deliveries go to inboxes `<prefix>.<unique token>`. Each NATS role
+# has its own prefix under the root (`_INBOX.<role>`), so a role may subscribe to its own
+# replies only; a connection of no known role uses the root itself (nats-py's default).
+INBOX_ROOT = "_INBOX"
 
-def control(aggregate: str, command: str) -> str:
-    return CONTROL.format(aggregate=aggregate, command=command)
+
+def control(message_type: str) -> str:
+    """The subject of the control message `<aggregate>.<command>`."""
+    aggregate, _, command = message_type.partition(".")
+    return f"{CONTROL_PREFIX}.{aggregate}.{command}"
+
+
+def events_ingest(project_id: int | str) -> str:
+    return EVENTS_INGEST.replace("*", str(project_id))
+
+
+def config_changed(public_key: str) -> str:
+    return CONFIG_CHANGED.replace("*", public_key)
+
+
+def inbox_prefix(role: str | None) -> str:
+    """The inbox prefix of a connection made as `role` (None: no role, the root)."""
+    return f"{INBOX_ROOT}.{role}" if role else INBOX_ROOT

@@ -1,9 +1,9 @@
 """NATS roles under `relayctl up`: every process connects as its role, the server refuses
 what a role may not do, and the whole system still works with credentials.
 
-The tests of this module share one system started with the real console script and run
-in file order: the system's own traffic first (no permission violation at all), then the
-forbidden attempts.
+The tests of this module share one system started with the real console script (its AI
+actor pointed at a stub model) and run in file order: the system's own traffic first (no
+permission violation at all), then the forbidden attempts.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,15 +20,22 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js import api
 
 from bus.client import request as bus_request
 from bus.embedded import AUTH_CONFIG, CREDENTIALS_FILE, NATS_ROLES, role_url
 from bus.snapshots import SnapshotStore
-from cli.services import SERVICES
-from gateway.app import registration_secret
-from messages.errors import DeadlineExceeded, RelayctlError
-from messages.subjects import EVENT_STREAM
-from tests.system import RelayClient, RelayctlProcess
+from bus.streaming import Chunk, Final, stream_request
+from cli.services import ACTORS, SERVICES
+from gateway.app import GATEWAY_BUCKET, registration_secret
+from messages.envelope import Request
+from messages.errors import BadRequest, DeadlineExceeded, RelayctlError
+from messages.subjects import EVENT_STREAM, SNAPSHOT_BUCKET, inbox_prefix
+from tests.ai_helpers import error_event, sse_text
+from tests.openai_stub import OpenAIStub
+from tests.system import RelayClient, RelayctlProcess, http_request
+
+SUGGESTION = "Check that `rate` is set before you use it, then read it with a default."
 
 
 class UpSystem(RelayctlProcess):
@@ -45,26 +53,30 @@ class UpSystem(RelayctlProcess):
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpSystem]:
-    system = UpSystem(tmp_path_factory.mktemp("nats-security") / "data")
-    try:
-        system.out = system.ok("up", "--detach", "--bind", system.bind, "--exclude", "llm", "--json")
-        yield system
-    finally:
-        system.run("down", timeout=60)
+    with OpenAIStub(reply_text=SUGGESTION) as stub:
+        system = UpSystem(tmp_path_factory.mktemp("nats-security") / "data")
+        system.env.update({"OPENAI_BASE_URL": stub.url, "OPENAI_API_KEY": "test-key", "RELAYCTL_AI_MODEL": "stub"})
+        try:
+            system.out = system.ok("up", "--detach", "--bind", system.bind, "--exclude", "llm", "--json")
+            yield system
+        finally:
+            system.run("down", timeout=60)
 
 
 class Connection:
-    """A NATS connection as one role, recording the errors the server reports to it."""
+    """A NATS connection as one role (its replies on the role's inbox prefix, as the
+    system's own processes get them), recording the errors the server reports to it."""
 
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.nc: NATS | None = None
 
-    async def open(self, url: str) -> NATS:
+    async def open(self, url: str, role: str) -> NATS:
         async def on_error(exc: Exception) -> None:
             self.errors.append(str(exc))
 
-        self.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, connect_timeout=3)
+        self.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, connect_timeout=3,
+                                     inbox_prefix=inbox_prefix(role))
         return self.nc
 
     def violations(self) -> list[str]:
@@ -75,7 +87,7 @@ class Connection:
 def as_role(up: UpSystem, role: str, body: Callable[[NATS, Connection], Awaitable[Any]]) -> Any:
     async def run() -> Any:
         conn = Connection()
-        nc = await conn.open(up.url(role))
+        nc = await conn.open(up.url(role), role)
         try:
             return await body(nc, conn)
         finally:
@@ -179,6 +191,80 @@ def test_the_gateway_role_reads_its_registration_secret_and_asks_queries(up: UpS
     assert secret and found == {"0" * 32: None} and violations == []
 
 
+def new_project(up: UpSystem) -> tuple[str, str]:
+    org = "sec-" + uuid.uuid4().hex[:8]
+    up.ok("org", "create", org)
+    up.ok("project", "create", org, "web", "--json")
+    return org, "web"
+
+
+def store_event(up: UpSystem, org: str, project: str, tmp_path: Path) -> str:
+    path = tmp_path / f"event-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps(error_event()))
+    return str(up.ok("event", "store", str(path), "--project", f"{org}/{project}", "--json")["eventId"])
+
+
+def srv_replies(up: UpSystem, subject: str) -> list[dict[str, Any]]:
+    async def body(nc: NATS, _: Connection) -> list[dict[str, Any]]:
+        replies: list[dict[str, Any]] = []
+
+        async def collect(msg: Any) -> None:
+            replies.append(json.loads(msg.data))
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=collect)
+        await nc.publish(subject, b"", reply=inbox)
+        await asyncio.sleep(0.5)
+        await sub.unsubscribe()
+        return replies
+    return as_role(up, "operator", body)  # type: ignore[no-any-return]
+
+
+def test_every_actor_answers_srv_ping_info_and_stats_as_its_role(up: UpSystem) -> None:
+    """Each actor's micro service answers $SRV.PING, $SRV.INFO and $SRV.STATS (a reply to a
+    request it received), and the command handlers list one endpoint per control subject."""
+    assert sorted(reply["name"] for reply in srv_replies(up, "$SRV.PING")) == sorted(ACTORS)
+    [commands] = srv_replies(up, "$SRV.INFO.commands")
+    subjects = {e["subject"] for e in commands["endpoints"]}
+    assert {"rc.ctl.relay.register", "rc.ctl.relay.allow", "rc.ctl.user.token_create"} <= subjects
+    assert not any(s.endswith(">") or "*" in s for s in subjects), subjects
+    [stats] = srv_replies(up, "$SRV.STATS.keys")
+    assert stats["type"] == "io.nats.micro.v1.stats_response"
+    assert "Violation" not in up.nats_log()
+
+
+def test_an_ai_suggestion_streams_its_chunks_to_the_gateway_role(up: UpSystem, tmp_path: Path) -> None:
+    """The AI actor answers one request with many replies - the chunks, then the result - to
+    the gateway's own inbox, over NATS as the gateway role and over HTTP through the gateway."""
+    org, project = new_project(up)
+    event_id = store_event(up, org, project, tmp_path)
+
+    async def body(nc: NATS, conn: Connection) -> Any:
+        items: list[Chunk | Final] = []
+        async with stream_request(nc, "ai.suggest", {"org": org, "project": project, "event_id": event_id},
+                                  timeout=30) as replies:
+            async for item in replies:
+                items.append(item)
+        await nc.flush()
+        return items, conn.violations()
+    items, violations = as_role(up, "gateway", body)
+    chunks = [item.text for item in items if isinstance(item, Chunk)]
+    assert len(chunks) > 1 and "".join(chunks) == SUGGESTION, items
+    assert isinstance(items[-1], Final) and violations == []
+
+    org, project = new_project(up)  # a new project: no cached answer
+    event_id = store_event(up, org, project, tmp_path)
+    username = "streamer-" + uuid.uuid4().hex[:8]
+    up.ok("user", "create", username)
+    token = up.ok("token", "create", username, "--json")["token"]
+    status, headers, sse = http_request(
+        f"{up.out['gateway']}/api/0/projects/{org}/{project}/events/{event_id}/ai-fix-suggest/?stream=yes",
+        headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream"), (status, sse)
+    assert sse_text(sse) == SUGGESTION
+    assert "Violation" not in up.nats_log()
+
+
 # -- what the roles may not do ----------------------------------------------------------------------
 
 def test_the_gateway_cannot_append_domain_events(up: UpSystem) -> None:
@@ -264,3 +350,259 @@ def test_actor_roles_cannot_purge_the_stream_or_steal_commands(up: UpSystem) -> 
     violations = as_role(up, "keys", body)
     assert any("rc.ctl.>" in v for v in violations) and any("purge" in v for v in violations)
     up.ok("org", "create", "still-served-" + uuid.uuid4().hex[:6])
+
+
+# -- control subjects carry only their own message type ------------------------------------------
+
+def relay_keys(up: UpSystem) -> set[str]:
+    """The relays allowed so far. The command handlers answer in order, so whatever reached
+    them before this read has been handled (a relay.allow waits for the org access actor)."""
+    return {r["publicKey"] for r in up.ok("relay", "list", "--json")["relays"]}
+
+
+def relay_key() -> str:
+    return (uuid.uuid4().hex + uuid.uuid4().hex)[:43]
+
+
+def test_a_control_subject_accepts_only_its_own_message_type(up: UpSystem) -> None:
+    """The gateway may send on rc.ctl.relay.register and rc.ctl.user.authenticate only. Any
+    other control message sent there (relay.allow, user.create, token_create, trust_relay,
+    import, export) gets a bad_request reply naming what the subject accepts and changes
+    nothing; the gateway's own messages are still answered there."""
+    tag = uuid.uuid4().hex[:8]
+    org, user, key = f"victim-{tag}", f"victim-{tag}", relay_key()
+    up.ok("org", "create", org)
+    up.ok("user", "create", user)
+    attempts = [
+        ("rc.ctl.relay.register", "relay.allow", {"public_key": key, "internal": True}),
+        ("rc.ctl.relay.register", "user.create", {"username": f"intruder-{tag}", "superuser": True}),
+        ("rc.ctl.relay.register", "user.token_create", {"username": user}),
+        ("rc.ctl.relay.register", "org.trust_relay", {"org": org, "public_key": key}),
+        ("rc.ctl.relay.register", "import.org", {"org": {"slug": f"imported-{tag}"}}),
+        ("rc.ctl.relay.register", "export.orgs", {}),
+        ("rc.ctl.user.authenticate", "relay.allow", {"public_key": key, "internal": True}),
+        ("rc.ctl.user.authenticate", "user.token_create", {"username": user}),
+    ]
+    before = last_sequence(up)
+
+    async def body(nc: NATS, conn: Connection) -> Any:
+        answers: list[Any] = []
+        for subject, message_type, payload in attempts:
+            try:
+                answers.append(await bus_request(nc, message_type, payload, subject=subject, timeout=5))
+            except RelayctlError as exc:
+                answers.append(exc)
+        try:
+            own: Any = await bus_request(nc, "user.authenticate", {"token": "not-a-token"}, timeout=5)
+        except RelayctlError as exc:
+            own = exc
+        await nc.flush()
+        return answers, own, conn.violations()
+    answers, own, violations = as_role(up, "gateway", body)
+    for (subject, message_type, _), answer in zip(attempts, answers):
+        assert isinstance(answer, BadRequest), (subject, message_type, answer)
+        assert f"{message_type!r} is not accepted on {subject}" in answer.message, answer.message
+    assert own.code == "unauthorized", own  # answered: the subject still serves its own type
+    assert violations == []
+    assert last_sequence(up) == before
+    assert key not in relay_keys(up)
+    assert up.run("permissions", "list", "-u", f"intruder-{tag}").returncode == 1  # no such user
+
+
+def envelope_of(message_type: str, payload: dict[str, Any]) -> bytes:
+    return Request(message_type, payload, deadline=time.time() + 60).encode()
+
+
+def test_the_gateway_cannot_point_its_buckets_deliveries_at_a_control_subject(up: UpSystem) -> None:
+    """The gateway writes its KV bucket but may not create a consumer on it, so it cannot have
+    JetStream deliver a message it stored (a `relay.allow` envelope) to rc.ctl.relay.allow."""
+    key, name = relay_key(), "probe-" + uuid.uuid4().hex[:8]
+    stream = f"KV_{GATEWAY_BUCKET}"
+
+    async def body(nc: NATS, conn: Connection) -> list[str]:
+        js = nc.jetstream(timeout=2)
+        kv = await js.key_value(GATEWAY_BUCKET)
+        await kv.put(name, envelope_of("relay.allow", {"public_key": key, "internal": True}))
+        with pytest.raises(Exception):
+            await js.add_consumer(stream, config=api.ConsumerConfig(
+                deliver_subject="rc.ctl.relay.allow", deliver_group="rc-commands",
+                filter_subject=f"$KV.{GATEWAY_BUCKET}.{name}", ack_policy=api.AckPolicy.NONE))
+        await asyncio.sleep(1.0)
+        await kv.purge(name)
+        await nc.flush()
+        return conn.violations()
+    violations = as_role(up, "gateway", body)
+    assert any(f"$js.api.consumer.create.{stream.lower()}" in v for v in violations), violations
+    assert key not in relay_keys(up)
+
+
+def test_a_stored_message_delivered_to_a_control_subject_is_not_a_request(up: UpSystem) -> None:
+    """Each control subject is a literal subscription, so a push consumer pointed at one (with
+    the handlers' queue group) delivers there what a stream holds - here a stored
+    `relay.allow` envelope, as any role that may write a stream and create consumers on it
+    could arrange. The command handlers drop it unanswered (its reply subject is JetStream's,
+    no client's inbox), and no relay is allowed."""
+    key, stream = relay_key(), "PROBE_" + uuid.uuid4().hex[:8].upper()
+    before = last_sequence(up)
+
+    async def body(nc: NATS, conn: Connection) -> list[str]:
+        js = nc.jetstream(timeout=2)
+        await js.add_stream(name=stream, subjects=[f"{stream.lower()}.>"])
+        try:
+            await js.publish(f"{stream.lower()}.allow", envelope_of("relay.allow", {"public_key": key, "internal": True}))
+            consumer = await js.add_consumer(stream, config=api.ConsumerConfig(
+                deliver_subject="rc.ctl.relay.allow", deliver_group="rc-commands", ack_policy=api.AckPolicy.NONE))
+            deadline = time.monotonic() + 5
+            while (await js.consumer_info(stream, consumer.name)).delivered.stream_seq < 1:
+                assert time.monotonic() < deadline, "JetStream delivered nothing to rc.ctl.relay.allow"
+                await asyncio.sleep(0.05)
+        finally:
+            await js.delete_stream(stream)
+        await nc.flush()
+        return conn.violations()
+    assert as_role(up, "operator", body) == []
+    assert key not in relay_keys(up)
+    assert last_sequence(up) == before
+    assert "service.not_a_request" in (up.data_dir / "logs" / "commands.log").read_text(errors="replace")
+
+
+def test_an_actor_role_cannot_create_the_snapshot_bucket_to_capture_replies(up: UpSystem) -> None:
+    """Creating a stream chooses its subjects: a stream on `_INBOX.>` would store every reply
+    in the system for its creator to read. Only a bucket's writer may create it - the
+    snapshot bucket the command handlers - so another actor role is refused, whether the
+    bucket exists yet or not."""
+    stream = f"OBJ_{SNAPSHOT_BUCKET}"
+
+    async def body(nc: NATS, conn: Connection) -> list[str]:
+        with pytest.raises(Exception):
+            await nc.jetstream(timeout=1).add_stream(name=stream, subjects=["_INBOX.>", f"$O.{SNAPSHOT_BUCKET}.>"])
+        await nc.flush()
+        return conn.violations()
+    try:
+        violations = as_role(up, "keys", body)
+    finally:
+        async def cleanup(nc: NATS, _: Connection) -> None:
+            js = nc.jetstream()
+            try:
+                info = await js.stream_info(stream)
+            except Exception:
+                return
+            if "_INBOX.>" in (info.config.subjects or []):
+                await js.delete_stream(stream)
+        as_role(up, "operator", cleanup)
+    assert any(f"$js.api.stream.create.{stream.lower()}" in v for v in violations), violations
+
+
+# -- inboxes: each role reads only its own replies --------------------------------------------------
+
+@pytest.mark.parametrize("role", ["gateway", "metrics", "transport", "keys", "ai", "commands"])
+def test_a_role_subscribes_only_to_its_own_inboxes(up: UpSystem, role: str) -> None:
+    """No role but the operator may subscribe to every inbox, the operator's or another
+    role's; its own prefix it may."""
+    other = "keys" if role == "gateway" else "gateway"
+    forbidden = ["_INBOX.>", "_INBOX.*.>", f"{inbox_prefix('operator')}.>", f"{inbox_prefix(other)}.>", ">"]
+
+    async def body(nc: NATS, conn: Connection) -> tuple[list[str], list[str]]:
+        for subject in forbidden:
+            await nc.subscribe(subject)
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        refused = conn.violations()
+        await nc.subscribe(f"{inbox_prefix(role)}.>")
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        return refused, conn.violations()[len(refused):]
+    refused, own = as_role(up, role, body)
+    assert len(refused) == len(forbidden) and all("subscription" in v for v in refused), refused
+    assert own == []
+
+
+@pytest.mark.parametrize("role", ["keys", "metrics", "ai", "commands", "gateway"])
+def test_a_role_cannot_publish_into_another_roles_inbox(up: UpSystem, role: str) -> None:
+    """A service answers only requests it received: publishing into the operator's inbox,
+    another role's or the plain root is refused, and nothing arrives there."""
+    other = "commands" if role == "gateway" else "gateway"
+    targets = [f"{inbox_prefix('operator')}.probe", f"{inbox_prefix(other)}.probe", "_INBOX.probe"]
+    received: list[str] = []
+
+    async def main() -> list[str]:
+        watcher, attacker = Connection(), Connection()
+        wnc = await watcher.open(up.url("operator"), "operator")
+        anc = await attacker.open(up.url(role), role)
+        try:
+            async def got(msg: Any) -> None:
+                received.append(msg.subject)
+
+            for target in targets:
+                await wnc.subscribe(target, cb=got)
+            await wnc.flush()
+            for target in targets:
+                await anc.publish(target, b"forged")
+            await anc.flush()
+            await asyncio.sleep(0.3)
+            return attacker.violations()
+        finally:
+            await anc.close()
+            await wnc.close()
+    violations = asyncio.run(main())
+    assert received == []
+    assert len(violations) == len(targets), violations
+
+
+@pytest.mark.parametrize("role", ["gateway", "metrics", "transport"])
+def test_no_role_reads_the_operators_token_reply(up: UpSystem, role: str) -> None:
+    """While the operator creates an API token, a role listening on every inbox gets a
+    permissions violation, not the reply that carries the token."""
+    username = "reader-" + uuid.uuid4().hex[:8]
+    up.ok("user", "create", username)
+    seen: list[bytes] = []
+
+    async def main() -> tuple[str, list[str]]:
+        conn = Connection()
+        nc = await conn.open(up.url(role), role)
+        try:
+            async def got(msg: Any) -> None:
+                seen.append(msg.data)
+
+            await nc.subscribe("_INBOX.>", cb=got)
+            await nc.flush()
+            created = await asyncio.to_thread(up.ok, "token", "create", username, "--json")
+            await asyncio.sleep(0.3)
+            return str(created["token"]), conn.violations()
+        finally:
+            await nc.close()
+    token, violations = asyncio.run(main())
+    assert token and not any(token.encode() in data for data in seen)
+    assert violations
+
+
+# -- forged JetStream control messages ----------------------------------------------------------
+
+@pytest.mark.parametrize("role", ["keys", "gateway", "metrics"])
+def test_a_forged_stalled_heartbeat_writes_nothing_into_the_event_stream(up: UpSystem, role: str) -> None:
+    """An idle heartbeat with a "consumer stalled" header makes nats-py publish an empty
+    message on the subject it names. Forged by another role, naming an rc.ev. subject and
+    sent to every projection's deliver subject (the command handlers' included), it is
+    refused by the server - each deliver subject is under its own role's inbox prefix - and
+    the event stream gets no message."""
+    async def deliver_subjects(nc: NATS, _: Connection) -> list[str]:
+        consumers = await nc.jetstream().consumers_info(EVENT_STREAM)
+        return [c.config.deliver_subject for c in consumers if c.config.deliver_subject]
+    subjects = as_role(up, "operator", deliver_subjects)
+    assert subjects
+    target = f"rc.ev.org.victim-{uuid.uuid4().hex[:8]}.OrgCreated"
+    before = last_sequence(up)
+
+    async def body(nc: NATS, conn: Connection) -> list[str]:
+        for subject in subjects:
+            await nc.publish(subject, b"", headers={"Status": "100", "Description": "Idle Heartbeat",
+                                                     "Nats-Consumer-Stalled": target})
+        await nc.flush()
+        await asyncio.sleep(0.5)
+        return conn.violations()
+    violations = as_role(up, role, body)
+    assert last_sequence(up) == before
+    assert len(violations) == len(subjects), violations
+    prefixes = {inbox_prefix(actor) + "." for actor in ACTORS}
+    assert all(s.startswith(tuple(prefixes)) for s in subjects), subjects
+    assert any(s.startswith(inbox_prefix("commands") + ".") for s in subjects), subjects

@@ -1,0 +1,208 @@
+"""One table of every NATS endpoint, published subject and JetStream store, with who may use it.
+
+- `ENDPOINTS`: request/reply subjects. Each is served by one actor (its queue group is
+  `rc-<actor>`), accepts only its own message types - a command changes something, a
+  query only reads and is safe to retry - and may be called by the roles in `callers`
+  (the operator may call everything). Every control message has an endpoint of its own,
+  `rc.ctl.<aggregate>.<command>`, so a subject a role may call never carries another type.
+- `TOPICS`: publish-only subjects, with the roles that publish and subscribe them.
+- `STORES`: the JetStream stream and buckets, with the roles that read and write them.
+
+A NATS role is named after the process that connects with it: `operator` (the CLI), one
+role per actor and `gateway`. Derived from this table, never written twice: the role
+permissions of the NATS that `up` runs (bus/embedded.py `NATS_ROLES`), the subject a
+client sends a message type to (bus/client.py), the endpoints each actor serves
+(actors/worker.py) and the CLI's retry policy (cli/context.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from messages import subjects
+from messages.commands import CONTROL, QUERIES
+from messages.schema import Schema
+
+__all__ = [
+    "ACTORS", "ENDPOINTS", "GATEWAY", "OBJECT", "OPERATOR", "REPLY_WINDOW", "ROLES", "STORES",
+    "STREAM", "TOPICS", "KV", "Endpoint", "Store", "Topic", "endpoint_for", "retry_safe", "served_by",
+]
+
+OPERATOR = "operator"
+GATEWAY = "gateway"
+COMMANDS, KEYS, ORGS, CONFIGS, METRICS, TRANSPORT, AI = (
+    "commands", "keys", "orgs", "configs", "metrics", "transport", "ai")
+ACTORS = (COMMANDS, KEYS, ORGS, CONFIGS, METRICS, TRANSPORT, AI)
+ROLES = (OPERATOR, *ACTORS, GATEWAY)
+
+# How long a service may still answer a request it received. No caller waits longer (the
+# longest deadline is an AI suggestion stream's 180 s).
+REPLY_WINDOW = 300
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A request/reply subject served by one actor."""
+
+    subject: str
+    actor: str
+    commands: tuple[str, ...] = ()  # message types that change something
+    queries: tuple[str, ...] = ()  # message types that only read: safe to retry
+    callers: tuple[str, ...] = ()  # roles that may send requests here, besides the operator
+    streamed: bool = False  # answers with a series of chunk replies, then the result
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return self.commands + self.queries
+
+    @property
+    def queue_group(self) -> str:
+        return f"rc-{self.actor}"
+
+    def may_call(self, role: str) -> bool:
+        return role == OPERATOR or role in self.callers
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A publish-only subject (a NATS pattern: `*` is one token, `>` the rest)."""
+
+    subject: str
+    publishers: tuple[str, ...]
+    subscribers: tuple[str, ...] = ()
+
+
+STREAM, KV, OBJECT = "stream", "kv", "object"
+
+
+@dataclass(frozen=True)
+class Store:
+    """A JetStream stream, KV bucket or object store, created by the first process that may
+    create it: any reader of the event stream, a writer of a bucket (whoever creates a
+    stream chooses its subjects). The event stream is written by publishing on its
+    subjects (`TOPICS`)."""
+
+    name: str
+    kind: str
+    readers: tuple[str, ...]
+    writers: tuple[str, ...] = ()
+
+
+def _control(message_type: str, *, query: bool = False, callers: tuple[str, ...] = ()) -> Endpoint:
+    types = (message_type,)
+    return Endpoint(subjects.control(message_type), COMMANDS, commands=() if query else types,
+                    queries=types if query else (), callers=callers)
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    # control messages: the command handlers
+    _control("org.create"),
+    _control("org.option_set"),
+    _control("org.option_get", query=True),
+    _control("org.option_unset"),
+    _control("org.trust_relay"),
+    _control("org.untrust_relay"),
+    _control("org.template_set"),
+    _control("project.create"),
+    _control("project.option_set"),
+    _control("project.option_get", query=True),
+    _control("project.option_unset"),
+    _control("project.disable"),
+    _control("project.enable"),
+    _control("project.delete"),
+    _control("key.create"),
+    _control("key.disable"),
+    _control("key.enable"),
+    _control("key.delete"),
+    _control("key.list", query=True),
+    _control("relay.allow"),
+    _control("relay.deny"),
+    _control("relay.list", query=True),
+    # a relay that completed the signed registration handshake (the handler refuses banned ones)
+    _control("relay.register", callers=(GATEWAY,)),
+    _control("user.create"),
+    _control("user.token_create"),
+    _control("user.permission_add"),
+    _control("user.permission_remove"),
+    _control("user.permission_list", query=True),
+    _control("user.authenticate", query=True, callers=(GATEWAY,)),  # an API token of an AI request
+    _control("import.org"),
+    _control("export.orgs", query=True),
+    # actor queries
+    Endpoint(subjects.KEYS_LOOKUP, KEYS, queries=("keys.lookup",), callers=(GATEWAY,)),
+    # the command handlers wait here until a relay access change is applied
+    Endpoint(subjects.ORG_ACCESS, ORGS, queries=("org.has_access", "org.relay_auth"), callers=(GATEWAY, COMMANDS)),
+    Endpoint(subjects.CONFIG_GET, CONFIGS, queries=("config.get", "config.get_v1", "config.history"),
+             callers=(GATEWAY,)),
+    Endpoint(subjects.CONFIG_BUILD, CONFIGS, queries=("config.build",), callers=(GATEWAY,)),
+    Endpoint(subjects.METRICS_QUERY, METRICS, queries=("metrics.snapshot",), callers=(GATEWAY,)),
+    Endpoint(subjects.TRANSPORT_CONTROL, TRANSPORT, commands=("transport.flush",)),
+    Endpoint(subjects.AI_SUGGEST, AI, queries=("ai.suggest",), callers=(GATEWAY,), streamed=True),
+    Endpoint(subjects.EVENTS_STORE, AI, commands=("events.store",), queries=("events.get",)),
+)
+
+_EVERY_PROCESS = (*ACTORS, GATEWAY)
+
+TOPICS: tuple[Topic, ...] = (
+    # every process reports its metric points and its own errors
+    Topic(subjects.METRICS_RECORD, _EVERY_PROCESS, (METRICS,)),
+    Topic(subjects.TRANSPORT_ENVELOPE, _EVERY_PROCESS, (TRANSPORT,)),
+    # Sentry error events for AI suggestions, from services outside the system
+    Topic(subjects.EVENTS_INGEST, (), (AI,)),
+    Topic(subjects.CONFIG_CHANGED, (CONFIGS,)),
+    Topic(subjects.RELAY_CHANGED, (ORGS,), (GATEWAY,)),
+    # the only way to append domain events: JetStream stores what is published here
+    Topic(subjects.EVENT_SUBJECTS, (COMMANDS,)),
+)
+
+STORES: tuple[Store, ...] = (
+    Store(subjects.EVENT_STREAM, STREAM, readers=ACTORS),
+    # Projection snapshots: every actor loads one at start, only the command handlers write them.
+    Store(subjects.SNAPSHOT_BUCKET, OBJECT, readers=ACTORS, writers=(COMMANDS,)),
+    Store(subjects.ERROR_EVENT_BUCKET, KV, readers=(AI,), writers=(AI,)),
+    Store(subjects.GATEWAY_BUCKET, KV, readers=(GATEWAY,), writers=(GATEWAY,)),  # the registration secret
+)
+
+_BY_TYPE: dict[str, Endpoint] = {t: endpoint for endpoint in ENDPOINTS for t in endpoint.types}
+
+
+def endpoint_for(message_type: str) -> Endpoint:
+    """The endpoint that accepts `message_type`; KeyError for a type nobody serves."""
+    return _BY_TYPE[message_type]
+
+
+def retry_safe(message_type: str) -> bool:
+    """Whether a request may be sent again when no answer came: queries only."""
+    endpoint = _BY_TYPE.get(message_type)
+    return endpoint is not None and message_type in endpoint.queries
+
+
+def served_by(actor: str) -> dict[str, dict[str, Schema]]:
+    """The endpoints `actor` serves: each subject with the schemas of the types it accepts."""
+    return {e.subject: {t: _SCHEMAS[t] for t in e.types} for e in ENDPOINTS if e.actor == actor}
+
+
+_SCHEMAS: dict[str, Schema] = {**CONTROL, **QUERIES}
+
+
+def _check() -> None:
+    """The table is whole and consistent: every message type has exactly one endpoint, every
+    subject one row, every role named exists. A mistake fails at import, not in production."""
+    types = [t for e in ENDPOINTS for t in e.types]
+    duplicated = sorted({t for t in types if types.count(t) > 1})
+    missing = sorted(set(_SCHEMAS) - set(types))
+    unknown = sorted(set(types) - set(_SCHEMAS))
+    subject_list = [e.subject for e in ENDPOINTS] + [t.subject for t in TOPICS]
+    repeated = sorted({s for s in subject_list if subject_list.count(s) > 1})
+    roles = {e.actor for e in ENDPOINTS} | {r for e in ENDPOINTS for r in e.callers} | {
+        r for t in TOPICS for r in (*t.publishers, *t.subscribers)} | {
+        r for s in STORES for r in (*s.readers, *s.writers)}
+    problems = [f"{what}: {', '.join(items)}" for what, items in (
+        ("types with two endpoints", duplicated), ("types without an endpoint", missing),
+        ("types without a schema", unknown), ("subjects listed twice", repeated),
+        ("unknown roles", sorted(roles - set(ROLES)))) if items]
+    if problems:
+        raise AssertionError("messages/endpoints.py: " + "; ".join(problems))
+
+
+_check()

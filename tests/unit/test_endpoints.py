@@ -1,0 +1,191 @@
+"""The endpoint table (messages/endpoints.py) and what is derived from it: client routing,
+each actor's endpoints, the CLI's retry policy and the NATS role permissions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from actors.worker import ACTOR_NAMES, _kinds
+from bus.client import subject_for
+from bus.embedded import NATS_ROLES
+from bus.runtime import role_of
+from messages.commands import CONTROL, QUERIES
+from messages.endpoints import ACTORS, ENDPOINTS, OPERATOR, ROLES, STORES, TOPICS, retry_safe, served_by
+from messages.errors import BadRequest
+from messages.subjects import inbox_prefix
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, `>` one or more at the end."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def may(role: str, action: str, subject: str) -> bool:
+    return any(matches(allowed, subject) for allowed in NATS_ROLES[role][action]["allow"])
+
+
+def rc_publishes(role: str) -> set[str]:
+    return {s for s in NATS_ROLES[role]["publish"]["allow"] if s.startswith("rc.")}
+
+
+# -- the table --------------------------------------------------------------------------------
+
+def test_every_control_message_has_an_endpoint_of_its_own() -> None:
+    """`<aggregate>.<command>` is served on rc.ctl.<aggregate>.<command> by the command
+    handlers, and that subject accepts that one type."""
+    control = {e.subject: e for e in ENDPOINTS if e.subject.startswith("rc.ctl.")}
+    assert sorted(control) == sorted(f"rc.ctl.{t}" for t in CONTROL)
+    for subject, endpoint in control.items():
+        assert endpoint.actor == "commands" and endpoint.types == (subject.removeprefix("rc.ctl."),)
+
+
+def test_every_query_is_served_by_one_actor_and_no_subject_is_a_wildcard() -> None:
+    """Each query type is on exactly one endpoint; endpoints are literal subjects."""
+    served = [t for e in ENDPOINTS for t in e.types]
+    assert sorted(served) == sorted({*CONTROL, *QUERIES})
+    assert not any("*" in e.subject or ">" in e.subject for e in ENDPOINTS)
+
+
+def test_the_client_sends_each_type_to_its_endpoint() -> None:
+    """bus.client routes by the table; a type nobody serves is a bad request, not a guess."""
+    assert subject_for("relay.allow") == "rc.ctl.relay.allow"
+    assert subject_for("org.relay_auth") == "rc.org.access"
+    assert subject_for("config.history") == "rc.config.get"
+    with pytest.raises(BadRequest, match="unknown message type 'relay.promote'"):
+        subject_for("relay.promote")
+
+
+def test_each_actor_serves_its_rows_of_the_table() -> None:
+    """The worker's actors are the table's, each serving exactly its endpoints with their schemas."""
+    kinds = _kinds()
+    assert tuple(kinds) == ACTOR_NAMES == ACTORS
+    for name, kind in kinds.items():
+        assert kind.endpoints == served_by(name)
+    assert served_by("orgs") == {"rc.org.access": {"org.has_access": QUERIES["org.has_access"],
+                                                   "org.relay_auth": QUERIES["org.relay_auth"]}}
+
+
+def test_only_queries_are_retried() -> None:
+    """Reads are safe to send again; a change never is."""
+    assert retry_safe("relay.list") and retry_safe("config.history") and retry_safe("keys.lookup")
+    assert not retry_safe("relay.allow") and not retry_safe("import.org") and not retry_safe("events.store")
+    assert not retry_safe("no.such_type")
+
+
+# -- NATS role permissions --------------------------------------------------------------------
+
+def test_a_role_may_call_exactly_the_endpoints_the_table_gives_it() -> None:
+    """For every role and endpoint: it may publish the subject iff it is a caller, and
+    subscribe to it iff it serves it."""
+    for role in ROLES:
+        for endpoint in ENDPOINTS:
+            assert may(role, "publish", endpoint.subject) == endpoint.may_call(role), (role, endpoint.subject)
+            serves = endpoint.actor == role or role == OPERATOR
+            assert may(role, "subscribe", endpoint.subject) == serves, (role, endpoint.subject)
+
+
+def test_the_gateway_may_send_only_its_queries_and_two_control_messages() -> None:
+    """The internet-facing gateway: relay.register and user.authenticate, the actor queries its
+    endpoints ask, its metrics and error reports. Nothing else of rc.*, no stream API."""
+    assert rc_publishes("gateway") == {
+        "rc.ctl.relay.register", "rc.ctl.user.authenticate", "rc.keys.lookup", "rc.org.access", "rc.config.get",
+        "rc.config.build", "rc.ai.suggest", "rc.metrics.query", "rc.metrics.record", "rc.transport.envelope"}
+    assert not any(s.startswith("$JS.API.CONSUMER") for s in NATS_ROLES["gateway"]["publish"]["allow"])
+    assert set(NATS_ROLES["gateway"]["subscribe"]["allow"]) == {"_INBOX.gateway.>", "rc.relay.changed"}
+    assert "allow_responses" not in NATS_ROLES["gateway"]  # it serves nothing
+
+
+def test_only_the_command_handlers_append_events_and_only_they_serve_control_subjects() -> None:
+    for role in ROLES:
+        allowed = role in (OPERATOR, "commands")
+        assert may(role, "publish", "rc.ev.org.acme.OrgCreated") == allowed, role
+        assert may(role, "subscribe", "rc.ctl.relay.allow") == allowed, role
+    assert may("commands", "publish", "rc.org.access")  # it waits there for relay access changes
+    assert not may("keys", "publish", "rc.org.access")
+
+
+def test_each_role_reads_only_its_own_inboxes_and_answers_only_requests_it_received() -> None:
+    """Every role but the operator subscribes to its own inbox prefix only and publishes to
+    no inbox at all: a service answers through `allow_responses`, once per request (many
+    times for the streamed AI suggestions), for a bounded time."""
+    for role in ROLES:
+        if role == OPERATOR:
+            continue
+        inboxes = [s for s in NATS_ROLES[role]["subscribe"]["allow"] if s.startswith("_INBOX")]
+        assert inboxes == [f"_INBOX.{role}.>"], role
+        assert not any(s.startswith("_INBOX") for s in NATS_ROLES[role]["publish"]["allow"]), role
+        assert not may(role, "subscribe", f"{inbox_prefix(OPERATOR)}.x")
+        responses = NATS_ROLES[role].get("allow_responses")
+        if any(e.actor == role for e in ENDPOINTS):
+            assert responses == {"max": -1 if role == "ai" else 1, "expires": "300s"}, role
+            other = "keys" if role == "commands" else "commands"
+            assert may(role, "subscribe", f"$SRV.PING.{role}") and not may(role, "subscribe", f"$SRV.PING.{other}")
+        else:
+            assert responses is None, role
+
+
+def test_no_role_but_the_command_handlers_may_write_a_stream_and_point_its_deliveries_anywhere() -> None:
+    """Creating a push consumer lets a role choose where JetStream delivers; with write access
+    to the same store it could have any message it likes delivered to any subject. Only the
+    command handlers (who may append events anyway) hold both."""
+    for store in STORES:
+        prefix = {"stream": "", "kv": "KV_", "object": "OBJ_"}[store.kind] + store.name
+        for role in ROLES:
+            if role in (OPERATOR, "commands"):
+                continue
+            consumes = may(role, "publish", f"$JS.API.CONSUMER.CREATE.{prefix}")
+            writes = role in store.writers or (store.kind == "stream" and any(
+                role in t.publishers for t in TOPICS if t.subject == "rc.ev.>"))
+            assert not (consumes and writes), (role, store.name)
+
+
+def test_only_a_writer_may_create_a_bucket() -> None:
+    """Whoever creates a stream chooses its subjects (a stream on `_INBOX.>` would store every
+    reply): a bucket is created by its writers only; the event stream, which exists once any
+    actor has started, by any of its readers."""
+    for store in STORES:
+        name = {"stream": "", "kv": "KV_", "object": "OBJ_"}[store.kind] + store.name
+        creators = {r for r in ROLES if may(r, "publish", f"$JS.API.STREAM.CREATE.{name}")}
+        expected = set(store.readers) if store.kind == "stream" else set(store.writers)
+        assert creators == expected | {OPERATOR}, store.name
+
+
+def test_topics_are_published_and_followed_by_their_roles() -> None:
+    """rc.relay.changed: the org access actor tells the gateways; metrics and error reports
+    come from every process; ingested error events only from outside (the operator)."""
+    assert {r for r in ROLES if may(r, "publish", "rc.relay.changed")} == {OPERATOR, "orgs"}
+    assert {r for r in ROLES if may(r, "subscribe", "rc.relay.changed")} == {OPERATOR, "gateway"}
+    assert all(may(r, "publish", "rc.metrics.record") for r in ROLES)
+    assert {r for r in ROLES if may(r, "publish", "rc.events.ingest.7")} == {OPERATOR}
+    assert {r for r in ROLES if may(r, "publish", "rc.config.changed." + "0" * 32)} == {OPERATOR, "configs"}
+
+
+# -- the role a process connects as -------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "role"), [
+    ("nats://gateway:secret@127.0.0.1:4222", "gateway"),
+    ("nats://commands:pw@h1:4222,nats://commands:pw@h2:4222", "commands"),
+    ("nats://127.0.0.1:4222", None),  # an external NATS without users
+    ("nats://alice:pw@127.0.0.1:4222", None),  # a user that is not one of ours
+    ("not a url", None),
+])
+def test_the_inbox_prefix_follows_the_role_in_the_url(url: str, role: str | None) -> None:
+    assert role_of(url) == role
+    assert inbox_prefix(role_of(url)) == (f"_INBOX.{role}" if role else "_INBOX")
+
+
+def test_the_permissions_are_valid_nats_server_config() -> None:
+    """Every permission list is non-empty and holds subjects only (no empty tokens)."""
+    def subjects(permissions: dict[str, Any]) -> list[str]:
+        return [*permissions["publish"]["allow"], *permissions["subscribe"]["allow"]]
+    for role, permissions in NATS_ROLES.items():
+        assert permissions["publish"]["allow"] and permissions["subscribe"]["allow"], role
+        assert all(s and "" not in s.split(".") and " " not in s for s in subjects(permissions)), role
