@@ -5,6 +5,8 @@
   (`rc.org.access`), and keeps `relayauth:<relay_id>` in Redis so the gateway can check a
   signature without a NATS hop - written again whole when Redis comes back after a loss
   (actors/redis_watch.py), so relays keep authenticating from Redis while NATS is down.
+  A relay key has an entry under every id it ever registered under, each saying what the
+  key may do now: re-registering under a new id leaves no old id with old rights.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ def has_org_access(state: DomainState, relay_public_key: str, org_id: int, inter
     return org is not None and relay_public_key in trusted_relay_keys(org.options)
 
 
-def relay_auth(state: DomainState, relay: Relay | None) -> dict[str, Any] | None:
-    """What the gateway needs to authenticate a relay and decide what it may fetch."""
+def relay_auth(state: DomainState, relay: Relay | None, relay_id: str | None = None) -> dict[str, Any] | None:
+    """What the gateway needs to authenticate a relay (under `relay_id`, one of the ids it
+    registered under; default the last) and decide what it may fetch."""
     if relay is None:
         return None
-    return {"relayId": relay.relay_id, "publicKey": relay.public_key, "internal": relay.internal,
+    return {"relayId": relay_id or relay.relay_id, "publicKey": relay.public_key, "internal": relay.internal,
             "banned": relay.banned, "version": relay.version,
             "trusted": state.trusted_by_any_org(relay.public_key)}
 
@@ -78,7 +81,8 @@ class OrgAccessActor(MaterializingActor):
     def handle_org_relay_auth(self, call: Call) -> Any:
         def answer() -> dict[str, Any]:
             relay_id, public_key = call.payload.get("relay_id"), call.payload.get("public_key")
-            return {"byId": relay_auth(self.state, self.state.relay_by_id(relay_id)) if relay_id else None,
+            by_id = self.state.relay_by_id(relay_id) if relay_id else None
+            return {"byId": relay_auth(self.state, by_id, relay_id) if relay_id else None,
                     "byKey": relay_auth(self.state, self.state.relays.get(public_key)) if public_key else None}
         # Registration right after `relayctl relay allow` must see the allowance.
         return self.serve_caught_up(call, answer)
@@ -92,8 +96,9 @@ class OrgAccessActor(MaterializingActor):
         self._write(list(relays), announce=True)
 
     def _write(self, relays: list[Relay], announce: bool) -> None:
-        changed = [r for r in relays if r.relay_id]
-        entries = {RELAY_AUTH_PREFIX + str(r.relay_id): json.dumps(relay_auth(self.state, r)) for r in changed}
+        # Every id the key ever registered under: each must follow what the key may do now.
+        ids = [(r, relay_id) for r in relays for relay_id in r.relay_ids]
+        entries = {RELAY_AUTH_PREFIX + relay_id: json.dumps(relay_auth(self.state, r, relay_id)) for r, relay_id in ids}
         if not entries or self.redis is None:
             return
         try:
@@ -103,7 +108,7 @@ class OrgAccessActor(MaterializingActor):
             if self.watch is not None:
                 self.watch.failed()
         if announce:
-            self._announce([r.relay_id for r in changed if r.relay_id])
+            self._announce([relay_id for _, relay_id in ids])
 
     def _announce(self, relay_ids: list[str]) -> None:
         """Tell every gateway to drop what it holds of these relays."""

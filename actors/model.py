@@ -69,7 +69,9 @@ class Relay:
     public_key: str
     internal: bool = False
     banned: bool = False
-    relay_id: str | None = None
+    relay_id: str | None = None  # the id it registered under last
+    # every id it ever registered under, in order: each one follows the key's current rights
+    relay_ids: list[str] = field(default_factory=list)
     version: str | None = None
     first_seen: float | None = None
     last_seen: float | None = None

@@ -15,7 +15,7 @@ from typing import Any
 from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey, Relay, User
 from messages.events import DomainEvent
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: relays carry every id they registered under (Relay.relay_ids)
 TRUSTED_RELAYS = "sentry:trusted-relays"
 _UNSET: Any = object()
 
@@ -261,6 +261,8 @@ class DomainState:
     def _on_RelayRegistered(self, e: DomainEvent, seq: int) -> Changes:
         relay = self._relay(e.aggregate_id)
         relay.relay_id = e.payload["relay_id"]
+        if relay.relay_id not in relay.relay_ids:
+            relay.relay_ids.append(relay.relay_id)
         relay.version = e.payload.get("version")
         relay.first_seen = relay.first_seen or e.ts
         relay.last_seen = e.ts
@@ -336,8 +338,8 @@ class DomainState:
         for r in data["relays"]:
             relay = Relay(**r)
             state.relays[relay.public_key] = relay
-            if relay.relay_id:
-                state.relay_key_by_id[relay.relay_id] = relay.public_key
+            for relay_id in relay.relay_ids:
+                state.relay_key_by_id[relay_id] = relay.public_key
         for u in data["users"]:
             user = User(**{**u, "permissions": set(u["permissions"]), "token_hashes": set(u["token_hashes"])})
             state.users[user.username] = user

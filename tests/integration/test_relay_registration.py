@@ -311,6 +311,66 @@ def test_allowing_a_banned_relay_again_lifts_the_ban(system: SystemUnderTest, re
     assert relay.configs([], version=3)[0] == 200
 
 
+# -- one key, several relay ids ---------------------------------------------------------------------
+
+def under_new_id(relay: RelayClient) -> RelayClient:
+    """The same relay (same key pair) registering again under another relay id, as after
+    its credentials file lost the id but kept the key."""
+    again = RelayClient(relay.base_url, relay.version)
+    again.secret_key, again.public_key = relay.secret_key, relay.public_key
+    again.register()
+    return again
+
+
+def eventually(relay: RelayClient, keys: list[str], expected: tuple[int, Any], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (answer := relay.configs(keys)) != expected:
+        assert time.monotonic() < deadline, (relay.relay_id, answer)
+        time.sleep(0.05)
+
+
+UNAUTHORIZED = (403, "Relay unauthorized for config information")
+
+
+def test_every_id_of_a_denied_relay_is_banned(system: SystemUnderTest, relay: RelayClient) -> None:
+    """A key that registered under two relay ids and is then denied is banned under both:
+    the earlier id keeps no access."""
+    relay.register()
+    again = under_new_id(relay)
+    for client in (relay, again):
+        assert client.configs([])[0] == 200
+    system.cli_ok("relay", "deny", "--", relay.public_key_str)
+    for client in (again, relay):
+        eventually(client, [], (401, {"detail": "Relay is banned"}))
+
+
+def test_every_id_of_a_demoted_relay_loses_internal_access(system: SystemUnderTest, relay: RelayClient) -> None:
+    """Demoted from internal (and trusted by no org), a relay is refused configs under every
+    id it registered under."""
+    relay.register()
+    again = under_new_id(relay)
+    system.cli_ok("relay", "allow", "--", relay.public_key_str)
+    for client in (again, relay):
+        eventually(client, [], UNAUTHORIZED)
+
+
+def test_every_id_of_an_untrusted_relay_loses_org_access(system: SystemUnderTest) -> None:
+    """An external relay untrusted by the only org that trusted it loses that org's configs
+    under every id it registered under."""
+    project = system.new_project()
+    key = project["publicKey"]
+    relay = RelayClient(system.url)
+    system.cli_ok("relay", "allow", "--", relay.public_key_str)
+    system.cli_ok("org", "trust-relay", "--", project["org"], relay.public_key_str)
+    relay.register()
+    again = under_new_id(relay)
+    for client in (relay, again):
+        client.poll([key], lambda r: r["configs"].get(key, {}).get("disabled") is False)
+    system.cli_ok("org", "untrust-relay", "--", project["org"], relay.public_key_str)
+    for client in (again, relay):
+        eventually(client, [key], UNAUTHORIZED)
+
+
 def test_unknown_relay_banned_up_front_is_told_to_stop(system: SystemUnderTest) -> None:
     """A key banned before it ever registered is told to stop on its first challenge."""
     relay = RelayClient(system.url)
