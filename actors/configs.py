@@ -4,6 +4,8 @@ Every folded batch says which public keys it touched; the builder recomputes exa
 those configs, and only once every one of them is built does it write them to Redis in
 one pipeline (compute, then swap). A config whose build fails keeps its last good revision
 in the cache. After each write it publishes `rc.config.changed.<key>` with the new rev.
+A key nobody created (or one since deleted) is answered disabled but never stored - its
+entry is removed - so relays asking for made-up keys cannot grow Redis.
 At start, once replay reaches the end of the stream, it materializes every key, so a
 restart with an empty Redis fills it from the event log; so does Redis coming back after
 it died or restarted under a running builder (actors/redis_watch.py).
@@ -58,6 +60,8 @@ def dumps(doc: Any) -> bytes:
 MATERIALIZE_CHUNK = 2000
 Entry = tuple[str, tuple[str, ...], bytes]  # (rev, trusted relay keys, document JSON)
 DISABLED: Entry = ("", (), DISABLED_BODY)
+UNKNOWN: Entry = ("", (), DISABLED_BODY)  # answered like DISABLED, never stored (told apart by identity)
+assert UNKNOWN is not DISABLED
 GLOBAL_ENTRY: Entry = ("global", (), dumps(GLOBAL_CONFIG))
 
 
@@ -67,12 +71,12 @@ class ConfigActor(MaterializingActor):
     # -- building --------------------------------------------------------------------------
 
     def entry(self, public_key: str, *, all_keys: bool = False) -> Entry:
-        """Build one key's config; unknown keys and inactive keys/projects are disabled."""
+        """Build one key's config; unknown keys (UNKNOWN) and inactive keys/projects are disabled."""
         key = self.state.keys.get(public_key)
         project = self.state.projects.get(key.project_id) if key else None
         org = self.state.orgs.get(project.org_id) if project else None
         if key is None or project is None or org is None:
-            return DISABLED
+            return UNKNOWN
         keys = [k for k in self.state.keys_of(project.id) if k.is_active] if all_keys else None
         doc = build_project_config(org, project, key, project_keys=keys)
         if doc.get("disabled"):
@@ -111,11 +115,21 @@ class ConfigActor(MaterializingActor):
             metrics.incr("config.built", len(built))
         if self.redis is None or not (built or with_global):
             return built
-        values = {cache_key(k): (DISABLED_ENTRY if e is DISABLED else encode_entry(*e)) for k, e in built.items()}
+        values = {cache_key(k): (DISABLED_ENTRY if e is DISABLED else encode_entry(*e))
+                  for k, e in built.items() if e is not UNKNOWN}
+        unknown = [cache_key(k) for k, e in built.items() if e is UNKNOWN]
         if with_global:
             values[GLOBAL_KEY] = encode_entry(*GLOBAL_ENTRY)
         try:
-            self.redis.mset(values)
+            if unknown:
+                # One transaction: a relay sees the whole batch or none of it (compute, then swap).
+                pipe = self.redis.pipeline(transaction=True)
+                if values:
+                    pipe.mset(values)
+                pipe.delete(*unknown)
+                pipe.execute()
+            else:
+                self.redis.mset(values)
         except redis.RedisError as exc:
             log.warning("configs.redis_write_failed", error=str(exc), keys=len(values))
             if self.watch is not None:
@@ -131,8 +145,9 @@ class ConfigActor(MaterializingActor):
             return
 
         async def publish() -> None:
-            for public_key, (rev, _, _) in built.items():
-                await nc.publish(f"rc.config.changed.{public_key}", rev.encode())
+            for public_key, entry in built.items():
+                if entry is not UNKNOWN:  # nothing was stored for it
+                    await nc.publish(f"rc.config.changed.{public_key}", entry[0].encode())
 
         self.runtime.submit(publish())
 

@@ -140,6 +140,27 @@ def test_unknown_key_is_disabled(relay: RelayClient) -> None:
     assert relay.configs([key], version=2) == (200, {"configs": {key: DISABLED}})
 
 
+def test_unknown_keys_are_answered_but_never_stored(relay: RelayClient, cache: redis.Redis) -> None:
+    """Keys nobody created, however many a relay asks for, are answered disabled (v3, never
+    left pending) and leave nothing in Redis: relay input cannot grow the cache."""
+    keys = [uuid.uuid4().hex for _ in range(500)]
+    before = cache.dbsize()
+    response = relay.poll(keys, lambda r: not r["pending"], timeout=5)
+    assert response["configs"] == {k: DISABLED for k in keys}
+    assert cache.exists(*(f"relayconfig:{k}" for k in keys)) == 0
+    assert cache.dbsize() <= before + 5  # the other tests' writes, never 500 more
+
+
+def test_a_deleted_key_leaves_no_entry(system: SystemUnderTest, relay: RelayClient, cache: redis.Redis) -> None:
+    """A deleted key is served disabled and its cache entry is removed, not kept forever."""
+    project = system.new_project()
+    key = system.cli_ok("key", "create", project_ref(project), "--json")["publicKey"]
+    assert served(relay, key) != DISABLED
+    system.cli_ok("key", "delete", key)
+    relay.poll([key], lambda r: r["configs"].get(key) == DISABLED, timeout=2)
+    assert not cache.exists(f"relayconfig:{key}")
+
+
 def test_disabled_key_is_disabled(system: SystemUnderTest, relay: RelayClient) -> None:
     """A disabled key is served as exactly {"disabled": true} and comes back when enabled."""
     project = system.new_project()
