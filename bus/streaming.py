@@ -4,12 +4,13 @@
 series of `{"ok": true, "chunk": str}` messages closed by a final result (`{"ok": true,
 "result": ...}`, with or without `"done": true`) or an error reply (messages/envelope.py).
 
-`stream_request` subscribes to a fresh inbox, publishes the envelope with that inbox as
-the reply subject, and yields `Chunk`s then one `Final`, or raises the error the stream
-ends with. The deadline travels in the envelope and bounds the whole stream here too:
-past it, or past an optional idle timeout between two replies, the iteration raises
-`DeadlineExceeded`, never hangs. Nobody listening on the
-subject is `Unavailable` at once (NATS' no-responders status).
+`stream_request` subscribes to a fresh inbox (under the connection's role prefix, so only
+the asker can read it; the responder may answer it many times: `allow_responses` in
+bus/embedded.py), publishes the envelope with that inbox as the reply subject, and yields
+`Chunk`s then one `Final`, or raises the error the stream ends with. The deadline travels
+in the envelope and bounds the whole stream here too: past it, or past an optional idle
+timeout between two replies, the iteration raises `DeadlineExceeded`, never hangs. Nobody
+listening on the subject is `Unavailable` at once (NATS' no-responders status).
 
     async with stream_request(nc, "ai.suggest", payload, timeout=60) as replies:
         async for item in replies:
