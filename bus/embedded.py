@@ -11,6 +11,13 @@ the users. Every process `up` starts connects as its role; the operator (the CLI
 command handlers can append domain events (`rc.ev.>`), and a compromised gateway - the
 one process that faces the internet - can ask queries but can neither write events nor
 send control commands beyond registering a relay.
+
+Redis roles. Redis (`start_redis`, and `up`) always requires credentials: the default
+user is off (a client without credentials gets NOAUTH), one ACL user per role
+(`REDIS_ROLES`) with a random password kept in `<data dir>/redis-credentials.json` (mode
+0600), all in a generated `redis.conf` (mode 0600) that is redis-server's only argument.
+The gateway may only read the cache; the config builder and the org access actor each
+write only their own prefix. The config also sets a memory limit and an eviction policy.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from bus.config_cache import KEY_PREFIX, RELAY_AUTH_PREFIX
 from messages.endpoints import ENDPOINTS, KV, OBJECT, OPERATOR, REPLY_WINDOW, ROLES, STORES, STREAM, TOPICS, Store
 from messages.subjects import inbox_prefix
 
@@ -83,6 +92,8 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     url: str
     port: int
+    # role -> password, for a server that requires role users (Redis: see `redis_role_url`)
+    passwords: dict[str, str] | None = None
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:
@@ -110,9 +121,10 @@ def nats_command(data_dir: Path, port: int, host: str = "127.0.0.1", config: Pat
                   "--server_name", f"relayctl-{port}"]
 
 
-def redis_command(data_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    return [redis_server_binary(), "--port", str(port), "--bind", host, "--dir", str(data_dir),
-            "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"]
+def redis_command(config: Path) -> list[str]:
+    """The redis-server command line: only the config file (`write_redis_config`), which
+    holds the passwords - never the command line, which any local user can read in /proc."""
+    return [redis_server_binary(), str(config)]
 
 
 def _spawn(name: str, cmd: list[str], log_path: Path | None, detach: bool) -> subprocess.Popen[bytes]:
@@ -150,12 +162,17 @@ def start_nats(data_dir: Path, port: int | None = None, *, log_path: Path | None
 
 
 def start_redis(data_dir: Path, port: int | None = None, *, log_path: Path | None = None,
-                detach: bool = False) -> ServerProcess:
+                detach: bool = False, maxmemory: str | None = None) -> ServerProcess:
+    """A redis-server that requires the role users (`REDIS_ROLES`), with the passwords of
+    `data_dir` (`redis_passwords`); `url` is the operator's, `passwords` give the others."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    proc = _spawn("redis", redis_command(data_dir, port), log_path, detach)
+    passwords = redis_passwords(data_dir)
+    config = write_redis_config(data_dir, port, passwords, maxmemory=maxmemory)
+    proc = _spawn("redis", redis_command(config), log_path, detach)
     wait_port(proc, "redis-server", port)
-    return ServerProcess("redis", proc, f"redis://127.0.0.1:{port}/0", port)
+    url = f"redis://127.0.0.1:{port}/0"
+    return ServerProcess("redis", proc, redis_role_url(url, "operator", passwords), port, passwords)
 
 
 # -- NATS roles and credentials ------------------------------------------------------------------
@@ -278,3 +295,64 @@ def role_url(url: str, role: str, passwords: dict[str, str]) -> str:
         scheme, _, rest = one.strip().partition("://")
         out.append(f"{scheme}://{role}:{passwords[role]}@{rest.rpartition('@')[2]}")
     return ",".join(out)
+
+
+# -- Redis roles and credentials -----------------------------------------------------------------
+
+REDIS_CREDENTIALS_FILE = "redis-credentials.json"
+REDIS_CONFIG = "redis.conf"
+# A memory limit, so nothing a client sends can grow Redis without bound, and an eviction
+# policy suited to a rebuildable cache: every key has a fallback when it is missing (a
+# config miss is built on demand, a relayauth miss is asked over NATS, an AI answer is
+# asked again), so under pressure the least recently used keys of any kind go. Never
+# `noeviction`: a write refused for memory would leave an old config (say, a key since
+# disabled) in the cache.
+REDIS_MAXMEMORY = "256mb"
+REDIS_EVICTION = "allkeys-lru"
+AI_CACHE_PATTERN = "ai:suggestion:*"  # actors/ai.py CACHE_PREFIX (a unit test keeps them equal)
+
+_REDIS_WRITE = "+get +mget +set +mset +del +multi +exec +discard"
+# role -> Redis ACL rules (keys it may touch, commands it may run). The config builder and
+# the org access actor each write their own prefix; the gateway - facing the internet - only
+# reads both; the AI actor keeps its answers. +info: RedisWatch notices a restarted server.
+REDIS_ROLES: dict[str, str] = {
+    "operator": "~* &* +@all",
+    "configs": f"~{KEY_PREFIX}* {_REDIS_WRITE} +ping +info",
+    "orgs": f"~{RELAY_AUTH_PREFIX}* {_REDIS_WRITE} +ping +info",
+    "ai": f"~{AI_CACHE_PATTERN} +get +set +ping",
+    "gateway": f"~{KEY_PREFIX}* ~{RELAY_AUTH_PREFIX}* +get +mget +ping",
+}
+
+
+def redis_passwords(data_dir: Path) -> dict[str, str]:
+    """The Redis role passwords of this data dir, made on first use and kept (mode 0600)."""
+    path = data_dir / REDIS_CREDENTIALS_FILE
+    try:
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and set(stored) == set(REDIS_ROLES):
+            return {str(k): str(v) for k, v in stored.items()}
+    except (OSError, ValueError):
+        pass
+    passwords = {role: secrets.token_urlsafe(24) for role in REDIS_ROLES}
+    write_private(path, json.dumps(passwords, indent=2, sort_keys=True))
+    return passwords
+
+
+def write_redis_config(directory: Path, port: int, passwords: dict[str, str], host: str = "127.0.0.1",
+                       maxmemory: str | None = None) -> Path:
+    """`<directory>/redis.conf` (mode 0600): no persistence, the memory limit, and one ACL
+    user per role; the default user is off, so a client without credentials gets NOAUTH."""
+    maxmemory = maxmemory or os.environ.get("RELAYCTL_REDIS_MAXMEMORY") or REDIS_MAXMEMORY
+    lines = [f"port {port}", f"bind {host}", f"dir {json.dumps(str(directory.resolve()))}", 'save ""',
+             "appendonly no", "daemonize no", "protected-mode yes",
+             f"maxmemory {maxmemory}", f"maxmemory-policy {REDIS_EVICTION}", "user default off"]
+    lines += [f"user {role} on >{passwords[role]} resetchannels -@all {rules}" for role, rules in REDIS_ROLES.items()]
+    path = directory / REDIS_CONFIG
+    write_private(path, "\n".join(lines) + "\n")
+    return path
+
+
+def redis_role_url(url: str, role: str, passwords: dict[str, str]) -> str:
+    """`url` (redis://host:port/db) with `role`'s credentials in place of any it had."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{quote(role, safe='')}:{quote(passwords[role], safe='')}@{rest.rpartition('@')[2]}"

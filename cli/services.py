@@ -31,14 +31,18 @@ import click
 from actors.worker import ACTOR_NAMES
 from bus import local_model
 from bus.embedded import (
+    REDIS_ROLES,
     free_port,
     nats_command,
     nats_passwords,
     port_open,
     redis_command,
+    redis_passwords,
+    redis_role_url,
     role_url,
     write_nats_auth_config,
     write_private,
+    write_redis_config,
 )
 from bus.runtime import connect
 from cli.context import Context, emit, fail
@@ -108,6 +112,17 @@ class Orchestrator:
         if self.state.get("nats_roles"):
             return role_url(self.state["nats"], role, nats_passwords(self.data_dir))
         return str(self.state["nats"])
+
+    def redis_env(self, role: str) -> dict[str, str]:
+        """`RELAYCTL_REDIS_URL` for a service: its role's credentials on the Redis `up`
+        started (none for a role that needs no Redis), else the URL given, as it is."""
+        if not self.state.get("redis"):
+            return {}
+        if not self.state.get("redis_roles"):
+            return {"RELAYCTL_REDIS_URL": str(self.state["redis"])}
+        if role not in REDIS_ROLES:
+            return {}
+        return {"RELAYCTL_REDIS_URL": redis_role_url(self.state["redis"], role, redis_passwords(self.data_dir))}
 
     def record(self, name: str) -> dict[str, Any]:
         return self.state["services"].get(name) or {}
@@ -183,16 +198,21 @@ class Orchestrator:
             port = _host_port(self.state.get("redis", ""))[1] or free_port()
             if port_open("127.0.0.1", port) and not self.running("redis"):
                 port = free_port()
-            (self.data_dir / "redis").mkdir(parents=True, exist_ok=True)
-            self.state["redis"] = f"redis://127.0.0.1:{port}/0"
-            self.spawn("redis", redis_command(self.data_dir / "redis", port), marker=str(port))
+            passwords = redis_passwords(self.data_dir)
+            config = write_redis_config(self.data_dir / "redis", port, passwords)
+            self.state["redis"] = redis_role_url(f"redis://127.0.0.1:{port}/0", "operator", passwords)
+            self.state["redis_roles"] = True
+            # redis-server shows "<binary> 127.0.0.1:<port>" as its command line
+            self.spawn("redis", redis_command(config), marker=f":{port}")
         elif name == "gateway":
             self.state["gateway"] = f"http://{bind}"
-            self.spawn("gateway", self.python_cmd("gateway", "--bind", bind, "--redis-url", self.state["redis"]),
-                       {**env, "RELAYCTL_NATS_URL": self.nats_url_for("gateway")}, marker=str(self.data_dir))
+            self.spawn("gateway", self.python_cmd("gateway", "--bind", bind),
+                       {**env, "RELAYCTL_NATS_URL": self.nats_url_for("gateway"), **self.redis_env("gateway")},
+                       marker=str(self.data_dir))
         else:
-            self.spawn(name, self.python_cmd("worker", name, "--redis-url", self.state["redis"]),
-                       {**env, "RELAYCTL_NATS_URL": self.nats_url_for(name)}, marker=str(self.data_dir))
+            self.spawn(name, self.python_cmd("worker", name),
+                       {**env, "RELAYCTL_NATS_URL": self.nats_url_for(name), **self.redis_env(name)},
+                       marker=str(self.data_dir))
 
     def stop_service(self, name: str) -> None:
         rec = self.record(name)
@@ -297,6 +317,8 @@ def register(main: click.Group) -> None:
                 orch.state["services"].pop(name, None)
                 if name == "nats":
                     orch.state["nats_roles"] = False
+                if name == "redis":
+                    orch.state["redis_roles"] = False
         report: dict[str, str] = {}
         skipped: dict[str, str] = {}
         to_start: list[str] = []

@@ -1,5 +1,7 @@
 """Fixtures: a real nats-server (JetStream) and redis-server per test session, on free
-loopback ports in temp dirs, and a running system (every actor + the gateway) per module."""
+loopback ports in temp dirs, and a running system (every actor + the gateway) per module.
+Redis requires credentials as `relayctl up` runs it (bus/embedded.py REDIS_ROLES): the
+actors use the operator's, the gateway its own read-only role."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import pykka
 import pytest
 
-from bus.embedded import ServerProcess, start_nats, start_redis
+from bus.embedded import ServerProcess, redis_role_url, start_nats, start_redis
 from cli.logging import setup_logging
 from tests.system import SystemUnderTest
 
@@ -40,9 +42,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     server.stop()
 
 
+def gateway_redis_url(redis_server: ServerProcess) -> str:
+    """The gateway role's URL on a Redis of `start_redis`."""
+    assert redis_server.passwords is not None
+    return redis_role_url(redis_server.url, "gateway", redis_server.passwords)
+
+
 @pytest.fixture(scope="module")
 def system(nats_server: ServerProcess, redis_server: ServerProcess) -> Iterator[SystemUnderTest]:
-    sut = SystemUnderTest(nats_server.url, redis_server.url).start()
+    sut = SystemUnderTest(nats_server.url, redis_server.url, gateway_redis_url=gateway_redis_url(redis_server)).start()
     yield sut
     sut.stop()
 

@@ -83,11 +83,14 @@ class SystemUnderTest:
     actors: list[str] = field(default_factory=lambda: list(ACTOR_NAMES))
     worker: Worker | None = None
     gateway: GatewayThread | None = None
+    # The gateway's own Redis credentials (read-only, bus/embedded.py REDIS_ROLES), so every
+    # test shows the gateway works with no more than that; else it uses `redis_url`.
+    gateway_redis_url: str | None = None
 
     def start(self, with_gateway: bool = True) -> SystemUnderTest:
         self.worker = Worker(self.actors, self.nats_url, self.redis_url, process_name="test-worker").start()
         if with_gateway:
-            self.gateway = GatewayThread(self.nats_url, self.redis_url).start()
+            self.gateway = GatewayThread(self.nats_url, self.gateway_redis_url or self.redis_url).start()
         return self
 
     def stop(self) -> None:

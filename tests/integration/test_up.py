@@ -6,8 +6,11 @@ again, lose a process, stop and start again. `down` always runs at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import stat
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from bus.embedded import REDIS_ROLES
 from cli.services import ACTORS, SERVICES, pid_alive
 from tests.system import RelayctlProcess
 
@@ -63,6 +68,36 @@ def test_up_starts_every_service_and_reports_it(system: Up) -> None:
     pids = system.pids()
     assert set(pids) == set(STARTED)
     assert len(set(pids.values())) == len(STARTED) and all(pid_alive(pid) for pid in pids.values())
+
+
+def test_up_runs_redis_with_credentials_kept_private(system: Up) -> None:
+    """The Redis that `up` starts refuses clients without credentials (NOAUTH); its role
+    passwords are kept in 0600 files of the data dir, each service gets its own role's URL
+    in its environment - none that needs no Redis gets one - and no password is on any
+    command line."""
+    out = system.up()
+    port = int(out["redis"].rsplit(":", 1)[1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(100).startswith(b"-NOAUTH")
+    operator = redis.Redis.from_url(out["redis"], socket_timeout=5)
+    assert operator.ping() and int(operator.config_get("maxmemory")["maxmemory"]) > 0
+    operator.close()
+    credentials, config = system.data_dir / "redis-credentials.json", system.data_dir / "redis" / "redis.conf"
+    for path in (credentials, config):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    passwords = json.loads(credentials.read_text())
+    assert set(passwords) == set(REDIS_ROLES)
+    for name, pid in system.pids().items():
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert not any(p in cmdline for p in passwords.values()), name
+        environ = dict(line.split("=", 1) for line in
+                       Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0") if "=" in line)
+        url = environ.get("RELAYCTL_REDIS_URL")
+        if name in REDIS_ROLES:
+            assert url is not None and url.startswith(f"redis://{name}:{passwords[name]}@"), name
+        elif name not in ("nats", "redis"):
+            assert url is None, name
 
 
 def test_up_again_changes_nothing(system: Up) -> None:
