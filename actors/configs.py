@@ -4,8 +4,9 @@ Every folded batch says which public keys it touched; the builder recomputes exa
 those configs, and only once every one of them is built does it write them to Redis in
 one pipeline (compute, then swap). A config whose build fails keeps its last good revision
 in the cache. After each write it publishes `rc.config.changed.<key>` with the new rev.
-A key nobody created (or one since deleted) is answered disabled but never stored - its
-entry is removed - so relays asking for made-up keys cannot grow Redis.
+Entries are sealed with the builder's MAC key (bus/config_cache.py). A key nobody created
+(or one since deleted) is answered disabled but never stored - its entry is removed - so
+relays asking for made-up keys cannot grow Redis.
 At start, once replay reaches the end of the stream, it materializes every key, so a
 restart with an empty Redis fills it from the event log; so does Redis coming back after
 it died or restarted under a running builder (actors/redis_watch.py).
@@ -31,7 +32,8 @@ from actors.project_config import build_project_config
 from actors.redis_watch import MaterializingActor
 from actors.state import Changes
 from bus import metrics
-from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_key, encode_entry
+from bus.cache_keys import CONFIG_MAC_BUCKET
+from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_key, encode_entry, seal
 from bus.service import Call
 from messages.errors import NotFound
 from messages.events import ORG, DomainEvent, aggregate_subject
@@ -67,6 +69,7 @@ GLOBAL_ENTRY: Entry = ("global", (), dumps(GLOBAL_CONFIG))
 
 class ConfigActor(MaterializingActor):
     name = "configs"
+    mac_bucket = CONFIG_MAC_BUCKET
 
     # -- building --------------------------------------------------------------------------
 
@@ -115,11 +118,10 @@ class ConfigActor(MaterializingActor):
             metrics.incr("config.built", len(built))
         if self.redis is None or not (built or with_global):
             return built
-        values = {cache_key(k): (DISABLED_ENTRY if e is DISABLED else encode_entry(*e))
-                  for k, e in built.items() if e is not UNKNOWN}
+        values = {cache_key(k): self._sealed(cache_key(k), e) for k, e in built.items() if e is not UNKNOWN}
         unknown = [cache_key(k) for k, e in built.items() if e is UNKNOWN]
         if with_global:
-            values[GLOBAL_KEY] = encode_entry(*GLOBAL_ENTRY)
+            values[GLOBAL_KEY] = self._sealed(GLOBAL_KEY, GLOBAL_ENTRY)
         try:
             if unknown:
                 # One transaction: a relay sees the whole batch or none of it (compute, then swap).
@@ -138,6 +140,9 @@ class ConfigActor(MaterializingActor):
         if announce:
             self._announce(built)
         return built
+
+    def _sealed(self, name: str, entry: Entry) -> bytes:
+        return seal(self.mac_key, name, DISABLED_ENTRY if entry is DISABLED else encode_entry(*entry))
 
     def _announce(self, built: dict[str, Entry]) -> None:
         nc = self.runtime.nc

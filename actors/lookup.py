@@ -6,12 +6,15 @@
   signature without a NATS hop - written again whole when Redis comes back after a loss
   (actors/redis_watch.py), so relays keep authenticating from Redis while NATS is down.
   A relay key has an entry under every id it ever registered under, each saying what the
-  key may do now: re-registering under a new id leaves no old id with old rights.
+  key may do now: re-registering under a new id leaves no old id with old rights. Entries
+  are sealed (bus/config_cache.py) and valid for `RELAY_AUTH_VALIDITY`, rewritten well
+  before that: a genuine entry put back after a ban is good for that long at most.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -21,12 +24,14 @@ from actors.base import ProjectionActor
 from actors.model import Relay
 from actors.redis_watch import MaterializingActor
 from actors.state import Changes, DomainState, trusted_relay_keys
-from bus.config_cache import RELAY_AUTH_PREFIX
+from bus.cache_keys import RELAY_AUTH_MAC_BUCKET
+from bus.config_cache import RELAY_AUTH_PREFIX, seal
 from bus.service import Call
 from messages.events import DomainEvent
 from messages.subjects import RELAY_CHANGED
 
 log = structlog.get_logger(__name__)
+RELAY_AUTH_VALIDITY = 900  # seconds a relayauth entry is good for (in the entry and as its Redis TTL)
 
 
 def has_org_access(state: DomainState, relay_public_key: str, org_id: int, internal: bool) -> bool:
@@ -67,6 +72,8 @@ class KeyLookupActor(ProjectionActor):
 
 class OrgAccessActor(MaterializingActor):
     name = "orgs"
+    mac_bucket = RELAY_AUTH_MAC_BUCKET
+    rewrite_every = RELAY_AUTH_VALIDITY / 3
 
     def rewrite_all(self) -> None:
         self._write(list(self.state.relays.values()), announce=False)
@@ -82,6 +89,9 @@ class OrgAccessActor(MaterializingActor):
         def answer() -> dict[str, Any]:
             relay_id, public_key = call.payload.get("relay_id"), call.payload.get("public_key")
             by_id = self.state.relay_by_id(relay_id) if relay_id else None
+            if by_id is not None and relay_id and self.materialized:
+                # A gateway asks by id when Redis had no entry (evicted, say): put it back.
+                self._store({RELAY_AUTH_PREFIX + relay_id: self._entry(by_id, relay_id)})
             return {"byId": relay_auth(self.state, by_id, relay_id) if relay_id else None,
                     "byKey": relay_auth(self.state, self.state.relays.get(public_key)) if public_key else None}
         # Registration right after `relayctl relay allow` must see the allowance.
@@ -90,25 +100,39 @@ class OrgAccessActor(MaterializingActor):
     def on_changes(self, changes: Changes, batch: list[tuple[int, list[DomainEvent]]]) -> None:
         if self.redis is None or not self.is_replayed():
             return
-        relays = self.state.relays.values() if not self.materialized else (
-            self.state.relays[k] for k in changes.relays if k in self.state.relays)
+        if not self.materialized:
+            relays = list(self.state.relays.values())
+            self.rewritten_at = time.monotonic()
+        else:
+            relays = [self.state.relays[k] for k in changes.relays if k in self.state.relays]
         self.materialized = True
-        self._write(list(relays), announce=True)
+        self._write(relays, announce=True)
+
+    def _entry(self, relay: Relay, relay_id: str) -> bytes:
+        info = relay_auth(self.state, relay, relay_id)
+        assert info is not None
+        info["expires"] = int(time.time()) + RELAY_AUTH_VALIDITY
+        return seal(self.mac_key, RELAY_AUTH_PREFIX + relay_id, json.dumps(info).encode())
 
     def _write(self, relays: list[Relay], announce: bool) -> None:
         # Every id the key ever registered under: each must follow what the key may do now.
         ids = [(r, relay_id) for r in relays for relay_id in r.relay_ids]
-        entries = {RELAY_AUTH_PREFIX + relay_id: json.dumps(relay_auth(self.state, r, relay_id)) for r, relay_id in ids}
+        self._store({RELAY_AUTH_PREFIX + relay_id: self._entry(r, relay_id) for r, relay_id in ids})
+        if announce and ids:
+            self._announce([relay_id for _, relay_id in ids])
+
+    def _store(self, entries: dict[str, bytes]) -> None:
         if not entries or self.redis is None:
             return
         try:
-            self.redis.mset(entries)
+            pipe = self.redis.pipeline(transaction=False)
+            for name, value in entries.items():
+                pipe.set(name, value, ex=RELAY_AUTH_VALIDITY)
+            pipe.execute()
         except redis.RedisError as exc:  # the gateway falls back to asking us over NATS
             log.warning("orgs.redis_write_failed", error=str(exc))
             if self.watch is not None:
                 self.watch.failed()
-        if announce:
-            self._announce([relay_id for _, relay_id in ids])
 
     def _announce(self, relay_ids: list[str]) -> None:
         """Tell every gateway to drop what it holds of these relays."""

@@ -6,12 +6,18 @@ running. The event log is the source of truth, so the cure is to write everythin
 `RedisWatch` says when. It counts a failed write, a failed check, or a new server
 (`run_id` changed: a restart, even one no write saw) as a loss, and answers True once
 Redis is reachable again. `tick()` tells an actor `CheckRedis()` every `interval`
-seconds, so a loss is noticed even when no event arrives.
+seconds, so a loss is noticed even when no event arrives; an actor whose entries expire
+(`rewrite_every`) writes them all again on the same tick.
+
+What these actors write is sealed with a MAC (bus/config_cache.py); `MaterializingActor`
+fetches the key of its kind of entry (`mac_bucket`, bus/cache_keys.py) before it writes.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +26,7 @@ import redis
 import structlog
 
 from actors.base import ProjectionActor
+from bus.cache_keys import writer_key
 from bus.eventstore import EventStore
 from bus.runtime import BusRuntime
 
@@ -80,8 +87,12 @@ def tick(ref: pykka.ActorRef[Any], interval: float = CHECK_INTERVAL) -> threadin
 
 
 class MaterializingActor(ProjectionActor):
-    """A projection that writes derived data to Redis, and writes all of it again when
-    Redis comes back after losing it (`rewrite_all`, once `materialized` is set)."""
+    """A projection that writes derived data to Redis, sealed with the key in `mac_bucket`,
+    and writes all of it again when Redis comes back after losing it (`rewrite_all`, once
+    `materialized` is set) and every `rewrite_every` seconds if set."""
+
+    mac_bucket = ""
+    rewrite_every: float | None = None
 
     def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
         super().__init__(runtime, store)
@@ -90,12 +101,17 @@ class MaterializingActor(ProjectionActor):
             if redis_url else None
         self.watch = RedisWatch(self.redis, self.name) if self.redis is not None else None
         self.materialized = False
+        # Without a bus (a benchmark of the builder alone) nobody reads the entries back.
+        self.mac_key = secrets.token_bytes(32)
+        self.rewritten_at = 0.0
         self._ticker: threading.Event | None = None
 
     def rewrite_all(self) -> None:
         raise NotImplementedError
 
     def on_start(self) -> None:
+        if self.redis is not None and self.runtime.nc is not None:
+            self.mac_key = self.runtime.call(writer_key(self.runtime.nc, self.mac_bucket))
         super().on_start()
         if self.watch is not None:
             self._ticker = tick(self.actor_ref)
@@ -107,7 +123,10 @@ class MaterializingActor(ProjectionActor):
 
     def on_other(self, message: Any) -> Any:
         if isinstance(message, CheckRedis):
-            if self.materialized and self.watch is not None and self.watch.needs_rebuild():
+            if self.materialized and self.watch is not None and (
+                    self.watch.needs_rebuild() or (self.rewrite_every is not None
+                                                   and time.monotonic() - self.rewritten_at >= self.rewrite_every)):
+                self.rewritten_at = time.monotonic()
                 self.rewrite_all()
             return None
         return super().on_other(message)

@@ -7,6 +7,11 @@ What a real Relay sends and expects (PROTOCOL.md): Ed25519 signatures checked wi
 The v3 path is the hot one: one Redis MGET for every requested key (plus the global
 config), the cached JSON bytes spliced into the response without decoding them, and a NATS
 request only for keys missing from the cache, bounded by `BUILD_BUDGET`.
+
+Nothing read from Redis is trusted unchecked: every `relayconfig:*` and `relayauth:*`
+value must carry a valid MAC (bus/config_cache.py) under the key of its writer
+(`MacKeys`, bus/cache_keys.py), and a relayauth entry must not have expired. One that
+fails is logged and treated as missing: built again, or asked over NATS.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import zstandard
 from aiohttp import web
 
 from bus import metrics
+from bus.cache_keys import CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET, reader_key
 from bus.client import request as bus_request
 from bus.config_cache import (
     DISABLED_BODY,
@@ -32,6 +38,8 @@ from bus.config_cache import (
     CachedConfig,
     cache_key,
     decode_entry,
+    unseal,
+    verify,
 )
 from gateway.errors import HTTPFailure, from_error, json_response
 from messages.errors import BadRequest, Forbidden, RelayctlError, Unavailable
@@ -81,6 +89,71 @@ class RelayAuthCache:
             self._entries.pop(relay_id, None)
 
 
+class MacKeys:
+    """The MAC keys the gateway checks Redis entries with, fetched from JetStream KV on
+    first use. Until a writer has made its key, every entry of its kind reads as a miss
+    and the fetch is tried again at most every `retry` seconds; an entry that fails its
+    check makes the key be fetched again (at most every `recheck` seconds), in case the
+    writers' key was made anew (its bucket lost)."""
+
+    def __init__(self, retry: float = 1.0, recheck: float = 10.0) -> None:
+        self.retry = retry
+        self.recheck = recheck
+        self._keys: dict[str, bytes] = {}
+        self._fetched: dict[str, float] = {}
+
+    async def get(self, nc: Any, bucket: str) -> bytes | None:
+        key = self._keys.get(bucket)
+        if key is not None:
+            return key
+        last = self._fetched.get(bucket)
+        if nc is None or not nc.is_connected or (last is not None and time.monotonic() - last < self.retry):
+            return None
+        return await self._fetch(nc, bucket)
+
+    async def _fetch(self, nc: Any, bucket: str) -> bytes | None:
+        self._fetched[bucket] = time.monotonic()
+        try:
+            key = await reader_key(nc, bucket)
+        except Exception as exc:
+            log.warning("gateway.mac_key_unavailable", bucket=bucket, error=str(exc))
+            return self._keys.get(bucket)
+        if key is not None:
+            self._keys[bucket] = key
+        return key
+
+    def failed(self, nc: Any, bucket: str) -> None:
+        """An entry failed its check: look the key up again, unless that was done just now."""
+        last = self._fetched.get(bucket)
+        if nc is not None and nc.is_connected and (last is None or time.monotonic() - last >= self.recheck):
+            self._fetched[bucket] = time.monotonic()
+            asyncio.ensure_future(self._fetch(nc, bucket))
+
+
+class VerifiedValues:
+    """Config values whose MAC checked out, by Redis key name, so that a value read again -
+    the usual case: a config changes far less often than relays poll it - costs a byte
+    comparison instead of another MAC. Bounded: it starts over when full, and whenever the
+    key changes."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._key: bytes | None = None
+        self._values: dict[str, bytes] = {}
+
+    def check(self, key: bytes, name: str, value: bytes) -> bool:
+        if key != self._key:
+            self._key, self._values = key, {}
+        if self._values.get(name) == value:
+            return True
+        if not verify(key, name, value):
+            return False
+        if len(self._values) >= self.max_entries:
+            self._values.clear()
+        self._values[name] = value
+        return True
+
+
 @dataclass
 class RelayIdentity:
     relay_id: str
@@ -110,6 +183,8 @@ def _signature(request: web.Request) -> tuple[str, str]:
 class RelayEndpoints:
     def __init__(self, app: web.Application) -> None:
         self.app = app
+        self.mac_keys = MacKeys()
+        self.verified = VerifiedValues()
 
     @property
     def nc(self) -> Any:
@@ -255,14 +330,39 @@ class RelayEndpoints:
         if self.redis is not None:
             try:
                 raw = await self.redis.get(RELAY_AUTH_PREFIX + relay_id)
-                if raw:
-                    info = json.loads(raw)
             except Exception as exc:
                 log.warning("gateway.redis_unavailable", error=str(exc))
+                raw = None
+            if raw:
+                info = await self._checked_relay_auth(relay_id, raw)
         if info is None:
             info = (await self.ask("org.relay_auth", {"relay_id": relay_id})).get("byId")
         if info is not None:
             cache.put(relay_id, info)
+        return info  # type: ignore[no-any-return]
+
+    async def _checked_relay_auth(self, relay_id: str, raw: bytes) -> dict[str, Any] | None:
+        """A relayauth entry's content if it is sealed with the org access actor's key and
+        has not expired; else None (logged), and the caller asks over NATS."""
+        key = await self.mac_keys.get(self.nc, RELAY_AUTH_MAC_BUCKET)
+        if key is None:
+            return None
+        name = RELAY_AUTH_PREFIX + relay_id
+        payload = unseal(key, name, raw)
+        if payload is None:
+            log.warning("gateway.cache_entry_forged", key=name)
+            metrics.incr("relay.cache_forged", tags={"kind": "relayauth"})
+            self.mac_keys.failed(self.nc, RELAY_AUTH_MAC_BUCKET)
+            return None
+        try:
+            info = json.loads(payload)
+            expires = float(info["expires"])
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("gateway.cache_entry_corrupt", key=name, error=str(exc))
+            return None
+        if expires < time.time():
+            log.info("gateway.relay_auth_expired", key=name)
+            return None
         return info  # type: ignore[no-any-return]
 
     async def project_configs(self, request: web.Request) -> web.Response:
@@ -309,8 +409,10 @@ class RelayEndpoints:
         entries: dict[str, CachedConfig] = {}
         misses = []
         bodies: BodyCache = self.app["bodies"]
+        mac_key = await self.mac_keys.get(self.nc, CONFIG_MAC_BUCKET) if names else None
+        forged: list[str] = []
         for (key, revision), value in zip(keys, values):
-            entry = _decode_cached(key, value)
+            entry = self._decode_cached(cache_key(key), value, mac_key, forged)
             # Decompress only documents that will be sent: not for a relay that holds the rev.
             if entry is not None and not (revision and revision == entry.rev) and not bodies.fill(key, entry):
                 entry = None
@@ -318,7 +420,11 @@ class RelayEndpoints:
                 misses.append(key)
             else:
                 entries[key] = entry
-        global_entry = _decode_cached(GLOBAL_KEY, values[-1]) if with_global and values else None
+        global_entry = self._decode_cached(GLOBAL_KEY, values[-1], mac_key, forged) if with_global and values else None
+        if forged:
+            log.warning("gateway.cache_entry_forged", keys=len(forged), first=forged[0])
+            metrics.incr("relay.cache_forged", len(forged), tags={"kind": "relayconfig"})
+            self.mac_keys.failed(self.nc, CONFIG_MAC_BUCKET)
         if global_entry is not None and not bodies.fill(GLOBAL_KEY, global_entry):
             global_entry = None
         pending: list[str] = []
@@ -341,6 +447,21 @@ class RelayEndpoints:
         return splice_response(relay, keys, entries, pending, v3=True,
                                global_body=global_entry.body if global_entry else None,
                                with_global=with_global)
+
+    def _decode_cached(self, name: str, value: bytes | None, mac_key: bytes | None,
+                       forged: list[str]) -> CachedConfig | None:
+        """A cache entry, or None when it is missing, unreadable or not sealed with `mac_key`
+        (added to `forged`); then it is rebuilt like a miss."""
+        if value is None or mac_key is None:
+            return None
+        if not self.verified.check(mac_key, name, value):
+            forged.append(name)
+            return None
+        try:
+            return decode_entry(value)
+        except (zstandard.ZstdError, ValueError) as exc:
+            log.warning("gateway.cache_entry_corrupt", key=name, error=str(exc))
+            return None
 
     async def _configs_built(self, relay: RelayIdentity, keys: list[tuple[str, str | None]], with_global: bool,
                              v3: bool) -> web.Response:
@@ -431,15 +552,6 @@ class BodyCache:
         return True
 
 
-def _decode_cached(name: str, value: bytes | None) -> CachedConfig | None:
-    """A cache entry, or None when it is missing or unreadable (then it is rebuilt like a miss)."""
-    if value is None:
-        return None
-    try:
-        return decode_entry(value)
-    except (zstandard.ZstdError, ValueError) as exc:
-        log.warning("gateway.cache_entry_corrupt", key=name, error=str(exc))
-        return None
 
 
 async def _none() -> None:

@@ -161,6 +161,9 @@ STORES: tuple[Store, ...] = (
     Store(subjects.SNAPSHOT_BUCKET, OBJECT, readers=ACTORS, writers=(COMMANDS,)),
     Store(subjects.ERROR_EVENT_BUCKET, KV, readers=(AI,), writers=(AI,)),
     Store(subjects.GATEWAY_BUCKET, KV, readers=(GATEWAY,), writers=(GATEWAY,)),  # the registration secret
+    # the MAC keys of what Redis holds: the role writing the entries makes its key, gateways check
+    Store(subjects.RELAY_AUTH_MAC_BUCKET, KV, readers=(ORGS, GATEWAY), writers=(ORGS,)),
+    Store(subjects.CONFIG_MAC_BUCKET, KV, readers=(CONFIGS, GATEWAY), writers=(CONFIGS,)),
 )
 
 _BY_TYPE: dict[str, Endpoint] = {t: endpoint for endpoint in ENDPOINTS for t in endpoint.types}

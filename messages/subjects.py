@@ -13,6 +13,9 @@ EVENT_SUBJECTS = "rc.ev.>"
 SNAPSHOT_BUCKET = "rc_snapshots"
 ERROR_EVENT_BUCKET = "rc_error_events"
 GATEWAY_BUCKET = "rc_gateway"
+# the MAC keys of the Redis entries (bus/cache_keys.py): relayauth:* and relayconfig:*
+RELAY_AUTH_MAC_BUCKET = "rc_relayauth_mac"
+CONFIG_MAC_BUCKET = "rc_config_mac"
 
 # request/reply: `rc.ctl.<aggregate>.<command>` for every control message, and the queries
 CONTROL_PREFIX = "rc.ctl"

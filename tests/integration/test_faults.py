@@ -194,6 +194,24 @@ def keys(system: Up, relay: RelayClient) -> list[str]:
     return out
 
 
+def cache_hits(system: Up) -> float:
+    text = system.ok("metrics", "--prometheus")
+    assert "relay_cache_forged" not in text, "the gateway rejected entries the actors wrote"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("relayctl_relay_cache_total{") and 'result="hit"' in line)
+
+
+def test_the_gateway_checks_and_serves_the_cache_with_its_own_credentials(system: Up, relay: RelayClient,
+                                                                        keys: list[str]) -> None:
+    """Under `up`'s per-role credentials (NATS and Redis) the gateway reads the MAC keys the
+    actors made and serves every config from Redis: cache hits, no entry rejected."""
+    before = cache_hits(system)
+    for _ in range(5):
+        status, data = relay.configs(keys)
+        assert status == 200 and set(data["configs"]) == set(keys)
+    system.wait(lambda: cache_hits(system) >= before + 5 * len(keys), 15, "the gateway's cache hits")
+
+
 def test_killing_every_up_actor_fails_no_request(system: Up, relay: RelayClient, keys: list[str]) -> None:
     """kill -9 of every actor process `up` started, while another worker runs: every v2 and
     v3 request is still answered 200 with every config (queries retried on the other
