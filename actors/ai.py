@@ -30,7 +30,8 @@ The reply is `{"suggestion": str, "cached": bool, "model": str, "eventId": str,
 
     AINotConfigured -> NotFound "no AI backend configured"   (404)
     AIRateLimited   -> Overloaded, details {"status": 429}   (429)
-    AIUnavailable   -> Unavailable, details {"status": 503 or 502}
+    AIUnavailable   -> Unavailable, details {"status": 503 or 502}; when the backend is the
+                       local model `up` runs and it is down, the message says why
     AIError         -> Unavailable, details {"status": 502}
 
 Policy (org option `ai:policy`, default `allowed`): `allowed` goes; `individual_consent`
@@ -74,7 +75,7 @@ from actors.error_events import (
     decode_ingest,
     prepare_event,
 )
-from bus import metrics
+from bus import local_model, metrics
 from bus.eventstore import EventStore
 from bus.runtime import BusRuntime
 from bus.service import Call
@@ -127,10 +128,21 @@ class AIConfig:
     api_key: str | None = None
     model: str = DEFAULT_MODEL
     timeout: float = DEFAULT_TIMEOUT
+    # Set when the backend is the local model `up` runs: where it writes why it stopped.
+    local_failure_file: str | None = None
 
     @property
     def configured(self) -> bool:
         return bool(self.base_url or self.api_key)
+
+    def explain(self, error: AIError) -> AIError:
+        """A local model that cannot be reached says why it is not running, if it is known."""
+        if not isinstance(error, AIUnavailable) or error.timed_out:
+            return error
+        reason = local_model.failure_reason(self.local_failure_file)
+        if reason is None:
+            return error
+        return AIUnavailable(f"the local AI model (service `llm`) is not running: {reason}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AIConfig:
@@ -140,7 +152,8 @@ class AIConfig:
         return cls(base_url=env.get("OPENAI_BASE_URL") or None,
                    api_key=env.get("OPENAI_API_KEY") or None,
                    model=env.get("RELAYCTL_AI_MODEL") or DEFAULT_MODEL,
-                   timeout=float(timeout) if timeout else DEFAULT_TIMEOUT)
+                   timeout=float(timeout) if timeout else DEFAULT_TIMEOUT,
+                   local_failure_file=env.get(local_model.FAILURE_ENV) or None)
 
     def client(self, model: str | None = None, timeout: float | None = None) -> ModelClient:
         """A model client for one request; raises `AINotConfigured`."""
@@ -463,7 +476,7 @@ class AISuggestionActor(ProjectionActor):
                 text = self._ask_model(job, stored, model, timeout)
         except AIError as exc:
             metrics.incr("ai.suggestions", tags={"result": type(exc).__name__})
-            raise _wire_error(exc) from None
+            raise _wire_error(self.ai_config.explain(exc)) from None
         self.cache.set(key, text, CACHE_TTL)
         metrics.incr("ai.suggestions", tags={"result": "answered"})
         return {"suggestion": text, **answer}

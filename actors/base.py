@@ -1,10 +1,13 @@
 """The base of every actor that owns a projection of the domain events.
 
 A `ProjectionActor` follows the event stream from its last snapshot (bus/snapshots.py;
-one actor class per deployment writes them: the command handlers) or the start: the
-bus delivers commits on the asyncio loop, which batches them into `Commits` messages for
-the actor; the actor folds them into its `DomainState` and calls `on_changes`. Replay
-after a (re)start and live processing are the same path.
+one actor class per deployment writes them, signed: the command handlers; every start
+checks the snapshot against the stream and replays from the start when it fails) or the
+start: the bus delivers commits on the asyncio loop, which batches them into `Commits`
+messages for the actor; the actor folds them into its `DomainState` and calls
+`on_changes`. Replay after a (re)start and live processing are the same path. A commit
+that does not decode is folded as skipped (`UndecodableCommit`), logged at error level
+and counted (`events.undecodable`), so a projection always reaches the stream's end.
 
 Requests arrive as `Call`s (bus/service.py) and are dispatched to `handle_<type>` methods
 (dots become underscores). A handler returns the result, raises a `RelayctlError`, or
@@ -29,9 +32,9 @@ from bus import metrics
 from bus.eventstore import EventStore, JetStreamEventStore
 from bus.runtime import BusRuntime
 from bus.service import Call
-from bus.snapshots import SnapshotStore
+from bus.snapshots import SnapshotSigner, SnapshotStore
 from messages.errors import RelayctlError
-from messages.events import DomainEvent
+from messages.events import DomainEvent, UndecodableCommit
 
 log = structlog.get_logger(__name__)
 DEFERRED = object()
@@ -146,6 +149,7 @@ class ProjectionActor(ServiceActor):
         self.snapshot_sequence = 0
         self._waiters: list[_Waiter] = []
         self._subscription: Any = None
+        self._signer: SnapshotSigner | None = None  # made on the first snapshot this actor writes
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -179,7 +183,9 @@ class ProjectionActor(ServiceActor):
 
     def _snapshots(self) -> SnapshotStore | None:
         nc = self.runtime.nc
-        return SnapshotStore(nc) if nc is not None and isinstance(self.store, JetStreamEventStore) else None
+        if nc is None or not isinstance(self.store, JetStreamEventStore):
+            return None
+        return SnapshotStore(nc, self.store)
 
     def _load_snapshot(self) -> None:
         snapshots = self._snapshots()
@@ -191,10 +197,11 @@ class ProjectionActor(ServiceActor):
         try:
             state = DomainState.from_snapshot(data)
         except Exception as exc:
+            # Signed, so written by a command handler: of another version (another format).
             log.warning("snapshot.ignored", actor=self.name, error=str(exc))
             return
         if state.sequence > self.live_from:
-            log.warning("snapshot.ahead_of_stream", actor=self.name, snapshot=state.sequence, stream=self.live_from)
+            log.error("snapshot.ahead_of_stream", actor=self.name, snapshot=state.sequence, stream=self.live_from)
             return
         self.state = state
         self.snapshot_sequence = state.sequence
@@ -204,7 +211,11 @@ class ProjectionActor(ServiceActor):
         if not self.snapshot_every or self.state.sequence - self.snapshot_sequence < self.snapshot_every:
             return
         snapshots = self._snapshots()
-        if snapshots is not None and self.runtime.call(snapshots.save(self.SNAPSHOT_NAME, self.state.to_snapshot())):
+        if snapshots is None:
+            return
+        self._signer = self._signer or SnapshotSigner()
+        if self.runtime.call(snapshots.save(self.SNAPSHOT_NAME, self.state.to_snapshot(), self._signer,
+                                            f"system:{self.name}")):
             self.snapshot_sequence = self.state.sequence
             log.info("snapshot.saved", actor=self.name, sequence=self.state.sequence)
 
@@ -235,6 +246,10 @@ class ProjectionActor(ServiceActor):
     def _fold(self, batch: list[tuple[int, list[DomainEvent]]]) -> None:
         changes = Changes()
         for sequence, events in batch:
+            if isinstance(events, UndecodableCommit) and sequence > self.state.sequence:
+                log.error("events.undecodable_commit_skipped", actor=self.name, sequence=sequence,
+                          subject=events.subject, error=events.error)
+                metrics.incr("events.undecodable", tags={"actor": self.name})
             changes.update(self.state.apply(sequence, events))
         metrics.incr("events.folded", len(batch), tags={"actor": self.name,
                                                        "phase": "live" if self.is_replayed() else "replay"})

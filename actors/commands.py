@@ -8,6 +8,23 @@ command decided on stale state is never stored: on a conflict it catches up and 
 again, up to `MAX_ATTEMPTS` times. An error that might come from stale state (unknown or
 duplicate names) is re-checked once after catching up, so a command sent right after
 another process's change sees it.
+
+Integer ids are decided here, not by the fold: the decider takes them from an `IdDraw` on
+the handler's `IdPool`, blocks of ids the handler claimed on the global `ids.<kind>`
+aggregate (`IdsClaimed`, optimistic concurrency on it, so two handlers never claim the same
+block). A decision that needs more ids than the pool holds is not stored: the handler
+claims a block and decides again. Ids taken for an append whose outcome is unknown are
+never handed out again (a gap, never a duplicate).
+
+Project keys given explicitly (`key.create` with a key, `import.org`) are claimed on the
+global `claims.keys` aggregate before the org commit (`KeysClaimed`, optimistic concurrency
+on it): a key claimed by another org whose claim may still be used is refused with a
+Conflict, so two orgs deciding concurrently (on two handlers, or one handler before its
+own commit is folded) can never both create one key. A claim by org X decided at X's
+version v is live until X's aggregate moves past v: X's org commit expects v, so once X has
+a later commit, either that commit created the key or X's command can no longer be stored.
+Generated keys need no claim: nobody knows one before its commit is stored, and a command
+naming a key explicitly first catches up with the stream.
 """
 
 from __future__ import annotations
@@ -29,14 +46,16 @@ from actors.project_config import check_pii_change
 from actors.state import DomainState
 from bus import metrics
 from bus.client import request as bus_request
+from bus.eventstore import CommitTooLarge
 from bus.service import Call
-from messages.errors import BadRequest, Conflict, Forbidden, NotFound, RelayctlError, Unauthorized
-from messages.events import ORG, RELAY, USER, DomainEvent
+from messages.errors import BadRequest, Conflict, Forbidden, NotFound, RelayctlError, Unauthorized, Unavailable
+from messages.events import CLAIMS, IDS, ORG, RELAY, USER, DomainEvent
 
 log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 50
 TRUSTED_RELAYS = "sentry:trusted-relays"
 RELAY_SEEN_INTERVAL = 60.0
+ID_BLOCK = 50  # ids a handler claims at a time; a restart leaves the rest of its block unused
 
 
 @dataclass
@@ -45,6 +64,64 @@ class Decision:
     aggregate_id: str
     events: list[DomainEvent] = field(default_factory=list)
     result: Callable[[DomainState], Any] = lambda state: None
+    # project keys the command names explicitly: claimed before the org commit (`claims_for`)
+    explicit_keys: list[str] = field(default_factory=list)
+
+
+class IdPool:
+    """The integer ids one command handler may hand out: the rest of the blocks it claimed."""
+
+    def __init__(self) -> None:
+        self._free: dict[str, list[range]] = {}
+
+    def add(self, kind: str, first: int, count: int) -> None:
+        self._free.setdefault(kind, []).append(range(first, first + count))
+
+    def peek(self, kind: str, n: int) -> int | None:
+        """The n-th (from 0) free id of `kind`, or None when the pool holds fewer."""
+        for block in self._free.get(kind, []):
+            if n < len(block):
+                return block[n]
+            n -= len(block)
+        return None
+
+    def consume(self, kind: str, n: int) -> None:
+        blocks = self._free.get(kind, [])
+        while n and blocks:
+            used = min(n, len(blocks[0]))
+            blocks[0] = blocks[0][used:]
+            n -= used
+            if not blocks[0]:
+                blocks.pop(0)
+
+    def available(self, kind: str) -> int:
+        return sum(len(b) for b in self._free.get(kind, []))
+
+
+class IdDraw:
+    """The ids one decision takes from a pool: they leave the pool only with `commit()`
+    (when the decision is appended), so a decision that is refused or decided again takes
+    the same ones. Past the pool's end `take` counts the shortage and returns 0: such a
+    decision is never stored; the handler claims more ids and decides again."""
+
+    def __init__(self, pool: IdPool | None = None) -> None:
+        self.pool = pool or IdPool()
+        self.taken: dict[str, int] = {}
+        self.short: dict[str, int] = {}
+
+    def take(self, kind: str) -> int:
+        n = self.taken.get(kind, 0)
+        self.taken[kind] = n + 1
+        value = self.pool.peek(kind, n)
+        if value is None:
+            self.short[kind] = self.short.get(kind, 0) + 1
+            return 0
+        return value
+
+    def commit(self) -> None:
+        for kind, n in self.taken.items():
+            self.pool.consume(kind, n)
+        self.taken.clear()
 
 
 def token_hash(token: str) -> str:
@@ -110,9 +187,10 @@ def relay_view(relay: Any) -> dict[str, Any]:
 class Decider:
     """Turns one command into a Decision; one method per command type."""
 
-    def __init__(self, state: DomainState, actor: str) -> None:
+    def __init__(self, state: DomainState, actor: str, ids: IdDraw | None = None) -> None:
         self.state = state
         self.actor = actor or "anonymous"
+        self.ids = ids if ids is not None else IdDraw()
 
     def event(self, type_: str, aggregate_id: str, **payload: Any) -> DomainEvent:
         return DomainEvent(type=type_, aggregate_id=aggregate_id, payload=payload, actor=self.actor)
@@ -128,7 +206,7 @@ class Decider:
     def org_create(self, slug: str, name: str | None) -> Decision:
         if self.state.org(slug) is not None:
             raise Conflict(f"Organization `{slug}` already exists")
-        return Decision(ORG, slug, [self.event("OrgCreated", slug, name=name or slug)],
+        return Decision(ORG, slug, [self.event("OrgCreated", slug, name=name or slug, id=self.ids.take("org"))],
                         lambda s: {"id": s.org(slug).id, "slug": slug})  # type: ignore[union-attr]
 
     def _org_option(self, slug: str, key: str, value: Any) -> Decision:
@@ -185,8 +263,10 @@ class Decider:
         if template is not None and template not in found.templates:
             raise NotFound(f"No project template `{template}` in `{org}`")
         public_key = new_public_key()
-        events = [self.event("ProjectCreated", org, project=project, name=name or project, template=template),
-                  self.event("KeyCreated", org, project=project, public_key=public_key, rate_limit=None)]
+        events = [self.event("ProjectCreated", org, project=project, name=name or project, template=template,
+                             id=self.ids.take("project")),
+                  self.event("KeyCreated", org, project=project, public_key=public_key, rate_limit=None,
+                             numeric_id=self.ids.take("key"))]
 
         def result(s: DomainState) -> dict[str, Any]:
             created = s.project(org, project)
@@ -233,6 +313,7 @@ class Decider:
 
     def key_create(self, org: str, project: str, public_key: str | None) -> Decision:
         require_project(self.state, org, project)
+        explicit = [public_key] if public_key else []
         public_key = public_key or new_public_key()
         if public_key in self.state.keys:
             raise Conflict(f"Key `{public_key}` already exists")
@@ -241,7 +322,8 @@ class Decider:
             key = s.keys[public_key]
             return {"publicKey": public_key, "numericId": key.numeric_id, "projectId": key.project_id}
         return Decision(ORG, org, [self.event("KeyCreated", org, project=project, public_key=public_key,
-                                              rate_limit=None)], result)
+                                              rate_limit=None, numeric_id=self.ids.take("key"))], result,
+                        explicit_keys=explicit)
 
     def _key_status(self, public_key: str, status: str | None, type_: str) -> Decision:
         key, org = require_key(self.state, public_key)
@@ -322,6 +404,41 @@ class Decider:
 
         return decide_import(self, org)
 
+    # the global aggregates a decision may need first
+
+    def claim_ids(self, kind: str, count: int, owner: str) -> Decision:
+        """A block of `count` ids of `kind` past every id stored or claimed so far."""
+        first = self.state.next_ids[kind]
+        return Decision(IDS, kind, [self.event("IdsClaimed", kind, first=first, count=count, owner=owner)])
+
+    def claims_for(self, decision: Decision) -> Decision | None:
+        """The `KeysClaimed` commit the org commit of `decision` needs first (None: its
+        explicit keys are all claimed by its org at the org's current version). A key whose
+        claim by another org may still be used is a Conflict."""
+        if not decision.explicit_keys:
+            return None
+        org = decision.aggregate_id
+        version = self.state.aggregate_version(ORG, org)
+        needed = []
+        for public_key in decision.explicit_keys:
+            claim = self.state.key_claims.get(public_key)
+            if claim is None:
+                needed.append(public_key)
+            elif claim.org == org:
+                if claim.org_version != version:
+                    needed.append(public_key)  # made for an earlier decision of this org
+            elif self.state.aggregate_version(ORG, claim.org) > claim.org_version:
+                # That org moved on: its claiming command was stored (and the key then deleted:
+                # the decision checked that no org holds it now) or can never be.
+                needed.append(public_key)
+            else:
+                raise Conflict(f"Key `{public_key}` is claimed by organization `{claim.org}`, which is creating it",
+                               {"public_key": public_key, "org": claim.org})
+        if not needed:
+            return None
+        return Decision(CLAIMS, "keys", [self.event("KeysClaimed", "keys", org=org, org_version=version,
+                                                    public_keys=needed)])
+
 
 # Changes that decide which relays may register or fetch what: their reply waits for the
 # org access actor (and through it every gateway) to have applied them.
@@ -329,6 +446,8 @@ RELAY_ACCESS_COMMANDS = {"relay.allow", "relay.deny", "org.trust_relay", "org.un
 
 QUERY_TYPES = {"org.option_get", "project.option_get", "key.list", "relay.list",
                "user.permission_list", "user.authenticate", "export.orgs"}
+# Answered at once, from what this handler knows, even when the store does not answer.
+STATUS_QUERY = "stream.status"
 
 
 def export_orgs(state: DomainState) -> dict[str, Any]:
@@ -388,26 +507,48 @@ class CommandActor(ProjectionActor):
     name = "commands"
     snapshot_every = 10_000  # every actor folds the same state; one kind writes the snapshot
 
+    def __init__(self, runtime: Any, store: Any) -> None:
+        super().__init__(runtime, store)
+        self.ids = IdPool()
+        self.owner = f"commands-{uuid.uuid4().hex[:12]}"  # names this handler's id blocks
+        # The last append the store refused or left unanswered (cleared by the next stored one).
+        self.write_error: dict[str, Any] | None = None
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Call):
             return self._command(message)
         return super().on_receive(message)
 
     def _command(self, call: Call) -> None:
+        message_type = call.request.type
+        if message_type == STATUS_QUERY:
+            self.run_handler(call, lambda _c: self.stream_status())
+            return
         if not self.is_replayed():
             self.after(self.live_from, lambda: self._command(call), call)
             return
-        message_type = call.request.type
         if message_type in QUERY_TYPES:
             self.serve_caught_up(call, lambda: answer_query(self.state, message_type, call.payload))
             return
         self._attempt(call, attempt=0, synced=False)
 
+    def stream_status(self) -> dict[str, Any]:
+        """What `relayctl status` shows of the event stream, as this handler sees it."""
+        return {"folded": self.state.sequence, "replayed": self.is_replayed(), "skipped": list(self.state.skipped),
+                "write_error": self.write_error}
+
     def _attempt(self, call: Call, attempt: int, synced: bool) -> None:
         if call.expired:
             return
+        draw = IdDraw(self.ids)
+        decider = Decider(self.state, call.request.actor, draw)
         try:
-            decision = Decider(self.state, call.request.actor).decide(call.request.type, call.payload)
+            decision = decider.decide(call.request.type, call.payload)
+            if decision.explicit_keys and not synced:
+                # A key named explicitly may be one another handler has just stored: see it first.
+                self.catch_up(lambda: self._attempt(call, attempt, True), call)
+                return
+            claim = decider.claims_for(decision)
         except (NotFound, Conflict) as exc:
             if not synced:
                 self.catch_up(lambda: self._attempt(call, attempt, True), call)
@@ -420,37 +561,96 @@ class CommandActor(ProjectionActor):
         if not decision.events:
             self.run_handler(call, lambda _c: decision.result(self.state))
             return
-        expected = self.state.aggregate_version(decision.aggregate, decision.aggregate_id)
         try:
-            with metrics.timer("events.append", tags={"command": call.request.type}):
-                sequence = self.runtime.call(self.store.append(decision.events, expected))
-        except Conflict as exc:
-            metrics.incr("events.append_conflicts")
-            if attempt + 1 >= MAX_ATTEMPTS:
-                call.error(Conflict("too many concurrent changes to the same object; retry"))
-                return
-            last = exc.details.get("last_sequence")
-            retry = lambda: self._attempt(call, attempt + 1, True)  # noqa: E731
-            if isinstance(last, int):
-                self.after(last, retry, call)
-            else:
-                self.catch_up(retry, call)
+            # Before anything is claimed for it: a commit that can never be stored needs nothing.
+            self.store.check_size(decision.events)
+        except CommitTooLarge as exc:
+            call.error(self._too_large(call, exc))
             return
-        except RelayctlError as exc:
-            call.error(exc)
+        if draw.short:
+            # Not stored as it is (it holds placeholder ids): claim ids, then decide again.
+            kind, missing = next(iter(draw.short.items()))
+            block = decider.claim_ids(kind, max(ID_BLOCK, missing), self.owner)
+            payload = block.events[0].payload
+            self._prerequisite(call, attempt, block,
+                               lambda: self.ids.add(kind, payload["first"], payload["count"]))
             return
-        except Exception as exc:
-            log.warning("commands.append_failed", error=str(exc), correlation_id=call.request.id)
-            call.error(RelayctlError("the event store is unavailable; nothing was changed"))
+        if claim is not None:
+            self._prerequisite(call, attempt, claim, lambda: None)
+            return
+        sequence = self._append(call, attempt, decision, draw)
+        if sequence is None:
             return
         log.info("commands.stored", type=call.request.type, sequence=sequence,
                  events=[e.type for e in decision.events], correlation_id=call.request.id)
+
         def reply() -> None:
             if call.request.type in RELAY_ACCESS_COMMANDS:
                 self._await_relay_access(decision)
             self.run_handler(call, lambda _c: decision.result(self.state))
 
         self.after(sequence, reply, call)
+
+    def _prerequisite(self, call: Call, attempt: int, decision: Decision, stored: Callable[[], None]) -> None:
+        """Append a commit the command needs first (ids, key claims), then decide it again
+        once that commit is folded."""
+        sequence = self._append(call, attempt, decision, None)
+        if sequence is None:
+            return
+        stored()
+        log.info("commands.prerequisite_stored", type=call.request.type, sequence=sequence,
+                 commit=decision.events[0].type, correlation_id=call.request.id)
+        self.after(sequence, lambda: self._attempt(call, attempt + 1, True), call)
+
+    def _append(self, call: Call, attempt: int, decision: Decision, draw: IdDraw | None) -> int | None:
+        """Append `decision` expecting its aggregate's folded version; the sequence, or None
+        when the call is taken care of (a retry after a conflict is scheduled, or an error
+        replied). The ids `draw` took are used up unless the commit was surely not stored."""
+        expected = self.state.aggregate_version(decision.aggregate, decision.aggregate_id)
+        try:
+            with metrics.timer("events.append", tags={"command": call.request.type}):
+                sequence = int(self.runtime.call(self.store.append(decision.events, expected)))
+        except Conflict as exc:
+            metrics.incr("events.append_conflicts")
+            if attempt + 1 >= MAX_ATTEMPTS:
+                call.error(Conflict("too many concurrent changes to the same object; retry"))
+                return None
+            last = exc.details.get("last_sequence")
+            retry = lambda: self._attempt(call, attempt + 1, True)  # noqa: E731
+            if isinstance(last, int):
+                self.after(last, retry, call)
+            else:
+                self.catch_up(retry, call)
+            return None
+        except CommitTooLarge as exc:
+            call.error(self._too_large(call, exc))
+            return None
+        except Exception as exc:
+            if draw is not None:
+                draw.commit()  # perhaps stored after all: never hand these ids out again
+            error = exc if isinstance(exc, RelayctlError) else Unavailable(
+                "the event store is unavailable; nothing was changed")
+            self.write_error = {"message": error.message, "since": (self.write_error or {}).get("since", time.time()),
+                                "command": call.request.type}
+            metrics.incr("events.append_failed", tags={"reason": type(exc).__name__})
+            log.error("commands.append_failed", error=str(exc), type=call.request.type,
+                      correlation_id=call.request.id)
+            call.error(error)
+            return None
+        if draw is not None:
+            draw.commit()
+        self.write_error = None
+        return sequence
+
+    def _too_large(self, call: Call, exc: CommitTooLarge) -> CommitTooLarge:
+        if call.request.type != "import.org":
+            return exc
+        details = exc.details
+        return CommitTooLarge(
+            f"org `{details.get('aggregate_id')}` is too large to import as one commit: {details.get('size', 0):,} "
+            f"bytes ({details.get('events')} events), over the event store's limit of {details.get('limit', 0):,} "
+            f"bytes per commit (the NATS message size limit, max_payload); nothing was stored. Import the org "
+            f"in parts: fewer projects or keys per file, each import adds to what is there", details)
 
     def _await_relay_access(self, decision: Decision) -> None:
         """Return only once the org access actor applied a change to who may do what.

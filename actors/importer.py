@@ -3,7 +3,9 @@
 One org of the import file becomes one commit, so it is stored whole or not at all. The
 decision compares the file with the current state and emits only what differs, which
 makes importing the same file twice a no-op the second time. The whole org is validated
-before any event is made; every problem is reported with its path in the file.
+before any event is made; every problem is reported with its path in the file. Ids are
+taken from the decider's `ids` like any command's; keys named in the file are claimed
+first (`Decision.explicit_keys`), so a key can never end up under two orgs.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
     org = state.org(slug)
     events = []
     counts = {"orgs": 0, "projects": 0, "keys": 0}
+    explicit_keys: list[str] = []
     if org is None:
-        events.append(decider.event("OrgCreated", slug, name=spec.get("name") or slug))
+        events.append(decider.event("OrgCreated", slug, name=spec.get("name") or slug, id=decider.ids.take("org")))
         counts["orgs"] = 1
     for key, value in org_options.items():
         if org is None or org.options.get(key, object()) != value:
@@ -89,7 +92,8 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
         project = state.project(slug, project_slug) if org is not None else None
         if project is None:
             events.append(decider.event("ProjectCreated", slug, project=project_slug,
-                                        name=project_spec.get("name") or project_slug, template=None))
+                                        name=project_spec.get("name") or project_slug, template=None,
+                                        id=decider.ids.take("project")))
             counts["projects"] += 1
         elif project.status == DELETED:
             raise _problem(f"{path}.slug", "project was deleted")
@@ -106,6 +110,7 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
             if status not in (ACTIVE, DISABLED):
                 raise _problem(f"{kpath}.status", "must be active or disabled")
             public_key = key_spec.get("publicKey")
+            named = public_key is not None
             if public_key is None:
                 if project is not None:
                     continue  # an unnamed key of an existing project: already imported
@@ -118,17 +123,22 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
             existing = state.keys.get(public_key)
             if existing is None:
                 events.append(decider.event("KeyCreated", slug, project=project_slug, public_key=public_key,
-                                            status=status, rate_limit=None))
+                                            status=status, rate_limit=None, numeric_id=decider.ids.take("key")))
                 counts["keys"] += 1
+                if named:
+                    explicit_keys.append(public_key)  # claimed before the commit: see actors/commands.py
                 continue
             if project is None or existing.project_id != project.id:
-                raise Conflict(f"{kpath}.publicKey: key `{public_key}` belongs to another project")
+                holder = state.org_of_key(public_key)
+                owner = state.projects.get(existing.project_id)
+                where = f"`{holder.slug}/{owner.slug}`" if holder and owner else "another project"
+                raise Conflict(f"{kpath}.publicKey: key `{public_key}` belongs to another project: {where}")
             if existing.status != status:
                 events.append(decider.event("KeyDisabled" if status == DISABLED else "KeyEnabled", slug,
                                             public_key=public_key))
     check_pii_import(state, slug, org_options, all_project_options)
     summary = {**counts, "events": len(events)}
-    return Decision(ORG, slug, events, lambda s: summary)
+    return Decision(ORG, slug, events, lambda s: summary, explicit_keys=explicit_keys)
 
 
 def _new_key() -> str:

@@ -2,20 +2,33 @@
 
 `DomainState.apply(sequence, events)` is the only way state changes, for replay and for
 live events alike. It returns what changed (`Changes`), so the config builder can
-recompute exactly the affected configs. Integer ids are handed out in fold order, so every
-process that folds the same stream agrees on them.
+recompute exactly the affected configs.
+
+Integer ids come from the events (decided by the command handler, see actors/commands.py
+`IdPool`), so a commit that is lost or cannot be read changes no other object's id. Events
+stored before ids were (payload id None) get the next id of a fold-order counter, which
+every stored id and every claimed block of ids (`IdsClaimed`) pushes past itself: a legacy
+stream folds exactly as it did, and the ids decided from then on never repeat one.
+
+An undecodable commit (`UndecodableCommit`) is recorded in `skipped` and as its aggregate's
+last sequence, and changes nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey, Relay, User
-from messages.events import DomainEvent
+import structlog
 
-SNAPSHOT_FORMAT = 2  # 2: relays carry every id they registered under (Relay.relay_ids)
+from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey, Relay, User
+from messages.events import ID_KINDS, DomainEvent, UndecodableCommit
+
+log = structlog.get_logger(__name__)
+# 2: relays carry every id they registered under (Relay.relay_ids)
+# 3: key claims and skipped (undecodable) commits
+SNAPSHOT_FORMAT = 3
 TRUSTED_RELAYS = "sentry:trusted-relays"
 _UNSET: Any = object()
 
@@ -24,6 +37,16 @@ def trusted_relay_keys(options: dict[str, Any]) -> list[str]:
     """The public keys an org lists in `sentry:trusted-relays`."""
     return [e["public_key"] for e in options.get(TRUSTED_RELAYS) or []
             if isinstance(e, dict) and isinstance(e.get("public_key"), str)]
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """An org's claim on a project key it is about to create, decided when the org's
+    aggregate was at `org_version` (see actors/commands.py `Decider.claims_for`)."""
+
+    org: str
+    org_version: int
+    sequence: int
 
 
 @dataclass
@@ -46,13 +69,17 @@ class DomainState:
         self.projects: dict[int, Project] = {}
         self.project_by_slug: dict[tuple[int, str], int] = {}
         self.keys: dict[str, ProjectKey] = {}
+        self.key_by_numeric_id: dict[int, str] = {}
         self.keys_of_project: dict[int, list[str]] = {}
         self.projects_of_org: dict[int, list[int]] = {}
         self.relays: dict[str, Relay] = {}
         self.relay_key_by_id: dict[str, str] = {}
         self.users: dict[str, User] = {}
         self.aggregate_sequence: dict[tuple[str, str], int] = {}
-        self.next_ids = {"org": 1, "project": 1, "key": 1}
+        # The next id of each kind that no stored id and no claimed block has used.
+        self.next_ids = {kind: 1 for kind in ID_KINDS}
+        self.key_claims: dict[str, KeyClaim] = {}
+        self.skipped: list[dict[str, Any]] = []  # undecodable commits: sequence, subject, error
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -93,6 +120,13 @@ class DomainState:
         changes = Changes()
         if sequence <= self.sequence:
             return changes  # already folded (a redelivery after reconnect)
+        if isinstance(events, UndecodableCommit):
+            if events.aggregate is not None:
+                # JetStream counts it as the aggregate's last message: so must the expectation.
+                self.aggregate_sequence[events.aggregate] = sequence
+            self.skipped.append(events.describe())
+            self.sequence = sequence
+            return changes
         for event in events:
             handler = getattr(self, f"_on_{event.type}", None)
             if handler is not None:
@@ -103,7 +137,16 @@ class DomainState:
         self.sequence = sequence
         return changes
 
-    def _new_id(self, kind: str) -> int:
+    def _new_id(self, kind: str, stored: Any, taken: Container[int], sequence: int) -> int:
+        """The id of a new object: the one its event carries, else (a legacy event) the
+        fold-order counter's next. A stored id that is already taken (never decided by a
+        command handler; a forged or broken event) is logged and replaced by the counter's
+        next, the same on every replay."""
+        if isinstance(stored, int) and not isinstance(stored, bool) and stored > 0:
+            if stored not in taken:
+                self.next_ids[kind] = max(self.next_ids[kind], stored + 1)
+                return stored
+            log.error("state.duplicate_id", kind=kind, id=stored, sequence=sequence)
         value = self.next_ids[kind]
         self.next_ids[kind] = value + 1
         return value
@@ -125,8 +168,8 @@ class DomainState:
 
     def _on_OrgCreated(self, e: DomainEvent, seq: int) -> None:
         slug = e.aggregate_id
-        org = Org(id=self._new_id("org"), slug=slug, name=e.payload.get("name") or slug,
-                  created=e.ts, last_change=e.ts)
+        org = Org(id=self._new_id("org", e.payload.get("id"), self.orgs, seq), slug=slug,
+                  name=e.payload.get("name") or slug, created=e.ts, last_change=e.ts)
         self.orgs[org.id] = org
         self.org_by_slug[slug] = org.id
         self.projects_of_org[org.id] = []
@@ -166,9 +209,10 @@ class DomainState:
         if org is None:
             return None
         slug = e.payload["project"]
-        project = Project(id=self._new_id("project"), org_id=org.id, slug=slug,
-                          name=e.payload.get("name") or slug, template=e.payload.get("template"),
-                          options=dict(e.payload.get("options") or {}), created=e.ts, last_change=e.ts)
+        project = Project(id=self._new_id("project", e.payload.get("id"), self.projects, seq),
+                          org_id=org.id, slug=slug, name=e.payload.get("name") or slug,
+                          template=e.payload.get("template"), options=dict(e.payload.get("options") or {}),
+                          created=e.ts, last_change=e.ts)
         self.projects[project.id] = project
         self.project_by_slug[(org.id, slug)] = project.id
         self.projects_of_org[org.id].append(project.id)
@@ -214,10 +258,15 @@ class DomainState:
         if project is None:
             return None
         public_key = e.payload["public_key"]
-        key = ProjectKey(public_key=public_key, numeric_id=self._new_id("key"), project_id=project.id,
+        numeric_id = self._new_id("key", e.payload.get("numeric_id"), self.key_by_numeric_id, seq)
+        key = ProjectKey(public_key=public_key, numeric_id=numeric_id, project_id=project.id,
                          status=e.payload.get("status") or ACTIVE,
                          rate_limit=e.payload.get("rate_limit"), created=e.ts, last_change=e.ts)
+        replaced = self.keys.get(public_key)
+        if replaced is not None:
+            self.key_by_numeric_id.pop(replaced.numeric_id, None)
         self.keys[public_key] = key
+        self.key_by_numeric_id[numeric_id] = public_key
         self.keys_of_project[project.id].append(public_key)
         return Changes(public_keys={public_key})
 
@@ -228,6 +277,7 @@ class DomainState:
             return None
         if status is None:
             del self.keys[public_key]
+            self.key_by_numeric_id.pop(key.numeric_id, None)
             self.keys_of_project[key.project_id].remove(public_key)
         else:
             key.status = status
@@ -293,6 +343,17 @@ class DomainState:
         if user:
             user.permissions.discard(e.payload["permission"])
 
+    def _on_IdsClaimed(self, e: DomainEvent, seq: int) -> None:
+        kind, first, count = e.aggregate_id, e.payload.get("first"), e.payload.get("count")
+        if kind in self.next_ids and isinstance(first, int) and isinstance(count, int) and count > 0:
+            # Nobody else hands these out: neither another handler's block nor a legacy event.
+            self.next_ids[kind] = max(self.next_ids[kind], first + count)
+
+    def _on_KeysClaimed(self, e: DomainEvent, seq: int) -> None:
+        claim = KeyClaim(org=str(e.payload["org"]), org_version=int(e.payload["org_version"]), sequence=seq)
+        for public_key in e.payload.get("public_keys") or []:
+            self.key_claims[str(public_key)] = claim
+
     # -- snapshots -------------------------------------------------------------------------
 
     def to_snapshot(self) -> dict[str, Any]:
@@ -310,6 +371,8 @@ class DomainState:
             "relays": [asdict(r) for r in self.relays.values()],
             "users": [user_map(u) for u in self.users.values()],
             "aggregates": [[a, i, s] for (a, i), s in self.aggregate_sequence.items()],
+            "key_claims": [[k, c.org, c.org_version, c.sequence] for k, c in self.key_claims.items()],
+            "skipped": [dict(s) for s in self.skipped],
         }
 
     @classmethod
@@ -334,6 +397,7 @@ class DomainState:
         for k in data["keys"]:
             key = ProjectKey(**k)
             state.keys[key.public_key] = key
+            state.key_by_numeric_id[key.numeric_id] = key.public_key
             state.keys_of_project.setdefault(key.project_id, []).append(key.public_key)
         for r in data["relays"]:
             relay = Relay(**r)
@@ -344,4 +408,6 @@ class DomainState:
             user = User(**{**u, "permissions": set(u["permissions"]), "token_hashes": set(u["token_hashes"])})
             state.users[user.username] = user
         state.aggregate_sequence = {(a, i): s for a, i, s in data["aggregates"]}
+        state.key_claims = {k: KeyClaim(org, version, seq) for k, org, version, seq in data["key_claims"]}
+        state.skipped = [dict(s) for s in data["skipped"]]
         return state

@@ -10,7 +10,19 @@ Two implementations pass one contract (tests/integration/test_event_store.py):
   nothing is stored. The first event's id is the message id, so a retry is stored once.
 - `follow(callback, from_sequence)` delivers every commit from `from_sequence` on, first the
   stored ones and then live ones, through the same callback: replay and live processing
-  are one code path.
+  are one code path. A stored message that does not decode is delivered as an
+  `UndecodableCommit` (no events; its subject and the error), never dropped: a projection
+  must reach the stream's last sequence whatever is stored there.
+- `message(sequence)` is the stored message at a sequence (subject, message id, data), for
+  checking what a snapshot claims to cover (bus/snapshots.py).
+- `check_size(events)` raises the `CommitTooLarge` an append of `events` would, without
+  I/O: a command checks it before the commits it appends first (ids, key claims).
+
+Append errors say what happened: a commit over the server's message size limit is a
+`CommitTooLarge` (nothing stored; which aggregate, how large, the limit); a store that
+refuses writes (JetStream storage limits, a stream that stopped writing after a disk error)
+is a `StoreCannotWrite`, "event store cannot write: ...", an `Unavailable` like a store
+that does not answer at all.
 """
 
 from __future__ import annotations
@@ -18,21 +30,79 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
+from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
-from messages.errors import Conflict, Unavailable
-from messages.events import DomainEvent, aggregate_subject, decode_commit, encode_commit, event_subject
+from messages.errors import BadRequest, Conflict, Unavailable
+from messages.events import (
+    DomainEvent,
+    UndecodableCommit,
+    aggregate_subject,
+    decode_commit,
+    encode_commit,
+    event_subject,
+)
 from messages.subjects import EVENT_STREAM, EVENT_SUBJECTS
 
 CommitCallback = Callable[[int, list[DomainEvent]], Any]
 APPEND_ATTEMPT_TIMEOUT = 2.0  # one try of an append; a cluster electing a new leader answers none
 WRONG_LAST_SEQUENCE = 10071  # JetStream API error code
 FOLLOW_ATTEMPTS = 5
+MAX_COMMIT_BYTES = 8 * 1024 * 1024  # the stream's max_msg_size; nats.conf's max_payload is the same
+# JetStream API error codes of a store that is up but refuses to store (limits, storage):
+# these never pass by retrying within one append, so they are reported at once.
+CANNOT_WRITE_CODES = {
+    10002: "JetStream account resource limits exceeded",
+    10023: "JetStream has insufficient resources (its max_file_store is used up)",
+    10028: "JetStream has insufficient memory resources",
+    10039: "JetStream is not enabled for the account",
+    10047: "JetStream has insufficient storage resources",
+    10076: "JetStream is not enabled",
+    10077: "the stream failed to store the message",
+}
+TOO_LARGE_CODE = 10054  # message size exceeds maximum allowed (the stream's max_msg_size)
+# NATS headers as the server counts them against max_payload: "NATS/1.0\r\n", "k: v\r\n"..., "\r\n"
+_HEADER_OVERHEAD = 12
+
+
+class CommitTooLarge(BadRequest):
+    """A commit larger than the event store takes in one message; nothing was stored."""
+
+
+class StoreCannotWrite(Unavailable):
+    """The event store answers but stores nothing (limits, a disk error); nothing was stored."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    sequence: int
+    subject: str
+    msg_id: str | None
+    data: bytes
+
+
+def decode_stored(sequence: int, subject: str, data: bytes) -> list[DomainEvent]:
+    """The events of a stored message, or an `UndecodableCommit` saying why there are none."""
+    try:
+        return decode_commit(data, sequence)
+    except Exception as exc:  # BadMessage, or anything else bytes from the stream may cause
+        return UndecodableCommit(sequence, subject, f"{type(exc).__name__}: {exc}"[:300])
+
+
+def too_large(events: list[DomainEvent], size: int, limit: int) -> CommitTooLarge:
+    first = events[0]
+    return CommitTooLarge(
+        f"{first.aggregate} `{first.aggregate_id}`: the change is one commit of {size:,} bytes "
+        f"({len(events)} events), over the event store's limit of {limit:,} bytes per commit "
+        f"(the NATS message size limit, max_payload); nothing was stored",
+        {"aggregate": first.aggregate, "aggregate_id": first.aggregate_id, "size": size, "limit": limit,
+         "events": len(events)})
 
 
 class Subscription(Protocol):
@@ -47,6 +117,8 @@ class EventStore(Protocol):
                      subject: str = EVENT_SUBJECTS) -> Subscription: ...
     async def read(self, subject: str = EVENT_SUBJECTS,
                    from_sequence: int = 1) -> list[tuple[int, list[DomainEvent]]]: ...
+    async def message(self, sequence: int) -> StoredMessage | None: ...
+    def check_size(self, events: list[DomainEvent]) -> None: ...
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:
@@ -78,7 +150,7 @@ class JetStreamEventStore:
         config = api.StreamConfig(
             name=self.stream, subjects=[EVENT_SUBJECTS], storage=api.StorageType.FILE,
             num_replicas=self.replicas, duplicate_window=120.0, allow_direct=True,
-            max_msg_size=8 * 1024 * 1024,
+            max_msg_size=MAX_COMMIT_BYTES,
         )
         try:
             await self.js.stream_info(self.stream)
@@ -100,6 +172,7 @@ class JetStreamEventStore:
             headers["Nats-Expected-Last-Subject-Sequence-Subject"] = aggregate_subject(
                 first.aggregate, first.aggregate_id)
         data = encode_commit(events)
+        size = self._check_size(events, data, headers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         while True:
@@ -108,7 +181,13 @@ class JetStreamEventStore:
                                             headers=headers,
                                             timeout=max(0.1, min(APPEND_ATTEMPT_TIMEOUT, deadline - loop.time())))
                 return int(ack.seq)
+            except MaxPayloadError:
+                raise too_large(events, size, self.nc.max_payload) from None
             except BadRequestError as exc:
+                if exc.err_code == TOO_LARGE_CODE:
+                    raise too_large(events, size, await self._max_msg_size()) from None
+                if exc.err_code in CANNOT_WRITE_CODES:
+                    raise self._cannot_write(exc) from None
                 if exc.err_code == WRONG_LAST_SEQUENCE:
                     last = _parse_last_sequence(exc.description or "")
                     # JetStream checks the expectation before the message id, so a retry of an
@@ -118,12 +197,67 @@ class JetStreamEventStore:
                     raise Conflict("the aggregate changed concurrently",
                                    {"last_sequence": last}) from None
                 raise
-            except (TimeoutError, NoStreamResponseError, ServiceUnavailableError):
+            except (TimeoutError, NoStreamResponseError, ServiceUnavailableError) as exc:
+                if getattr(exc, "err_code", None) in CANNOT_WRITE_CODES:
+                    raise self._cannot_write(exc) from None
                 # No stream leader right now (a node died, an election is on): try again until
                 # the deadline. Safe: the message id makes a retry of a stored append a no-op.
                 if loop.time() + 0.25 >= deadline:
-                    raise Unavailable("event store did not acknowledge the append in time") from None
+                    raise await self._no_acknowledgement() from None
                 await asyncio.sleep(0.25)
+
+    def check_size(self, events: list[DomainEvent]) -> None:
+        """CommitTooLarge when `events` would not fit in one commit (no I/O)."""
+        self._check_size(events, encode_commit(events), {"Nats-Msg-Id": events[0].id,
+                                                         "Nats-Expected-Last-Subject-Sequence": "0" * 20,
+                                                         "Nats-Expected-Last-Subject-Sequence-Subject": "x" * 300})
+
+    def _check_size(self, events: list[DomainEvent], data: bytes, headers: dict[str, str]) -> int:
+        size = len(data) + _HEADER_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        limit = min(self.nc.max_payload or MAX_COMMIT_BYTES, MAX_COMMIT_BYTES)
+        if size > limit:
+            raise too_large(events, size, limit)
+        return size
+
+    def _cannot_write(self, exc: Any) -> StoreCannotWrite:
+        code = getattr(exc, "err_code", None)
+        reason = CANNOT_WRITE_CODES.get(code, "") if isinstance(code, int) else ""
+        description = getattr(exc, "description", None) or ""
+        return StoreCannotWrite(f"event store cannot write: {reason}: {description} (JetStream error {code})",
+                                {"reason": description, "err_code": code})
+
+    async def _no_acknowledgement(self) -> Unavailable:
+        """Why no append was acknowledged: is the stream there at all?"""
+        try:
+            await self.js.stream_info(self.stream)
+        except Exception:
+            return Unavailable(f"event store unavailable: no answer from the stream {self.stream} "
+                               f"within {self.timeout:g} s (NATS or its JetStream leader is down)")
+        # nats-server drops (never answers) an append it failed to write to disk, and keeps the
+        # stream from writing from then on: after e.g. "no space left on device" only a restart
+        # of that nats-server makes the stream write again, even once space is free.
+        return StoreCannotWrite(
+            f"event store cannot write: the stream {self.stream} answers but acknowledged no append within "
+            f"{self.timeout:g} s. nats-server stops writing a stream after a disk write error (such as no "
+            f"space left on device) until it restarts; `relayctl status` shows the cause",
+            {"reason": "no acknowledgement"})
+
+    async def _max_msg_size(self) -> int:
+        try:
+            configured = (await self.js.stream_info(self.stream)).config.max_msg_size
+        except Exception:
+            configured = None
+        return int(configured) if configured and configured > 0 else MAX_COMMIT_BYTES
+
+    async def message(self, sequence: int) -> StoredMessage | None:
+        """The message stored at `sequence`, or None (none there, or the store did not answer)."""
+        try:
+            msg = await self.js.get_msg(self.stream, seq=sequence, direct=True)
+        except Exception:
+            return None
+        headers = msg.headers or {}
+        return StoredMessage(int(msg.seq or sequence), str(msg.subject), headers.get("Nats-Msg-Id"),
+                             bytes(msg.data or b""))
 
     async def _stored_with_id(self, sequence: int, msg_id: str) -> bool:
         try:
@@ -140,7 +274,7 @@ class JetStreamEventStore:
                      subject: str = EVENT_SUBJECTS) -> Subscription:
         async def on_message(msg: Any) -> None:
             seq = msg.metadata.sequence.stream
-            result = callback(seq, decode_commit(msg.data, seq))
+            result = callback(seq, decode_stored(seq, msg.subject, msg.data))
             if asyncio.iscoroutine(result):
                 await result
 
@@ -205,10 +339,11 @@ class _MemorySubscription:
 class InMemoryEventStore:
     """The same contract, in one process's memory (for unit tests of one actor)."""
 
-    def __init__(self) -> None:
-        self._log: list[tuple[str, bytes, str]] = []  # (subject, commit, message id)
+    def __init__(self, max_commit_bytes: int = MAX_COMMIT_BYTES) -> None:
+        self._log: list[tuple[str, bytes, str | None]] = []  # (subject, commit, message id)
         self._ids: dict[str, int] = {}
         self._followers: list[tuple[str, CommitCallback]] = []
+        self.max_commit_bytes = max_commit_bytes
 
     async def ensure(self) -> None:
         return None
@@ -217,19 +352,30 @@ class InMemoryEventStore:
         first = events[0]
         if first.id in self._ids:
             return self._ids[first.id]
+        self.check_size(events)
+        data = encode_commit(events)
         if expected_sequence is not None:
             scope = aggregate_subject(first.aggregate, first.aggregate_id)
             last = max((i + 1 for i, (s, _, _) in enumerate(self._log) if _subject_matches(scope, s)), default=0)
             if last != expected_sequence:
                 raise Conflict("the aggregate changed concurrently", {"last_sequence": last})
-        subject = event_subject(first.aggregate, first.aggregate_id, first.type)
-        data = encode_commit(events)
-        self._log.append((subject, data, first.id))
-        seq = len(self._log)
+        seq = await self.store_raw(event_subject(first.aggregate, first.aggregate_id, first.type), data, first.id)
         self._ids[first.id] = seq
+        return seq
+
+    def check_size(self, events: list[DomainEvent]) -> None:
+        data = encode_commit(events)
+        if len(data) > self.max_commit_bytes:
+            raise too_large(events, len(data), self.max_commit_bytes)
+
+    async def store_raw(self, subject: str, data: bytes, msg_id: str | None = None) -> int:
+        """Store `data` on `subject` as it is, like any writer of the stream could (tests use
+        it for messages that are not commits), and deliver it to the followers."""
+        self._log.append((subject, data, msg_id))
+        seq = len(self._log)
         for pattern, callback in list(self._followers):
             if _subject_matches(pattern, subject):
-                await _call(callback, seq, decode_commit(data, seq))
+                await _call(callback, seq, decode_stored(seq, subject, data))
         return seq
 
     async def last_sequence(self) -> int:
@@ -239,14 +385,20 @@ class InMemoryEventStore:
                      subject: str = EVENT_SUBJECTS) -> Subscription:
         for seq, (s, data, _) in enumerate(self._log, start=1):
             if seq >= from_sequence and _subject_matches(subject, s):
-                await _call(callback, seq, decode_commit(data, seq))
+                await _call(callback, seq, decode_stored(seq, s, data))
         entry = (subject, callback)
         self._followers.append(entry)
         return _MemorySubscription(self, entry)
 
     async def read(self, subject: str = EVENT_SUBJECTS, from_sequence: int = 1) -> list[tuple[int, list[DomainEvent]]]:
-        return [(seq, decode_commit(data, seq)) for seq, (s, data, _) in enumerate(self._log, start=1)
+        return [(seq, decode_stored(seq, s, data)) for seq, (s, data, _) in enumerate(self._log, start=1)
                 if seq >= from_sequence and _subject_matches(subject, s)]
+
+    async def message(self, sequence: int) -> StoredMessage | None:
+        if not 1 <= sequence <= len(self._log):
+            return None
+        subject, data, msg_id = self._log[sequence - 1]
+        return StoredMessage(sequence, subject, msg_id, data)
 
 
 async def _call(callback: CommitCallback, seq: int, events: list[DomainEvent]) -> None:

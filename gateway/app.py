@@ -5,6 +5,8 @@ client (the config cache). Any number of gateway processes may run, on one port 
 SO_REUSEPORT or on many machines: they share nothing but NATS and Redis. The relay
 registration secret lives in a JetStream KV bucket, created once by whichever gateway
 comes first, so every gateway validates every other's challenge tokens, across restarts.
+The same bucket holds the system id that `/_health/` answers with: a gateway shares its
+port only with gateways of the same system (gateway/binding.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from bus.client import request as bus_request
 from bus.process import instrument
 from bus.runtime import connect
 from gateway.ai import add_ai_routes
+from gateway.binding import PortLock, port_problem
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
 from gateway.limits import HttpLimits, limits_middleware, serve
 from gateway.relays import BodyCache, RelayAuthCache, RelayEndpoints
@@ -37,6 +40,7 @@ from messages.subjects import GATEWAY_BUCKET, RELAY_CHANGED
 log = structlog.get_logger(__name__)
 MAX_BODY = 10 * 1024 * 1024
 SECRET_KEY = "registration_secret"
+SYSTEM_KEY = "system_id"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Protocol versions a metric may be tagged with; anything else a client sends is "other".
@@ -78,24 +82,34 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def registration_secret(nc: Any) -> str:
+    return await _shared_value(nc, SECRET_KEY, lambda: secrets.token_urlsafe(48))
+
+
+async def system_id(nc: Any) -> str:
+    """This system's id: one per NATS (JetStream) the gateways share, kept across restarts."""
+    return await _shared_value(nc, SYSTEM_KEY, lambda: uuid.uuid4().hex)
+
+
+async def _shared_value(nc: Any, key: str, make: Callable[[], str]) -> str:
+    """The value of `key` in the gateways' KV bucket, created by whichever gateway comes first."""
     js = nc.jetstream()
     try:
         kv = await js.key_value(GATEWAY_BUCKET)
     except Exception:
         kv = await js.create_key_value(bucket=GATEWAY_BUCKET, history=1)
     try:
-        entry = await kv.get(SECRET_KEY)
+        entry = await kv.get(key)
         return entry.value.decode()  # type: ignore[no-any-return]
     except KeyNotFoundError:
         pass
     try:
-        await kv.create(SECRET_KEY, secrets.token_urlsafe(48).encode())
+        await kv.create(key, make().encode())
     except KeyWrongLastSequenceError:
         pass  # another gateway created it first; use theirs
     except Exception as exc:
         if "wrong last sequence" not in str(exc):
             raise
-    return (await kv.get(SECRET_KEY)).value.decode()  # type: ignore[no-any-return]
+    return (await kv.get(key)).value.decode()  # type: ignore[no-any-return]
 
 
 async def health(request: web.Request) -> web.Response:
@@ -111,7 +125,10 @@ async def health(request: web.Request) -> web.Response:
         except Exception:
             state["redis"] = "unavailable"
     healthy = state["nats"] == "ok" and state["redis"] in ("ok", "not configured")
-    return json_response({"healthy": healthy, "dependencies": state}, 200 if healthy else 503)
+    # "system": which system this gateway serves, so another gateway (or `up`) about to
+    # listen on this port can tell its own system's gateways from another's.
+    return json_response({"healthy": healthy, "dependencies": state, "system": app.get("system_id")},
+                         200 if healthy else 503)
 
 
 async def prometheus(request: web.Request) -> web.Response:
@@ -153,6 +170,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
 
         app["nc"] = await connect(nats_url, name="gateway", on_disconnect=lost, on_reconnect=back)
         app["secret"] = await registration_secret(app["nc"])
+        app["system_id"] = await system_id(app["nc"])
         async def relay_changed(msg: Any) -> None:
             app["relay_auth"].drop(msg.data.decode() or None)
 
@@ -183,9 +201,26 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     return app
 
 
+class PortInUse(Exception):
+    """The gateway may not listen where it was told to (gateway/binding.py says why)."""
+
+
 def run_gateway(host: str, port: int, nats_url: str, redis_url: str | None, *, data_dir: Path | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; raises `PortInUse` when host:port belongs to another system."""
     limits = HttpLimits.from_env()
     app = create_app(nats_url, redis_url, limits=limits)
+    lock = PortLock(port)
+
+    async def claim_port(app: web.Application) -> None:
+        # After the other startup hooks (the system id is known), right before the bind:
+        # the lock is held from this check until the socket listens.
+        await asyncio.to_thread(lock.acquire)
+        problem = await asyncio.to_thread(port_problem, host, port, app["system_id"])
+        if problem:
+            lock.release()
+            raise PortInUse(problem)
+
+    app.on_startup.append(claim_port)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -193,7 +228,16 @@ def run_gateway(host: str, port: int, nats_url: str, redis_url: str | None, *, d
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
-        await serve(runner, host, port, limits, reuse_port=True)
+        try:
+            await serve(runner, host, port, limits, reuse_port=True)
+        except BaseException:
+            try:
+                await runner.cleanup()
+            except Exception:
+                log.warning("gateway.cleanup_failed", exc_info=True)
+            raise
+        finally:
+            lock.release()
         try:
             await stop.wait()
         finally:

@@ -75,6 +75,9 @@ CONTROL: dict[str, Schema] = {
     "import.org": {"org": field(dict)},
     # Everything `import.org` reads, for every org: the answer is `{"orgs": [...]}`.
     "export.orgs": {},
+    # The event stream as the command handlers see it (`relayctl status`): folded sequence,
+    # undecodable commits skipped, the last append the store refused. Answered without the store.
+    "stream.status": {},
 }
 
 # actor queries

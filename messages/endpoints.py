@@ -128,6 +128,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("user.authenticate", query=True, callers=(GATEWAY,)),  # an API token of an AI request
     _control("import.org"),
     _control("export.orgs", query=True),
+    _control("stream.status", query=True),
     # actor queries
     Endpoint(subjects.KEYS_LOOKUP, KEYS, queries=("keys.lookup",), callers=(GATEWAY,)),
     # the command handlers wait here until a relay access change is applied
@@ -157,7 +158,8 @@ TOPICS: tuple[Topic, ...] = (
 
 STORES: tuple[Store, ...] = (
     Store(subjects.EVENT_STREAM, STREAM, readers=ACTORS),
-    # Projection snapshots: every actor loads one at start, only the command handlers write them.
+    # Projection snapshots: every actor loads one at start, only the command handlers write
+    # them (signed, and checked against the stream at load: bus/snapshots.py).
     Store(subjects.SNAPSHOT_BUCKET, OBJECT, readers=ACTORS, writers=(COMMANDS,)),
     Store(subjects.ERROR_EVENT_BUCKET, KV, readers=(AI,), writers=(AI,)),
     Store(subjects.GATEWAY_BUCKET, KV, readers=(GATEWAY,), writers=(GATEWAY,)),  # the registration secret

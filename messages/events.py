@@ -10,6 +10,18 @@ first event's id, so a retried append is stored once.
 
 Every type has a current version (`EVENT_TYPES`); an older stored version is upcast on
 read by the functions in `UPCASTERS`, so projections only ever see current payloads.
+
+Integer ids (org, project, key numeric id) are decided with the command and stored in the
+events that create the object (`OrgCreated.id`, `ProjectCreated.id`, `KeyCreated.numeric_id`),
+from blocks each command handler claims on the `ids` aggregate (`IdsClaimed`), so no later
+commit - lost, corrupted or reordered - can change an id. Explicit project keys are claimed
+on the `claims` aggregate (`KeysClaimed`) before the org commit that creates them, so two
+orgs can never both hold one key. `SnapshotKeyPublished` records a command handler's
+snapshot signing key in the stream, where only the command handlers may write.
+
+A stored message that does not decode is delivered as an `UndecodableCommit`: an empty
+commit that says where it was stored and why it could not be read, so projections record
+it and go on instead of stopping there.
 """
 
 from __future__ import annotations
@@ -27,22 +39,26 @@ from messages.errors import BadMessage
 ORG = "org"
 RELAY = "relay"
 USER = "user"
-AGGREGATES = (ORG, RELAY, USER)
+IDS = "ids"  # id: the kind of id ("org", "project", "key")
+CLAIMS = "claims"  # id: what is claimed ("keys")
+SNAPSHOT = "snapshot"  # id: the signing key's public key
+AGGREGATES = (ORG, RELAY, USER, IDS, CLAIMS, SNAPSHOT)
+ID_KINDS = ("org", "project", "key")
 
 # type -> (aggregate, current version)
 EVENT_TYPES: dict[str, tuple[str, int]] = {
     # org aggregate: the org, its options and templates, its projects and their keys
-    "OrgCreated": (ORG, 1),
+    "OrgCreated": (ORG, 2),
     "OrgOptionSet": (ORG, 1),
     "OrgOptionUnset": (ORG, 1),
     "ProjectTemplateSet": (ORG, 1),
-    "ProjectCreated": (ORG, 1),
+    "ProjectCreated": (ORG, 2),
     "ProjectDisabled": (ORG, 1),
     "ProjectEnabled": (ORG, 1),
     "ProjectDeleted": (ORG, 1),
     "ProjectOptionSet": (ORG, 1),
     "ProjectOptionUnset": (ORG, 1),
-    "KeyCreated": (ORG, 2),
+    "KeyCreated": (ORG, 3),
     "KeyDisabled": (ORG, 1),
     "KeyEnabled": (ORG, 1),
     "KeyDeleted": (ORG, 1),
@@ -56,6 +72,12 @@ EVENT_TYPES: dict[str, tuple[str, int]] = {
     "TokenCreated": (USER, 1),
     "PermissionAdded": (USER, 1),
     "PermissionRemoved": (USER, 1),
+    # ids aggregate: a block of integer ids [first, first + count) one command handler hands out
+    "IdsClaimed": (IDS, 1),
+    # claims aggregate: project keys an org is about to create (see actors/commands.py)
+    "KeysClaimed": (CLAIMS, 1),
+    # snapshot aggregate: a command handler's snapshot signing key (bus/snapshots.py)
+    "SnapshotKeyPublished": (SNAPSHOT, 1),
 }
 
 
@@ -64,8 +86,16 @@ def _key_created_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "rate_limit": payload.get("rate_limit")}
 
 
+def _without_stored_id(field_name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    # Before ids were stored, the fold handed them out in fold order: None says "do that".
+    return lambda payload: {**payload, field_name: payload.get(field_name)}
+
+
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("KeyCreated", 1): _key_created_v1_to_v2,
+    ("KeyCreated", 2): _without_stored_id("numeric_id"),
+    ("OrgCreated", 1): _without_stored_id("id"),
+    ("ProjectCreated", 1): _without_stored_id("id"),
 }
 
 
@@ -116,6 +146,41 @@ def event_subject(aggregate: str, aggregate_id: str, type_: str = "*") -> str:
 def aggregate_subject(aggregate: str, aggregate_id: str) -> str:
     """The wildcard covering every event of one aggregate (optimistic concurrency scope)."""
     return f"rc.ev.{aggregate}.{subject_token(aggregate_id)}.>"
+
+
+_ESCAPED = re.compile(r"(?:%[0-9A-F]{2})+")
+
+
+def subject_aggregate(subject: str) -> tuple[str, str] | None:
+    """The (aggregate, aggregate id) an event subject belongs to, or None for a subject that
+    is not `rc.ev.<aggregate>.<id>.<type>`: the inverse of `event_subject`."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:2] != ["rc", "ev"] or parts[2] not in AGGREGATES:
+        return None
+    try:
+        aggregate_id = _ESCAPED.sub(lambda m: bytes.fromhex(m.group().replace("%", "")).decode(), parts[3])
+    except UnicodeDecodeError:
+        return None
+    return parts[2], aggregate_id
+
+
+class UndecodableCommit(list[DomainEvent]):
+    """A stored message that is not a commit this code can read: no events, with where it
+    was stored and why it failed. Folding it records the sequence for its aggregate (so
+    the next append's expectation still matches the stream) and skips it, loudly."""
+
+    def __init__(self, sequence: int, subject: str, error: str) -> None:
+        super().__init__()
+        self.sequence = sequence
+        self.subject = subject
+        self.error = error
+        self.aggregate = subject_aggregate(subject)
+
+    def describe(self) -> dict[str, Any]:
+        return {"sequence": self.sequence, "subject": self.subject, "error": self.error}
+
+    def __repr__(self) -> str:
+        return f"UndecodableCommit({self.sequence}, {self.subject!r}, {self.error!r})"
 
 
 def encode_commit(events: list[DomainEvent]) -> bytes:

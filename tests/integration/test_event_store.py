@@ -18,10 +18,10 @@ import pytest
 
 from actors.state import DomainState
 from bus.embedded import ServerProcess, start_nats
-from bus.eventstore import EventStore, InMemoryEventStore, JetStreamEventStore
+from bus.eventstore import CommitTooLarge, EventStore, InMemoryEventStore, JetStreamEventStore, StoreCannotWrite
 from bus.runtime import connect
 from messages.errors import Conflict, Unavailable
-from messages.events import ORG, USER, DomainEvent, aggregate_subject
+from messages.events import ORG, USER, DomainEvent, UndecodableCommit, aggregate_subject
 
 Body = Callable[[EventStore], Awaitable[None]]
 
@@ -82,6 +82,14 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+async def store_raw(store: EventStore, subject: str, data: bytes) -> int:
+    """Store bytes that are not a commit, as any writer of the stream could."""
+    if isinstance(store, InMemoryEventStore):
+        return await store.store_raw(subject, data)
+    assert isinstance(store, JetStreamEventStore)
+    return int((await store.js.publish(subject, data, stream=store.stream)).seq)
 
 
 def fold(commits: list[tuple[int, list[DomainEvent]]]) -> DomainState:
@@ -244,6 +252,53 @@ class TestEventStoreContract:
         run_store(body)
 
 
+    def test_an_undecodable_message_is_delivered_as_such(self, run_store: Callable[[Body], None]) -> None:
+        """Bytes that are no commit reach follow() and read() as an UndecodableCommit (subject,
+        error, no events), in order, between the commits around them: never dropped."""
+        async def body(store: EventStore) -> None:
+            first = await store.append([org_created("acme")], 0)
+            bad = await store_raw(store, "rc.ev.org.acme.OrgOptionSet", b"\xc1 not msgpack")
+            after = await store.append([option_set("acme", "sentry:safe_fields", ["a"])], bad)
+            delivered: list[tuple[int, list[DomainEvent]]] = []
+            sub = await store.follow(lambda seq, events: delivered.append((seq, events)))
+            await eventually(lambda: len(delivered) == 3)
+            await sub.unsubscribe()
+            for commits in (delivered, await store.read()):
+                assert [seq for seq, _ in commits] == [first, bad, after]
+                skipped = commits[1][1]
+                assert isinstance(skipped, UndecodableCommit) and list(skipped) == []
+                assert skipped.aggregate == ("org", "acme") and skipped.subject == "rc.ev.org.acme.OrgOptionSet"
+                assert "BadMessage" in skipped.error
+            state = fold(delivered)
+            assert state.aggregate_version("org", "acme") == after and state.skipped[0]["sequence"] == bad
+        run_store(body)
+
+    def test_a_commit_over_the_size_limit_is_refused_saying_so(self, run_store: Callable[[Body], None]) -> None:
+        """A commit larger than a message may be is a CommitTooLarge naming the aggregate, its
+        size and the limit; nothing is stored."""
+        async def body(store: EventStore) -> None:
+            await store.append([org_created("big")], 0)
+            events = [option_set("big", f"sentry:option{i}", "x" * 1000) for i in range(9000)]
+            with pytest.raises(CommitTooLarge) as refused:
+                await store.append(events, None)
+            details = refused.value.details
+            assert details["aggregate_id"] == "big" and details["size"] > details["limit"] == 8 * 1024 * 1024
+            assert "org `big`" in refused.value.message and "8,388,608 bytes" in refused.value.message
+            assert len(await store.read()) == 1
+        run_store(body)
+
+    def test_message_gives_what_is_stored_at_a_sequence(self, run_store: Callable[[Body], None]) -> None:
+        """message(seq) is the stored subject, message id (the first event's id) and data."""
+        async def body(store: EventStore) -> None:
+            commit = [org_created("acme")]
+            seq = await store.append(commit, 0)
+            stored = await store.message(seq)
+            assert stored is not None and (stored.sequence, stored.subject, stored.msg_id) == (
+                seq, "rc.ev.org.acme.OrgCreated", commit[0].id)
+            assert await store.message(seq + 5) is None
+        run_store(body)
+
+
 def test_ensure_is_idempotent(own_nats: ServerProcess) -> None:
     """Calling ensure() on an existing stream (another process made it) is harmless."""
     async def main() -> None:
@@ -273,3 +328,36 @@ def test_a_stream_that_cannot_be_made_is_a_clear_error(own_nats: ServerProcess) 
             await owner.js.delete_stream(owner.stream)
             await nc.close()
     asyncio.run(main())
+
+
+def test_a_store_over_its_storage_limit_says_it_cannot_write_and_writes_again_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With JetStream's storage limit used up (max_file_store), an append fails at once with
+    "event store cannot write" and the server's reason, not a timeout; once space is freed
+    (here another stream purged) appends work again, no restart."""
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 8MB\njetstream { max_file_store: 2MB, max_memory_store: 8MB }\n")
+    monkeypatch.setenv("RELAYCTL_NATS_CONF", str(conf))
+    server = start_nats(tmp_path / "nats", log_path=tmp_path / "nats.log")
+
+    async def main() -> None:
+        nc = await connect(server.url, name="eventstore-test")
+        store = JetStreamEventStore(nc, stream="T_" + uuid.uuid4().hex[:12], timeout=3.0)
+        await store.ensure()
+        await store.js.add_stream(name="FILLER", subjects=["filler"])
+        try:
+            await store.append([org_created("acme")], 0)
+            with pytest.raises(Exception):
+                for _ in range(40):
+                    await store.js.publish("filler", b"x" * 100_000)
+            with pytest.raises(StoreCannotWrite, match="event store cannot write: .*insufficient resources"):
+                await store.append([option_set("acme", "sentry:safe_fields", ["a"])], None)
+            await store.js.purge_stream("FILLER")
+            await store.append([option_set("acme", "sentry:safe_fields", ["b"])], None)
+            assert [events[0].type for _, events in await store.read()] == ["OrgCreated", "OrgOptionSet"]
+        finally:
+            await nc.close()
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()

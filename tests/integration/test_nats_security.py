@@ -24,7 +24,8 @@ from nats.js import api
 
 from bus.client import request as bus_request
 from bus.embedded import AUTH_CONFIG, CREDENTIALS_FILE, NATS_ROLES, role_url
-from bus.snapshots import SnapshotStore
+from bus.eventstore import JetStreamEventStore
+from bus.snapshots import SnapshotSigner, SnapshotStore
 from bus.streaming import Chunk, Final, stream_request
 from cli.services import ACTORS, SERVICES
 from gateway.app import GATEWAY_BUCKET, registration_secret
@@ -170,14 +171,17 @@ def test_the_whole_system_works_as_its_roles(up: UpSystem) -> None:
 
 
 def test_the_commands_role_writes_snapshots(up: UpSystem) -> None:
-    """The roles of actors can create, write and read the snapshot object store."""
+    """The command handlers' role can create, write (signed: its key goes into the stream)
+    and read the snapshot object store (the other actors' roles only read it: test_snapshots.py)."""
     async def body(nc: NATS, conn: Connection) -> Any:
-        store = SnapshotStore(nc)
-        assert await store.save("security-test", {"sequence": 1})
+        events = JetStreamEventStore(nc)
+        sequence = await events.last_sequence()
+        store = SnapshotStore(nc, events)
+        assert await store.save("security-test", {"sequence": sequence}, SnapshotSigner(), "test")
         loaded = await store.load("security-test")
         await nc.flush()
-        return loaded, conn.violations()
-    assert as_role(up, "commands", body) == ({"sequence": 1}, [])
+        return loaded == {"sequence": sequence}, conn.violations()
+    assert as_role(up, "commands", body) == (True, [])
 
 
 def test_the_gateway_role_reads_its_registration_secret_and_asks_queries(up: UpSystem) -> None:

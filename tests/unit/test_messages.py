@@ -190,7 +190,7 @@ def test_a_payload_that_is_not_a_map_is_refused() -> None:
 def test_events_get_their_current_version_and_aggregate() -> None:
     """A new event carries its type's current version and the aggregate the type belongs to."""
     event = DomainEvent("KeyCreated", "acme", {"project": "web", "public_key": KEY, "rate_limit": None})
-    assert event.v == EVENT_TYPES["KeyCreated"][1] == 2
+    assert event.v == EVENT_TYPES["KeyCreated"][1] == 3
     assert event.aggregate == "org"
     assert event.to_map()["aggregate"] == "org"
 
@@ -238,20 +238,21 @@ def test_a_commit_holds_events_of_one_aggregate() -> None:
         encode_commit([DomainEvent("OrgCreated", "a", {}), DomainEvent("UserCreated", "a", {})])
 
 
-def test_key_created_v1_is_upcast_to_v2_on_read() -> None:
-    """A stored KeyCreated v1 (no rate limit) reads as v2 with an explicit `rate_limit: None`."""
+def test_key_created_v1_is_upcast_to_the_current_version_on_read() -> None:
+    """A stored KeyCreated v1 (no rate limit, no stored id) reads as v3 with an explicit
+    `rate_limit: None` and `numeric_id: None` (the fold then hands out a fold-order id)."""
     stored = {"id": "e1", "type": "KeyCreated", "v": 1, "aggregate": "org", "aggregate_id": "acme",
               "ts": 1.5, "actor": "old", "payload": {"project": "web", "public_key": KEY}}
     [event] = decode_commit(pack({"events": [stored]}), sequence=3)
-    assert event.v == 2
-    assert event.payload == {"project": "web", "public_key": KEY, "rate_limit": None}
+    assert event.v == 3
+    assert event.payload == {"project": "web", "public_key": KEY, "rate_limit": None, "numeric_id": None}
     assert (event.id, event.aggregate_id, event.ts, event.actor) == ("e1", "acme", 1.5, "old")
 
 
 def test_upcasting_a_current_event_changes_nothing() -> None:
     """An event already at its current version is returned as it is."""
-    payload = {"project": "web", "public_key": KEY, "rate_limit": {"window": 60, "count": 5}}
-    assert upcast("KeyCreated", 2, payload) == (2, payload)
+    payload = {"project": "web", "public_key": KEY, "rate_limit": {"window": 60, "count": 5}, "numeric_id": 7}
+    assert upcast("KeyCreated", 3, payload) == (3, payload)
 
 
 def test_a_version_without_an_upcaster_is_a_bad_message() -> None:

@@ -9,7 +9,7 @@ import msgpack
 
 from actors.model import DELETED, DISABLED
 from actors.state import DomainState
-from messages.events import DomainEvent
+from messages.events import DomainEvent, UndecodableCommit, event_subject
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32
@@ -181,3 +181,88 @@ def test_a_snapshot_of_another_format_is_refused() -> None:
     except ValueError:
         return
     raise AssertionError("a foreign snapshot format was accepted")
+
+
+# -- ids stored in events, undecodable commits -------------------------------------------------
+
+def project_with_ids(org: str, project: str, key: str, project_id: int, key_id: int) -> list[DomainEvent]:
+    return [ev("ProjectCreated", org, project=project, name=project, template=None, id=project_id),
+            ev("KeyCreated", org, project=project, public_key=key, rate_limit=None, numeric_id=key_id)]
+
+
+def test_stored_ids_are_the_ids() -> None:
+    """Org, project and key ids come from the events that create them, not from fold order."""
+    state = fold([[ev("OrgCreated", "acme", name="Acme", id=7)], project_with_ids("acme", "web", KEY_A, 40, 900)])
+    assert state.org("acme").id == 7  # type: ignore[union-attr]
+    assert state.project("acme", "web").id == 40  # type: ignore[union-attr]
+    assert state.keys[KEY_A].numeric_id == 900 and state.keys[KEY_A].project_id == 40
+
+
+def test_a_lost_commit_changes_no_later_id() -> None:
+    """Folding a stream with one commit missing (or unreadable) gives every other object the
+    id it has in the whole stream: ids never shift."""
+    commits = [[ev("OrgCreated", "acme", name="Acme", id=1)], project_with_ids("acme", "a", KEY_A, 1, 1),
+               project_with_ids("acme", "b", KEY_B, 2, 2), project_with_ids("acme", "c", KEY_C, 3, 3)]
+    whole = fold(commits)
+    gap = DomainState()
+    for sequence, events in enumerate(commits, start=1):
+        gap.apply(sequence, UndecodableCommit(sequence, "rc.ev.org.acme.ProjectCreated", "broken")
+                  if sequence == 2 else events)
+    for slug in ("b", "c"):
+        assert gap.project("acme", slug).id == whole.project("acme", slug).id  # type: ignore[union-attr]
+    assert gap.keys[KEY_C].numeric_id == whole.keys[KEY_C].numeric_id == 3
+    assert gap.project("acme", "a") is None
+
+
+def test_legacy_events_without_ids_still_fold_in_order_and_never_collide() -> None:
+    """Events stored before ids were (id None) get fold-order ids; the counter stays past every
+    stored id and every claimed block, so neither can repeat one."""
+    state = fold([[ev("OrgCreated", "old", name="Old", id=None)],
+                  [ev("OrgCreated", "new", name="New", id=5)],
+                  [ev("IdsClaimed", "org", first=6, count=50, owner="h1")],
+                  [ev("OrgCreated", "later-legacy", name="L", id=None)]])
+    assert [state.org(s).id for s in ("old", "new", "later-legacy")] == [1, 5, 56]  # type: ignore[union-attr]
+    assert state.next_ids["org"] == 57
+
+
+def test_a_duplicate_stored_id_is_replaced_the_same_way_on_every_replay() -> None:
+    """An event carrying an id already taken (no handler decides that) gets the next free one."""
+    commits = [[ev("OrgCreated", "acme", name="A", id=3)], [ev("OrgCreated", "beta", name="B", id=3)]]
+    first, second = fold(commits), fold(commits)
+    assert first.org("acme").id == 3 and first.org("beta").id == 4  # type: ignore[union-attr]
+    assert first.to_snapshot() == second.to_snapshot()
+
+
+def test_an_undecodable_commit_is_skipped_and_counts_for_its_aggregate() -> None:
+    """A commit that does not decode is recorded, changes nothing else, and is its aggregate's
+    last sequence: the next append's expectation matches what JetStream holds."""
+    state = fold(history())
+    before = state.to_snapshot()
+    changes = state.apply(30, UndecodableCommit(30, "rc.ev.org.acme.OrgOptionSet", "BadMessage: not msgpack"))
+    assert not changes.public_keys and not changes.relays
+    assert state.sequence == 30 and state.aggregate_version("org", "acme") == 30
+    assert state.skipped == [{"sequence": 30, "subject": "rc.ev.org.acme.OrgOptionSet",
+                              "error": "BadMessage: not msgpack"}]
+    after = state.to_snapshot()
+    assert {k: v for k, v in after.items() if k not in ("sequence", "aggregates", "skipped")} == \
+        {k: v for k, v in before.items() if k not in ("sequence", "aggregates", "skipped")}
+    state.apply(31, UndecodableCommit(31, "rc.ev.garbage", "BadMessage: x"))  # no aggregate at all
+    assert state.sequence == 31 and len(state.skipped) == 2
+
+
+def test_an_undecodable_commit_of_an_escaped_id_counts_for_that_aggregate() -> None:
+    """The aggregate of a skipped commit is read back from its (escaped) subject."""
+    state = DomainState()
+    state.apply(1, UndecodableCommit(1, event_subject("user", "ann.smith", "UserCreated"), "x"))
+    assert state.aggregate_version("user", "ann.smith") == 1
+
+
+def test_key_claims_and_skipped_commits_survive_a_snapshot() -> None:
+    """What the command handlers need (claims) and what status shows (skipped) are in the snapshot."""
+    state = fold(history())
+    state.apply(40, [ev("KeysClaimed", "keys", org="acme", org_version=9, public_keys=["d" * 32])])
+    state.apply(41, UndecodableCommit(41, "rc.ev.org.beta.OrgCreated", "bad"))
+    restored = DomainState.from_snapshot(json.loads(json.dumps(state.to_snapshot())))
+    assert restored.to_snapshot() == state.to_snapshot()
+    assert restored.key_claims["d" * 32].org == "acme" and restored.key_claims["d" * 32].org_version == 9
+    assert restored.skipped == state.skipped
