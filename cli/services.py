@@ -201,7 +201,12 @@ class Orchestrator:
             write_error = nats_write_error(Path(rec["log"]), int(rec["pid"])) if rec.get("pid") else None
             return (False, write_error) if write_error else (True, "ok")
         if name == "gateway":
-            return _http_health(self.state["gateway"] + "/_health/")
+            ok, detail = _http_health(self.state["gateway"] + "/_health/")
+            # Another gateway of this system may share the port and answer for this one.
+            port = _host_port(self.state["gateway"])[1]
+            if ok and rec.get("pid") and _listens(int(rec["pid"]), port) is False:
+                return False, f"process {rec['pid']} does not listen on port {port} yet"
+            return ok, detail
         ok, detail = _ping_actor(self.state["nats"], name)
         if ok and name == "commands":
             write_error = stream_report(self.state["nats"], None)["write_error"]
@@ -343,6 +348,20 @@ def _http_health(url: str) -> tuple[bool, str]:
             return resp.status == 200, f"{path} answered {resp.status}"
     except Exception as exc:
         return False, f"{path}: {exc}"
+
+
+def _listens(pid: int, port: int) -> bool | None:
+    """Whether process `pid` has a socket listening on TCP `port` (None: /proc cannot tell)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")}
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(f":{port:04X}") and fields[3] == "0A" and fields[9] in inodes:
+                    return True
+    except OSError:
+        return None
+    return False
 
 
 def _host_port(url: str) -> tuple[str, int]:

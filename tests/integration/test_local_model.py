@@ -45,7 +45,11 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                         break
             except Exception:
                 pass
-            if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is not None:
+                # Why it died first (SIGILL: built for another CPU, and the command that fixes it).
+                raise RuntimeError(f"llama-server {local_model.describe_exit(proc.returncode)}; log: "
+                                   + log.read_text(errors="replace")[-2000:])
+            if time.monotonic() > deadline:
                 raise RuntimeError("llama-server did not start: " + log.read_text(errors="replace")[-2000:])
             time.sleep(0.2)
         yield url
