@@ -295,10 +295,20 @@ class Supervisor:
         self.due: dict[str, float] = {}
         self.restarted: dict[str, float] = {}
 
-    def check(self) -> None:
+    def check(self) -> bool:
+        """One round; False once nothing is left to supervise (`down` elsewhere stopped it all)."""
         now = time.monotonic()
-        for name in self.names:
-            rec = self.orch.record(name)
+        on_disk = self.orch.ctx.load_state().get("services", {})
+        for name in list(self.names):
+            rec, theirs = self.orch.record(name), on_disk.get(name) or {}
+            if theirs.get("pid") != rec.get("pid") and name not in self.due:
+                if not theirs.get("pid"):
+                    # Stopped on purpose by another command (`down`): not ours to bring back.
+                    self.names.remove(name)
+                    click.echo(f"relayctl: `{name}` was stopped by another command; no longer watching it",
+                               err=True)
+                    continue
+                self.orch.state["services"][name] = rec = theirs  # restarted by another `up`
             if self.orch.running(name):
                 if now - self.restarted.get(name, now) > self.STABLE:
                     self.failures.pop(name, None)
@@ -313,9 +323,14 @@ class Supervisor:
                 del self.due[name]
                 self.orch.start_service(name, self.bind, self.env)
                 self.restarted[name] = time.monotonic()
+                # Only this record changes: what other commands wrote meanwhile stays.
+                latest = self.orch.ctx.load_state() or self.orch.state
+                latest.setdefault("services", {})[name] = self.orch.record(name)
+                self.orch.state = latest
                 self.orch.save()
                 click.echo(f"relayctl: started `{name}` again (pid {self.orch.record(name)['pid']}, "
                            f"restart {self.failures[name]})", err=True)
+        return bool(self.names)
 
     def _why(self, name: str) -> str:
         proc = self.orch.procs.get(name)
@@ -556,13 +571,17 @@ def register(main: click.Group) -> None:
             click.echo("Running; press Ctrl-C to stop what this command started.")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        supervisor = Supervisor(orch, started, bind, env)
+        supervisor = Supervisor(orch, list(started), bind, env)
         try:
             while not stop.wait(1.0):
-                supervisor.check()
+                if not supervisor.check():
+                    click.echo("relayctl: every service this `up` started was stopped elsewhere; exiting", err=True)
+                    break
         except KeyboardInterrupt:
             pass
-        for name in reversed(started):
+        orch.state = ctx.load_state() or orch.state  # what other commands did meanwhile stays
+        orch.state.setdefault("services", {})
+        for name in reversed(supervisor.names):
             orch.stop_service(name)
         orch.state.get("up", {})["services"] = [n for n in orch.state.get("up", {}).get("services", ())
                                                 if n not in started]
