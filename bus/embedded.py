@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bus.config_cache import KEY_PREFIX, RELAY_AUTH_PREFIX
+from bus.rate_limits import RATE_LIMIT_PREFIX
 from messages.endpoints import ENDPOINTS, KV, OBJECT, OPERATOR, REPLY_WINDOW, ROLES, STORES, STREAM, TOPICS, Store
 from messages.subjects import inbox_prefix
 
@@ -194,7 +195,9 @@ def _store_permissions(store: Store, role: str) -> list[str]:
            f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.STREAM.MSG.GET.{stream}"]
     if role in store.writers or store.kind == STREAM:
         out.append(f"$JS.API.STREAM.CREATE.{stream}")
-    if store.kind != KV:  # a KV bucket is only got and put: no consumer to point anywhere
+    # A KV bucket is only got and put: no consumer to point anywhere. A role that only
+    # appends to a stream or object store (the gateway to the ingest stream) reads nothing.
+    if store.kind != KV and role in store.readers:
         out += [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
                 f"$JS.API.CONSUMER.INFO.{stream}.>", f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>"]
     if store.kind == OBJECT:
@@ -320,7 +323,10 @@ REDIS_ROLES: dict[str, str] = {
     "configs": f"~{KEY_PREFIX}* {_REDIS_WRITE} +ping +info",
     "orgs": f"~{RELAY_AUTH_PREFIX}* {_REDIS_WRITE} +ping +info",
     "ai": f"~{AI_CACHE_PATTERN} +get +set +ping",
-    "gateway": f"~{KEY_PREFIX}* ~{RELAY_AUTH_PREFIX}* +get +mget +ping",
+    # The gateway also counts SDK envelopes against key rate limits (bus/rate_limits.py).
+    # Redis 6.2 has no per-pattern rights, so INCR/EXPIRE reach the cache prefixes too: at
+    # worst they turn an entry into one that fails its MAC (a miss) or expire it early.
+    "gateway": f"~{KEY_PREFIX}* ~{RELAY_AUTH_PREFIX}* ~{RATE_LIMIT_PREFIX}* +get +mget +ping +incr +expire",
 }
 
 

@@ -154,6 +154,9 @@ TOPICS: tuple[Topic, ...] = (
     Topic(subjects.RELAY_CHANGED, (ORGS,), (GATEWAY,)),
     # the only way to append domain events: JetStream stores what is published here
     Topic(subjects.EVENT_SUBJECTS, (COMMANDS,)),
+    # the data plane: every envelope (and relay outcomes/metrics) the gateway accepted,
+    # stored by RC_INGEST (bus/ingest_store.py); consumers read the stream, never subscribe
+    Topic(subjects.INGEST_SUBJECTS, (GATEWAY,)),
 )
 
 STORES: tuple[Store, ...] = (
@@ -166,6 +169,10 @@ STORES: tuple[Store, ...] = (
     # the MAC keys of what Redis holds: the role writing the entries makes its key, gateways check
     Store(subjects.RELAY_AUTH_MAC_BUCKET, KV, readers=(ORGS, GATEWAY), writers=(ORGS,)),
     Store(subjects.CONFIG_MAC_BUCKET, KV, readers=(CONFIGS, GATEWAY), writers=(CONFIGS,)),
+    # the ingest stream and the envelopes too large for one of its messages: the gateway
+    # appends (it creates both when missing) but reads nothing back
+    Store(subjects.INGEST_STREAM, STREAM, readers=(), writers=(GATEWAY,)),
+    Store(subjects.INGEST_BLOB_BUCKET, OBJECT, readers=(), writers=(GATEWAY,)),
 )
 
 _BY_TYPE: dict[str, Endpoint] = {t: endpoint for endpoint in ENDPOINTS for t in endpoint.types}

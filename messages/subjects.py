@@ -16,6 +16,16 @@ GATEWAY_BUCKET = "rc_gateway"
 # the MAC keys of the Redis entries (bus/cache_keys.py): relayauth:* and relayconfig:*
 RELAY_AUTH_MAC_BUCKET = "rc_relayauth_mac"
 CONFIG_MAC_BUCKET = "rc_config_mac"
+# The data plane (bus/ingest_store.py): every envelope the gateway accepted, on
+# `rc.in.<project id>`; what relays post to outcomes/ and metrics/ on `rc.in.relay.<kind>`
+# (two tokens, so `rc.in.*` matches envelopes only). Envelopes too large for one NATS
+# message are kept whole in the blob bucket, referenced from their stream message.
+INGEST_STREAM = "RC_INGEST"
+INGEST_SUBJECTS = "rc.in.>"
+INGEST_ENVELOPES = "rc.in.*"  # .<project id>
+INGEST_OUTCOMES = "rc.in.relay.outcomes"
+INGEST_METRICS = "rc.in.relay.metrics"
+INGEST_BLOB_BUCKET = "rc_ingest_blobs"
 
 # request/reply: `rc.ctl.<aggregate>.<command>` for every control message, and the queries
 CONTROL_PREFIX = "rc.ctl"
@@ -49,6 +59,10 @@ def control(message_type: str) -> str:
 
 def events_ingest(project_id: int | str) -> str:
     return EVENTS_INGEST.replace("*", str(project_id))
+
+
+def ingest_subject(project_id: int | str) -> str:
+    return INGEST_ENVELOPES.replace("*", str(project_id))
 
 
 def config_changed(public_key: str) -> str:

@@ -94,11 +94,15 @@ def test_a_role_may_call_exactly_the_endpoints_the_table_gives_it() -> None:
 
 def test_the_gateway_may_send_only_its_queries_and_two_control_messages() -> None:
     """The internet-facing gateway: relay.register and user.authenticate, the actor queries its
-    endpoints ask, its metrics and error reports. Nothing else of rc.*, no stream API."""
+    endpoints ask, its metrics and error reports, and the envelopes it appends to the ingest
+    stream. Nothing else of rc.*, no consumer on any stream: it reads nothing back."""
     assert rc_publishes("gateway") == {
         "rc.ctl.relay.register", "rc.ctl.user.authenticate", "rc.keys.lookup", "rc.org.access", "rc.config.get",
-        "rc.config.build", "rc.ai.suggest", "rc.metrics.query", "rc.metrics.record", "rc.transport.envelope"}
+        "rc.config.build", "rc.ai.suggest", "rc.metrics.query", "rc.metrics.record", "rc.transport.envelope",
+        "rc.in.>"}
     assert not any(s.startswith("$JS.API.CONSUMER") for s in NATS_ROLES["gateway"]["publish"]["allow"])
+    assert not any(s.startswith("$JS.API.STREAM.CREATE.RC_EVENTS") or "PURGE.RC_" in s
+                   for s in NATS_ROLES["gateway"]["publish"]["allow"])
     assert set(NATS_ROLES["gateway"]["subscribe"]["allow"]) == {"_INBOX.gateway.>", "rc.relay.changed"}
     assert "allow_responses" not in NATS_ROLES["gateway"]  # it serves nothing
 
@@ -149,12 +153,12 @@ def test_no_role_but_the_command_handlers_may_write_a_stream_and_point_its_deliv
 
 def test_only_a_writer_may_create_a_bucket() -> None:
     """Whoever creates a stream chooses its subjects (a stream on `_INBOX.>` would store every
-    reply): a bucket is created by its writers only; the event stream, which exists once any
-    actor has started, by any of its readers."""
+    reply): a bucket is created by its writers only; a stream by its readers and writers (the
+    event stream exists once any actor has started; the ingest stream once a gateway has)."""
     for store in STORES:
         name = {"stream": "", "kv": "KV_", "object": "OBJ_"}[store.kind] + store.name
         creators = {r for r in ROLES if may(r, "publish", f"$JS.API.STREAM.CREATE.{name}")}
-        expected = set(store.readers) if store.kind == "stream" else set(store.writers)
+        expected = set(store.readers) | set(store.writers) if store.kind == "stream" else set(store.writers)
         assert creators == expected | {OPERATOR}, store.name
 
 
