@@ -66,7 +66,6 @@ from actors.ai_model import (
     AIUnavailable,
     ModelClient,
 )
-from actors.ai_prompt import InvalidEvent, describe_event_for_ai
 from actors.base import DEFERRED, ProjectionActor
 from actors.error_events import (
     ErrorEventStore,
@@ -79,6 +78,7 @@ from bus import local_model, metrics
 from bus.eventstore import EventStore
 from bus.runtime import BusRuntime
 from bus.service import Call
+from domain.ai_prompt import InvalidEvent, describe_event_for_ai
 from messages.errors import (
     BadRequest,
     DeadlineExceeded,

@@ -27,7 +27,7 @@ from typing import Any, Self
 
 import openai
 
-from actors.ai_prompt import build_messages
+from domain.ai_prompt import build_messages
 
 __all__ = [
     "DEFAULT_MODEL",

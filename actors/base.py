@@ -27,12 +27,12 @@ from typing import Any
 import pykka
 import structlog
 
-from actors.state import Changes, DomainState
 from bus import metrics
 from bus.eventstore import EventStore, JetStreamEventStore
 from bus.runtime import BusRuntime
 from bus.service import Call
 from bus.snapshots import SnapshotSigner, SnapshotStore
+from domain.state import Changes, DomainState
 from messages.errors import RelayctlError
 from messages.events import DomainEvent, UndecodableCommit
 

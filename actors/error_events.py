@@ -35,7 +35,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, NotFoundError
 
-from actors.ai_prompt import InvalidEvent, grouping_hash, validate_error_event
+from domain.ai_prompt import InvalidEvent, grouping_hash, validate_error_event
 from messages.envelope import pack, unpack
 from messages.errors import BadMessage
 from messages.subjects import ERROR_EVENT_BUCKET

@@ -21,12 +21,12 @@ import redis
 import structlog
 
 from actors.base import ProjectionActor
-from actors.model import Relay
 from actors.redis_watch import MaterializingActor
-from actors.state import Changes, DomainState, trusted_relay_keys
 from bus.cache_keys import RELAY_AUTH_MAC_BUCKET
 from bus.config_cache import RELAY_AUTH_PREFIX, seal
 from bus.service import Call
+from domain.model import Relay
+from domain.state import Changes, DomainState, trusted_relay_keys
 from messages.events import DomainEvent
 from messages.subjects import RELAY_CHANGED
 

@@ -14,11 +14,11 @@ from typing import Any
 import structlog
 
 from actors.base import ServiceActor
-from actors.metrics_store import MetricsStore
 from bus import metrics
 from bus.metrics import MalformedBatch, decode_batch
 from bus.runtime import BusRuntime
 from bus.service import Call
+from domain.metrics_store import MetricsStore
 from messages.errors import BadRequest
 from messages.subjects import METRICS_RECORD
 

@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 
 from actors.ai import AIConfig
-from actors.ai_prompt import describe_event_for_ai
 from bench._servers import percentile, servers
+from domain.ai_prompt import describe_event_for_ai
 from gateway.ai import AI_LIMITER
 from tests.ai_helpers import error_event, start_ai_worker
 from tests.openai_stub import OpenAIStub

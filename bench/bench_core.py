@@ -18,10 +18,10 @@ import time
 
 import nats
 
-from actors.state import DomainState
 from bench._servers import percentile, servers
 from bus.client import request
 from bus.eventstore import JetStreamEventStore
+from domain.state import DomainState
 from messages.events import DomainEvent, encode_commit
 
 

@@ -18,11 +18,11 @@ import types
 import uuid
 
 from actors.configs import ConfigActor
-from actors.state import DomainState
 from actors.worker import Worker
 from bench._servers import import_keys, percentile, servers
 from bench.bench_relay import load, spawn
 from bus.embedded import free_port
+from domain.state import DomainState
 from messages.events import DomainEvent
 from tests.system import RelayClient
 

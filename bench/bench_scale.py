@@ -27,11 +27,11 @@ from pathlib import Path
 import aiohttp
 import nats
 
-from actors.model import Org, Project, ProjectKey
-from actors.project_config import build_project_config
 from bench._servers import servers
 from bus.client import request
 from bus.embedded import free_port, port_open
+from domain.model import Org, Project, ProjectKey
+from domain.project_config import build_project_config
 from tests.system import RelayClient
 
 ACTORS = ("commands", "keys", "orgs", "configs")

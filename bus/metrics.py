@@ -5,7 +5,7 @@ instance. Recording never blocks and never raises: a point goes into a bounded
 in-process queue (when the queue is full the point is dropped and the drop is
 counted), and a background flusher thread sends the queued points in batches
 through an injected `publish(bytes)` callable (later wired to a NATS publish to the
-metrics actor, which aggregates them with `actors.metrics_store.MetricsStore`).
+metrics actor, which aggregates them with `domain.metrics_store.MetricsStore`).
 
 Batch wire format (msgpack, produced by `encode_batch`, read by `decode_batch`)::
 
@@ -26,7 +26,7 @@ Batch wire format (msgpack, produced by `encode_batch`, read by `decode_batch`):
 Tags that would explode cardinality are dropped before queuing: any tag whose
 name ends in ``_id``, and the tags ``project``, ``event`` and ``group``; tag names and
 values are cut to ``MAX_TAG_VALUE`` characters. Callers must still never tag raw request
-input (the aggregating store caps series per name, see ``actors.metrics_store``).
+input (the aggregating store caps series per name, see ``domain.metrics_store``).
 
 Drops are themselves reported: the next batch after points were lost carries a
 counter ``internal.metrics.dropped_points`` tagged ``reason=queue_full`` or

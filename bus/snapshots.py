@@ -17,7 +17,7 @@ command handlers may write. An object is a msgpack map:
                of its data), digest (sha256 of body), key (the signer's public key),
                key_sequence (where the stream holds it)
     signature  the signer's signature over the header bytes
-    body       the zstd-compressed msgpack of the state (actors/state.py `to_snapshot`)
+    body       the zstd-compressed msgpack of the state (domain/state.py `to_snapshot`)
 
 `load` checks, before it decompresses anything: the key is the one the stream holds at
 key_sequence in a `SnapshotKeyPublished` event, the signature over the header verifies with

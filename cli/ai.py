@@ -63,7 +63,7 @@ def register(main: click.Group) -> None:
         """Suggest a fix for an error event with an OpenAI-compatible model."""
         from actors.ai import AIConfig
         from actors.ai_model import AIError, AINotConfigured
-        from actors.ai_prompt import InvalidEvent, describe_event_for_ai, validate_error_event
+        from domain.ai_prompt import InvalidEvent, describe_event_for_ai, validate_error_event
 
         try:
             checked = validate_error_event(_read_event(file))

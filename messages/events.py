@@ -74,7 +74,7 @@ EVENT_TYPES: dict[str, tuple[str, int]] = {
     "PermissionRemoved": (USER, 1),
     # ids aggregate: a block of integer ids [first, first + count) one command handler hands out
     "IdsClaimed": (IDS, 1),
-    # claims aggregate: project keys an org is about to create (see actors/commands.py)
+    # claims aggregate: project keys an org is about to create (see domain/decider.py)
     "KeysClaimed": (CLAIMS, 1),
     # snapshot aggregate: a command handler's snapshot signing key (bus/snapshots.py)
     "SnapshotKeyPublished": (SNAPSHOT, 1),

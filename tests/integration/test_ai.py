@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 from actors.ai import AIConfig
-from actors.ai_prompt import describe_event_for_ai
 from actors.worker import Worker
 from bus.embedded import ServerProcess
 from bus.runtime import BusRuntime
 from cli.main import main as cli_main
+from domain.ai_prompt import describe_event_for_ai
 from gateway.ai import AI_LIMITER
 from messages.envelope import Request
 from tests.ai_helpers import error_event, parse_sse, sse_text, start_ai_worker

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from actors.state import DomainState
 from bus.embedded import ServerProcess, start_nats
 from bus.eventstore import CommitTooLarge, EventStore, InMemoryEventStore, JetStreamEventStore, StoreCannotWrite
 from bus.runtime import connect
+from domain.state import DomainState
 from messages.errors import Conflict, Unavailable
 from messages.events import ORG, USER, DomainEvent, UndecodableCommit, aggregate_subject
 

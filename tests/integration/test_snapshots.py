@@ -21,14 +21,15 @@ import structlog
 import zstandard
 from nats.aio.client import Client as NATS
 
-from actors.commands import CommandActor, token_hash
-from actors.state import DomainState
+from actors.commands import CommandActor
 from actors.worker import Worker
 from bus.client import request
 from bus.embedded import ServerProcess, nats_passwords, role_url, start_nats, start_redis
 from bus.eventstore import JetStreamEventStore
 from bus.runtime import connect
 from bus.snapshots import SnapshotSigner, SnapshotStore
+from domain.decisions import token_hash
+from domain.state import DomainState
 from messages.envelope import pack, unpack
 from messages.errors import Unauthorized
 from messages.subjects import SNAPSHOT_BUCKET, inbox_prefix

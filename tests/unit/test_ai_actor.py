@@ -23,12 +23,12 @@ from actors.ai import (
     effective_policy,
 )
 from actors.ai_model import AINotConfigured, AIRateLimited, AIUnavailable
-from actors.ai_prompt import describe_event_for_ai
 from actors.base import wait_ready
 from actors.error_events import InMemoryErrorEventStore, decode_ingest
 from bus.eventstore import InMemoryEventStore
 from bus.runtime import BusRuntime
 from bus.service import Call
+from domain.ai_prompt import describe_event_for_ai
 from messages.commands import QUERIES
 from messages.envelope import Request, pack
 from messages.errors import BadRequest, Forbidden, NotFound, Overloaded, RelayctlError, Unavailable

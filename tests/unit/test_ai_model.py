@@ -17,7 +17,7 @@ from actors.ai_model import (
     AIUnavailable,
     ModelClient,
 )
-from actors.ai_prompt import SYSTEM_PROMPT
+from domain.ai_prompt import SYSTEM_PROMPT
 from tests.openai_stub import OpenAIStub
 
 DESCRIPTION: dict[str, Any] = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from actors.ai_prompt import (
+from domain.ai_prompt import (
     SYSTEM_PROMPT,
     InvalidEvent,
     build_messages,

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from actors.commands import Decider, IdDraw, IdPool
-from actors.state import DomainState
+from domain.decider import Decider
+from domain.decisions import IdDraw, IdPool
+from domain.state import DomainState
 from messages.errors import Conflict, Forbidden
 from messages.events import DomainEvent
 

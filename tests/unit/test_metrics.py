@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.metrics_store import TRUNCATION_MARKER, MetricsStore
 from bus import metrics as metrics_module
 from bus.metrics import MalformedBatch, Metrics, decode_batch, encode_batch
+from domain.metrics_store import TRUNCATION_MARKER, MetricsStore
 
 WAIT = 5.0  # generous upper bound for anything asynchronous
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from sentry_relay.auth import generate_key_pair
 
-from actors.model import Org, Project
-from actors.options import (
+from domain.model import Org, Project
+from domain.options import (
     AI_POLICIES,
     OPTION_DEFAULTS,
     OPTIONS,

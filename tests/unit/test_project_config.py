@@ -10,17 +10,17 @@ import pytest
 from sentry_relay.auth import generate_key_pair
 from sentry_relay.processing import normalize_project_config, validate_pii_config
 
-from actors.commands import Decider
-from actors.model import DELETED, DISABLED, Org, Project, ProjectKey
-from actors.options import validate_option
-from actors.project_config import (
+from domain.decider import Decider
+from domain.model import DELETED, DISABLED, Org, Project, ProjectKey
+from domain.options import validate_option
+from domain.project_config import (
     DISABLED_CONFIG,
     PII_OPTION,
     build_project_config,
     merge_pii_configs,
     merged_pii_problem,
 )
-from actors.state import DomainState
+from domain.state import DomainState
 from messages.errors import BadRequest
 from messages.events import DomainEvent
 

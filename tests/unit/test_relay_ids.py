@@ -4,7 +4,7 @@ a snapshot (issue 10 item 7: an earlier id must not keep the rights it had)."""
 from __future__ import annotations
 
 from actors.lookup import relay_auth
-from actors.state import DomainState
+from domain.state import DomainState
 from messages.events import DomainEvent
 
 RELAY = "r" * 43

@@ -7,8 +7,8 @@ import json
 
 import msgpack
 
-from actors.model import DELETED, DISABLED
-from actors.state import DomainState
+from domain.model import DELETED, DISABLED
+from domain.state import DomainState
 from messages.events import DomainEvent, UndecodableCommit, event_subject
 
 KEY_A = "a" * 32

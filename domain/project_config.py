@@ -24,8 +24,8 @@ from typing import Any
 
 from sentry_relay.processing import validate_pii_config
 
-from actors.model import DELETED, Org, Project, ProjectKey
-from actors.options import default_value, get_option, get_org_option
+from domain.model import DELETED, Org, Project, ProjectKey
+from domain.options import default_value, get_option, get_org_option
 from messages.errors import BadRequest
 
 DISABLED_CONFIG: dict[str, Any] = {"disabled": True}

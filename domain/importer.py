@@ -10,18 +10,24 @@ first (`Decision.explicit_keys`), so a key can never end up under two orgs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from actors.model import ACTIVE, DELETED, DISABLED
-from actors.project_config import check_pii_import
+from domain.decisions import Decision, IdDraw, checked_option, new_public_key
+from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS
+from domain.project_config import check_pii_import
+from domain.state import DomainState
 from messages.commands import PUBLIC_KEY_RE, SLUG_RE
 from messages.errors import BadRequest, Conflict
-from messages.events import ORG
+from messages.events import ORG, DomainEvent
 
-if TYPE_CHECKING:
-    from actors.commands import Decider, Decision
 
-TRUSTED_RELAYS = "sentry:trusted-relays"
+class EventMaker(Protocol):
+    """What the import needs of the decider: its state, its ids and its event factory."""
+
+    state: DomainState
+    ids: IdDraw
+
+    def event(self, type_: str, aggregate_id: str, **payload: Any) -> DomainEvent: ...
 
 
 def _problem(path: str, text: str) -> BadRequest:
@@ -29,8 +35,6 @@ def _problem(path: str, text: str) -> BadRequest:
 
 
 def _options(scope: str, path: str, raw: Any) -> dict[str, Any]:
-    from actors.commands import checked_option
-
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -44,9 +48,7 @@ def _options(scope: str, path: str, raw: Any) -> dict[str, Any]:
     return out
 
 
-def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
-    from actors.commands import Decision
-
+def decide_import(decider: EventMaker, spec: dict[str, Any]) -> Decision:
     state = decider.state
     slug = spec.get("slug")
     if not isinstance(slug, str) or not SLUG_RE.fullmatch(slug):
@@ -114,7 +116,7 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
             if public_key is None:
                 if project is not None:
                     continue  # an unnamed key of an existing project: already imported
-                public_key = _new_key()
+                public_key = new_public_key()
             elif not isinstance(public_key, str) or not PUBLIC_KEY_RE.fullmatch(public_key):
                 raise _problem(f"{kpath}.publicKey", "must be 32 hex characters")
             if public_key in seen_keys:
@@ -126,7 +128,7 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
                                             status=status, rate_limit=None, numeric_id=decider.ids.take("key")))
                 counts["keys"] += 1
                 if named:
-                    explicit_keys.append(public_key)  # claimed before the commit: see actors/commands.py
+                    explicit_keys.append(public_key)  # claimed before the commit: see domain/decider.py
                 continue
             if project is None or existing.project_id != project.id:
                 holder = state.org_of_key(public_key)
@@ -139,9 +141,3 @@ def decide_import(decider: Decider, spec: dict[str, Any]) -> Decision:
     check_pii_import(state, slug, org_options, all_project_options)
     summary = {**counts, "events": len(events)}
     return Decision(ORG, slug, events, lambda s: summary, explicit_keys=explicit_keys)
-
-
-def _new_key() -> str:
-    from actors.commands import new_public_key
-
-    return new_public_key()

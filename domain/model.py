@@ -14,6 +14,8 @@ from typing import Any
 ACTIVE = "active"
 DISABLED = "disabled"
 DELETED = "deleted"
+# The org option listing the relays an org trusts (Sentry's name).
+TRUSTED_RELAYS = "sentry:trusted-relays"
 
 
 @dataclass

@@ -75,7 +75,7 @@ from sentry_relay.processing import (
     validate_sampling_configuration,
 )
 
-from actors.model import Org, Project
+from domain.model import Org, Project
 
 Scope = Literal["org", "project"]
 ORG: Scope = "org"

@@ -4,7 +4,7 @@
 live events alike. It returns what changed (`Changes`), so the config builder can
 recompute exactly the affected configs.
 
-Integer ids come from the events (decided by the command handler, see actors/commands.py
+Integer ids come from the events (decided by the command handler, see domain/decider.py
 `IdPool`), so a commit that is lost or cannot be read changes no other object's id. Events
 stored before ids were (payload id None) get the next id of a fold-order counter, which
 every stored id and every claimed block of ids (`IdsClaimed`) pushes past itself: a legacy
@@ -22,14 +22,13 @@ from typing import Any
 
 import structlog
 
-from actors.model import ACTIVE, DELETED, DISABLED, Org, Project, ProjectKey, Relay, User
+from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS, Org, Project, ProjectKey, Relay, User
 from messages.events import ID_KINDS, DomainEvent, UndecodableCommit
 
 log = structlog.get_logger(__name__)
 # 2: relays carry every id they registered under (Relay.relay_ids)
 # 3: key claims and skipped (undecodable) commits
 SNAPSHOT_FORMAT = 3
-TRUSTED_RELAYS = "sentry:trusted-relays"
 _UNSET: Any = object()
 
 
@@ -42,7 +41,7 @@ def trusted_relay_keys(options: dict[str, Any]) -> list[str]:
 @dataclass(frozen=True)
 class KeyClaim:
     """An org's claim on a project key it is about to create, decided when the org's
-    aggregate was at `org_version` (see actors/commands.py `Decider.claims_for`)."""
+    aggregate was at `org_version` (see domain/decider.py `Decider.claims_for`)."""
 
     org: str
     org_version: int

@@ -1,0 +1,101 @@
+"""The building blocks of every decision: what a command decides (`Decision`), the integer
+ids it may hand out (`IdPool`, `IdDraw`) and the checks a decision shares with the import.
+
+Integer ids are decided by the command handler, not by the fold: the decider takes them from
+an `IdDraw` on the handler's `IdPool`, blocks of ids the handler claimed on the global
+`ids.<kind>` aggregate (`IdsClaimed`). See domain/decider.py for the whole protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain import options as option_catalogue
+from domain.state import DomainState
+from messages.errors import BadRequest
+from messages.events import DomainEvent
+
+
+@dataclass
+class Decision:
+    aggregate: str
+    aggregate_id: str
+    events: list[DomainEvent] = field(default_factory=list)
+    result: Callable[[DomainState], Any] = lambda state: None
+    # project keys the command names explicitly: claimed before the org commit (`claims_for`)
+    explicit_keys: list[str] = field(default_factory=list)
+
+
+class IdPool:
+    """The integer ids one command handler may hand out: the rest of the blocks it claimed."""
+
+    def __init__(self) -> None:
+        self._free: dict[str, list[range]] = {}
+
+    def add(self, kind: str, first: int, count: int) -> None:
+        self._free.setdefault(kind, []).append(range(first, first + count))
+
+    def peek(self, kind: str, n: int) -> int | None:
+        """The n-th (from 0) free id of `kind`, or None when the pool holds fewer."""
+        for block in self._free.get(kind, []):
+            if n < len(block):
+                return block[n]
+            n -= len(block)
+        return None
+
+    def consume(self, kind: str, n: int) -> None:
+        blocks = self._free.get(kind, [])
+        while n and blocks:
+            used = min(n, len(blocks[0]))
+            blocks[0] = blocks[0][used:]
+            n -= used
+            if not blocks[0]:
+                blocks.pop(0)
+
+    def available(self, kind: str) -> int:
+        return sum(len(b) for b in self._free.get(kind, []))
+
+
+class IdDraw:
+    """The ids one decision takes from a pool: they leave the pool only with `commit()`
+    (when the decision is appended), so a decision that is refused or decided again takes
+    the same ones. Past the pool's end `take` counts the shortage and returns 0: such a
+    decision is never stored; the handler claims more ids and decides again."""
+
+    def __init__(self, pool: IdPool | None = None) -> None:
+        self.pool = pool or IdPool()
+        self.taken: dict[str, int] = {}
+        self.short: dict[str, int] = {}
+
+    def take(self, kind: str) -> int:
+        n = self.taken.get(kind, 0)
+        self.taken[kind] = n + 1
+        value = self.pool.peek(kind, n)
+        if value is None:
+            self.short[kind] = self.short.get(kind, 0) + 1
+            return 0
+        return value
+
+    def commit(self) -> None:
+        for kind, n in self.taken.items():
+            self.pool.consume(kind, n)
+        self.taken.clear()
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_public_key() -> str:
+    return uuid.uuid4().hex
+
+
+def checked_option(scope: str, key: str, value: Any) -> Any:
+    try:
+        return option_catalogue.validate_option(scope, key, value)
+    except ValueError as exc:
+        raise BadRequest(str(exc), {"key": key}) from None
