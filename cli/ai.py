@@ -41,7 +41,7 @@ def register(main: click.Group) -> None:
 
     @event.command("store")
     @click.argument("file", type=click.File("r"))
-    @click.option("--project", "ref", required=True, metavar="ORG/PROJECT")
+    @click.option("--project", "ref", required=True, metavar="ORG/PROJECT", help="The project the event belongs to.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @pass_ctx
     def event_store(ctx: Context, file: Any, ref: str, as_json: bool) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -71,7 +72,7 @@ class Context:
         try:
             return asyncio.run(run())
         except RelayctlError as exc:
-            fail(exc.message)
+            fail(exc.message, error_code=exc.code)
 
 
 def cli_actor() -> str:
@@ -82,10 +83,41 @@ def cli_actor() -> str:
         return "cli"
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def json_requested() -> bool:
+    """Whether the command being run was given `--json` (then errors are JSON too)."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.params.get("as_json"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+def error_document(code: str, message: str) -> str:
+    """The one JSON document a `--json` command prints when it fails."""
+    return json.dumps({"error": {"code": code, "message": redact_url(message)}}, sort_keys=True)
+
+
+def fail(message: str, code: int = 1, error_code: str | None = None) -> NoReturn:
+    """Print `message` and exit with `code`: on stderr, or with `--json` as
+    `{"error": {"code", "message"}}` on stdout (`error_code` names the kind: the wire
+    error's code, else "usage" for exit 2 and "error" otherwise)."""
     # Every error the CLI prints passes here; none may show a URL's password.
-    click.echo(f"error: {redact_url(message)}", err=True)
+    if json_requested():
+        click.echo(error_document(error_code or ("usage" if code == 2 else "error"), message))
+    else:
+        click.echo(f"error: {redact_url(message)}", err=True)
     sys.exit(code)
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """A Unix time as RFC 3339 UTC with milliseconds (`2026-12-03T13:22:43.123Z`): the one
+    timestamp format of every JSON document the CLI prints."""
+    if ts is None:
+        return None
+    whole = int(ts)
+    millis = min(999, round((ts - whole) * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
 def emit(as_json: bool, data: Any, text: str | None = None) -> None:
@@ -99,9 +131,9 @@ def parse_json_value(raw: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        fail(f"value is not valid JSON ({exc.msg}): {raw}")
+        fail(f"value is not valid JSON ({exc.msg}): {raw}", error_code="bad_request")
     except RecursionError:
-        fail("value is nested too deeply")
+        fail("value is nested too deeply", error_code="bad_request")
 
 
 def split_project(ref: str) -> tuple[str, str]:

@@ -3,15 +3,21 @@
 No log line carries a credential: every event passes `messages.redact.redact_processor`
 (after tracebacks are formatted), and stdlib logging (libraries such as nats-py and asyncio)
 goes to stderr through `RedactingFormatter`; so do the tracebacks of uncaught exceptions.
+
+No log line is huge either: `cap_processor` cuts every field to `MAX_FIELD` characters
+(`MAX_TRACEBACK` for a traceback) and says how long it was, so a payload that made its way
+into an event (a 500-key batch, a whole import) costs a few kilobytes, not megabytes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import threading
 import traceback
+from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
 
@@ -21,6 +27,29 @@ from messages.redact import RedactingFormatter, redact_processor, redact_url
 
 # Marks the stderr handler installed here, so a second set-up does not add another.
 _HANDLER_NAME = "relayctl-redacting-stderr"
+MAX_FIELD = 2000
+MAX_TRACEBACK = 20000
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... [cut: {len(text)} characters]"
+
+
+def cap_processor(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Cut every field of a log event to `MAX_FIELD` characters (a structure by its JSON
+    text, which then stands in for it), tracebacks to `MAX_TRACEBACK`."""
+    for name, value in event_dict.items():
+        limit = MAX_TRACEBACK if name in ("exception", "stack") else MAX_FIELD
+        if isinstance(value, str):
+            event_dict[name] = _cut(value, limit)
+        elif isinstance(value, (dict, list, tuple, set, bytes)):
+            try:
+                text = json.dumps(value, default=str) if not isinstance(value, bytes) else repr(value)
+            except (TypeError, ValueError, RecursionError):
+                text = repr(value)
+            if len(text) > limit:
+                event_dict[name] = _cut(text, limit)
+    return event_dict
 
 
 def setup_logging(process: str, level: str | None = None, *, cache: bool = True) -> None:
@@ -35,6 +64,7 @@ def setup_logging(process: str, level: str | None = None, *, cache: bool = True)
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             redact_processor,
+            cap_processor,  # after redaction: a credential cut in half would not be recognized
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),

@@ -17,17 +17,61 @@ from typing import Any
 import click
 import structlog
 
-from cli.context import Context, emit, fail, parse_json_value, split_project
+from bus.embedded import write_private
+from cli.context import Context, emit, error_document, fail, parse_json_value, rfc3339, split_project
 from cli.logging import setup_logging
+from cli.option_docs import default_text, help_epilog, rows
+from domain.options import OPTIONS, PREFIX_OPTIONS
 from messages.commands import PUBLIC_KEY_RE
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def catalogue_rows() -> list[dict[str, Any]]:
+    return rows([*OPTIONS.values(), *PREFIX_OPTIONS.values()])
+
+
+def scope_epilog(scope: str) -> str:
+    return help_epilog([r for r in catalogue_rows() if scope in r["scopes"]])
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-# About one relay key in 64 starts with "-": read it as the argument it is, not as an option.
+
+
+class RelayKeyCommand(click.Command):
+    """A command taking a relay key: about one key in 64 starts with "-", and such a key is
+    read as the argument it is, not as an option. `-h` alone still asks for help: no relay
+    key is two characters long."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, ["--help" if a == "-h" else a for a in args])
+
+
 RELAY_KEY_ARGS = {"ignore_unknown_options": True, "help_option_names": ["--help"]}
+RELAY_KEY_COMMAND: dict[str, Any] = {"cls": RelayKeyCommand, "context_settings": RELAY_KEY_ARGS}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class RelayctlGroup(click.Group):
+    """The root command: with `--json` anywhere among the arguments, an error click itself
+    raises (a usage error, a missing argument) is one JSON document on stdout as well."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or "--json" not in argv:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            kind = "usage" if isinstance(exc, click.UsageError) else "error"
+            click.echo(error_document(kind, exc.format_message()))
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo(error_document("aborted", "interrupted"))
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=RelayctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="RELAYCTL_DATA_DIR",
               default=Path(".relayctl"), show_default=True, help="Where `up` keeps data and state.")
 @click.option("--nats-url", envvar="RELAYCTL_NATS_URL", default=None,
@@ -49,10 +93,11 @@ def org() -> None:
 
 @org.command("create")
 @click.argument("slug")
-@click.option("--name")
+@click.option("--name", help="A display name (default: the slug).")
 @json_option
 @pass_ctx
 def org_create(ctx: Context, slug: str, name: str | None, as_json: bool) -> None:
+    """Create an organization (SLUG: lowercase letters, digits, dashes)."""
     result = ctx.request("org.create", {"slug": slug, "name": name})
     emit(as_json, result, f"Created organization `{slug}` (id {result['id']})")
 
@@ -62,13 +107,14 @@ def org_option() -> None:
     """Organization options."""
 
 
-@org_option.command("set")
+@org_option.command("set", epilog=scope_epilog("org"))
 @click.argument("org_slug", metavar="ORG")
 @click.argument("key")
 @click.argument("value", metavar="JSON")
 @json_option
 @pass_ctx
 def org_option_set(ctx: Context, org_slug: str, key: str, value: str, as_json: bool) -> None:
+    """Set an org option to a JSON value (validated; see `relayctl option list`)."""
     result = ctx.request("org.option_set", {"org": org_slug, "key": key, "value": parse_json_value(value)})
     emit(as_json, result, f"Set `{key}` on `{org_slug}`")
 
@@ -79,6 +125,7 @@ def org_option_set(ctx: Context, org_slug: str, key: str, value: str, as_json: b
 @json_option
 @pass_ctx
 def org_option_get(ctx: Context, org_slug: str, key: str, as_json: bool) -> None:
+    """Print an org option's value (its default when unset)."""
     result = ctx.request("org.option_get", {"org": org_slug, "key": key})
     emit(as_json, {"value": result["value"]}, json.dumps(result["value"]))
 
@@ -86,32 +133,40 @@ def org_option_get(ctx: Context, org_slug: str, key: str, as_json: bool) -> None
 @org_option.command("unset")
 @click.argument("org_slug", metavar="ORG")
 @click.argument("key")
+@json_option
 @pass_ctx
-def org_option_unset(ctx: Context, org_slug: str, key: str) -> None:
+def org_option_unset(ctx: Context, org_slug: str, key: str, as_json: bool) -> None:
+    """Remove an org option, so its default applies again."""
     ctx.request("org.option_unset", {"org": org_slug, "key": key})
-    click.echo(f"Unset `{key}` on `{org_slug}`")
+    emit(as_json, {"org": org_slug, "key": key, "unset": True}, f"Unset `{key}` on `{org_slug}`")
 
 
-@org.command("trust-relay", context_settings=RELAY_KEY_ARGS)
+@org.command("trust-relay", **RELAY_KEY_COMMAND)
 @click.argument("org_slug", metavar="ORG")
 @click.argument("public_key")
-@click.option("--name")
-@click.option("--description")
+@click.option("--name", help="A name for the relay (default: the key's first 8 characters).")
+@click.option("--description", help="What the relay is, for people.")
+@json_option
 @pass_ctx
 def org_trust_relay(ctx: Context, org_slug: str, public_key: str, name: str | None,
-                    description: str | None) -> None:
+                    description: str | None, as_json: bool) -> None:
+    """Let the relay with PUBLIC_KEY fetch this org's configs (adds it to `sentry:trusted-relays`)."""
     ctx.request("org.trust_relay", {"org": org_slug, "public_key": public_key, "name": name,
                                     "description": description})
-    click.echo(f"`{org_slug}` now trusts relay `{public_key}`")
+    emit(as_json, {"org": org_slug, "publicKey": public_key, "trusted": True},
+         f"`{org_slug}` now trusts relay `{public_key}`")
 
 
-@org.command("untrust-relay", context_settings=RELAY_KEY_ARGS)
+@org.command("untrust-relay", **RELAY_KEY_COMMAND)
 @click.argument("org_slug", metavar="ORG")
 @click.argument("public_key")
+@json_option
 @pass_ctx
-def org_untrust_relay(ctx: Context, org_slug: str, public_key: str) -> None:
+def org_untrust_relay(ctx: Context, org_slug: str, public_key: str, as_json: bool) -> None:
+    """Stop trusting a relay for this org (removes it from `sentry:trusted-relays`)."""
     ctx.request("org.untrust_relay", {"org": org_slug, "public_key": public_key})
-    click.echo(f"`{org_slug}` no longer trusts relay `{public_key}`")
+    emit(as_json, {"org": org_slug, "publicKey": public_key, "trusted": False},
+         f"`{org_slug}` no longer trusts relay `{public_key}`")
 
 
 # -- projects -----------------------------------------------------------------------------------
@@ -130,24 +185,28 @@ def org_template() -> None:
 @click.argument("org_slug", metavar="ORG")
 @click.argument("template")
 @click.argument("options", metavar="JSON")
+@json_option
 @pass_ctx
-def org_template_set(ctx: Context, org_slug: str, template: str, options: str) -> None:
+def org_template_set(ctx: Context, org_slug: str, template: str, options: str, as_json: bool) -> None:
+    """Set project template TEMPLATE: a JSON object of project option keys and values."""
     value = parse_json_value(options)
     if not isinstance(value, dict):
         fail("template options must be a JSON object of option keys and values")
     ctx.request("org.template_set", {"org": org_slug, "template": template, "options": value})
-    click.echo(f"Set template `{template}` on `{org_slug}`")
+    emit(as_json, {"org": org_slug, "template": template, "options": value},
+         f"Set template `{template}` on `{org_slug}`")
 
 
 @project.command("create")
 @click.argument("org_slug", metavar="ORG")
 @click.argument("slug")
-@click.option("--name")
+@click.option("--name", help="A display name (default: the slug).")
 @click.option("--template", help="A project template of the org (see `org template set`).")
 @json_option
 @pass_ctx
 def project_create(ctx: Context, org_slug: str, slug: str, name: str | None, template: str | None,
                    as_json: bool) -> None:
+    """Create a project in ORG, with its first key (DSN public key)."""
     result = ctx.request("project.create", {"org": org_slug, "project": slug, "name": name, "template": template})
     emit(as_json, result, f"Created project `{org_slug}/{slug}` (id {result['id']}) with key {result['publicKey']}")
 
@@ -157,13 +216,14 @@ def project_option() -> None:
     """Project options."""
 
 
-@project_option.command("set")
+@project_option.command("set", epilog=scope_epilog("project"))
 @click.argument("ref", metavar="ORG/PROJECT")
 @click.argument("key")
 @click.argument("value", metavar="JSON")
 @json_option
 @pass_ctx
 def project_option_set(ctx: Context, ref: str, key: str, value: str, as_json: bool) -> None:
+    """Set a project option to a JSON value (validated; see `relayctl option list`)."""
     org_slug, slug = split_project(ref)
     result = ctx.request("project.option_set", {"org": org_slug, "project": slug, "key": key,
                                                 "value": parse_json_value(value)})
@@ -176,6 +236,7 @@ def project_option_set(ctx: Context, ref: str, key: str, value: str, as_json: bo
 @json_option
 @pass_ctx
 def project_option_get(ctx: Context, ref: str, key: str, as_json: bool) -> None:
+    """Print a project option's value (template or default when unset)."""
     org_slug, slug = split_project(ref)
     result = ctx.request("project.option_get", {"org": org_slug, "project": slug, "key": key})
     emit(as_json, {"value": result["value"]}, json.dumps(result["value"]))
@@ -184,27 +245,30 @@ def project_option_get(ctx: Context, ref: str, key: str, as_json: bool) -> None:
 @project_option.command("unset")
 @click.argument("ref", metavar="ORG/PROJECT")
 @click.argument("key")
+@json_option
 @pass_ctx
-def project_option_unset(ctx: Context, ref: str, key: str) -> None:
+def project_option_unset(ctx: Context, ref: str, key: str, as_json: bool) -> None:
+    """Remove a project option, so its template value or default applies again."""
     org_slug, slug = split_project(ref)
     ctx.request("project.option_unset", {"org": org_slug, "project": slug, "key": key})
-    click.echo(f"Unset `{key}` on `{ref}`")
+    emit(as_json, {"org": org_slug, "project": slug, "key": key, "unset": True}, f"Unset `{key}` on `{ref}`")
 
 
-def _project_status_command(verb: str, past: str) -> None:
-    @project.command(verb)
+def _project_status_command(verb: str, past: str, status: str, help_text: str) -> None:
+    @project.command(verb, help=help_text)
     @click.argument("ref", metavar="ORG/PROJECT")
+    @json_option
     @pass_ctx
-    def command(ctx: Context, ref: str) -> None:
+    def command(ctx: Context, ref: str, as_json: bool) -> None:
         org_slug, slug = split_project(ref)
         ctx.request(f"project.{verb}", {"org": org_slug, "project": slug})
-        click.echo(f"{past} project `{ref}`")
-
-    command.__doc__ = f"{verb.capitalize()} a project."
+        emit(as_json, {"org": org_slug, "project": slug, "status": status}, f"{past} project `{ref}`")
 
 
-for _verb, _past in (("disable", "Disabled"), ("enable", "Enabled"), ("delete", "Deleted")):
-    _project_status_command(_verb, _past)
+for _args in (("disable", "Disabled", "disabled", "Disable a project: relays get `{\"disabled\": true}` for its keys."),
+              ("enable", "Enabled", "active", "Enable a disabled project again."),
+              ("delete", "Deleted", "deleted", "Delete a project: its keys serve `{\"disabled\": true}` for good.")):
+    _project_status_command(*_args)
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -219,24 +283,26 @@ def key() -> None:
 @json_option
 @pass_ctx
 def key_create(ctx: Context, ref: str, as_json: bool) -> None:
+    """Create another key (DSN public key) for a project."""
     org_slug, slug = split_project(ref)
     result = ctx.request("key.create", {"org": org_slug, "project": slug})
     emit(as_json, result, f"Created key {result['publicKey']} (numeric id {result['numericId']})")
 
 
-def _key_status_command(verb: str, past: str) -> None:
-    @key.command(verb)
+def _key_status_command(verb: str, past: str, status: str, help_text: str) -> None:
+    @key.command(verb, help=help_text)
     @click.argument("public_key")
+    @json_option
     @pass_ctx
-    def command(ctx: Context, public_key: str) -> None:
+    def command(ctx: Context, public_key: str, as_json: bool) -> None:
         ctx.request(f"key.{verb}", {"public_key": public_key})
-        click.echo(f"{past} key {public_key}")
-
-    command.__doc__ = f"{verb.capitalize()} a key."
+        emit(as_json, {"publicKey": public_key, "status": status}, f"{past} key {public_key}")
 
 
-for _verb, _past in (("disable", "Disabled"), ("enable", "Enabled"), ("delete", "Deleted")):
-    _key_status_command(_verb, _past)
+for _args in (("disable", "Disabled", "disabled", "Disable a key: relays get `{\"disabled\": true}` for it."),
+              ("enable", "Enabled", "active", "Enable a disabled key again."),
+              ("delete", "Deleted", "deleted", "Delete a key for good.")):
+    _key_status_command(*_args)
 
 
 @key.command("list")
@@ -244,6 +310,7 @@ for _verb, _past in (("disable", "Disabled"), ("enable", "Enabled"), ("delete", 
 @json_option
 @pass_ctx
 def key_list(ctx: Context, ref: str, as_json: bool) -> None:
+    """List a project's keys with numeric id and status."""
     org_slug, slug = split_project(ref)
     result = ctx.request("key.list", {"org": org_slug, "project": slug})
     keys = [{k: v for k, v in item.items() if k in ("publicKey", "numericId", "status")} for item in result["keys"]]
@@ -257,27 +324,33 @@ def relay() -> None:
     """Relays allowed to register, banned relays, registered relays."""
 
 
-@relay.command("allow", context_settings=RELAY_KEY_ARGS)
+@relay.command("allow", **RELAY_KEY_COMMAND)
 @click.argument("public_key")
 @click.option("--internal", is_flag=True, help="May fetch every project's config.")
+@json_option
 @pass_ctx
-def relay_allow(ctx: Context, public_key: str, internal: bool) -> None:
+def relay_allow(ctx: Context, public_key: str, internal: bool, as_json: bool) -> None:
+    """Allow the relay with PUBLIC_KEY to register (see `relayctl relay keygen`)."""
     ctx.request("relay.allow", {"public_key": public_key, "internal": internal})
-    click.echo(f"Allowed relay `{public_key}`" + (" (internal)" if internal else ""))
+    emit(as_json, {"publicKey": public_key, "allowed": True, "internal": internal},
+         f"Allowed relay `{public_key}`" + (" (internal)" if internal else ""))
 
 
-@relay.command("deny", context_settings=RELAY_KEY_ARGS)
+@relay.command("deny", **RELAY_KEY_COMMAND)
 @click.argument("public_key")
+@json_option
 @pass_ctx
-def relay_deny(ctx: Context, public_key: str) -> None:
+def relay_deny(ctx: Context, public_key: str, as_json: bool) -> None:
+    """Ban a relay: registration answers 403, its signed calls 401."""
     ctx.request("relay.deny", {"public_key": public_key})
-    click.echo(f"Banned relay `{public_key}`")
+    emit(as_json, {"publicKey": public_key, "banned": True}, f"Banned relay `{public_key}`")
 
 
 @relay.command("list")
 @json_option
 @pass_ctx
 def relay_list(ctx: Context, as_json: bool) -> None:
+    """Relays allowed or registered: versions, first and last seen."""
     result = ctx.request("relay.list", {})
 
     def when(ts: float | None) -> str:
@@ -285,7 +358,62 @@ def relay_list(ctx: Context, as_json: bool) -> None:
     lines = [f"{r['publicKey']}  {'internal' if r['internal'] else 'external'}"
              f"{'  BANNED' if r['banned'] else ''}  id={r['relayId'] or '-'}  version={r['version'] or '-'}"
              f"  first={when(r['firstSeen'])}  last={when(r['lastSeen'])}" for r in result["relays"]]
-    emit(as_json, result, "\n".join(lines) if lines else "No relays")
+    relays = [{**r, "firstSeen": rfc3339(r["firstSeen"]), "lastSeen": rfc3339(r["lastSeen"])}
+              for r in result["relays"]]
+    emit(as_json, {**result, "relays": relays}, "\n".join(lines) if lines else "No relays")
+
+
+@relay.command("keygen")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the credentials to this file (mode 0600), e.g. Relay's credentials.json.")
+@json_option
+def relay_keygen(output: Path | None, as_json: bool) -> None:
+    """Make a relay key pair and id, as Relay's `relay credentials generate` does.
+
+    Prints (or writes with --output) Relay's credentials.json: {"secret_key", "public_key",
+    "id"}. Put the file in the relay's config directory and allow its key with `relayctl
+    relay allow PUBLIC_KEY`. Needs no running system.
+    """
+    import uuid
+
+    import sentry_relay
+
+    secret, public = sentry_relay.generate_key_pair()
+    credentials = {"secret_key": str(secret), "public_key": str(public), "id": str(uuid.uuid4())}
+    if output is not None:
+        try:
+            if output.exists():
+                fail(f"{output} exists already; not overwriting a relay's credentials")
+            write_private(output, json.dumps(credentials, indent=2) + "\n")
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")
+        emit(as_json, {"public_key": credentials["public_key"], "id": credentials["id"], "file": str(output)},
+             f"Wrote {output}\nPublic key: {credentials['public_key']}\n"
+             f"Allow it with: relayctl relay allow -- {credentials['public_key']}")
+        return
+    emit(as_json, credentials, json.dumps(credentials, indent=2))
+
+
+# -- option catalogue ---------------------------------------------------------------------------
+
+@main.group("option")
+def option_group() -> None:
+    """The option catalogue: every org and project option key."""
+
+
+@option_group.command("list")
+@click.option("--scope", type=click.Choice(["org", "project"]), default=None, help="Only keys of this scope.")
+@json_option
+def option_list(scope: str | None, as_json: bool) -> None:
+    """Every option key with its scope, type, default and meaning. Needs no running system."""
+    listed = [r for r in catalogue_rows() if scope is None or scope in r["scopes"]]
+    width = max(len(r["key"]) for r in listed)
+    lines = []
+    for r in listed:
+        lines.append(f"{r['key']:<{width}}  {'/'.join(r['scopes'])}  {r['type']}  "
+                     f"default {default_text(r['default'])}")
+        lines.append(f"{'':<{width}}  {r['meaning']}")
+    emit(as_json, {"options": listed}, "\n".join(lines))
 
 
 # -- users and permissions --------------------------------------------------------------------
@@ -297,11 +425,12 @@ def user() -> None:
 
 @user.command("create")
 @click.argument("username")
-@click.option("--email")
-@click.option("--superuser", is_flag=True)
+@click.option("--email", help="The user's email address.")
+@click.option("--superuser", is_flag=True, help="May do everything, in every org.")
 @json_option
 @pass_ctx
 def user_create(ctx: Context, username: str, email: str | None, superuser: bool, as_json: bool) -> None:
+    """Create a user of the HTTP API."""
     result = ctx.request("user.create", {"username": username, "email": email, "superuser": superuser})
     emit(as_json, result, f"Created user `{username}`")
 
@@ -316,6 +445,7 @@ def token() -> None:
 @json_option
 @pass_ctx
 def token_create(ctx: Context, username: str, as_json: bool) -> None:
+    """Create an API token for USERNAME (printed once; only its hash is stored)."""
     result = ctx.request("user.token_create", {"username": username})
     emit(as_json, result, result["token"])
 
@@ -326,30 +456,37 @@ def permissions() -> None:
 
 
 @permissions.command("add")
-@click.option("-u", "--user", "username", required=True)
-@click.option("-p", "--permission", required=True)
+@click.option("-u", "--user", "username", required=True, help="The user's name.")
+@click.option("-p", "--permission", required=True, help="The permission's name.")
+@json_option
 @pass_ctx
-def permissions_add(ctx: Context, username: str, permission: str) -> None:
+def permissions_add(ctx: Context, username: str, permission: str, as_json: bool) -> None:
+    """Give a user a permission."""
     result = ctx.request("user.permission_add", {"username": username, "permission": permission})
-    click.echo(f"Added permission `{permission}` to `{username}`" if result["added"]
-               else f"Permission already exists for `{username}`")
+    emit(as_json, {"username": username, "permission": permission, "added": bool(result["added"])},
+         f"Added permission `{permission}` to `{username}`" if result["added"]
+         else f"Permission already exists for `{username}`")
 
 
 @permissions.command("remove")
-@click.option("-u", "--user", "username", required=True)
-@click.option("-p", "--permission", required=True)
+@click.option("-u", "--user", "username", required=True, help="The user's name.")
+@click.option("-p", "--permission", required=True, help="The permission's name.")
+@json_option
 @pass_ctx
-def permissions_remove(ctx: Context, username: str, permission: str) -> None:
+def permissions_remove(ctx: Context, username: str, permission: str, as_json: bool) -> None:
+    """Take a permission from a user."""
     result = ctx.request("user.permission_remove", {"username": username, "permission": permission})
-    click.echo(f"Removed permission `{permission}` from `{username}`" if result["removed"]
-               else f"Permission does not exist for `{username}`")
+    emit(as_json, {"username": username, "permission": permission, "removed": bool(result["removed"])},
+         f"Removed permission `{permission}` from `{username}`" if result["removed"]
+         else f"Permission does not exist for `{username}`")
 
 
 @permissions.command("list")
-@click.option("-u", "--user", "username", required=True)
+@click.option("-u", "--user", "username", required=True, help="The user's name.")
 @json_option
 @pass_ctx
 def permissions_list(ctx: Context, username: str, as_json: bool) -> None:
+    """List a user's permissions."""
     result = ctx.request("user.permission_list", {"username": username})
     lines = [f"Permissions for `{username}`:"] + [f"- {p}" for p in result["permissions"]]
     emit(as_json, result, "\n".join(lines))
@@ -367,6 +504,7 @@ def config() -> None:
 @json_option
 @pass_ctx
 def config_get(ctx: Context, public_key: str, as_json: bool) -> None:
+    """Print the project config a relay gets now for PUBLIC_KEY."""
     if not PUBLIC_KEY_RE.match(public_key):
         fail(f"`{public_key}` is not a project key (32 hex characters)")
     result = ctx.request("config.get", {"public_keys": [public_key], "version": 3})
@@ -380,11 +518,12 @@ def config_get(ctx: Context, public_key: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def config_history(ctx: Context, public_key: str, as_json: bool) -> None:
+    """The events that shaped PUBLIC_KEY's config, oldest first."""
     result = ctx.request("config.history", {"public_key": public_key})
     lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['ts']))}  #{e['sequence']:<6} "
              f"{e['type']:<20} by {e['actor']}  {json.dumps(e['payload'], sort_keys=True)}"
              for e in result["events"]]
-    emit(as_json, {"events": result["events"]}, "\n".join(lines))
+    emit(as_json, {"events": [{**e, "ts": rfc3339(e["ts"])} for e in result["events"]]}, "\n".join(lines))
 
 
 # -- import -------------------------------------------------------------------------------------
@@ -394,7 +533,29 @@ def config_history(ctx: Context, public_key: str, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def import_(ctx: Context, file: Any, as_json: bool) -> None:
-    """Bulk-load orgs, projects, keys and options; all-or-nothing per org, idempotent."""
+    """Bulk-load orgs, projects, keys and options from FILE (`-`: stdin).
+
+    All-or-nothing per org; running it again skips what is stored already, so an import
+    that was interrupted completes when run again. `relayctl export` writes this format.
+
+    \b
+    FILE is one JSON object:
+    {"orgs": [{
+        "slug": "acme",                        required, an org slug
+        "name": "Acme Inc",                    optional, default: the slug
+        "options": {"KEY": VALUE, ...},        optional, org options
+        "trustedRelays": [{"public_key": "...", "name": "edge"}],   optional
+        "projects": [{
+            "slug": "web",                     required
+            "name": "Web",                     optional
+            "options": {"KEY": VALUE, ...},    optional, project options
+            "keys": [{"publicKey": "<32 hex>", "status": "active" | "disabled"}]
+        }]                                     optional; a project without "keys" gets one
+    }]}
+
+    Option keys and values as `relayctl option list` describes them. Ids (org, project,
+    numeric key ids) are handed out by this system in file order; public keys are kept.
+    """
     try:
         data = json.load(file)
     except ValueError as exc:

@@ -18,7 +18,7 @@ from messages.subjects import TRANSPORT_ENVELOPE
 
 def register(main: click.Group) -> None:
     @main.command("metrics")
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @click.option("--prometheus", is_flag=True, help="Print Prometheus text instead.")
     @click.pass_obj
     def metrics_command(ctx: Context, as_json: bool, prometheus: bool) -> None:
@@ -40,8 +40,8 @@ def register(main: click.Group) -> None:
         """The multiplexing transport of the system's own error reports."""
 
     @transport.command("send-test-event")
-    @click.option("--message", default="relayctl test event", show_default=True)
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--message", default="relayctl test event", show_default=True, help="The event's message.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @click.pass_obj
     def send_test_event(ctx: Context, message: str, as_json: bool) -> None:
         """Report a test error through the SDK transport, then wait until it is forwarded."""

@@ -457,7 +457,7 @@ def register(main: click.Group) -> None:
     @click.option("--exclude", multiple=True, help="Leave this service out (repeatable).")
     @click.option("--recreate", is_flag=True, help="Restart services that are already running.")
     @click.option("--detach", is_flag=True, help="Return once every service is healthy.")
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @click.pass_obj
     def up(ctx: Context, services: tuple[str, ...], bind: str, nats_url: str | None, redis_url: str | None,
            exclude: tuple[str, ...], recreate: bool, detach: bool, as_json: bool) -> None:
@@ -588,14 +588,15 @@ def register(main: click.Group) -> None:
         orch.save()
 
     @main.command()
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @click.pass_obj
-    def down(ctx: Context) -> None:
+    def down(ctx: Context, as_json: bool) -> None:
         """Stop everything `up` started for this data dir."""
         orch = Orchestrator(ctx)
         if orch.data_dir.exists() and not orch.data_dir.is_dir():
             orch.check_data_dir()
         if not orch.state["services"]:
-            click.echo("Nothing was running")
+            emit(as_json, {"stopped": []}, "Nothing was running")
             return
         stopped = []
         for name in reversed(SERVICES):
@@ -606,10 +607,10 @@ def register(main: click.Group) -> None:
                 orch.record(name)["pid"] = None  # crashed: nothing to stop, nothing meant to run
         orch.state.get("up", {}).pop("services", None)
         orch.save()
-        click.echo("Stopped " + ", ".join(stopped) if stopped else "Nothing was running")
+        emit(as_json, {"stopped": stopped}, "Stopped " + ", ".join(stopped) if stopped else "Nothing was running")
 
     @main.command()
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @click.pass_obj
     def status(ctx: Context, as_json: bool) -> None:
         """Health of every service and actor instance."""
@@ -654,8 +655,8 @@ def register(main: click.Group) -> None:
 
     @main.command()
     @click.argument("actors", nargs=-1)
-    @click.option("--nats-url", "nats_url", default=None)
-    @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None)
+    @click.option("--nats-url", "nats_url", default=None, help="The NATS to serve (default: the global option).")
+    @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None, help="The Redis of the config cache.")
     @click.pass_obj
     def worker(ctx: Context, actors: tuple[str, ...], nats_url: str | None, redis_url: str | None) -> None:
         """Run actor instances (default: all) in this process."""
@@ -688,9 +689,9 @@ def register(main: click.Group) -> None:
         sys.exit(exit_code[0] if exit_code else 0)
 
     @main.command()
-    @click.option("--bind", default="127.0.0.1:3000", show_default=True)
-    @click.option("--nats-url", "nats_url", default=None)
-    @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None)
+    @click.option("--bind", default="127.0.0.1:3000", show_default=True, help="HOST:PORT to listen on.")
+    @click.option("--nats-url", "nats_url", default=None, help="The NATS to serve (default: the global option).")
+    @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None, help="The Redis of the config cache.")
     @click.pass_obj
     def gateway(ctx: Context, bind: str, nats_url: str | None, redis_url: str | None) -> None:
         """Run one gateway process."""

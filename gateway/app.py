@@ -12,6 +12,8 @@ port only with gateways of the same system (gateway/binding.py).
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import secrets
 import signal
 import time
@@ -45,6 +47,34 @@ SYSTEM_KEY = "system_id"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Protocol versions a metric may be tagged with; anything else a client sends is "other".
 TAGGED_VERSIONS = frozenset({"1", "2", "3"})
+access_log = structlog.get_logger("gateway.access")
+# A relay id as logged: a UUID is 36 characters; anything a client sends is cut to this.
+MAX_LOGGED_RELAY_ID = 64
+SLOW_REQUEST = 1.0  # seconds: a request this slow is logged whatever the sample rate
+
+
+def access_sample_rate() -> float:
+    """`RELAYCTL_ACCESS_LOG_SAMPLE`: the share of successful, fast requests the access log
+    records (0-1, default 1: all). Relays poll every 100 ms; a busy gateway samples."""
+    try:
+        return min(1.0, max(0.0, float(os.environ.get("RELAYCTL_ACCESS_LOG_SAMPLE", "1"))))
+    except ValueError:
+        return 1.0
+
+
+def log_access(request: web.Request, route: str, status: int, seconds: float, rate: float) -> None:
+    """One JSON line per request (sampled when `rate` < 1; errors and slow ones always)."""
+    always = status >= 400 or seconds >= SLOW_REQUEST
+    if not always and rate < 1.0 and random.random() >= rate:
+        return
+    fields: dict[str, Any] = {"method": request.method, "route": route, "status": status,
+                              "duration_ms": round(seconds * 1000, 2)}
+    relay_id = request.headers.get("X-Sentry-Relay-Id")
+    if relay_id:
+        fields["relay_id"] = relay_id[:MAX_LOGGED_RELAY_ID]
+    if rate < 1.0 and not always:
+        fields["sample_rate"] = rate
+    access_log.info("http.request", **fields)
 
 
 @web.middleware
@@ -77,7 +107,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         # Never the raw query value: any client could mint one series per request.
         version = request.query.get("version") or "1"
         tags["version"] = version if version in TAGGED_VERSIONS else "other"
-    metrics.timing("gateway.requests", time.perf_counter() - started, tags)
+    elapsed = time.perf_counter() - started
+    metrics.timing("gateway.requests", elapsed, tags)
+    log_access(request, route, response.status, elapsed, request.app.get("access_sample_rate", 1.0))
     return response
 
 
@@ -112,8 +144,8 @@ async def _shared_value(nc: Any, key: str, make: Callable[[], str]) -> str:
     return (await kv.get(key)).value.decode()  # type: ignore[no-any-return]
 
 
-async def health(request: web.Request) -> web.Response:
-    app = request.app
+async def dependencies(app: web.Application) -> dict[str, str]:
+    """The state of NATS and Redis as this gateway sees them now."""
     nc = app["nc"]
     state: dict[str, str] = {"nats": "ok" if nc is not None and nc.is_connected else "unavailable"}
     if app["redis"] is None:
@@ -124,6 +156,28 @@ async def health(request: web.Request) -> web.Response:
             state["redis"] = "ok"
         except Exception:
             state["redis"] = "unavailable"
+    return state
+
+
+async def health_live(request: web.Request) -> web.Response:
+    """Liveness: the process runs and its event loop answers. Nothing else is checked, so a
+    NATS or Redis outage never gets a gateway restarted (as Relay's own `/live/`)."""
+    return json_response({"is_healthy": True})
+
+
+async def health_ready(request: web.Request) -> web.Response:
+    """Readiness: this gateway can serve configs - from Redis (cached configs, relay
+    authentication) or from NATS (the actors). 503 only when it can do neither: the one
+    case in which a load balancer should take it out of the pool (docs/production.md)."""
+    state = await dependencies(request.app)
+    ready = state["redis"] == "ok" or state["nats"] == "ok"
+    return json_response({"is_healthy": ready, "dependencies": state}, 200 if ready else 503)
+
+
+async def health(request: web.Request) -> web.Response:
+    """Everything healthy: NATS and Redis both (what `relayctl up` and `status` wait for)."""
+    app = request.app
+    state = await dependencies(app)
     healthy = state["nats"] == "ok" and state["redis"] in ("ok", "not configured")
     # "system": which system this gateway serves, so another gateway (or `up`) about to
     # listen on this port can tell its own system's gateways from another's.
@@ -150,6 +204,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
                           handler_args=limits.handler_args())
     app["nc"] = None
     app["redis"] = None
+    app["access_sample_rate"] = access_sample_rate()
     app["relay_auth"] = RelayAuthCache()
     app["bodies"] = BodyCache()
     relays = RelayEndpoints(app)
@@ -183,8 +238,15 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     async def cleanup(app: web.Application) -> None:
         if app["redis"] is not None:
             await app["redis"].aclose()
-        if app["nc"] is not None:
-            await app["nc"].drain()
+        nc = app["nc"]
+        if nc is not None:
+            # Drained when connected; during a NATS outage there is nothing to drain to, and
+            # a gateway stopped then must still stop cleanly.
+            try:
+                await (nc.drain() if nc.is_connected else nc.close())
+            except Exception:
+                log.warning("gateway.nats_close_failed", exc_info=True)
+                await nc.close()
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
@@ -196,6 +258,8 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app.router.add_post(f"{prefix}/publickeys/", relays.public_keys)
     app.router.add_post(f"{prefix}/projectids/", relays.project_ids)
     app.router.add_get("/_health/", health)
+    app.router.add_get("/_health/live", health_live)
+    app.router.add_get("/_health/ready", health_ready)
     add_ai_routes(app)
     app.router.add_get("/metrics", prometheus)
     return app
