@@ -324,9 +324,9 @@ REDIS_ROLES: dict[str, str] = {
     "orgs": f"~{RELAY_AUTH_PREFIX}* {_REDIS_WRITE} +ping +info",
     "ai": f"~{AI_CACHE_PATTERN} +get +set +ping",
     # The gateway also counts SDK envelopes against key rate limits (bus/rate_limits.py).
-    # Redis 6.2 has no per-pattern rights, so INCR/EXPIRE reach the cache prefixes too: at
+    # Redis 6.2 has no per-pattern rights, so INCRBY/EXPIRE reach the cache prefixes too: at
     # worst they turn an entry into one that fails its MAC (a miss) or expire it early.
-    "gateway": f"~{KEY_PREFIX}* ~{RELAY_AUTH_PREFIX}* ~{RATE_LIMIT_PREFIX}* +get +mget +ping +incr +expire",
+    "gateway": f"~{KEY_PREFIX}* ~{RELAY_AUTH_PREFIX}* ~{RATE_LIMIT_PREFIX}* +get +mget +ping +incrby +expire",
 }
 
 

@@ -34,6 +34,7 @@ from bus.runtime import connect
 from gateway.ai import add_ai_routes
 from gateway.binding import PortLock, port_problem
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
+from gateway.ingest import add_ingest_routes
 from gateway.limits import HttpLimits, limits_middleware, serve
 from gateway.relays import BodyCache, RelayAuthCache, RelayEndpoints
 from messages.errors import RelayctlError
@@ -261,6 +262,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app.router.add_get("/_health/live", health_live)
     app.router.add_get("/_health/ready", health_ready)
     add_ai_routes(app)
+    add_ingest_routes(app)
     app.router.add_get("/metrics", prometheus)
     return app
 

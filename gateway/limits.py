@@ -130,7 +130,10 @@ def limits_middleware(limits: HttpLimits) -> Any:
                 response = error_response(429, "Too many registration requests; retry later")
                 response.headers["Retry-After"] = str(max(1, math.ceil(min(wait, 3600.0))))
                 return response
-        if request.method in BODY_METHODS and request.body_exists:
+        # A handler marked `reads_own_body` (the envelope endpoints, gateway/ingest.py) streams
+        # its body itself, under its own size cap and deadline.
+        if request.method in BODY_METHODS and request.body_exists and not getattr(
+                request.match_info.handler, "reads_own_body", False):
             try:
                 # read() keeps the body, so the handler's own read() returns it at once.
                 await asyncio.wait_for(request.read(), limits.body_timeout)

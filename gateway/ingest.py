@@ -1,0 +1,541 @@
+"""The data plane of the gateway: envelopes from SDKs and relays, stored before 200.
+
+Routes (as Sentry and Relay serve them, DATAPLANE.md):
+- `POST /api/<project id>/envelope/` - one envelope; `POST /api/<project id>/store/` - a
+  legacy JSON event, wrapped into an envelope of one `event` item; `OPTIONS` on both for
+  browser SDKs (CORS, origins from the project's `sentry:origins`, i.e. `allowedDomains`).
+- `POST /api/0/relays/outcomes/` and `/metrics/` - signed by a registered internal relay,
+  answered `202 {}`; the body is appended to the ingest stream for the consumers.
+
+Every envelope is decoded (aiohttp decodes `Content-Encoding` in bounded steps as it reads;
+the decompressed size is capped while reading, so a zip bomb stops at the cap), checked
+(gateway/envelopes.py), authenticated by its public key against the cached project
+config in Redis (sealed entries, as relays read them: no NATS hop unless the cache misses),
+rate limited when an SDK sent it directly (bus/rate_limits.py), and appended to
+`RC_INGEST` (bus/ingest_store.py). The answer is `200 {"id": ...}` only after JetStream
+acknowledged; when it cannot be stored the answer is 503 with `Retry-After`, which Relay
+retries - every other 4xx makes Relay drop the envelope, so a 4xx is kept for envelopes
+that are truly unacceptable (malformed, unknown key, over the size cap, rate limited).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+import uuid
+import zlib
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import sentry_relay
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+
+from bus import metrics
+from bus.cache_keys import CONFIG_MAC_BUCKET
+from bus.config_cache import cache_key
+from bus.ingest_store import (
+    HEADER_CLIENT_IP,
+    HEADER_EVENT_ID,
+    HEADER_KIND,
+    HEADER_MSG_ID,
+    HEADER_PROJECT_ID,
+    HEADER_PUBLIC_KEY,
+    HEADER_RECEIVED_AT,
+    HEADER_RELAY_ID,
+    IngestCannotWrite,
+    IngestStore,
+)
+from bus.rate_limits import Quota, RateLimiter, envelope_categories, quotas_of
+from gateway.envelopes import MalformedEnvelope, check, normalize_event_id, wrap_event
+from gateway.errors import HTTPFailure, error_response, json_response
+from gateway.relays import PUBLIC_KEY_RE, SIGNED_MAX_AGE, UUID_RE, RelayEndpoints, RelayIdentity, parse_json
+from messages.errors import RelayctlError, Unavailable
+from messages.subjects import INGEST_METRICS, INGEST_OUTCOMES
+
+log = structlog.get_logger(__name__)
+
+MIB = 1024 * 1024
+# Relay's own `limits.max_envelope_size`: an upstream must take what its relays take.
+DEFAULT_MAX_ENVELOPE = 200 * MIB
+ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate", "br", "zstd")
+CORS_ALLOW_HEADERS = ("x-sentry-auth, x-requested-with, origin, accept, content-type, content-encoding, "
+                      "authentication, authorization, sentry-trace, baggage")
+CORS_EXPOSE_HEADERS = "x-sentry-error, x-sentry-rate-limits, retry-after"
+KEY_ASK_TIMEOUT = 3.0  # a cache miss asks the config builder once, within Relay's patience
+UNKNOWN_KEY_TTL = 10.0  # a key the builder said is unknown is not asked again for this long
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reads_own_body(handler: F) -> F:
+    """Mark a handler that streams its body itself (gateway/limits.py leaves it unread)."""
+    handler.reads_own_body = True  # type: ignore[attr-defined]
+    return handler
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    max_envelope: int = DEFAULT_MAX_ENVELOPE  # decompressed bytes
+    body_timeout: float = 60.0  # seconds to receive a whole body
+
+    @classmethod
+    def from_env(cls) -> IngestSettings:
+        return cls(max_envelope=int(os.environ.get("RELAYCTL_INGEST_MAX_ENVELOPE_SIZE") or DEFAULT_MAX_ENVELOPE),
+                   body_timeout=float(os.environ.get("RELAYCTL_INGEST_BODY_TIMEOUT") or 60.0))
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What ingest needs of an active key, read from its project config."""
+
+    public_key: str
+    project_id: int
+    organization_id: int
+    numeric_id: int
+    allowed_domains: tuple[str, ...]
+    quotas: tuple[Quota, ...]
+    trusted_relays: tuple[str, ...]
+
+
+def key_info(public_key: str, doc: dict[str, Any], trusted: tuple[str, ...]) -> KeyInfo | None:
+    """The key's info from its project config document; None when it is disabled."""
+    if doc.get("disabled") is not False:
+        return None
+    keys = doc.get("publicKeys") or []
+    entry = next((k for k in keys if isinstance(k, dict) and k.get("publicKey") == public_key), None)
+    if entry is None or entry.get("isEnabled") is False:
+        return None
+    config = doc.get("config") or {}
+    domains = config.get("allowedDomains")
+    return KeyInfo(public_key, int(doc["projectId"]), int(doc.get("organizationId") or 0),
+                   int(entry.get("numericId") or 0),
+                   tuple(d for d in domains if isinstance(d, str)) if isinstance(domains, list) else ("*",),
+                   quotas_of(config), trusted)
+
+
+class KeyResolver:
+    """Public key -> `KeyInfo`, from the sealed config cache the relays read
+    (`relayconfig:<key>`). A value read again (the usual case) is compared, not decoded
+    again. A miss asks the config builder once (`config.build`, which also fills the cache);
+    a key it says nobody created is remembered as unknown for `UNKNOWN_KEY_TTL`, so made-up
+    keys cost no NATS request each."""
+
+    def __init__(self, relays: RelayEndpoints, max_entries: int = 50_000) -> None:
+        self.relays = relays
+        self.max_entries = max_entries
+        self._parsed: dict[str, tuple[bytes, KeyInfo | None]] = {}
+        self._unknown: dict[str, float] = {}
+
+    async def resolve(self, public_key: str) -> KeyInfo | None:
+        name = cache_key(public_key)
+        value = await self._cached_value(name)
+        if value is not None:
+            held = self._parsed.get(name)
+            if held is not None and held[0] == value:
+                return held[1]
+            mac_key = await self.relays.mac_keys.get(self.relays.nc, CONFIG_MAC_BUCKET)
+            forged: list[str] = []
+            entry = self.relays._decode_cached(name, value, mac_key, forged)
+            if forged:
+                self.relays.mac_keys.failed(self.relays.nc, CONFIG_MAC_BUCKET)
+            if entry is not None:
+                info = self._parse(public_key, entry.body, entry.trusted_relays)
+                if len(self._parsed) >= self.max_entries:
+                    self._parsed.clear()
+                self._parsed[name] = (value, info)
+                return info
+        return await self._built(public_key)
+
+    async def _cached_value(self, name: str) -> bytes | None:
+        redis = self.relays.redis
+        if redis is None:
+            return None
+        try:
+            return await redis.get(name)  # type: ignore[no-any-return]
+        except Exception as exc:
+            log.warning("gateway.redis_unavailable", error=str(exc))
+            return None
+
+    async def _built(self, public_key: str) -> KeyInfo | None:
+        until = self._unknown.get(public_key)
+        if until is not None and until > time.monotonic():
+            return None
+        try:
+            built = await self.relays.ask("config.build", {"public_keys": [public_key], "global": False},
+                                          timeout=KEY_ASK_TIMEOUT, retries=0)
+        except RelayctlError as exc:
+            raise Unavailable(f"the project config of this key cannot be read now: {exc.message}") from None
+        found = built.get("entries", {}).get(public_key)
+        if found is None:
+            raise Unavailable("the project config of this key is not built yet")
+        rev, trusted, doc = found
+        info = self._parse(public_key, doc if isinstance(doc, bytes) else str(doc).encode(), tuple(trusted))
+        if info is None:
+            if len(self._unknown) >= self.max_entries:
+                self._unknown.clear()
+            self._unknown[public_key] = time.monotonic() + UNKNOWN_KEY_TTL
+        return info
+
+    @staticmethod
+    def _parse(public_key: str, body: bytes, trusted: tuple[str, ...]) -> KeyInfo | None:
+        try:
+            return key_info(public_key, json.loads(body), trusted)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("ingest.config_unreadable", public_key=public_key, error=str(exc))
+            raise Unavailable("the project config of this key cannot be read") from None
+
+
+# -- request parts ---------------------------------------------------------------------------------
+
+def auth_key(request: web.Request) -> str | None:
+    """The public key from `X-Sentry-Auth` (or `Authorization: Sentry ...`), else the
+    `sentry_key` query parameter."""
+    for header in ("X-Sentry-Auth", "Authorization"):
+        value = request.headers.get(header, "")
+        if header == "Authorization" and not value.lower().startswith("sentry "):
+            continue
+        for part in value.removeprefix("Sentry ").removeprefix("sentry ").split(","):
+            name, _, found = part.strip().partition("=")
+            if name.strip() == "sentry_key" and found.strip():
+                return found.strip().strip('"')
+    return request.query.get("sentry_key") or None
+
+
+def dsn_key(header: dict[str, Any]) -> str | None:
+    dsn = header.get("dsn")
+    if not isinstance(dsn, str):
+        return None
+    try:
+        return urlsplit(dsn).username or None
+    except ValueError:
+        return None
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """Sentry's `sentry:origins` rules: `*`, a host (`example.com`), a wildcard host
+    (`*.example.com`, which includes example.com), optionally with a scheme and a port."""
+    if "*" in allowed:
+        return True
+    parts = urlsplit(origin)
+    host = (parts.hostname or "").lower()
+    if not host:
+        return False
+    for pattern in allowed:
+        pattern = pattern.strip().lower()
+        scheme = ""
+        if "://" in pattern:
+            scheme, _, pattern = pattern.partition("://")
+        pattern = pattern.split("/", 1)[0]
+        name, _, port = pattern.partition(":")
+        if scheme and scheme != parts.scheme:
+            continue
+        if port and port != "*" and str(parts.port or "") != port:
+            continue
+        if name == host or (name.startswith("*.") and (host == name[2:] or host.endswith(name[1:]))):
+            return True
+    return False
+
+
+def received_at() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+class Rejected(HTTPFailure):
+    """A refusal an SDK logs: the `detail` also in `X-Sentry-Error`, as Relay sends it, and
+    any other headers of the answer (`Retry-After`, `X-Sentry-Rate-Limits`)."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail)
+        # Header-safe: printable ASCII only (a detail may quote what the client sent).
+        safe = "".join(c if " " <= c <= "~" else "?" for c in detail[:200])
+        self.headers = {"X-Sentry-Error": safe, **(headers or {})}
+
+    def response(self) -> web.Response:
+        response = super().response()
+        response.headers.update(self.headers)
+        return response
+
+
+def rejected(status: int, detail: str, **headers: str) -> Rejected:
+    return Rejected(status, detail, headers)
+
+
+def failure_response(failure: HTTPFailure) -> web.Response:
+    return failure.response()
+
+
+# -- the endpoints ---------------------------------------------------------------------------------
+
+class IngestEndpoints:
+    def __init__(self, app: web.Application, settings: IngestSettings | None = None) -> None:
+        self.app = app
+        self.settings = settings or IngestSettings.from_env()
+        self.relays = RelayEndpoints(app)
+        self.keys = KeyResolver(self.relays)
+
+    @property
+    def store(self) -> IngestStore:
+        store: IngestStore | None = self.app.get("ingest_store")
+        if store is None:
+            raise Unavailable("the ingest stream (NATS) is unavailable")
+        return store
+
+    # -- envelopes --------------------------------------------------------------------------
+
+    @reads_own_body
+    async def envelope(self, request: web.Request) -> web.StreamResponse:
+        return await self._ingest(request, legacy=False)
+
+    @reads_own_body
+    async def store_event(self, request: web.Request) -> web.StreamResponse:
+        return await self._ingest(request, legacy=True)
+
+    async def _ingest(self, request: web.Request, *, legacy: bool) -> web.StreamResponse:
+        started = time.perf_counter()
+        outcome = "accepted"
+        try:
+            response = await self._accept(request, legacy=legacy)
+        except HTTPFailure as failure:
+            outcome = {400: "invalid", 413: "too_large", 415: "invalid", 429: "rate_limited"}.get(
+                failure.status, "unavailable" if failure.status >= 500 else "rejected")
+            response = failure_response(failure)
+        except RelayctlError as exc:
+            outcome = "unavailable" if exc.status >= 500 or exc.status == 404 else "rejected"
+            status = 503 if outcome == "unavailable" else exc.status
+            response = error_response(status, exc.message)
+        origin = request.headers.get("Origin")
+        if origin:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+            response.headers["Vary"] = "Origin"
+        metrics.incr("ingest.envelopes", tags={"outcome": outcome, "endpoint": "store" if legacy else "envelope"})
+        metrics.timing("ingest.accept", time.perf_counter() - started, tags={"outcome": outcome})
+        return response
+
+    async def _accept(self, request: web.Request, *, legacy: bool) -> web.Response:
+        project_id = int(request.match_info["project_id"])
+        body = await self.read_body(request)
+        event_id: str | None
+        if legacy:
+            data, event_id, header = self._legacy_envelope(body)
+            item_types = ["event"]
+        else:
+            try:
+                scanned = check(body)
+            except MalformedEnvelope as exc:
+                raise rejected(400, f"invalid envelope: {exc}") from None
+            data, event_id, header, item_types = body, scanned.event_id, scanned.header, scanned.item_types
+        public_key = auth_key(request) or dsn_key(header)
+        if not public_key:
+            raise rejected(401, "missing authorization information: no sentry_key in X-Sentry-Auth, "
+                                "the query string or the envelope's dsn")
+        if not PUBLIC_KEY_RE.fullmatch(public_key):
+            raise rejected(401, "invalid sentry_key: not a public key")
+        relay = await self.relay_of(request)
+        info = await self.keys.resolve(public_key)
+        if info is None:
+            raise rejected(403, "the public key is unknown or disabled")
+        if info.project_id != project_id:
+            raise rejected(403, "the public key does not belong to this project")
+        via_relay = relay is not None and (relay.internal or relay.public_key in info.trusted_relays)
+        if not via_relay:
+            origin = request.headers.get("Origin")
+            if origin and not origin_allowed(origin, info.allowed_domains):
+                raise rejected(403, f"origin {origin[:100]} is not allowed for this project")
+            limited = await RateLimiter(self.relays.redis).check(info.quotas, envelope_categories(item_types))
+            if limited is not None:
+                raise rejected(429, "rate limited: too many events for this key, retry later",
+                               **{"Retry-After": str(limited.retry_after), "X-Sentry-Rate-Limits": limited.header})
+        headers = {
+            HEADER_MSG_ID: f"{project_id}:{event_id}" if event_id else uuid.uuid4().hex,
+            HEADER_PROJECT_ID: str(project_id),
+            HEADER_PUBLIC_KEY: public_key,
+            HEADER_RECEIVED_AT: received_at(),
+            HEADER_CLIENT_IP: self.client_ip(request, via_relay=relay is not None),
+        }
+        if event_id:
+            headers[HEADER_EVENT_ID] = event_id
+        if relay is not None:
+            headers[HEADER_RELAY_ID] = relay.relay_id
+        await self._append(lambda: self.store.append_envelope(project_id, data, headers))
+        return json_response({"id": event_id})
+
+    async def _append(self, append: Callable[[], Awaitable[int]]) -> int:
+        nc = self.app.get("nc")
+        if nc is None or not nc.is_connected:
+            raise HTTPFailure(503, "cannot store the envelope now: NATS is unavailable; retry")
+        try:
+            return await append()
+        except IngestCannotWrite as exc:
+            log.warning("ingest.cannot_store", error=str(exc))
+            raise HTTPFailure(503, f"cannot store the envelope now: {exc}; retry") from None
+
+    def _legacy_envelope(self, body: bytes) -> tuple[bytes, str, dict[str, Any]]:
+        """A store request's event (JSON, or base64 of zlib'd JSON as old SDKs send it)."""
+        text = body.strip()
+        if text[:1] not in (b"{", b"["):
+            try:
+                packed = b64decode(text, validate=False)
+                inflate = zlib.decompressobj()
+                text = inflate.decompress(packed, self.settings.max_envelope + 1)
+                if len(text) > self.settings.max_envelope or not inflate.eof:
+                    raise rejected(413, "event larger than the envelope size limit")
+            except (ValueError, zlib.error):
+                raise rejected(400, "invalid event: the body is neither JSON nor base64 of zlib'd JSON") from None
+        try:
+            event = json.loads(text)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise rejected(400, "invalid event: the body is not valid JSON") from None
+        if not isinstance(event, dict):
+            raise rejected(400, "invalid event: the body is not a JSON object")
+        given = event.get("event_id")
+        event_id = normalize_event_id(given) if given is not None else uuid.uuid4().hex
+        if event_id is None:
+            raise rejected(400, "invalid event: event_id is not a UUID")
+        event["event_id"] = event_id
+        return wrap_event(event, event_id), event_id, {}
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The decoded body, at most `max_envelope` bytes, read as it arrives."""
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ENCODINGS:
+            raise rejected(415, f"unsupported Content-Encoding {encoding[:40]!r}: "
+                                "use zstd, gzip, deflate, br or identity")
+        cap = self.settings.max_envelope
+        if encoding in ("", "identity") and (request.content_length or 0) > cap:
+            raise self._too_large(cap)
+        buffer = bytearray()
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):
+                async for chunk in request.content.iter_any():
+                    buffer += chunk
+                    if len(buffer) > cap:
+                        raise self._too_large(cap)
+        except TimeoutError:
+            failure = rejected(408, "request body not received in time")
+            raise failure from None
+        except RequestPayloadError as exc:
+            detail = str(exc) or "malformed request body"
+            what = f"the body could not be decoded as {encoding}" if encoding not in ("", "identity") else detail
+            raise rejected(400, f"{what} ({detail[:120]})" if what != detail else what) from None
+        return bytes(buffer)
+
+    @staticmethod
+    def _too_large(cap: int) -> HTTPFailure:
+        return rejected(413, f"envelope larger than {cap} bytes (decompressed), the upstream's limit")
+
+    async def relay_of(self, request: web.Request) -> RelayIdentity | None:
+        """The relay that forwarded this envelope, when it proves it: `X-Sentry-Relay-Id` of a
+        registered relay and its `X-Sentry-Relay-Signature` (over an empty body: it covers
+        only its timestamp). An unsigned relay id (older Relays) proves nothing: the
+        envelope is treated as an SDK's; a signature that fails is refused."""
+        relay_id = request.headers.get("X-Sentry-Relay-Id")
+        signature = request.headers.get("X-Sentry-Relay-Signature")
+        if not relay_id or not signature:
+            return None
+        if not UUID_RE.fullmatch(relay_id):
+            raise rejected(401, "unknown relay")
+        info = await self.relays._relay_info(relay_id)
+        if info is None:
+            raise rejected(401, "unknown relay")
+        if info.get("banned"):
+            raise rejected(401, "relay is banned")
+        try:
+            valid = sentry_relay.PublicKey.parse(info["publicKey"]).verify(b"", signature, max_age=SIGNED_MAX_AGE)
+        except Exception:
+            valid = False
+        if not valid:
+            raise rejected(401, "invalid relay signature")
+        return RelayIdentity(relay_id, info["publicKey"], bool(info.get("internal")), bool(info.get("trusted")))
+
+    @staticmethod
+    def client_ip(request: web.Request, *, via_relay: bool) -> str:
+        """The client's address: from a relay, the first `X-Forwarded-For` entry (the SDK's, as
+        the relay saw it); from anyone else the TCP peer (a header anyone can write)."""
+        if via_relay:
+            forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
+            if forwarded:
+                return forwarded[:64]
+        return request.remote or ""
+
+    # -- CORS -------------------------------------------------------------------------------
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        """A browser's preflight: allowed when the origin is (the key, if the query names one,
+        decides; else the POST itself is checked)."""
+        origin = request.headers.get("Origin", "")
+        public_key = auth_key(request)
+        if origin and public_key and PUBLIC_KEY_RE.fullmatch(public_key):
+            try:
+                info = await self.keys.resolve(public_key)
+            except RelayctlError:
+                info = None
+            if info is not None and not origin_allowed(origin, info.allowed_domains):
+                return failure_response(rejected(403, f"origin {origin[:100]} is not allowed for this project"))
+        headers = {"Access-Control-Allow-Methods": "POST, OPTIONS",
+                   "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+                   "Access-Control-Expose-Headers": CORS_EXPOSE_HEADERS, "Access-Control-Max-Age": "3600"}
+        if origin:
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Vary"] = "Origin"
+        return web.Response(status=200, headers=headers)
+
+    # -- relay outcomes and metrics ---------------------------------------------------------
+
+    async def outcomes(self, request: web.Request) -> web.Response:
+        return await self._relay_report(request, "outcomes", INGEST_OUTCOMES, list)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return await self._relay_report(request, "buckets", INGEST_METRICS, dict)
+
+    async def _relay_report(self, request: web.Request, field: str, subject: str, shape: type) -> web.Response:
+        """Relay's own handlers: signed, internal relays only, `202 {}`; the body is stored
+        as sent, so the consumers count what Relay reported."""
+        body = await request.read()
+        relay = await self.relays.authenticate(request, body)
+        kind = "outcomes" if field == "outcomes" else "metrics"
+        if not relay.internal:
+            raise HTTPFailure(403, f"only internal relays may send {kind}")
+        data = parse_json(body)
+        if not isinstance(data, dict) or not isinstance(data.get(field), shape):
+            raise HTTPFailure(400, f"{field} must be a JSON {'list' if shape is list else 'object'}")
+        headers = {HEADER_MSG_ID: f"{kind}:{hashlib.blake2b(body, digest_size=16).hexdigest()}",
+                   HEADER_KIND: kind, HEADER_RELAY_ID: relay.relay_id, HEADER_RECEIVED_AT: received_at()}
+        await self._append(lambda: self.store.append(subject, body, headers))
+        metrics.incr("ingest.relay_reports", tags={"kind": kind})
+        return json_response({}, 202)
+
+
+def add_ingest_routes(app: web.Application) -> None:
+    """Register the data-plane routes, and the ingest stream's setup, on the gateway app."""
+    ingest = IngestEndpoints(app)
+    app["ingest"] = ingest
+    app["ingest_store"] = None
+
+    async def startup(app: web.Application) -> None:
+        store = IngestStore(app["nc"])
+        try:
+            await store.ensure()
+        except Exception as exc:  # made on the first append instead; until then it answers 503
+            log.warning("ingest.stream_unavailable", error=str(exc))
+        app["ingest_store"] = store
+
+    app.on_startup.append(startup)
+    for path in ("/api/{project_id:[0-9]{1,18}}/envelope/", "/api/{project_id:[0-9]{1,18}}/store/"):
+        app.router.add_post(path, ingest.envelope if path.endswith("envelope/") else ingest.store_event)
+        app.router.add_route("OPTIONS", path, ingest.preflight)
+    app.router.add_post("/api/0/relays/outcomes/", ingest.outcomes)
+    app.router.add_post("/api/0/relays/metrics/", ingest.metrics)
