@@ -251,6 +251,8 @@ class ProjectionActor(ServiceActor):
                           subject=events.subject, error=events.error)
                 metrics.incr("events.undecodable", tags={"actor": self.name})
             changes.update(self.state.apply(sequence, events))
+        for problem in changes.problems:  # the fold does no I/O: it says what to log
+            log.error(problem["event"], actor=self.name, **{k: v for k, v in problem.items() if k != "event"})
         metrics.incr("events.folded", len(batch), tags={"actor": self.name,
                                                        "phase": "live" if self.is_replayed() else "replay"})
         metrics.gauge("actor.inbox_depth", self.actor_inbox.qsize(),  # type: ignore[attr-defined]

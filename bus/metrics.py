@@ -49,6 +49,8 @@ from typing import Any, Final
 
 import msgpack
 
+from messages.metrics import COUNTER, DISTRIBUTION, GAUGE, KINDS, TIMER
+
 __all__ = [
     "COUNTER",
     "DISTRIBUTION",
@@ -74,11 +76,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COUNTER: Final = "counter"
-TIMER: Final = "timer"
-GAUGE: Final = "gauge"
-DISTRIBUTION: Final = "distribution"
-KINDS: Final = frozenset({COUNTER, TIMER, GAUGE, DISTRIBUTION})
 
 # Tag names carrying per-entity values: one series per project/event would make the
 # aggregated store (and Prometheus) grow without bound.

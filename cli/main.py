@@ -492,6 +492,11 @@ def permissions_list(ctx: Context, username: str, as_json: bool) -> None:
     emit(as_json, result, "\n".join(lines))
 
 
+def check_project_key(public_key: str) -> None:
+    if not PUBLIC_KEY_RE.match(public_key):
+        fail(f"`{public_key}` is not a project key (32 hex characters)", error_code="bad_request")
+
+
 # -- configs ------------------------------------------------------------------------------------
 
 @main.group()
@@ -505,11 +510,14 @@ def config() -> None:
 @pass_ctx
 def config_get(ctx: Context, public_key: str, as_json: bool) -> None:
     """Print the project config a relay gets now for PUBLIC_KEY."""
-    if not PUBLIC_KEY_RE.match(public_key):
-        fail(f"`{public_key}` is not a project key (32 hex characters)")
+    check_project_key(public_key)
     result = ctx.request("config.get", {"public_keys": [public_key], "version": 3})
     body = result["entries"][public_key][2]
     doc = json.loads(body)
+    if doc == {"disabled": True}:
+        # Relays get this for a key nobody created too; a person asking is told apart, with
+        # the answer of `config history` (which fails for a key that never existed).
+        ctx.request("config.history", {"public_key": public_key})
     click.echo(json.dumps(doc) if as_json else json.dumps(doc, indent=2, sort_keys=True))
 
 
@@ -519,6 +527,7 @@ def config_get(ctx: Context, public_key: str, as_json: bool) -> None:
 @pass_ctx
 def config_history(ctx: Context, public_key: str, as_json: bool) -> None:
     """The events that shaped PUBLIC_KEY's config, oldest first."""
+    check_project_key(public_key)
     result = ctx.request("config.history", {"public_key": public_key})
     lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['ts']))}  #{e['sequence']:<6} "
              f"{e['type']:<20} by {e['actor']}  {json.dumps(e['payload'], sort_keys=True)}"
@@ -588,3 +597,6 @@ _ai.register(main)
 from cli import export as _export  # noqa: E402  (registers export)
 
 _export.register(main)
+from cli import ingest as _ingest  # noqa: E402  (registers event list/show, ingest, project stats)
+
+_ingest.register(main)

@@ -29,11 +29,11 @@ naming a key explicitly first catches up with the stream.
 
 from __future__ import annotations
 
-import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
-from domain.decisions import Decision, IdDraw, checked_option, new_public_key, token_hash
+from domain.decisions import Decision, IdDraw, checked_key, checked_option, new_public_key, new_token, token_hash
 from domain.importer import decide_import
 from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS
 from domain.project_config import check_pii_change
@@ -42,23 +42,38 @@ from domain.state import DomainState
 from messages.errors import BadRequest, Conflict, Forbidden, NotFound
 from messages.events import CLAIMS, IDS, ORG, RELAY, USER, DomainEvent
 
-RELAY_SEEN_INTERVAL = 60.0
+RELAY_SEEN_INTERVAL = 60.0  # seconds: a relay registering again within it is not recorded as seen again
+
+# The commands a `Decider` decides (each one a method: dots become underscores).
+COMMAND_TYPES = frozenset({
+    "org.create", "org.option_set", "org.option_unset", "org.trust_relay", "org.untrust_relay",
+    "org.template_set", "project.create", "project.option_set", "project.option_unset", "project.disable",
+    "project.enable", "project.delete", "key.create", "key.disable", "key.enable", "key.delete",
+    "relay.allow", "relay.deny", "relay.register", "user.create", "user.token_create", "user.permission_add",
+    "user.permission_remove", "import.org",
+})
 
 
 class Decider:
     """Turns one command into a Decision; one method per command type."""
 
-    def __init__(self, state: DomainState, actor: str, ids: IdDraw | None = None) -> None:
+    def __init__(self, state: DomainState, actor: str, ids: IdDraw | None = None, *,
+                 clock: Callable[[], float] = time.time, new_key: Callable[[], str] = new_public_key,
+                 new_token: Callable[[], str] = new_token) -> None:
         self.state = state
         self.actor = actor or "anonymous"
         self.ids = ids if ids is not None else IdDraw()
+        # What a decision may not compute from the state: injected, so a test decides the same way twice.
+        self.clock = clock
+        self.new_key = new_key
+        self.new_token = new_token
 
     def event(self, type_: str, aggregate_id: str, **payload: Any) -> DomainEvent:
-        return DomainEvent(type=type_, aggregate_id=aggregate_id, payload=payload, actor=self.actor)
+        return DomainEvent(type=type_, aggregate_id=aggregate_id, payload=payload, actor=self.actor, ts=self.clock())
 
     def decide(self, message_type: str, payload: dict[str, Any]) -> Decision:
-        method = getattr(self, message_type.replace(".", "_"), None)
-        if method is None:
+        method: Callable[..., Decision] | None = getattr(self, message_type.replace(".", "_"), None)
+        if method is None or message_type not in COMMAND_TYPES:
             raise BadRequest(f"unknown command {message_type}")
         return method(**payload)
 
@@ -83,6 +98,7 @@ class Decider:
 
     def org_option_unset(self, org: str, key: str) -> Decision:
         found = require_org(self.state, org)
+        checked_key("org", key, found.options)
         if key not in found.options:
             return Decision(ORG, org)
         check_pii_change(self.state, found, key, org_options={k: v for k, v in found.options.items() if k != key})
@@ -93,7 +109,7 @@ class Decider:
         found = require_org(self.state, org)
         entries = [e for e in found.options.get(TRUSTED_RELAYS, []) if e.get("public_key") != public_key]
         entry: dict[str, Any] = {"public_key": public_key, "name": name or public_key[:8],
-                                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))}
         if description:
             entry["description"] = description
         previous = next((e for e in found.options.get(TRUSTED_RELAYS, []) if e.get("public_key") == public_key), None)
@@ -123,7 +139,7 @@ class Decider:
             raise Conflict(f"Project `{org}/{project}` already exists")
         if template is not None and template not in found.templates:
             raise NotFound(f"No project template `{template}` in `{org}`")
-        public_key = new_public_key()
+        public_key = self.new_key()
         events = [self.event("ProjectCreated", org, project=project, name=name or project, template=template,
                              id=self.ids.take("project")),
                   self.event("KeyCreated", org, project=project, public_key=public_key, rate_limit=None,
@@ -149,6 +165,7 @@ class Decider:
 
     def project_option_unset(self, org: str, project: str, key: str) -> Decision:
         found = require_project(self.state, org, project)
+        checked_key("project", key, found.options)
         if key not in found.options:
             return Decision(ORG, org)
         check_pii_change(self.state, require_org(self.state, org), key, project=found,
@@ -175,7 +192,7 @@ class Decider:
     def key_create(self, org: str, project: str, public_key: str | None) -> Decision:
         require_project(self.state, org, project)
         explicit = [public_key] if public_key else []
-        public_key = public_key or new_public_key()
+        public_key = public_key or self.new_key()
         if public_key in self.state.keys:
             raise Conflict(f"Key `{public_key}` already exists")
 
@@ -226,7 +243,7 @@ class Decider:
         if relay.relay_id != relay_id or relay.version != version:
             return Decision(RELAY, public_key, [self.event("RelayRegistered", public_key,
                                                            relay_id=relay_id, version=version)])
-        if relay.last_seen is None or time.time() - relay.last_seen > RELAY_SEEN_INTERVAL:
+        if relay.last_seen is None or self.clock() - relay.last_seen > RELAY_SEEN_INTERVAL:
             return Decision(RELAY, public_key, [self.event("RelaySeen", public_key, version=version)])
         return Decision(RELAY, public_key)
 
@@ -240,7 +257,7 @@ class Decider:
 
     def user_token_create(self, username: str) -> Decision:
         require_user(self.state, username)
-        token = secrets.token_urlsafe(32)
+        token = self.new_token()
         return Decision(USER, username, [self.event("TokenCreated", username, token_hash=token_hash(token))],
                         lambda s: {"token": token})
 

@@ -9,6 +9,7 @@ an `IdDraw` on the handler's `IdPool`, blocks of ids the handler claimed on the 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,8 +95,25 @@ def new_public_key() -> str:
     return uuid.uuid4().hex
 
 
+def new_token() -> str:
+    """An API token: shown once to its user, stored only as its `token_hash`."""
+    return secrets.token_urlsafe(32)
+
+
 def checked_option(scope: str, key: str, value: Any) -> Any:
     try:
         return option_catalogue.validate_option(scope, key, value)
+    except ValueError as exc:
+        raise BadRequest(str(exc), {"key": key}) from None
+
+
+def checked_key(scope: str, key: str, stored: dict[str, Any]) -> None:
+    """Refuse reading or unsetting a key the catalogue does not know for `scope`, as setting
+    it is refused - unless it is among the `stored` options (set before the catalogue
+    refused it): such a value can still be read and removed."""
+    if isinstance(key, str) and key in stored:
+        return
+    try:
+        option_catalogue.check_option_key(scope, key)
     except ValueError as exc:
         raise BadRequest(str(exc), {"key": key}) from None

@@ -10,9 +10,10 @@ first (`Decision.explicit_keys`), so a key can never end up under two orgs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from domain.decisions import Decision, IdDraw, checked_option, new_public_key
+from domain.decisions import Decision, IdDraw, checked_option
 from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS
 from domain.project_config import check_pii_import
 from domain.state import DomainState
@@ -26,6 +27,7 @@ class EventMaker(Protocol):
 
     state: DomainState
     ids: IdDraw
+    new_key: Callable[[], str]
 
     def event(self, type_: str, aggregate_id: str, **payload: Any) -> DomainEvent: ...
 
@@ -116,7 +118,7 @@ def decide_import(decider: EventMaker, spec: dict[str, Any]) -> Decision:
             if public_key is None:
                 if project is not None:
                     continue  # an unnamed key of an existing project: already imported
-                public_key = new_public_key()
+                public_key = decider.new_key()
             elif not isinstance(public_key, str) or not PUBLIC_KEY_RE.fullmatch(public_key):
                 raise _problem(f"{kpath}.publicKey", "must be 32 hex characters")
             if public_key in seen_keys:

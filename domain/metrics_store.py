@@ -60,7 +60,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from bus.metrics import COUNTER, DISTRIBUTION, GAUGE, TIMER
+from messages.metrics import COUNTER, DISTRIBUTION, GAUGE, TIMER
 
 __all__ = ["OVERFLOW_TAGS", "TIMER_BUCKETS", "TRUNCATION_MARKER", "MetricsStore", "prometheus_name",
            "series_key"]
@@ -105,8 +105,8 @@ def series_key(name: str, tags: TagItems) -> str:
     return name + "{" + ",".join(f"{k}={v}" for k, v in tags) + "}"
 
 
-def _clip(text: Any) -> str:
-    text = str(text)
+def _clip(value: Any) -> str:
+    text = str(value)
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT]
 
 

@@ -185,10 +185,10 @@ def _str(key: str, value: Any) -> str:
 
 
 def _non_empty_str(key: str, value: Any) -> str:
-    value = _str(key, value).strip()
-    if not value:
+    text = _str(key, value).strip()
+    if not text:
         raise _fail(key, "must not be empty")
-    return value
+    return text
 
 
 def _int(key: str, value: Any, low: int, high: int | None = None) -> int:
@@ -518,11 +518,9 @@ def _json_normal(key: str, value: Any) -> Any:
         raise _fail(key, f"not a JSON value: {exc}") from None
 
 
-def validate_option(scope: Scope | str, key: str, value: Any) -> Any:
-    """Return the normalized value of `key` in `scope`, or raise `InvalidOption`.
-
-    The value returned is JSON-normal (string map keys, lists, finite numbers); a value
-    that is not plain JSON data is refused with the path to the offending part."""
+def check_option_key(scope: Scope | str, key: str) -> OptionSpec:
+    """The spec of `key` in `scope`, or `InvalidOption`: the one answer for an unknown key
+    (or one of the other scope), whether it is set, read or unset."""
     if scope not in (ORG, PROJECT):
         raise InvalidOption(f"unknown option scope {scope!r}")
     if not isinstance(key, str):
@@ -534,6 +532,15 @@ def validate_option(scope: Scope | str, key: str, value: Any) -> Any:
         raise InvalidOption(
             f"{key} is not an {scope} option" if scope == ORG else f"{key} is not a {scope} option"
         )
+    return spec
+
+
+def validate_option(scope: Scope | str, key: str, value: Any) -> Any:
+    """Return the normalized value of `key` in `scope`, or raise `InvalidOption`.
+
+    The value returned is JSON-normal (string map keys, lists, finite numbers); a value
+    that is not plain JSON data is refused with the path to the offending part."""
+    spec = check_option_key(scope, key)
     _check_plain(key, value)
     return _json_normal(key, spec.validate(key, value))
 

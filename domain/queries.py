@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from domain import options as option_catalogue
-from domain.decisions import token_hash
+from domain.decisions import checked_key, token_hash
 from domain.model import DELETED, TRUSTED_RELAYS, Org, Project, ProjectKey
 from domain.state import DomainState
 from messages.errors import BadRequest, NotFound, Unauthorized
@@ -81,12 +81,14 @@ def answer_query(state: DomainState, message_type: str, payload: dict[str, Any])
     if message_type == "org.option_get":
         org = require_org(state, payload["org"])
         key = payload["key"]
+        checked_key("org", key, org.options)
         return {"key": key, "value": org.options.get(key, option_catalogue.OPTION_DEFAULTS.get(key)),
                 "isSet": key in org.options}
     if message_type == "project.option_get":
         project = require_project(state, payload["org"], payload["project"])
         org = state.orgs[project.org_id]
         key = payload["key"]
+        checked_key("project", key, project.options)
         return {"key": key, "value": option_catalogue.get_option(project, key, org=org),
                 "isSet": key in project.options}
     if message_type == "key.list":

@@ -20,12 +20,9 @@ from collections.abc import Container, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import structlog
-
 from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS, Org, Project, ProjectKey, Relay, User
 from messages.events import ID_KINDS, DomainEvent, UndecodableCommit
 
-log = structlog.get_logger(__name__)
 # 2: relays carry every id they registered under (Relay.relay_ids)
 # 3: key claims and skipped (undecodable) commits
 SNAPSHOT_FORMAT = 3
@@ -54,10 +51,14 @@ class Changes:
 
     public_keys: set[str] = field(default_factory=set)
     relays: set[str] = field(default_factory=set)  # relay public keys
+    # What the fold found wrong and worked around (the projection actor logs them): a map
+    # with "event" (the log event name) and its details. The fold itself does no I/O.
+    problems: list[dict[str, Any]] = field(default_factory=list)
 
     def update(self, other: Changes) -> None:
         self.public_keys |= other.public_keys
         self.relays |= other.relays
+        self.problems += other.problems
 
 
 class DomainState:
@@ -79,6 +80,7 @@ class DomainState:
         self.next_ids = {kind: 1 for kind in ID_KINDS}
         self.key_claims: dict[str, KeyClaim] = {}
         self.skipped: list[dict[str, Any]] = []  # undecodable commits: sequence, subject, error
+        self._problems: list[dict[str, Any]] = []
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class DomainState:
 
     def apply(self, sequence: int, events: Iterable[DomainEvent]) -> Changes:
         changes = Changes()
+        self._problems = changes.problems  # where this commit's handlers report what they found wrong
         if sequence <= self.sequence:
             return changes  # already folded (a redelivery after reconnect)
         if isinstance(events, UndecodableCommit):
@@ -145,7 +148,7 @@ class DomainState:
             if stored not in taken:
                 self.next_ids[kind] = max(self.next_ids[kind], stored + 1)
                 return stored
-            log.error("state.duplicate_id", kind=kind, id=stored, sequence=sequence)
+            self._problems.append({"event": "state.duplicate_id", "kind": kind, "id": stored, "sequence": sequence})
         value = self.next_ids[kind]
         self.next_ids[kind] = value + 1
         return value

@@ -10,6 +10,7 @@ they were sent (read-your-writes).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from messages.schema import Schema, field
 
@@ -21,7 +22,7 @@ RELAY_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 OPTION_KEY_RE = re.compile(r"^[a-z][a-z0-9_.:-]{0,199}$")
 
 
-def _matches(regex: re.Pattern[str], what: str):
+def _matches(regex: re.Pattern[str], what: str) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         return None if regex.fullmatch(value) else f"not a valid {what}"
     return check

@@ -53,7 +53,8 @@ def pack(value: Any) -> bytes:
     outside 64 bits, nesting too deep), so e.g. a CLI option value of 2**64 is an error
     message, not a traceback."""
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+        return packed
     except (OverflowError, ValueError) as exc:
         raise BadRequest(f"value cannot be encoded: {exc}") from None
 

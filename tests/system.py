@@ -220,3 +220,33 @@ class RelayctlProcess:
         result = self.run(*args)
         assert result.returncode == 0, (args, result.stdout, result.stderr)
         return json.loads(result.stdout) if "--json" in args else result.stdout
+
+
+class Relayctl:
+    """The console script, in a subprocess, talking to the test system's NATS."""
+
+    def __init__(self, nats_url: str, data_dir: Path) -> None:
+        self.nats_url = nats_url
+        self.data_dir = data_dir
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("RELAYCTL_NATS_URL", "RELAYCTL_DATA_DIR", "RELAYCTL_REDIS_URL")}
+        self.env["RELAYCTL_SENTRY"] = "0"
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([RELAYCTL, "--data-dir", str(self.data_dir), "--nats-url", self.nats_url, *args],
+                              capture_output=True, text=True, timeout=timeout, env=self.env)
+
+    def ok(self, *args: str) -> Any:
+        result = self.run(*args)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return json.loads(result.stdout) if "--json" in args else result.stdout
+
+    def json_error(self, *args: str, exit_code: int = 1) -> dict[str, Any]:
+        """The command failed with `exit_code` and printed exactly one JSON error document."""
+        result = self.run(*args)
+        assert result.returncode == exit_code, (args, result.returncode, result.stdout, result.stderr)
+        assert result.stderr == "", result.stderr
+        doc = json.loads(result.stdout)
+        assert set(doc) == {"error"} and set(doc["error"]) == {"code", "message"}, doc
+        assert isinstance(doc["error"]["code"], str) and doc["error"]["message"]
+        return doc["error"]  # type: ignore[no-any-return]

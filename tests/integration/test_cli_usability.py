@@ -5,13 +5,10 @@ relay keys, the import format; `--json` on every change and JSON errors, RFC 333
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
-import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
 
 import click
 import pytest
@@ -20,39 +17,9 @@ import sentry_relay
 from cli.main import main as cli_main
 from cli.option_docs import OPTION_DOCS, PREFIX_DOCS
 from domain.options import OPTIONS, PREFIX_OPTIONS
-from tests.system import RELAYCTL, RelayClient, SystemUnderTest
+from tests.system import RelayClient, Relayctl, SystemUnderTest
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-class Relayctl:
-    """The console script, in a subprocess, talking to the test system's NATS."""
-
-    def __init__(self, nats_url: str, data_dir: Path) -> None:
-        self.nats_url = nats_url
-        self.data_dir = data_dir
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("RELAYCTL_NATS_URL", "RELAYCTL_DATA_DIR", "RELAYCTL_REDIS_URL")}
-        self.env["RELAYCTL_SENTRY"] = "0"
-
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([RELAYCTL, "--data-dir", str(self.data_dir), "--nats-url", self.nats_url, *args],
-                              capture_output=True, text=True, timeout=timeout, env=self.env)
-
-    def ok(self, *args: str) -> Any:
-        result = self.run(*args)
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-        return json.loads(result.stdout) if "--json" in args else result.stdout
-
-    def json_error(self, *args: str, exit_code: int = 1) -> dict[str, Any]:
-        """The command failed with `exit_code` and printed exactly one JSON error document."""
-        result = self.run(*args)
-        assert result.returncode == exit_code, (args, result.returncode, result.stdout, result.stderr)
-        assert result.stderr == "", result.stderr
-        doc = json.loads(result.stdout)
-        assert set(doc) == {"error"} and set(doc["error"]) == {"code", "message"}, doc
-        assert isinstance(doc["error"]["code"], str) and doc["error"]["message"]
-        return doc["error"]  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
