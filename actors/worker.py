@@ -50,6 +50,7 @@ def _kinds() -> dict[str, ActorKind]:
     from actors.ai import ai_actor_factory
     from actors.commands import CommandActor
     from actors.configs import ConfigActor
+    from actors.forwarder import forwarder_factory
     from actors.lookup import KeyLookupActor, OrgAccessActor
     from actors.metrics import MetricsActor
     from actors.transport import TransportActor
@@ -77,6 +78,9 @@ def _kinds() -> dict[str, ActorKind]:
         "ai": ActorKind(
             "ai", ai_actor_factory(), served_by("ai"),
             "AI fix suggestions and the error events they are for"),
+        "forwarder": ActorKind(
+            "forwarder", forwarder_factory(), served_by("forwarder"),
+            "consumes the ingest stream: forwards envelopes, stores error events, counts outcomes"),
     }
 
 

@@ -202,6 +202,9 @@ def _store_permissions(store: Store, role: str) -> list[str]:
                 f"$JS.API.CONSUMER.INFO.{stream}.>", f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>"]
     if store.kind == OBJECT:
         out.append("$JS.API.STREAM.NAMES")
+    if store.consume and store.kind == STREAM and role in store.readers:
+        # durable pull consumers (the forwarder's on the ingest stream): pull and ack
+        out += [f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>", f"$JS.ACK.{stream}.>"]
     if role in store.writers:
         out += {KV: [f"$KV.{store.name}.>"], OBJECT: [f"$O.{store.name}.>", f"$JS.API.STREAM.PURGE.{stream}"],
                 STREAM: []}[store.kind]
@@ -313,6 +316,7 @@ REDIS_CONFIG = "redis.conf"
 REDIS_MAXMEMORY = "256mb"
 REDIS_EVICTION = "allkeys-lru"
 AI_CACHE_PATTERN = "ai:suggestion:*"  # actors/ai.py CACHE_PREFIX (a unit test keeps them equal)
+INGEST_STATS_PATTERN = "ingest:*"  # actors/ingest_stats.py PREFIX
 
 _REDIS_WRITE = "+get +mget +set +mset +del +multi +exec +discard"
 # role -> Redis ACL rules (keys it may touch, commands it may run). The config builder and
@@ -327,6 +331,9 @@ REDIS_ROLES: dict[str, str] = {
     # Redis 6.2 has no per-pattern rights, so INCRBY/EXPIRE reach the cache prefixes too: at
     # worst they turn an entry into one that fails its MAC (a miss) or expire it early.
     "gateway": f"~{KEY_PREFIX}* ~{RELAY_AUTH_PREFIX}* ~{RATE_LIMIT_PREFIX}* +get +mget +ping +incrby +expire",
+    # per-project outcome counts and the index of error events (actors/ingest_stats.py)
+    "forwarder": f"~{INGEST_STATS_PATTERN} +hincrby +hgetall +expire +zadd +zrevrange +zremrangebyscore "
+                 "+set +get +ping",
 }
 
 

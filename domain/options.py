@@ -44,6 +44,7 @@ org's project templates; a project falls back to its template, then to the defau
 | `sentry:grouping_enhancements` | project | enhancement rules text | `""` |
 | `sentry:breakdowns` | project | `{name: {"type": "spanOperations", "matches": [..]}}`/None | (1) |
 | `ai:policy` | org | one of `AI_POLICIES` | `"allowed"` |
+| `relayctl:forward_dsn` | org, project | a Sentry DSN to forward envelopes to, or None (project: opt out) | `None` |
 
 (1) `DEFAULT_BREAKDOWNS`: span_ops over http, db, browser, resource, ui. Trusted relays are a
 list of those maps.
@@ -75,6 +76,7 @@ from sentry_relay.processing import (
     validate_sampling_configuration,
 )
 
+from domain.dsn import InvalidDsn, parse_dsn
 from domain.model import Org, Project
 
 Scope = Literal["org", "project"]
@@ -386,6 +388,17 @@ def _trusted_relays(key: str, value: Any) -> list[dict[str, str]]:
     return out
 
 
+def _forward_dsn(key: str, value: Any) -> str | None:
+    """A DSN the forwarder can send to (actors/forwarder.py), stored stripped; None: none."""
+    if value is None:
+        return None
+    try:
+        parse_dsn(value)
+    except InvalidDsn as exc:
+        raise _fail(key, f"not a usable DSN: {exc}") from None
+    return str(value).strip()
+
+
 def _ai_policy(key: str, value: Any) -> str:
     if value not in AI_POLICIES:
         raise _fail(key, f"{value!r} is not one of {', '.join(AI_POLICIES)}")
@@ -432,6 +445,7 @@ _SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("sentry:grouping_enhancements", _P, "", _str),
     OptionSpec("sentry:breakdowns", _P, DEFAULT_BREAKDOWNS, _breakdowns),
     OptionSpec("ai:policy", _O, "allowed", _ai_policy),
+    OptionSpec("relayctl:forward_dsn", _OP, None, _forward_dsn),
 )
 OPTIONS: dict[str, OptionSpec] = {spec.key: spec for spec in _SPECS}
 # Keys under a prefix that are not listed above: accepted with this spec's rules.

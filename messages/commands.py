@@ -103,3 +103,10 @@ QUERIES: dict[str, Schema] = {
     "transport.flush": {},
 }
 
+    # the ingest stream's consumers (actors/forwarder.py)
+    "ingest.status": {},
+    "ingest.stats": _org_project,
+    "ingest.replay": {"org": field(str, required=False), "project": field(str, required=False),
+                      "sequence": field(int, required=False)},
+    "events.list": {**_org_project, "limit": field(int, required=False, default=20)},
+    "events.show": {"event_id": field(str)},

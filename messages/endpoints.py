@@ -30,9 +30,9 @@ __all__ = [
 
 OPERATOR = "operator"
 GATEWAY = "gateway"
-COMMANDS, KEYS, ORGS, CONFIGS, METRICS, TRANSPORT, AI = (
-    "commands", "keys", "orgs", "configs", "metrics", "transport", "ai")
-ACTORS = (COMMANDS, KEYS, ORGS, CONFIGS, METRICS, TRANSPORT, AI)
+COMMANDS, KEYS, ORGS, CONFIGS, METRICS, TRANSPORT, AI, FORWARDER = (
+    "commands", "keys", "orgs", "configs", "metrics", "transport", "ai", "forwarder")
+ACTORS = (COMMANDS, KEYS, ORGS, CONFIGS, METRICS, TRANSPORT, AI, FORWARDER)
 ROLES = (OPERATOR, *ACTORS, GATEWAY)
 
 # How long a service may still answer a request it received. No caller waits longer (the
@@ -86,6 +86,9 @@ class Store:
     kind: str
     readers: tuple[str, ...]
     writers: tuple[str, ...] = ()
+    # its readers run durable pull consumers on it (a stream they do not write): they pull
+    # and ack, besides what ordered consumers need
+    consume: bool = False
 
 
 def _control(message_type: str, *, query: bool = False, callers: tuple[str, ...] = ()) -> Endpoint:
@@ -140,6 +143,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(subjects.TRANSPORT_CONTROL, TRANSPORT, commands=("transport.flush",)),
     Endpoint(subjects.AI_SUGGEST, AI, queries=("ai.suggest",), callers=(GATEWAY,), streamed=True),
     Endpoint(subjects.EVENTS_STORE, AI, commands=("events.store",), queries=("events.get",)),
+    # the consumers of the ingest stream (actors/forwarder.py)
+    Endpoint(subjects.INGEST_QUERY, FORWARDER, queries=("ingest.status", "ingest.stats", "events.list", "events.show")),
+    Endpoint(subjects.INGEST_REPLAY, FORWARDER, commands=("ingest.replay",)),
 )
 
 _EVERY_PROCESS = (*ACTORS, GATEWAY)
@@ -164,15 +170,18 @@ STORES: tuple[Store, ...] = (
     # Projection snapshots: every actor loads one at start, only the command handlers write
     # them (signed, and checked against the stream at load: bus/snapshots.py).
     Store(subjects.SNAPSHOT_BUCKET, OBJECT, readers=ACTORS, writers=(COMMANDS,)),
-    Store(subjects.ERROR_EVENT_BUCKET, KV, readers=(AI,), writers=(AI,)),
+    # written by the AI actor (events.store) and the forwarder (the events SDKs send)
+    Store(subjects.ERROR_EVENT_BUCKET, KV, readers=(AI, FORWARDER), writers=(AI, FORWARDER)),
     Store(subjects.GATEWAY_BUCKET, KV, readers=(GATEWAY,), writers=(GATEWAY,)),  # the registration secret
     # the MAC keys of what Redis holds: the role writing the entries makes its key, gateways check
     Store(subjects.RELAY_AUTH_MAC_BUCKET, KV, readers=(ORGS, GATEWAY), writers=(ORGS,)),
     Store(subjects.CONFIG_MAC_BUCKET, KV, readers=(CONFIGS, GATEWAY), writers=(CONFIGS,)),
     # the ingest stream and the envelopes too large for one of its messages: the gateway
     # appends (it creates both when missing) but reads nothing back
-    Store(subjects.INGEST_STREAM, STREAM, readers=(), writers=(GATEWAY,)),
-    Store(subjects.INGEST_BLOB_BUCKET, OBJECT, readers=(), writers=(GATEWAY,)),
+    # appends (it creates both when missing); the forwarder's durable pull consumers read them
+    Store(subjects.INGEST_STREAM, STREAM, readers=(FORWARDER,), writers=(GATEWAY,), consume=True),
+    Store(subjects.INGEST_BLOB_BUCKET, OBJECT, readers=(FORWARDER,), writers=(GATEWAY,)),
+    Store(subjects.FORWARD_DEAD_LETTER_BUCKET, KV, readers=(FORWARDER,), writers=(FORWARDER,)),
 )
 
 _BY_TYPE: dict[str, Endpoint] = {t: endpoint for endpoint in ENDPOINTS for t in endpoint.types}

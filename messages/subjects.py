@@ -26,6 +26,8 @@ INGEST_ENVELOPES = "rc.in.*"  # .<project id>
 INGEST_OUTCOMES = "rc.in.relay.outcomes"
 INGEST_METRICS = "rc.in.relay.metrics"
 INGEST_BLOB_BUCKET = "rc_ingest_blobs"
+# What the forwarder (actors/forwarder.py) keeps: envelopes a downstream Sentry refused for good.
+FORWARD_DEAD_LETTER_BUCKET = "rc_forward_dead"
 
 # request/reply: `rc.ctl.<aggregate>.<command>` for every control message, and the queries
 CONTROL_PREFIX = "rc.ctl"
@@ -37,6 +39,8 @@ AI_SUGGEST = "rc.ai.suggest"
 EVENTS_STORE = "rc.events.store"
 METRICS_QUERY = "rc.metrics.query"
 TRANSPORT_CONTROL = "rc.transport.control"
+INGEST_QUERY = "rc.ingest.query"  # the forwarder: stream status, stats, error event listings
+INGEST_REPLAY = "rc.ingest.replay"
 
 # publish only
 EVENTS_INGEST = "rc.events.ingest.*"  # .<project id>

@@ -1,0 +1,789 @@
+"""The forwarder: everything that consumes the ingest stream `RC_INGEST`.
+
+Three durable pull consumers on the stream (bus/ingest_store.py), each shared by every
+forwarder instance (one consumer, several pullers: JetStream hands each message to one of
+them), each acking a message only once it is done with it - so delivery is at least once
+and a forwarder killed mid-way loses nothing: what it held unacked is delivered again after
+`ack_wait`.
+
+- `forwarder` (envelopes, `rc.in.<project id>`): sends each envelope on to the project's
+  downstream Sentry, when one is configured - project option `relayctl:forward_dsn`, else
+  the org's (a project set to null opts out). The body is the stored envelope with its
+  header `dsn` naming the target (domain/ingest.py `forward_body`), `X-Sentry-Auth` carries
+  the target's key, `event_id` is kept so the target deduplicates our retries. 2xx: acked.
+  429, 5xx, 408 and network errors: negatively acked with a delay (Retry-After when the
+  target sent one, else exponential backoff by delivery count), so the stream redelivers it,
+  to whichever instance pulls next. Any other 4xx is permanent: counted
+  (`forward.envelopes{result=dead_letter}`) and recorded in the KV bucket `rc_forward_dead`
+  (key `<project id>.<stream sequence>`), then acked. `ingest.replay` sends dead letters
+  again (the envelope is read back from the stream by its sequence, so a letter can be
+  replayed while the stream still holds it: `RELAYCTL_INGEST_MAX_AGE`, 7 days).
+- `error-events` (envelopes): every `event` item that is an error is normalized and
+  scrubbed with the project's own PII and datascrubbing settings (the ones its Relay config
+  carries, domain/project_config.py) and stored in `rc_error_events` for the AI flow.
+- `outcomes` (`rc.in.>`: envelopes and the outcome batches relays post): counted into the
+  Prometheus counter `ingest.outcomes` (labels outcome, reason, category: never a project)
+  and the per-project minute counts of actors/ingest_stats.py for `relayctl project stats`.
+
+The actor is a projection (it needs projects, orgs and their options); the pull loops run
+on the process's asyncio loop and ask the actor thread what needs the projection
+(`_on_actor`). Queries: `ingest.status`, `ingest.replay`, `events.list`, `events.show`,
+`ingest.stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import pykka
+import structlog
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from actors.base import DEFERRED, ProjectionActor
+from actors.error_events import JetStreamErrorEventStore, StoredEvent, prepare_event
+from actors.ingest_stats import IngestStats, InMemoryIngestStats, RedisIngestStats, summarize
+from bus import metrics
+from bus.ingest_store import HEADER_CLIENT_IP, HEADER_EVENT_ID, HEADER_PROJECT_ID, HEADER_RECEIVED_AT, read_envelope
+from bus.runtime import BusRuntime
+from bus.seams import Bus
+from bus.service import Call
+from domain.ai_prompt import InvalidEvent
+from domain.dsn import Dsn, InvalidDsn, parse_dsn
+from domain.ingest import (
+    InvalidEnvelope,
+    Outcome,
+    envelope_header,
+    envelope_outcomes,
+    error_events,
+    event_title,
+    forward_body,
+    parse_items,
+    relay_outcomes,
+)
+from domain.model import ACTIVE, DELETED, ProjectKey
+from domain.options import get_option, get_org_option
+from domain.project_config import build_project_config
+from messages.errors import BadRequest, NotFound, RelayctlError, Unavailable
+from messages.subjects import (
+    FORWARD_DEAD_LETTER_BUCKET,
+    INGEST_ENVELOPES,
+    INGEST_OUTCOMES,
+    INGEST_STREAM,
+    INGEST_SUBJECTS,
+)
+
+__all__ = [
+    "DEAD_LETTER_BUCKET", "FORWARD_DSN_OPTION", "ForwardSettings", "ForwarderActor", "classify", "forwarder_factory",
+]
+
+log = structlog.get_logger(__name__)
+
+FORWARD_DSN_OPTION = "relayctl:forward_dsn"
+DEAD_LETTER_BUCKET = FORWARD_DEAD_LETTER_BUCKET
+FORWARD_CONSUMER, EVENTS_CONSUMER, OUTCOMES_CONSUMER = "forwarder", "error-events", "outcomes"
+CLIENT = "relayctl-forwarder/0.1"
+_ABSENT: Any = object()
+MAX_LIST = 200
+MAX_SCAN = 20_000
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    """RELAYCTL_FORWARD_ACK_WAIT, _TIMEOUT, _CONCURRENCY, _BACKOFF_BASE, _BACKOFF_MAX."""
+
+    ack_wait: float = 30.0  # an unacked delivery goes to another puller after this
+    timeout: float = 10.0  # one HTTP request to the target
+    concurrency: int = 32  # envelopes in flight per consumer and instance
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    retry_after_max: float = 3600.0
+    dead_letter_ttl: float = 7 * 24 * 3600.0
+
+    @classmethod
+    def from_env(cls) -> ForwardSettings:
+        env = os.environ
+
+        def number(name: str, default: float) -> float:
+            value = env.get(f"RELAYCTL_FORWARD_{name}")
+            return float(value) if value else default
+
+        return cls(ack_wait=number("ACK_WAIT", 30.0), timeout=number("TIMEOUT", 10.0),
+                   concurrency=int(number("CONCURRENCY", 32)), backoff_base=number("BACKOFF_BASE", 1.0),
+                   backoff_max=number("BACKOFF_MAX", 60.0))
+
+    def backoff(self, attempt: int) -> float:
+        return float(min(self.backoff_max, self.backoff_base * 2 ** max(0, min(attempt - 1, 20))))
+
+
+# -- one delivery ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Delivered:
+    status: int
+
+
+@dataclass(frozen=True)
+class Retry:
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Permanent:
+    status: int
+    detail: str
+
+
+Result = Delivered | Retry | Permanent
+
+
+def _retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds from `Retry-After` (seconds or an HTTP date), else the longest limit of
+    `X-Sentry-Rate-Limits` (`<seconds>:<categories>:...`), else None."""
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - (now or time.time()))
+            except (TypeError, ValueError):
+                pass
+    limits = headers.get("X-Sentry-Rate-Limits")
+    if limits:
+        seconds = []
+        for limit in limits.split(","):
+            head = limit.strip().split(":", 1)[0]
+            try:
+                seconds.append(float(head))
+            except ValueError:
+                continue
+        if seconds:
+            return max(seconds)
+    return None
+
+
+def classify(status: int, headers: Any, attempt: int, settings: ForwardSettings, detail: str = "") -> Result:
+    """What an answer of the target means for the envelope (see the module docstring)."""
+    if 200 <= status < 300:
+        return Delivered(status)
+    if status == 429 or status == 408 or status >= 500:
+        after = _retry_after(headers)
+        delay = min(after, settings.retry_after_max) if after is not None else settings.backoff(attempt)
+        return Retry(delay, f"HTTP {status}")
+    return Permanent(status, detail[:500])
+
+
+async def deliver(session: aiohttp.ClientSession, target: Dsn, body: bytes, attempt: int,
+                  settings: ForwardSettings) -> Result:
+    headers = {"Content-Type": "application/x-sentry-envelope", "X-Sentry-Auth": target.auth_header(CLIENT),
+               "User-Agent": CLIENT}
+    try:
+        async with session.post(target.envelope_url, data=body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=settings.timeout)) as response:
+            text = (await response.content.read(2000)).decode("utf-8", "replace")
+            return classify(response.status, response.headers, attempt, settings, text)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return Retry(settings.backoff(attempt), f"network error: {type(exc).__name__}")
+
+
+# -- the actor ---------------------------------------------------------------------------------
+
+@dataclass
+class _OnActor:
+    """Work for the actor thread from a pull loop: `fn()`'s result resolves `future`."""
+
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass(frozen=True)
+class _Consumer:
+    name: str
+    filter: str
+    handle: Callable[[Any], Awaitable[None]]
+
+
+def _settle(future: asyncio.Future[Any], error: BaseException | None, result: Any) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _project_id(msg: Any) -> int | None:
+    token = (msg.headers or {}).get(HEADER_PROJECT_ID) or msg.subject.rsplit(".", 1)[-1]
+    return int(token) if token.isdigit() else None
+
+
+def _received_at(msg: Any) -> float:
+    text = (msg.headers or {}).get(HEADER_RECEIVED_AT)
+    if text:
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return time.time()
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ForwarderActor(ProjectionActor):
+    name = "forwarder"
+
+    def __init__(self, runtime: BusRuntime, bus: Bus, *, nc: NATS | None, settings: ForwardSettings | None = None,
+                 stats: IngestStats | None = None) -> None:
+        super().__init__(runtime, bus)
+        # JetStream consumers are NATS itself (no seam of the bus has them): the connection
+        # is given explicitly, None in a unit test of the projection side.
+        self.nc = nc
+        self.settings = settings or ForwardSettings.from_env()
+        self.stats: IngestStats = stats or InMemoryIngestStats()
+        self._closed = False
+        self._tasks: list[Any] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._scrub_cache: dict[int, tuple[tuple[float, float], Any, Any]] = {}
+        if nc is not None:
+            self.js = nc.jetstream(timeout=5.0)
+            self.events = JetStreamErrorEventStore(nc)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        super().on_start()
+        if self.nc is None:
+            return
+        consumers = (
+            _Consumer(FORWARD_CONSUMER, INGEST_ENVELOPES, self._forward),
+            _Consumer(EVENTS_CONSUMER, INGEST_ENVELOPES, self._store_events),
+            _Consumer(OUTCOMES_CONSUMER, INGEST_SUBJECTS, self._count),
+        )
+        self._tasks = [self.runtime.submit(self._consume(c)) for c in consumers]
+
+    def on_stop(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        if self.nc is not None:
+            try:
+                self.runtime.call(self._close(), timeout=5)
+            except Exception:
+                pass
+        super().on_stop()
+
+    async def _close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.stats.close()
+
+    def on_other(self, message: Any) -> Any:
+        if isinstance(message, _OnActor):
+            # A project created just before its first envelope must not look unknown.
+            self.after(self.live_from, lambda: self._run_on_actor(message))
+            return None
+        return super().on_other(message)
+
+    def _run_on_actor(self, work: _OnActor) -> None:
+        try:
+            result, error = work.fn(), None
+        except BaseException as exc:  # handed back to the pull loop that asked
+            result, error = None, exc
+        work.loop.call_soon_threadsafe(_settle, work.future, error, result)
+
+    async def _on_actor(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        try:
+            self.actor_ref.tell(_OnActor(fn, future, loop))
+        except pykka.ActorDeadError:
+            raise Unavailable("the forwarder stopped") from None
+        return await future
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        return self._session
+
+    # -- pull loops ----------------------------------------------------------------------------
+
+    async def _subscribe(self, consumer: _Consumer) -> Any:
+        config = api.ConsumerConfig(
+            durable_name=consumer.name, name=consumer.name, filter_subject=consumer.filter,
+            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.settings.ack_wait, max_deliver=-1,
+            max_ack_pending=max(1000, self.settings.concurrency * 8), deliver_policy=api.DeliverPolicy.ALL)
+        # Create, or update one made with other settings (ack_wait is editable).
+        await self.js.add_consumer(INGEST_STREAM, config=config)
+        return await self.js.pull_subscribe_bind(durable=consumer.name, stream=INGEST_STREAM)
+
+    async def _consume(self, consumer: _Consumer) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+        room = asyncio.Condition()
+        waiting_logged = False
+        while not self._closed:
+            try:
+                subscription = await self._subscribe(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The stream is made by the gateway (or `up`); until then, wait for it.
+                if not waiting_logged:
+                    log.info("forwarder.waiting_for_stream", consumer=consumer.name,
+                             error=str(exc) or type(exc).__name__)
+                    waiting_logged = True
+                await asyncio.sleep(1.0)
+                continue
+            waiting_logged = False
+            try:
+                while not self._closed:
+                    async with room:
+                        await room.wait_for(lambda: len(in_flight) < self.settings.concurrency)
+                    try:
+                        msgs = await subscription.fetch(self.settings.concurrency - len(in_flight), timeout=1.0)
+                    except (NatsTimeout, TimeoutError):
+                        continue
+                    for msg in msgs:
+                        task = asyncio.create_task(self._handle(consumer, msg))
+                        in_flight.add(task)
+
+                        def done(t: asyncio.Task[None]) -> None:
+                            in_flight.discard(t)
+
+                            async def notify() -> None:
+                                async with room:
+                                    room.notify_all()
+
+                            if not self._closed:
+                                asyncio.ensure_future(notify())
+
+                        task.add_done_callback(done)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("forwarder.pull_failed", consumer=consumer.name, error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await subscription.unsubscribe()
+                except Exception:
+                    pass
+
+    async def _handle(self, consumer: _Consumer, msg: Any) -> None:
+        try:
+            await consumer.handle(msg)
+        except Exception as exc:  # never ack what failed: it comes back after a delay
+            log.warning("forwarder.message_failed", consumer=consumer.name, error=str(exc) or type(exc).__name__)
+            metrics.incr("ingest.consumer_errors", tags={"consumer": consumer.name})
+            try:
+                await msg.nak(delay=self.settings.backoff(msg.metadata.num_delivered))
+            except Exception:
+                pass
+
+    # -- forwarding ----------------------------------------------------------------------------
+
+    def _target(self, project_id: int) -> Dsn | None:
+        """The DSN a project's envelopes go to (actor thread), None when it forwards nowhere."""
+        project = self.state.projects.get(project_id)
+        if project is None or project.status == DELETED:
+            return None
+        org = self.state.orgs.get(project.org_id)
+        value = get_option(project, FORWARD_DSN_OPTION, _ABSENT, org=org)
+        if value is _ABSENT:
+            value = get_org_option(org, FORWARD_DSN_OPTION, None) if org is not None else None
+        if not value:
+            return None
+        try:
+            return parse_dsn(value)
+        except InvalidDsn as exc:  # stored before validation existed: forward nowhere, say so
+            log.warning("forwarder.invalid_dsn", project_id=project_id, error=str(exc))
+            return None
+
+    async def _forward(self, msg: Any) -> None:
+        project_id = _project_id(msg)
+        if project_id is None:
+            await msg.ack()
+            return
+        target = await self._on_actor(lambda: self._target(project_id))
+        if target is None:
+            await msg.ack()
+            return
+        attempt = msg.metadata.num_delivered
+        keepalive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            result = await self._send(await read_envelope(self.js, msg), target, attempt)
+        finally:
+            keepalive.cancel()
+        sequence = msg.metadata.sequence.stream
+        if isinstance(result, Delivered):
+            await msg.ack()
+            metrics.incr("forward.envelopes", tags={"result": "delivered"})
+        elif isinstance(result, Retry):
+            metrics.incr("forward.envelopes", tags={"result": "retried"})
+            log.info("forwarder.retry", sequence=sequence, attempt=attempt, delay=result.delay, reason=result.reason)
+            await msg.nak(delay=result.delay)
+        else:
+            await self._dead_letter(project_id, sequence, msg, target, result, attempt)
+            await msg.ack()
+            metrics.incr("forward.envelopes", tags={"result": "dead_letter"})
+
+    async def _send(self, data: bytes, target: Dsn, attempt: int) -> Result:
+        try:
+            body = forward_body(data, target)
+        except InvalidEnvelope as exc:
+            return Permanent(0, str(exc))
+        return await deliver(self._http(), target, body, attempt, self.settings)
+
+    async def _keep_alive(self, msg: Any) -> None:
+        """A slow target must not make the stream hand the envelope to another puller."""
+        while True:
+            await asyncio.sleep(max(0.5, self.settings.ack_wait / 3))
+            try:
+                await msg.in_progress()
+            except Exception:
+                return
+
+    async def _dead_letters(self) -> Any:
+        try:
+            return await self.js.key_value(DEAD_LETTER_BUCKET)
+        except (BucketNotFoundError, NotFoundError):
+            return await self.js.create_key_value(api.KeyValueConfig(
+                bucket=DEAD_LETTER_BUCKET, history=1, ttl=self.settings.dead_letter_ttl,
+                description="relayctl: envelopes a downstream Sentry refused for good"))
+
+    async def _dead_letter(self, project_id: int, sequence: int, msg: Any, target: Dsn, result: Permanent,
+                           attempt: int) -> None:
+        headers = msg.headers or {}
+        letter = {"projectId": project_id, "sequence": sequence, "eventId": headers.get(HEADER_EVENT_ID),
+                  "status": result.status, "detail": result.detail, "attempts": attempt,
+                  "target": target.envelope_url, "failedAt": _iso(time.time()),
+                  "receivedAt": headers.get(HEADER_RECEIVED_AT)}
+        kv = await self._dead_letters()
+        await kv.put(f"{project_id}.{sequence}", json.dumps(letter).encode())
+        log.warning("forwarder.dead_letter", project_id=project_id, sequence=sequence, status=result.status)
+
+    async def _letters(self, project_id: int | None = None) -> list[dict[str, Any]]:
+        """Every dead letter (of one project): read in stream order by direct gets, not a
+        consumer (the forwarder writes the bucket, so it may create no consumer on it)."""
+        await self._dead_letters()
+        stream = f"KV_{DEAD_LETTER_BUCKET}"
+        subject = f"$KV.{DEAD_LETTER_BUCKET}." + (f"{project_id}.*" if project_id is not None else ">")
+        letters: list[dict[str, Any]] = []
+        sequence = 1
+        while len(letters) < MAX_SCAN:
+            try:
+                raw = await self.js.get_msg(stream, sequence, subject=subject, next=True)
+            except NotFoundError:
+                break
+            sequence = int(raw.seq or sequence) + 1
+            if (raw.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not raw.data:
+                continue
+            try:
+                letters.append(json.loads(raw.data))
+            except ValueError:
+                continue
+        return letters
+
+    # -- error events --------------------------------------------------------------------------
+
+    def _scrub_settings(self, project_id: int) -> tuple[Any, Any] | None:
+        """The project's piiConfig and datascrubbingSettings as its Relay config carries them."""
+        project = self.state.projects.get(project_id)
+        org = self.state.orgs.get(project.org_id) if project is not None else None
+        if project is None or org is None:
+            return None
+        version = (project.last_change, org.last_change)
+        cached = self._scrub_cache.get(project_id)
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        key = ProjectKey("0" * 32, 0, project.id)
+        config = build_project_config(org, replace(project, status=ACTIVE), key)["config"]
+        pii, scrubbing = config.get("piiConfig"), config.get("datascrubbingSettings")
+        self._scrub_cache[project_id] = (version, pii, scrubbing)
+        return pii, scrubbing
+
+    def _prepare(self, project_id: int, data: bytes, headers: dict[str, str], received: float) -> list[StoredEvent]:
+        """Actor thread: the envelope's error events, normalized, scrubbed and validated."""
+        settings = self._scrub_settings(project_id)
+        if settings is None:
+            metrics.incr("ingest.error_events", tags={"result": "unknown_project"})
+            return []
+        items = parse_items(data)
+        if not any(item.type == "event" for item in items):
+            return []
+        event_id = headers.get(HEADER_EVENT_ID) or envelope_header(data).get("event_id")
+        stored: list[StoredEvent] = []
+        for event in error_events(items, project_id, client_ip=headers.get(HEADER_CLIENT_IP),
+                                  pii_config=settings[0], datascrubbing=settings[1],
+                                  event_id=event_id if isinstance(event_id, str) else None):
+            try:
+                stored.append(prepare_event(project_id, event, received=received))
+            except InvalidEvent as exc:
+                log.warning("forwarder.event_refused", project_id=project_id, reason=exc.reason)
+                metrics.incr("ingest.error_events", tags={"result": "invalid"})
+        return stored
+
+    async def _store_events(self, msg: Any) -> None:
+        project_id = _project_id(msg)
+        if project_id is None:
+            await msg.ack()
+            return
+        data = await read_envelope(self.js, msg)
+        headers = dict(msg.headers or {})
+        try:
+            stored = await self._on_actor(lambda: self._prepare(project_id, data, headers, _received_at(msg)))
+        except InvalidEnvelope as exc:
+            log.warning("forwarder.envelope_unreadable", project_id=project_id, error=str(exc))
+            metrics.incr("ingest.error_events", tags={"result": "invalid"})
+            await msg.ack()
+            return
+        for event in stored:
+            await self.events.put(event)
+            await self.stats.index_event(project_id, event.event_id, event.received)
+            metrics.incr("ingest.error_events", tags={"result": "stored"})
+        await msg.ack()
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    async def _count(self, msg: Any) -> None:
+        if msg.subject == INGEST_OUTCOMES:
+            outcomes = relay_outcomes(await read_envelope(self.js, msg))
+        else:
+            project_id = _project_id(msg)
+            if project_id is None or msg.subject.count(".") != 2:
+                await msg.ack()  # relay metrics and anything else not counted here
+                return
+            try:
+                outcomes = envelope_outcomes(parse_items(await read_envelope(self.js, msg)), project_id)
+            except InvalidEnvelope:
+                outcomes = [Outcome("accepted", "unknown", "none", 1, project_id)]
+        for outcome in outcomes:
+            metrics.incr("ingest.outcomes", outcome.quantity, tags={
+                "outcome": outcome.outcome, "reason": outcome.reason, "category": outcome.category})
+        await self.stats.add(outcomes, _received_at(msg))
+        await msg.ack()
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def _project(self, org: str, project: str) -> Any:
+        if self.state.org(org) is None:
+            raise NotFound(f"No organization matching `{org}`")
+        found = self.state.project(org, project)
+        if found is None or found.status == DELETED:
+            raise NotFound(f"No project matching `{org}/{project}`")
+        return found
+
+    def _slugs(self, project_id: int) -> dict[str, Any]:
+        project = self.state.projects.get(project_id)
+        org = self.state.orgs.get(project.org_id) if project is not None else None
+        return {"projectId": project_id, "org": org.slug if org else None,
+                "project": project.slug if project else None}
+
+    def _answer_async(self, call: Call, work: Awaitable[Any]) -> Any:
+        """Run `work` on the loop and answer `call` with its result (the actor stays free)."""
+        future = self.runtime.submit(_bounded(work, max(0.5, call.request.remaining() - 0.2)))
+
+        def done(_: Any) -> None:
+            error = future.exception()
+            if isinstance(error, RelayctlError):
+                call.error(error)
+            elif isinstance(error, TimeoutError):
+                call.error(Unavailable("the stream did not answer in time"))
+            elif error is not None:
+                call.error(Unavailable(f"the ingest stream is unavailable: {error or type(error).__name__}"))
+            else:
+                call.reply(future.result())
+
+        future.add_done_callback(done)
+        return DEFERRED
+
+    def handle_ingest_stats(self, call: Call) -> Any:
+        def stats() -> Any:
+            project = self._project(call.payload["org"], call.payload["project"])
+            slugs = self._slugs(project.id)
+
+            async def run() -> Any:
+                now = time.time()
+                return {**slugs, **summarize(await self.stats.minutes(project.id, now), now)}
+
+            return self._answer_async(call, run())
+
+        return self.serve_caught_up(call, stats)
+
+    def handle_events_list(self, call: Call) -> Any:
+        def listing() -> Any:
+            project = self._project(call.payload["org"], call.payload["project"])
+            limit = max(1, min(int(call.payload.get("limit") or 20), MAX_LIST))
+            return self._answer_async(call, self._list_events(project.id, limit))
+
+        return self.serve_caught_up(call, listing)
+
+    async def _list_events(self, project_id: int, limit: int) -> dict[str, Any]:
+        events = []
+        for event_id in await self.stats.recent_events(project_id, limit):
+            stored = await self.events.get(project_id, event_id)
+            if stored is not None:
+                events.append(_summary(stored))
+        return {"events": events}
+
+    def handle_events_show(self, call: Call) -> Any:
+        event_id = str(call.payload["event_id"]).replace("-", "").lower()
+        if len(event_id) != 32 or any(c not in "0123456789abcdef" for c in event_id):
+            raise BadRequest(f"not an event id (32 hex digits): {call.payload['event_id']!r}")
+
+        async def run() -> Any:
+            project_id = await self.stats.event_project(event_id)
+            stored = await self.events.get(project_id, event_id) if project_id is not None else None
+            if stored is None:
+                raise NotFound(f"No event matching `{event_id}`")
+            slugs = await self._on_actor(lambda: self._slugs(stored.project_id))
+            return {**slugs, **_summary(stored), "event": stored.event}
+
+        return self.serve_caught_up(call, lambda: self._answer_async(call, run()))
+
+    def handle_ingest_status(self, call: Call) -> Any:
+        return self._answer_async(call, self._status())
+
+    async def _status(self) -> dict[str, Any]:
+        try:
+            info = await self.js.stream_info(INGEST_STREAM)
+        except NotFoundError:
+            raise Unavailable(f"the ingest stream {INGEST_STREAM} does not exist yet (no gateway ran)") from None
+        state = info.state
+        oldest = None
+        if state.messages:
+            first = await self.js.get_msg(INGEST_STREAM, state.first_seq)
+            oldest = (first.headers or {}).get(HEADER_RECEIVED_AT)
+        consumers: dict[str, Any] = {}
+        for name in (FORWARD_CONSUMER, EVENTS_CONSUMER, OUTCOMES_CONSUMER):
+            try:
+                c = await self.js.consumer_info(INGEST_STREAM, name)
+            except NotFoundError:
+                continue
+            consumers[name] = {"pending": c.num_pending, "ackPending": c.num_ack_pending,
+                               "redelivered": c.num_redelivered,
+                               "ackFloor": c.ack_floor.stream_seq if c.ack_floor else 0}
+        floor = consumers.get(FORWARD_CONSUMER, {}).get("ackFloor", 0)
+        backlog, scanned_all = await self._backlog(floor, state.last_seq)
+        rows = await self._on_actor(lambda: [
+            {**self._slugs(pid), "envelopes": n, "forwarding": self._target(pid) is not None}
+            for pid, n in sorted(backlog.items())])
+        letters = await self._letters()
+        return {"stream": {"name": INGEST_STREAM, "messages": state.messages, "bytes": state.bytes,
+                           "firstSeq": state.first_seq, "lastSeq": state.last_seq, "oldest": oldest},
+                "consumers": consumers,
+                "backlog": [r for r in rows if r["forwarding"]], "backlogComplete": scanned_all,
+                "deadLetters": {"count": len(letters), "letters": sorted(
+                    letters, key=lambda x: x.get("sequence", 0))[:MAX_LIST]}}
+
+    async def _backlog(self, floor: int, last: int) -> tuple[dict[int, int], bool]:
+        """Envelopes past the forwarder's ack floor, by project (headers only, bounded)."""
+        counts: dict[int, int] = {}
+        if last <= floor:
+            return counts, True
+        config = api.ConsumerConfig(headers_only=True, ack_policy=api.AckPolicy.NONE, inactive_threshold=10.0,
+                                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=floor + 1)
+        subscription = await self.js.pull_subscribe(INGEST_ENVELOPES, stream=INGEST_STREAM, config=config)
+        seen = 0
+        try:
+            while seen < MAX_SCAN:
+                try:
+                    msgs = await subscription.fetch(min(1000, MAX_SCAN - seen), timeout=0.5)
+                except (NatsTimeout, TimeoutError):
+                    break
+                for msg in msgs:
+                    seen += 1
+                    pid = _project_id(msg)
+                    if pid is not None:
+                        counts[pid] = counts.get(pid, 0) + 1
+                if msgs and msgs[-1].metadata.sequence.stream >= last:
+                    break
+        finally:
+            try:
+                await subscription.unsubscribe()
+            except Exception:
+                pass
+        return counts, seen < MAX_SCAN
+
+    def handle_ingest_replay(self, call: Call) -> Any:
+        def replay() -> Any:
+            project_id = None
+            if call.payload.get("org") or call.payload.get("project"):
+                if not (call.payload.get("org") and call.payload.get("project")):
+                    raise BadRequest("give both org and project, or neither")
+                project_id = self._project(call.payload["org"], call.payload["project"]).id
+            return self._answer_async(call, self._replay(project_id, call.payload.get("sequence")))
+
+        return self.serve_caught_up(call, replay)
+
+    async def _replay(self, project_id: int | None, sequence: int | None) -> dict[str, Any]:
+        letters = await self._letters(project_id)
+        if sequence is not None:
+            letters = [x for x in letters if x.get("sequence") == sequence]
+        kv = await self._dead_letters()
+        replayed, failed, gone = [], [], []
+        for letter in letters:
+            pid, seq = int(letter["projectId"]), int(letter["sequence"])
+            key = f"{pid}.{seq}"
+            try:
+                msg = await self.js.get_msg(INGEST_STREAM, seq)
+                data = await read_envelope(self.js, msg)
+            except Exception:
+                gone.append({"projectId": pid, "sequence": seq})
+                continue
+            target = await self._on_actor(functools.partial(self._target, pid))
+            if target is None:
+                failed.append({"projectId": pid, "sequence": seq, "detail": "the project forwards nowhere now"})
+                continue
+            result = await self._send(data, target, int(letter.get("attempts") or 1) + 1)
+            if isinstance(result, Delivered):
+                await kv.delete(key)
+                replayed.append({"projectId": pid, "sequence": seq, "eventId": letter.get("eventId")})
+                metrics.incr("forward.envelopes", tags={"result": "replayed"})
+                continue
+            detail = result.reason if isinstance(result, Retry) else f"HTTP {result.status}: {result.detail}"
+            letter.update(attempts=int(letter.get("attempts") or 1) + 1, failedAt=_iso(time.time()),
+                          detail=detail, status=result.status if isinstance(result, Permanent) else letter["status"])
+            await kv.put(key, json.dumps(letter).encode())
+            failed.append({"projectId": pid, "sequence": seq, "detail": detail})
+        return {"replayed": replayed, "failed": failed, "gone": gone}
+
+
+async def _bounded(work: Awaitable[Any], timeout: float) -> Any:
+    return await asyncio.wait_for(work, timeout)
+
+
+def _summary(stored: StoredEvent) -> dict[str, Any]:
+    event = stored.event
+    return {"eventId": stored.event_id, "projectId": stored.project_id, "received": _iso(stored.received),
+            "timestamp": event.get("timestamp"), "title": event_title(event), "level": event.get("level"),
+            "platform": event.get("platform")}
+
+
+def forwarder_factory(settings: ForwardSettings | None = None) -> Callable[[Any], pykka.ActorRef[Any]]:
+    """How a worker starts the forwarder: per-project counts in Redis when it has one."""
+
+    def start(deps: Any) -> pykka.ActorRef[Any]:
+        stats = RedisIngestStats(deps.redis_url) if deps.redis_url else None
+        return ForwarderActor.start(deps.runtime, deps.bus, nc=deps.nc, settings=settings, stats=stats)
+
+    return start
+
