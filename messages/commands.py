@@ -101,8 +101,6 @@ QUERIES: dict[str, Schema] = {
     "events.store": {**_org_project, "event": field(dict)},
     "events.get": {**_org_project, "event_id": field(str)},
     "transport.flush": {},
-}
-
     # the ingest stream's consumers (actors/forwarder.py)
     "ingest.status": {},
     "ingest.stats": _org_project,
@@ -110,3 +108,4 @@ QUERIES: dict[str, Schema] = {
                       "sequence": field(int, required=False)},
     "events.list": {**_org_project, "limit": field(int, required=False, default=20)},
     "events.show": {"event_id": field(str)},
+}
