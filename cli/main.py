@@ -576,11 +576,21 @@ def import_(ctx: Context, file: Any, as_json: bool) -> None:
     totals = {"orgs": 0, "projects": 0, "keys": 0, "events": 0}
     show_progress = not as_json and sys.stderr.isatty()
     progress_to = sys.stderr if show_progress else io.StringIO()
-    with click.progressbar(orgs, label="Importing orgs", file=progress_to) as bar:
-        for spec in bar:
-            result = ctx.request("import.org", {"org": spec}, timeout=60.0)
-            for k in totals:
-                totals[k] += result[k]
+    done = 0
+    try:
+        with click.progressbar(orgs, label="Importing orgs", file=progress_to) as bar:
+            for spec in bar:
+                result = ctx.request("import.org", {"org": spec}, timeout=60.0)
+                done += 1
+                for k in totals:
+                    totals[k] += result[k]
+    except KeyboardInterrupt:
+        # Each org is one all-or-nothing commit: say where it stopped and that a rerun
+        # finishes the job (orgs stored already are skipped).
+        fail(f"interrupted: the first {done} of {len(orgs)} orgs in {file.name} are stored "
+             f"({totals['orgs']} new, {totals['projects']} projects, {totals['keys']} keys); the org being "
+             "imported when it stopped is stored whole or not at all. Run the same `relayctl import` again "
+             "to import the rest: what is stored already is skipped", 130, error_code="interrupted")
     summary = {**totals, "seconds": round(time.monotonic() - started, 3)}
     emit(as_json, summary, f"Imported {summary['orgs']} orgs, {summary['projects']} projects, "
                            f"{summary['keys']} keys ({summary['events']} events) in {summary['seconds']}s")
