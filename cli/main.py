@@ -18,6 +18,7 @@ import click
 import structlog
 
 from bus.embedded import write_private
+from cli import rate_limits as _rate_limits
 from cli.context import Context, emit, error_document, fail, parse_json_value, rfc3339, split_project
 from cli.logging import setup_logging
 from cli.option_docs import default_text, help_epilog, rows
@@ -303,6 +304,9 @@ for _args in (("disable", "Disabled", "disabled", "Disable a key: relays get `{\
               ("enable", "Enabled", "active", "Enable a disabled key again."),
               ("delete", "Deleted", "deleted", "Delete a key for good.")):
     _key_status_command(*_args)
+
+
+_rate_limits.register(key)
 
 
 @key.command("list")

@@ -33,7 +33,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from domain.decisions import Decision, IdDraw, checked_key, checked_option, new_public_key, new_token, token_hash
+from domain.decisions import (
+    Decision,
+    IdDraw,
+    checked_key,
+    checked_option,
+    checked_rate_limit,
+    new_public_key,
+    new_token,
+    token_hash,
+)
 from domain.importer import decide_import
 from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS
 from domain.project_config import check_pii_change
@@ -49,6 +58,7 @@ COMMAND_TYPES = frozenset({
     "org.create", "org.option_set", "org.option_unset", "org.trust_relay", "org.untrust_relay",
     "org.template_set", "project.create", "project.option_set", "project.option_unset", "project.disable",
     "project.enable", "project.delete", "key.create", "key.disable", "key.enable", "key.delete",
+    "key.rate_limit",
     "relay.allow", "relay.deny", "relay.register", "user.create", "user.token_create", "user.permission_add",
     "user.permission_remove", "import.org",
 })
@@ -217,6 +227,17 @@ class Decider:
 
     def key_delete(self, public_key: str) -> Decision:
         return self._key_status(public_key, None, "KeyDeleted")
+
+    def key_rate_limit(self, public_key: str, count: int | None, window: int | None, clear: bool) -> Decision:
+        """Set (or with `clear` remove) a key's rate limit: Relay's key quota, `count` events
+        per `window` seconds, enforced by relays and by the gateway for SDKs that send to it."""
+        key, org = require_key(self.state, public_key)
+        limit = checked_rate_limit(count, window, clear)
+        if key.rate_limit == limit:
+            return Decision(ORG, org.slug, result=lambda s: {"publicKey": public_key, "rateLimit": limit})
+        return Decision(ORG, org.slug, [self.event("KeyRateLimitSet", org.slug, public_key=public_key,
+                                                   rate_limit=limit)],
+                        lambda s: {"publicKey": public_key, "rateLimit": limit})
 
     # relays
 

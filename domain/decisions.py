@@ -20,6 +20,24 @@ from domain.state import DomainState
 from messages.errors import BadRequest
 from messages.events import DomainEvent
 
+MAX_RATE_LIMIT_WINDOW = 365 * 24 * 3600  # seconds
+MAX_RATE_LIMIT_COUNT = 10 ** 12
+
+
+def checked_rate_limit(count: int | None, window: int | None, clear: bool) -> dict[str, int] | None:
+    """A key rate limit as stored (`{"count", "window"}`), None with `clear`."""
+    if clear:
+        if count is not None or window is not None:
+            raise BadRequest("give either COUNT and WINDOW or --clear, not both")
+        return None
+    if count is None or window is None:
+        raise BadRequest("a rate limit needs both a count and a window (seconds); --clear removes it")
+    if not 0 <= count <= MAX_RATE_LIMIT_COUNT:
+        raise BadRequest(f"count must be between 0 and {MAX_RATE_LIMIT_COUNT}")
+    if not 1 <= window <= MAX_RATE_LIMIT_WINDOW:
+        raise BadRequest(f"window must be between 1 and {MAX_RATE_LIMIT_WINDOW} seconds")
+    return {"count": count, "window": window}
+
 
 @dataclass
 class Decision:

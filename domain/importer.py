@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from domain.decisions import Decision, IdDraw, checked_option
+from domain.decisions import Decision, IdDraw, checked_option, checked_rate_limit
 from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS
 from domain.project_config import check_pii_import
 from domain.state import DomainState
@@ -34,6 +34,19 @@ class EventMaker(Protocol):
 
 def _problem(path: str, text: str) -> BadRequest:
     return BadRequest(f"{path}: {text}", {"path": path})
+
+
+def _rate_limit(path: str, raw: Any) -> dict[str, int] | None:
+    """A key's `rateLimit` (`{"count", "window"}` as `export.orgs` writes it, or null)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"count", "window"} or not all(
+            isinstance(raw[k], int) and not isinstance(raw[k], bool) for k in raw):
+        raise _problem(path, 'must be {"count": n, "window": seconds} or null')
+    try:
+        return checked_rate_limit(raw["count"], raw["window"], False)
+    except BadRequest as exc:
+        raise _problem(path, exc.message) from None
 
 
 def _options(scope: str, path: str, raw: Any) -> dict[str, Any]:
@@ -124,10 +137,11 @@ def decide_import(decider: EventMaker, spec: dict[str, Any]) -> Decision:
             if public_key in seen_keys:
                 raise _problem(f"{kpath}.publicKey", "duplicate key")
             seen_keys.add(public_key)
+            rate_limit = _rate_limit(f"{kpath}.rateLimit", key_spec.get("rateLimit"))
             existing = state.keys.get(public_key)
             if existing is None:
                 events.append(decider.event("KeyCreated", slug, project=project_slug, public_key=public_key,
-                                            status=status, rate_limit=None, numeric_id=decider.ids.take("key")))
+                                            status=status, rate_limit=rate_limit, numeric_id=decider.ids.take("key")))
                 counts["keys"] += 1
                 if named:
                     explicit_keys.append(public_key)  # claimed before the commit: see domain/decider.py
@@ -140,6 +154,9 @@ def decide_import(decider: EventMaker, spec: dict[str, Any]) -> Decision:
             if existing.status != status:
                 events.append(decider.event("KeyDisabled" if status == DISABLED else "KeyEnabled", slug,
                                             public_key=public_key))
+            # an existing key keeps its rate limit unless the spec names one (null: none)
+            if "rateLimit" in key_spec and existing.rate_limit != rate_limit:
+                events.append(decider.event("KeyRateLimitSet", slug, public_key=public_key, rate_limit=rate_limit))
     check_pii_import(state, slug, org_options, all_project_options)
     summary = {**counts, "events": len(events)}
     return Decision(ORG, slug, events, lambda s: summary, explicit_keys=explicit_keys)

@@ -68,7 +68,8 @@ def export_orgs(state: DomainState) -> dict[str, Any]:
             project = state.projects[project_id]
             if project.status == DELETED:
                 continue
-            keys = [{"publicKey": k.public_key, "status": k.status}
+            keys = [{"publicKey": k.public_key, "status": k.status, **({"rateLimit": dict(k.rate_limit)}
+                                                                         if k.rate_limit else {})}
                     for k in sorted(state.keys_of(project.id), key=lambda k: k.numeric_id)]
             projects.append({"slug": project.slug, "name": project.name, "options": dict(project.options),
                              "keys": keys})

@@ -295,6 +295,15 @@ class DomainState:
     def _on_KeyDeleted(self, e: DomainEvent, seq: int) -> Changes | None:
         return self._set_key_status(e, None)
 
+    def _on_KeyRateLimitSet(self, e: DomainEvent, seq: int) -> Changes | None:
+        key = self.keys.get(e.payload["public_key"])
+        if key is None:
+            return None
+        limit = e.payload.get("rate_limit")
+        key.rate_limit = {"window": int(limit["window"]), "count": int(limit["count"])} if limit else None
+        key.last_change = e.ts
+        return Changes(public_keys={key.public_key})
+
     def _relay(self, public_key: str) -> Relay:
         return self.relays.setdefault(public_key, Relay(public_key=public_key))
 

@@ -59,6 +59,9 @@ CONTROL: dict[str, Schema] = {
     "key.disable": {"public_key": public_key},
     "key.enable": {"public_key": public_key},
     "key.delete": {"public_key": public_key},
+    # a key's rate limit (count per window, Relay's key quota); `clear` removes it
+    "key.rate_limit": {"public_key": public_key, "count": field(int, required=False),
+                       "window": field(int, required=False), "clear": field(bool, required=False, default=False)},
     "key.list": _org_project,
     "relay.allow": {"public_key": relay_key, "internal": field(bool, required=False, default=False)},
     "relay.deny": {"public_key": relay_key},

@@ -117,6 +117,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("key.disable"),
     _control("key.enable"),
     _control("key.delete"),
+    _control("key.rate_limit"),
     _control("key.list", query=True),
     _control("relay.allow"),
     _control("relay.deny"),

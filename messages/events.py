@@ -62,6 +62,7 @@ EVENT_TYPES: dict[str, tuple[str, int]] = {
     "KeyDisabled": (ORG, 1),
     "KeyEnabled": (ORG, 1),
     "KeyDeleted": (ORG, 1),
+    "KeyRateLimitSet": (ORG, 1),  # rate_limit: {"count", "window"} or None (no limit)
     # relay aggregate (id: the relay's public key)
     "RelayAllowed": (RELAY, 1),
     "RelayDenied": (RELAY, 1),

@@ -410,3 +410,49 @@ def test_relay_outcomes_are_stored_for_internal_relays_only(system: SystemUnderT
     assert status == 403 and "internal" in data["detail"]
     status, data = relay.post("outcomes/", outcomes, sign=False)
     assert status == 401
+
+
+def test_a_key_rate_limit_set_from_the_cli_limits_sdks_and_travels_in_export(system: SystemUnderTest,
+                                                                            relay: RelayClient,
+                                                                            tmp_path: Any) -> None:
+    """`relayctl key rate-limit KEY 1 3600`: the config's key quota, enforced at ingest for
+    the SDK (429 naming the key quota), not for the relay; `--clear` lifts it; export
+    carries `rateLimit` and import sets it."""
+    project = system.new_project()
+    out = system.cli_ok("key", "rate-limit", project["publicKey"], "1", "3600", "--json")
+    assert out == {"publicKey": project["publicKey"], "rateLimit": {"count": 1, "window": 3600}}
+    assert wait_status(lambda: post(system, project, envelope(uuid.uuid4().hex))[0], 429)
+    status, headers, _ = post(system, project, envelope(uuid.uuid4().hex))
+    assert status == 429 and headers["x-sentry-rate-limits"].endswith(":key:key_quota")
+    signed = {"X-Sentry-Relay-Id": relay.relay_id, "X-Sentry-Relay-Signature": relay.secret_key.sign(b"")}
+    assert post(system, project, envelope(uuid.uuid4().hex), headers=signed)[0] == 200
+
+    exported = json.loads(system.cli_ok("export", "-"))
+    [spec] = [o for o in exported["orgs"] if o["slug"] == project["org"]]
+    assert spec["projects"][0]["keys"][0]["rateLimit"] == {"count": 1, "window": 3600}
+
+    system.cli_ok("key", "rate-limit", project["publicKey"], "--clear")
+    assert wait_status(lambda: post(system, project, envelope(uuid.uuid4().hex))[0], 200)
+    exported = json.loads(system.cli_ok("export", "-"))
+    [spec] = [o for o in exported["orgs"] if o["slug"] == project["org"]]
+    assert "rateLimit" not in spec["projects"][0]["keys"][0]
+
+    spec["projects"][0]["keys"][0]["rateLimit"] = {"count": 5, "window": 60}
+    path = tmp_path / "org.json"
+    path.write_text(json.dumps({"orgs": [spec]}))
+    system.cli_ok("import", str(path))
+    exported = json.loads(system.cli_ok("export", "-"))
+    [spec] = [o for o in exported["orgs"] if o["slug"] == project["org"]]
+    assert spec["projects"][0]["keys"][0]["rateLimit"] == {"count": 5, "window": 60}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("1",), "needs both a count and a window"),
+    (("1", "0"), "window must be between 1"),
+    (("--", "-1", "60"), "count must be between 0"),
+    (("1", "60", "--clear"), "not both"),
+])
+def test_a_bad_key_rate_limit_is_refused(system: SystemUnderTest, project: dict[str, Any], args: tuple[str, ...],
+                                         message: str) -> None:
+    result = system.cli("key", "rate-limit", project["publicKey"], *args)
+    assert result.exit_code != 0 and message in result.stderr, (result.stdout, result.stderr)
