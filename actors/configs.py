@@ -27,14 +27,13 @@ import redis
 import structlog
 
 from actors.base import DEFERRED
-from actors.lookup import trusted_relay_keys
 from actors.redis_watch import MaterializingActor
 from bus import metrics
 from bus.cache_keys import CONFIG_MAC_BUCKET
 from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_key, encode_entry, seal
 from bus.service import Call
 from domain.project_config import build_project_config
-from domain.state import Changes
+from domain.state import Changes, trusted_relay_keys
 from messages.errors import NotFound
 from messages.events import ORG, DomainEvent, aggregate_subject
 

@@ -26,7 +26,8 @@ from bus.cache_keys import RELAY_AUTH_MAC_BUCKET
 from bus.config_cache import RELAY_AUTH_PREFIX, seal
 from bus.service import Call
 from domain.model import Relay
-from domain.state import Changes, DomainState, trusted_relay_keys
+from domain.queries import keys_lookup, org_has_access, relay_auth
+from domain.state import Changes
 from messages.events import DomainEvent
 from messages.subjects import RELAY_CHANGED
 
@@ -34,40 +35,11 @@ log = structlog.get_logger(__name__)
 RELAY_AUTH_VALIDITY = 900  # seconds a relayauth entry is good for (in the entry and as its Redis TTL)
 
 
-def has_org_access(state: DomainState, relay_public_key: str, org_id: int, internal: bool) -> bool:
-    """Internal relays see every org; others only orgs listing their key as trusted."""
-    if internal:
-        return True
-    org = state.orgs.get(org_id)
-    return org is not None and relay_public_key in trusted_relay_keys(org.options)
-
-
-def relay_auth(state: DomainState, relay: Relay | None, relay_id: str | None = None) -> dict[str, Any] | None:
-    """What the gateway needs to authenticate a relay (under `relay_id`, one of the ids it
-    registered under; default the last) and decide what it may fetch."""
-    if relay is None:
-        return None
-    return {"relayId": relay_id or relay.relay_id, "publicKey": relay.public_key, "internal": relay.internal,
-            "banned": relay.banned, "version": relay.version,
-            "trusted": state.trusted_by_any_org(relay.public_key)}
-
-
 class KeyLookupActor(ProjectionActor):
     name = "keys"
 
     def handle_keys_lookup(self, call: Call) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for public_key in call.payload["public_keys"]:
-            key = self.state.keys.get(public_key) if isinstance(public_key, str) else None
-            project = self.state.projects.get(key.project_id) if key else None
-            if key is None or project is None:
-                out[str(public_key)] = None
-                continue
-            out[public_key] = {"projectId": project.id, "organizationId": project.org_id,
-                               "numericId": key.numeric_id, "status": key.status,
-                               "projectStatus": project.status, "rateLimit": key.rate_limit,
-                               "active": key.is_active and project.is_active}
-        return out
+        return keys_lookup(self.state, call.payload["public_keys"])
 
 
 class OrgAccessActor(MaterializingActor):
@@ -80,10 +52,7 @@ class OrgAccessActor(MaterializingActor):
         log.info("orgs.relay_auth_rewritten", relays=len(self.state.relays))
 
     def handle_org_has_access(self, call: Call) -> dict[str, bool]:
-        relay = self.state.relays.get(call.payload["relay_public_key"])
-        internal = bool(relay and relay.internal and not relay.banned)
-        return {str(org_id): has_org_access(self.state, call.payload["relay_public_key"], int(org_id), internal)
-                for org_id in call.payload["org_ids"] if isinstance(org_id, int)}
+        return org_has_access(self.state, call.payload)
 
     def handle_org_relay_auth(self, call: Call) -> Any:
         def answer() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from domain.decisions import Decision, IdDraw, checked_option, checked_rate_limit
-from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS
+from domain.model import ACTIVE, DISABLED, TRUSTED_RELAYS
 from domain.project_config import check_pii_import
 from domain.state import DomainState
 from messages.commands import PUBLIC_KEY_RE, SLUG_RE
@@ -112,8 +112,6 @@ def decide_import(decider: EventMaker, spec: dict[str, Any]) -> Decision:
                                         name=project_spec.get("name") or project_slug, template=None,
                                         id=decider.ids.take("project")))
             counts["projects"] += 1
-        elif project.status == DELETED:
-            raise _problem(f"{path}.slug", "project was deleted")
         for key, value in project_options.items():
             if project is None or project.options.get(key, object()) != value:
                 events.append(decider.event("ProjectOptionSet", slug, project=project_slug, key=key, value=value))

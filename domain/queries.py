@@ -3,17 +3,17 @@ made of, and the queries the command handlers answer from their projection."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from domain import options as option_catalogue
 from domain.decisions import checked_key, token_hash
-from domain.model import DELETED, TRUSTED_RELAYS, Org, Project, ProjectKey
-from domain.state import DomainState
+from domain.model import DELETED, TRUSTED_RELAYS, Org, Project, ProjectKey, Relay
+from domain.state import DomainState, trusted_relay_keys
 from messages.errors import BadRequest, NotFound, Unauthorized
 
 QUERY_TYPES = {"org.option_get", "project.option_get", "key.list", "relay.list",
                "user.permission_list", "user.authenticate", "export.orgs"}
-
 
 def require_org(state: DomainState, slug: str) -> Org:
     org = state.org(slug)
@@ -50,10 +50,46 @@ def key_view(key: ProjectKey) -> dict[str, Any]:
             "projectId": key.project_id}
 
 
-def relay_view(relay: Any) -> dict[str, Any]:
+def relay_view(relay: Relay) -> dict[str, Any]:
     return {"publicKey": relay.public_key, "relayId": relay.relay_id, "internal": relay.internal,
             "banned": relay.banned, "version": relay.version, "firstSeen": relay.first_seen,
-            "lastSeen": relay.last_seen}
+            "lastSeen": relay.last_seen, "usage": [dict(u) for u in relay.usage]}
+
+
+# -- the read side's queries (answered by the key lookup and org access actors) --------------
+
+def keys_lookup(state: DomainState, public_keys: list[Any]) -> dict[str, Any]:
+    """`keys.lookup`: what the gateway needs of each key (None: no such key)."""
+    out: dict[str, Any] = {}
+    for public_key in public_keys:
+        key = state.keys.get(public_key) if isinstance(public_key, str) else None
+        project = state.projects.get(key.project_id) if key else None
+        if key is None or project is None:
+            out[str(public_key)] = None
+            continue
+        out[key.public_key] = {"projectId": project.id, "organizationId": project.org_id,
+                               "numericId": key.numeric_id, "status": key.status,
+                               "projectStatus": project.status, "rateLimit": key.rate_limit,
+                               "active": key.is_active and project.is_active}
+    return out
+
+
+def has_org_access(state: DomainState, relay_public_key: str, org_id: int, internal: bool) -> bool:
+    """Internal relays see every org; others only orgs listing their key as trusted."""
+    if internal:
+        return True
+    org = state.orgs.get(org_id)
+    return org is not None and relay_public_key in trusted_relay_keys(org.options)
+
+
+def relay_auth(state: DomainState, relay: Relay | None, relay_id: str | None = None) -> dict[str, Any] | None:
+    """What the gateway needs to authenticate a relay (under `relay_id`, one of the ids it
+    registered under; default the last) and decide what it may fetch."""
+    if relay is None:
+        return None
+    return {"relayId": relay_id or relay.relay_id, "publicKey": relay.public_key, "internal": relay.internal,
+            "banned": relay.banned, "version": relay.version,
+            "trusted": state.trusted_by_any_org(relay.public_key)}
 
 
 def export_orgs(state: DomainState) -> dict[str, Any]:
@@ -78,35 +114,73 @@ def export_orgs(state: DomainState) -> dict[str, Any]:
     return {"orgs": orgs}
 
 
+def _org_option_get(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
+    org = require_org(state, payload["org"])
+    key = payload["key"]
+    checked_key("org", key, org.options)
+    return {"key": key, "value": org.options.get(key, option_catalogue.OPTION_DEFAULTS.get(key)),
+            "isSet": key in org.options}
+
+
+def _project_option_get(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
+    project = require_project(state, payload["org"], payload["project"])
+    org = state.orgs[project.org_id]
+    key = payload["key"]
+    checked_key("project", key, project.options)
+    return {"key": key, "value": option_catalogue.get_option(project, key, org=org),
+            "isSet": key in project.options}
+
+
+def _key_list(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
+    project = require_project(state, payload["org"], payload["project"])
+    return {"keys": [key_view(k) for k in state.keys_of(project.id)]}
+
+
+def _relay_list(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"relays": [relay_view(r) for r in sorted(state.relays.values(), key=lambda r: r.public_key)]}
+
+
+def _user_permission_list(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
+    user = require_user(state, payload["username"])
+    return {"username": user.username, "permissions": sorted(user.permissions)}
+
+
+def _user_authenticate(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
+    digest = token_hash(payload["token"])
+    for user in state.users.values():
+        if digest in user.token_hashes:
+            return {"username": user.username, "superuser": user.superuser, "permissions": sorted(user.permissions)}
+    raise Unauthorized("invalid token")
+
+
+def org_has_access(state: DomainState, payload: dict[str, Any]) -> dict[str, bool]:
+    """`org.has_access`: for each org id, whether the relay may fetch that org's configs."""
+    relay_public_key = payload["relay_public_key"]
+    relay = state.relays.get(relay_public_key)
+    internal = bool(relay and relay.internal and not relay.banned)
+    return {str(org_id): has_org_access(state, relay_public_key, org_id, internal)
+            for org_id in payload["org_ids"] if isinstance(org_id, int)}
+
+
+Answer = Callable[[DomainState, dict[str, Any]], Any]
+
+# Every query the domain answers, by message type: the command actor serves some of them,
+# the key lookup and org access actors others (messages/endpoints.py says who serves what).
+QUERY_ANSWERS: dict[str, Answer] = {
+    "org.option_get": _org_option_get,
+    "project.option_get": _project_option_get,
+    "key.list": _key_list,
+    "relay.list": _relay_list,
+    "user.permission_list": _user_permission_list,
+    "user.authenticate": _user_authenticate,
+    "export.orgs": lambda state, payload: export_orgs(state),
+    "keys.lookup": lambda state, payload: keys_lookup(state, payload["public_keys"]),
+    "org.has_access": org_has_access,
+}
+
+
 def answer_query(state: DomainState, message_type: str, payload: dict[str, Any]) -> Any:
-    if message_type == "org.option_get":
-        org = require_org(state, payload["org"])
-        key = payload["key"]
-        checked_key("org", key, org.options)
-        return {"key": key, "value": org.options.get(key, option_catalogue.OPTION_DEFAULTS.get(key)),
-                "isSet": key in org.options}
-    if message_type == "project.option_get":
-        project = require_project(state, payload["org"], payload["project"])
-        org = state.orgs[project.org_id]
-        key = payload["key"]
-        checked_key("project", key, project.options)
-        return {"key": key, "value": option_catalogue.get_option(project, key, org=org),
-                "isSet": key in project.options}
-    if message_type == "key.list":
-        project = require_project(state, payload["org"], payload["project"])
-        return {"keys": [key_view(k) for k in state.keys_of(project.id)]}
-    if message_type == "relay.list":
-        return {"relays": [relay_view(r) for r in sorted(state.relays.values(), key=lambda r: r.public_key)]}
-    if message_type == "user.permission_list":
-        user = require_user(state, payload["username"])
-        return {"username": user.username, "permissions": sorted(user.permissions)}
-    if message_type == "export.orgs":
-        return export_orgs(state)
-    if message_type == "user.authenticate":
-        digest = token_hash(payload["token"])
-        for user in state.users.values():
-            if digest in user.token_hashes:
-                return {"username": user.username, "superuser": user.superuser,
-                        "permissions": sorted(user.permissions)}
-        raise Unauthorized("invalid token")
-    raise BadRequest(f"unknown query {message_type}")
+    answer = QUERY_ANSWERS.get(message_type)
+    if answer is None:
+        raise BadRequest(f"unknown query {message_type}")
+    return answer(state, payload)

@@ -143,7 +143,8 @@ def test_an_envelope_goes_to_the_target_with_its_key_and_dsn(system: SystemUnder
     assert received.event_id == event_id
     # every item byte for byte as stored
     assert received.body.split(b"\n", 1)[1] == body.split(b"\n", 1)[1]
-    assert received.envelope.get_event()["exception"]["values"][0]["value"] == "boom"
+    event = received.envelope.get_event()
+    assert event is not None and event["exception"]["values"][0]["value"] == "boom"
 
 
 def test_the_org_dsn_is_the_default_and_a_project_may_opt_out(system: SystemUnderTest, appender: Appender,

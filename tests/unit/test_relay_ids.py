@@ -3,7 +3,7 @@ a snapshot (issue 10 item 7: an earlier id must not keep the rights it had)."""
 
 from __future__ import annotations
 
-from actors.lookup import relay_auth
+from domain.queries import relay_auth
 from domain.state import DomainState
 from messages.events import DomainEvent
 
