@@ -51,6 +51,16 @@ GLOBAL_CONFIG: dict[str, Any] = {
         ] + [{"name": "cls", "unit": "none"}],
         "maxCustomMeasurements": 10,
     },
+    # Sentry's span op defaults: a span with `messaging.system` data is a "message" span.
+    # (Sentry's other current fields - aiModelCosts, aiOperationTypeMap, metricExtraction -
+    # are dropped by the newest sentry_relay's normalize_global_config, so a document with
+    # them would not round-trip: they are left out until it keeps them.)
+    "spanOpDefaults": {
+        "rules": [{
+            "condition": {"op": "not", "inner": {"op": "eq", "name": "span.data.messaging\\.system", "value": None}},
+            "value": "message",
+        }],
+    },
 }
 
 

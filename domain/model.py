@@ -77,6 +77,9 @@ class Relay:
     version: str | None = None
     first_seen: float | None = None
     last_seen: float | None = None
+    # as Sentry's RelayUsage: one entry per (relay id, version) it registered with, each
+    # {"relayId", "version", "firstSeen", "lastSeen"}; the oldest go past MAX_RELAY_USAGE
+    usage: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

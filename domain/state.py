@@ -29,6 +29,21 @@ SNAPSHOT_FORMAT = 3
 _UNSET: Any = object()
 
 
+MAX_RELAY_USAGE = 50  # (relay id, version) entries kept per relay key
+
+
+def _record_usage(relay: Relay, ts: float) -> None:
+    """First and last seen of the relay's current (id, version), as Sentry's RelayUsage."""
+    for entry in relay.usage:
+        if entry["relayId"] == relay.relay_id and entry["version"] == relay.version:
+            entry["lastSeen"] = ts
+            return
+    relay.usage.append({"relayId": relay.relay_id, "version": relay.version, "firstSeen": ts, "lastSeen": ts})
+    if len(relay.usage) > MAX_RELAY_USAGE:
+        relay.usage.sort(key=lambda u: u["lastSeen"])
+        del relay.usage[:len(relay.usage) - MAX_RELAY_USAGE]
+
+
 def trusted_relay_keys(options: dict[str, Any]) -> list[str]:
     """The public keys an org lists in `sentry:trusted-relays`."""
     return [e["public_key"] for e in options.get(TRUSTED_RELAYS) or []
@@ -327,6 +342,7 @@ class DomainState:
         relay.version = e.payload.get("version")
         relay.first_seen = relay.first_seen or e.ts
         relay.last_seen = e.ts
+        _record_usage(relay, e.ts)
         self.relay_key_by_id[relay.relay_id] = relay.public_key
         return Changes(relays={relay.public_key})
 
@@ -334,6 +350,7 @@ class DomainState:
         relay = self._relay(e.aggregate_id)
         relay.last_seen = e.ts
         relay.version = e.payload.get("version") or relay.version
+        _record_usage(relay, e.ts)
 
     def _on_UserCreated(self, e: DomainEvent, seq: int) -> None:
         self.users[e.aggregate_id] = User(username=e.aggregate_id, email=e.payload.get("email"),

@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 import zlib
@@ -57,7 +58,7 @@ from bus.ingest_store import (
 from bus.rate_limits import Quota, RateLimiter, envelope_categories, quotas_of
 from gateway.envelopes import MalformedEnvelope, check, normalize_event_id, wrap_event
 from gateway.errors import HTTPFailure, error_response, json_response
-from gateway.relays import PUBLIC_KEY_RE, SIGNED_MAX_AGE, UUID_RE, RelayEndpoints, RelayIdentity, parse_json
+from gateway.relays import SIGNED_MAX_AGE, UUID_RE, RelayEndpoints, RelayIdentity, parse_json
 from messages.errors import RelayctlError, Unavailable
 from messages.subjects import INGEST_METRICS, INGEST_OUTCOMES
 
@@ -72,6 +73,7 @@ CORS_ALLOW_HEADERS = ("x-sentry-auth, x-requested-with, origin, accept, content-
 CORS_EXPOSE_HEADERS = "x-sentry-error, x-sentry-rate-limits, retry-after"
 KEY_ASK_TIMEOUT = 3.0  # a cache miss asks the config builder once, within Relay's patience
 UNKNOWN_KEY_TTL = 10.0  # a key the builder said is unknown is not asked again for this long
+PUBLIC_KEY_RE = re.compile(r"[0-9a-f]{32}")  # with fullmatch: no trailing newline slips through
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

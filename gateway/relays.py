@@ -378,8 +378,13 @@ class RelayEndpoints:
             raise HTTPFailure(400, "No valid json body")
         if version == "1":
             return await self._configs_v1(relay, data)
+        # As Sentry: no `publicKeys` is an empty batch (a global-config-only poll), and an
+        # entry that is not a string is skipped like any other key that is not a key, so one
+        # bad entry never fails the batch (Relay's own upstream serves the rest).
         keys = data.get("publicKeys")
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        if keys is None:
+            keys = []
+        if not isinstance(keys, list):
             raise HTTPFailure(400, "publicKeys must be a list of strings")
         if len(keys) > 5000:
             raise HTTPFailure(400, "at most 5000 publicKeys per request")
@@ -388,7 +393,7 @@ class RelayEndpoints:
             revisions = [None] * len(keys)
         valid: dict[str, str | None] = {}  # a key asked twice is answered once
         for key, revision in zip(keys, revisions):
-            if PUBLIC_KEY_RE.fullmatch(key) and key not in valid:
+            if isinstance(key, str) and PUBLIC_KEY_RE.fullmatch(key) and key not in valid:
                 valid[key] = revision if isinstance(revision, str) else None
         wanted = list(valid.items())
         with_global = version == "3" and data.get("global") is True
@@ -477,6 +482,8 @@ class RelayEndpoints:
 
     async def _configs_v1(self, relay: RelayIdentity, data: dict[str, Any]) -> web.Response:
         projects = data.get("projects")
+        if projects is None:  # as Sentry: no projects asked, none answered
+            projects = []
         if not isinstance(projects, list):
             raise HTTPFailure(400, "projects must be a list of project ids")
         if len(projects) > 5000:

@@ -456,3 +456,44 @@ def test_a_bad_key_rate_limit_is_refused(system: SystemUnderTest, project: dict[
                                          message: str) -> None:
     result = system.cli("key", "rate-limit", project["publicKey"], *args)
     assert result.exit_code != 0 and message in result.stderr, (result.stdout, result.stderr)
+
+
+# -- protocol fidelity (Sentry's own relay tests, translated) -------------------------------------
+
+def test_a_projectconfigs_body_without_keys_is_an_empty_batch(relay: RelayClient) -> None:
+    for version in (2, 3):
+        status, data = relay.post(f"projectconfigs/?version={version}", {})
+        assert status == 200 and data["configs"] == {}, (version, data)
+    status, data = relay.post("projectconfigs/?version=1", {})
+    assert (status, data) == (200, {"configs": {}})
+
+
+def test_one_non_string_key_does_not_fail_the_batch(system: SystemUnderTest, relay: RelayClient,
+                                                    project: dict[str, Any]) -> None:
+    key = project["publicKey"]
+    response = relay.poll([key], lambda r: key in r["configs"])  # built and cached
+    assert response["configs"][key]["disabled"] is False
+    status, data = relay.post("projectconfigs/?version=3", {"publicKeys": [1, None, key, {"x": 1}]})
+    assert status == 200 and list(data["configs"]) == [key]
+
+
+def test_the_global_config_carries_span_op_defaults(relay: RelayClient) -> None:
+    import sentry_relay
+
+    response = relay.poll([], lambda r: r.get("globalStatus") == "ready", **{"global": True})
+    assert response["global"]["spanOpDefaults"]["rules"][0]["value"] == "message"
+    assert sentry_relay.normalize_global_config(response["global"]) == response["global"]
+
+
+def test_relay_usage_is_recorded_per_version(system: SystemUnderTest) -> None:
+    relay = RelayClient(system.url, version="24.10.0")
+    system.cli_ok("relay", "allow", "--internal", "--", relay.public_key_str)
+    relay.register()
+    relay.version = "24.11.0"
+    relay.register()
+    [listed] = [r for r in system.cli_ok("relay", "list", "--json")["relays"]
+                if r["publicKey"] == relay.public_key_str]
+    usage = {u["version"]: u for u in listed["usage"]}
+    assert set(usage) == {"24.10.0", "24.11.0"}
+    assert all(u["relayId"] == relay.relay_id and u["firstSeen"] <= u["lastSeen"] for u in usage.values())
+    assert usage["24.10.0"]["lastSeen"] <= usage["24.11.0"]["firstSeen"]
