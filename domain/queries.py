@@ -54,8 +54,6 @@ def relay_view(relay: Relay) -> dict[str, Any]:
     return {"publicKey": relay.public_key, "relayId": relay.relay_id, "internal": relay.internal,
             "banned": relay.banned, "version": relay.version, "firstSeen": relay.first_seen,
             "lastSeen": relay.last_seen, "usage": [dict(u) for u in relay.usage]}
-<<<<<<< domain/queries.py
-=======
 
 
 # -- the read side's queries (answered by the key lookup and org access actors) --------------
@@ -92,7 +90,6 @@ def relay_auth(state: DomainState, relay: Relay | None, relay_id: str | None = N
     return {"relayId": relay_id or relay.relay_id, "publicKey": relay.public_key, "internal": relay.internal,
             "banned": relay.banned, "version": relay.version,
             "trusted": state.trusted_by_any_org(relay.public_key)}
->>>>>>> /tmp/rebase_head
 
 
 def export_orgs(state: DomainState) -> dict[str, Any]:
