@@ -75,9 +75,10 @@ def test_relay_list_lists_every_relay_by_key() -> None:
               event("RelayDenied", RELAY))
     assert g.ask("relay.list") == {"relays": [
         {"publicKey": OTHER_RELAY, "relayId": RELAY_ID, "internal": False, "banned": False, "version": "1.2",
-         "firstSeen": NOW, "lastSeen": NOW},
+         "firstSeen": NOW, "lastSeen": NOW,
+         "usage": [{"relayId": RELAY_ID, "version": "1.2", "firstSeen": NOW, "lastSeen": NOW}]},
         {"publicKey": RELAY, "relayId": None, "internal": False, "banned": True, "version": None,
-         "firstSeen": None, "lastSeen": None}]}
+         "firstSeen": None, "lastSeen": None, "usage": []}]}
     assert given().ask("relay.list") == {"relays": []}
 
 
