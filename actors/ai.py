@@ -75,8 +75,8 @@ from actors.error_events import (
     prepare_event,
 )
 from bus import local_model, metrics
-from bus.eventstore import EventStore
 from bus.runtime import BusRuntime
+from bus.seams import Bus
 from bus.service import Call
 from domain.ai_prompt import InvalidEvent, describe_event_for_ai
 from messages.errors import (
@@ -88,11 +88,11 @@ from messages.errors import (
     RelayctlError,
     Unavailable,
 )
+from messages.subjects import EVENTS_INGEST
 
 __all__ = [
     "AI_POLICY_OPTION",
     "CACHE_TTL",
-    "INGEST_SUBJECTS",
     "AIConfig",
     "AISuggestionActor",
     "InMemorySuggestionCache",
@@ -111,7 +111,6 @@ AI_POLICY_OPTION = "ai:policy"
 DEFAULT_POLICY = "allowed"
 CACHE_TTL = 300
 CACHE_PREFIX = "ai:suggestion:"
-INGEST_SUBJECTS = "rc.events.ingest.*"
 # Left for the reply to travel back after a model call that used up the rest.
 DEADLINE_MARGIN = 0.5
 # Bounds on the blocking lookups around the model call.
@@ -269,17 +268,12 @@ class _Suggestion:
 class AISuggestionActor(ProjectionActor):
     name = "ai"
 
-    def __init__(self, runtime: BusRuntime, store: EventStore, *, ai_config: AIConfig,
-                 cache: SuggestionCache | None = None, events: ErrorEventStore | None = None,
-                 client_factory: ClientFactory | None = None, max_concurrent: int = 4,
-                 max_pending: int = 64) -> None:
-        super().__init__(runtime, store)
+    def __init__(self, runtime: BusRuntime, bus: Bus, *, ai_config: AIConfig, events: ErrorEventStore,
+                 cache: SuggestionCache | None = None, client_factory: ClientFactory | None = None,
+                 max_concurrent: int = 4, max_pending: int = 64) -> None:
+        super().__init__(runtime, bus)
         self.ai_config = ai_config
         self.cache: SuggestionCache = cache if cache is not None else InMemorySuggestionCache()
-        if events is None:
-            if runtime.nc is None:
-                raise ValueError("an AI actor without a NATS connection needs an explicit event store")
-            events = JetStreamErrorEventStore(runtime.nc)
         self.events = events
         self.client_factory: ClientFactory = client_factory or (
             lambda model, timeout: ai_config.client(model, timeout))
@@ -297,7 +291,7 @@ class AISuggestionActor(ProjectionActor):
         super().on_start()
         # One queue group, so each published event is stored by one instance (fire-and-forget:
         # an instance going down drops what it had).
-        self.listen(INGEST_SUBJECTS, lambda msg: IngestEvent(msg.subject, msg.data), queue="rc-ai-ingest")
+        self.listen(EVENTS_INGEST, lambda msg: IngestEvent(msg.subject, msg.data), queue="rc-ai-ingest")
 
     def on_stop(self) -> None:
         super().on_stop()
@@ -344,13 +338,10 @@ class AISuggestionActor(ProjectionActor):
 
         return self.serve_caught_up(call, store)
 
-    def handle_events_get(self, call: Call) -> Any:
-        def get() -> Any:
-            project_id = self._project_id(call.payload["org"], call.payload["project"])
-            self._submit(call, lambda: self._stored_event(project_id, call.payload["event_id"], call).to_map())
-            return DEFERRED
-
-        return self.serve_caught_up(call, get)
+    def handle_events_get(self, call: Call) -> Any:  # CAUGHT_UP (messages/endpoints.py)
+        project_id = self._project_id(call.payload["org"], call.payload["project"])
+        self._submit(call, lambda: self._stored_event(project_id, call.payload["event_id"], call).to_map())
+        return DEFERRED
 
     def _write(self, stored: StoredEvent, call: Call | None) -> None:
         """Store without blocking the actor: the write runs on the loop, the reply follows it."""
@@ -407,21 +398,18 @@ class AISuggestionActor(ProjectionActor):
 
     # -- suggestions ---------------------------------------------------------------------------
 
-    def handle_ai_suggest(self, call: Call) -> Any:
-        def suggest() -> Any:
-            payload = call.payload
-            org = self.state.org(payload["org"])
-            if org is None:
-                raise NotFound(f"No organization matching `{payload['org']}`")
-            policy = effective_policy(org.options.get(AI_POLICY_OPTION, DEFAULT_POLICY),
-                                      pii_certified=payload["pii_certified"])
-            check_policy(policy, consent=payload["consent"])
-            project_id = self._project_id(payload["org"], payload["project"])
-            job = _Suggestion(call, project_id, payload["event_id"], payload["stream"], payload.get("model"))
-            self._submit(call, lambda: self._suggest(job))
-            return DEFERRED
-
-        return self.serve_caught_up(call, suggest)
+    def handle_ai_suggest(self, call: Call) -> Any:  # CAUGHT_UP (messages/endpoints.py)
+        payload = call.payload
+        org = self.state.org(payload["org"])
+        if org is None:
+            raise NotFound(f"No organization matching `{payload['org']}`")
+        policy = effective_policy(org.options.get(AI_POLICY_OPTION, DEFAULT_POLICY),
+                                  pii_certified=payload["pii_certified"])
+        check_policy(policy, consent=payload["consent"])
+        project_id = self._project_id(payload["org"], payload["project"])
+        job = _Suggestion(call, project_id, payload["event_id"], payload["stream"], payload.get("model"))
+        self._submit(call, lambda: self._suggest(job))
+        return DEFERRED
 
     def _submit(self, call: Call, work: Callable[[], Any]) -> None:
         """Run blocking `work` on the pool and answer `call` with its result or error."""
@@ -528,7 +516,7 @@ def _wire_error(error: AIError) -> RelayctlError:
 
 
 def ai_actor_factory(ai_config: AIConfig | None = None, **options: Any) -> Callable[[Any], pykka.ActorRef[Any]]:
-    """How a worker starts the AI actor: `deps` gives the runtime, the store and Redis.
+    """How a worker starts the AI actor: `deps` gives the runtime, the bus, NATS and Redis.
 
     Without `ai_config` the configuration is read from the environment when the actor
     starts (each restart reads it again).
@@ -536,7 +524,7 @@ def ai_actor_factory(ai_config: AIConfig | None = None, **options: Any) -> Calla
 
     def start(deps: Any) -> pykka.ActorRef[Any]:
         cache = RedisSuggestionCache(deps.redis_url) if deps.redis_url else None
-        return AISuggestionActor.start(deps.runtime, deps.store, ai_config=ai_config or AIConfig.from_env(),
-                                       cache=cache, **options)
+        return AISuggestionActor.start(deps.runtime, deps.bus, ai_config=ai_config or AIConfig.from_env(),
+                                       events=JetStreamErrorEventStore(deps.nc), cache=cache, **options)
 
     return start

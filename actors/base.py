@@ -13,14 +13,16 @@ Requests arrive as `Call`s (bus/service.py) and are dispatched to `handle_<type>
 (dots become underscores). A handler returns the result, raises a `RelayctlError`, or
 returns `DEFERRED` after parking the call with `self.after(sequence, fn)`. `catch_up()`
 gives read-your-writes: it parks work until the projection has folded everything the
-stream held when it was called.
+stream held when it was called. A query the endpoint table marks CAUGHT_UP is parked so
+before its handler runs (at the request's `after` sequence when it names one).
 """
 
 from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +30,13 @@ import pykka
 import structlog
 
 from bus import metrics
-from bus.eventstore import EventStore, JetStreamEventStore
 from bus.runtime import BusRuntime
+from bus.seams import Bus, Message
 from bus.service import Call
-from bus.snapshots import SnapshotSigner, SnapshotStore
+from bus.snapshots import SnapshotSigner
 from domain.state import Changes, DomainState
-from messages.errors import RelayctlError
+from messages.endpoints import CAUGHT_UP, consistency
+from messages.errors import RelayctlError, Unavailable
 from messages.events import DomainEvent, UndecodableCommit
 
 log = structlog.get_logger(__name__)
@@ -43,6 +46,13 @@ DEFERRED = object()
 @dataclass
 class Commits:
     batch: list[tuple[int, list[DomainEvent]]]
+
+
+@dataclass
+class Resume:
+    """Run `fn` on the actor: the continuation of an asynchronous wait (`when_done`)."""
+
+    fn: Callable[[], None]
 
 
 @dataclass
@@ -58,21 +68,20 @@ class ServiceActor(pykka.ThreadingActor):
     name = "service"
     # A leaked actor must never keep a process from exiting.
     use_daemon_thread = True
-    runtime: BusRuntime
+    runtime: BusRuntime  # the event loop the bus runs on
+    bus: Bus
 
-    def listen(self, subject: str, wrap: Callable[[Any], Any], queue: str = "") -> None:
-        """Tell this actor `wrap(msg)` for every NATS message on `subject`, until it stops."""
+    def listen(self, subject: str, wrap: Callable[[Message], Any], queue: str = "") -> None:
+        """Tell this actor `wrap(msg)` for every message on `subject`, until it stops."""
         ref = self.actor_ref
 
-        async def deliver(msg: Any) -> None:
+        def deliver(msg: Message) -> None:
             try:
                 ref.tell(wrap(msg))
             except pykka.ActorDeadError:
                 pass
 
-        if self.runtime.nc is None:
-            return  # a unit test's runtime without a bus: nothing to listen to
-        subscription = self.runtime.call(self.runtime.nc.subscribe(subject, queue=queue, cb=deliver))
+        subscription = self.runtime.call(self.bus.subscribe(subject, deliver, queue))
         self.__dict__.setdefault("_listening", []).append(subscription)
 
     def on_stop(self) -> None:
@@ -86,7 +95,25 @@ class ServiceActor(pykka.ThreadingActor):
         if isinstance(message, Call):
             self._dispatch(message)
             return None
+        if isinstance(message, Resume):
+            message.fn()
+            return None
         return self.on_other(message)
+
+    def when_done(self, coro: Coroutine[Any, Any, Any], then: Callable[[BaseException | None, Any], None]) -> None:
+        """Run `coro` on the loop and `then(error, result)` on this actor once it is done;
+        meanwhile the actor serves other messages (an actor never blocks on another's reply)."""
+        ref = self.actor_ref
+
+        def done(future: Future[Any]) -> None:
+            error = Unavailable("cancelled") if future.cancelled() else future.exception()
+            result = None if error is not None else future.result()
+            try:
+                ref.tell(Resume(lambda: then(error, result)))
+            except pykka.ActorDeadError:
+                pass
+
+        self.runtime.submit(coro).add_done_callback(done)
 
     def on_other(self, message: Any) -> Any:
         raise TypeError(f"{self.name} got an unexpected message {type(message).__name__}")
@@ -140,14 +167,18 @@ class ServiceActor(pykka.ThreadingActor):
 class ProjectionActor(ServiceActor):
     name = "projection"
 
-    def __init__(self, runtime: BusRuntime, store: EventStore) -> None:
+    def __init__(self, runtime: BusRuntime, bus: Bus) -> None:
         super().__init__()
         self.runtime = runtime
-        self.store = store
+        self.bus = bus
+        self.store = bus.events
         self.state = DomainState()
         self.live_from = 0  # sequence of the stream's end at start: replay is done past it
         self.snapshot_sequence = 0
         self._waiters: list[_Waiter] = []
+        # Work waiting for the stream's last sequence (`catch_up`): asked once for all of it.
+        self._catching_up: list[tuple[Callable[[], None], Call | None]] = []
+        self._asking_last_sequence = False
         self._subscription: Any = None
         self._signer: SnapshotSigner | None = None  # made on the first snapshot this actor writes
 
@@ -181,17 +212,8 @@ class ProjectionActor(ServiceActor):
         self._subscription = self.runtime.call(self.store.follow(deliver, self.state.sequence + 1))
         log.info("projection.started", actor=self.name, replay_to=self.live_from)
 
-    def _snapshots(self) -> SnapshotStore | None:
-        nc = self.runtime.nc
-        if nc is None or not isinstance(self.store, JetStreamEventStore):
-            return None
-        return SnapshotStore(nc, self.store)
-
     def _load_snapshot(self) -> None:
-        snapshots = self._snapshots()
-        if snapshots is None:
-            return
-        data = self.runtime.call(snapshots.load(self.SNAPSHOT_NAME))
+        data = self.runtime.call(self.bus.snapshots.load(self.SNAPSHOT_NAME))
         if not data:
             return
         try:
@@ -210,11 +232,8 @@ class ProjectionActor(ServiceActor):
     def _maybe_snapshot(self) -> None:
         if not self.snapshot_every or self.state.sequence - self.snapshot_sequence < self.snapshot_every:
             return
-        snapshots = self._snapshots()
-        if snapshots is None:
-            return
         self._signer = self._signer or SnapshotSigner()
-        if self.runtime.call(snapshots.save(self.SNAPSHOT_NAME, self.state.to_snapshot(), self._signer,
+        if self.runtime.call(self.bus.snapshots.save(self.SNAPSHOT_NAME, self.state.to_snapshot(), self._signer,
                                             f"system:{self.name}")):
             self.snapshot_sequence = self.state.sequence
             log.info("snapshot.saved", actor=self.name, sequence=self.state.sequence)
@@ -270,6 +289,9 @@ class ProjectionActor(ServiceActor):
             # look unknown); park the call until the replay reaches where the stream was.
             self.after(self.live_from, lambda: self._dispatch(call), call)
             return
+        if consistency(call.request.type) == CAUGHT_UP:  # the endpoint table says so
+            self.read_after(call, lambda: ServiceActor._dispatch(self, call))
+            return
         super()._dispatch(call)
 
     def is_replayed(self) -> bool:
@@ -285,8 +307,41 @@ class ProjectionActor(ServiceActor):
             self._waiters.append(_Waiter(sequence, fn, call))
 
     def catch_up(self, fn: Callable[[], None], call: Call | None = None) -> None:
-        """Run `fn` once every commit stored before now has been folded."""
-        self.after(self.runtime.call(self.store.last_sequence()), fn, call)
+        """Run `fn` once every commit stored before now has been folded.
+
+        The stream's last sequence is asked without blocking this actor, and once for all
+        the work that arrives while an earlier question is out: each waits for an answer
+        to a question asked after it arrived, so nothing stored before it is missed."""
+        self._catching_up.append((fn, call))
+        if not self._asking_last_sequence:
+            self._ask_last_sequence()
+
+    def _ask_last_sequence(self) -> None:
+        batch, self._catching_up = self._catching_up, []
+        self._asking_last_sequence = True
+
+        def answered(error: BaseException | None, last: Any) -> None:
+            self._asking_last_sequence = False
+            if error is not None:
+                log.warning("projection.last_sequence_failed", actor=self.name, error=str(error))
+            for fn, call in batch:
+                if error is None:
+                    self.after(int(last), fn, call)
+                elif call is not None:
+                    call.error(error if isinstance(error, RelayctlError) else
+                               Unavailable("the event store did not say how far it reaches; retry"))
+            if self._catching_up:
+                self._ask_last_sequence()
+
+        self.when_done(self.store.last_sequence(), answered)
+
+    def read_after(self, call: Call, fn: Callable[[], None]) -> None:
+        """Run `fn` once this projection may answer `call` as CAUGHT_UP: folded up to the
+        sequence the request names (`after`: no question to the store), else caught up."""
+        if call.request.after:
+            self.after(call.request.after, fn, call)
+        else:
+            self.catch_up(fn, call)
 
     def _release_waiters(self) -> None:
         if not self._waiters:
@@ -303,7 +358,7 @@ class ProjectionActor(ServiceActor):
         def run() -> None:
             self.run_handler(call, lambda _call: fn())
 
-        self.catch_up(run, call)
+        self.read_after(call, run)
         return DEFERRED
 
 

@@ -18,12 +18,15 @@ import structlog
 
 from actors.base import ProjectionActor
 from bus import metrics
-from bus.client import request as bus_request
 from bus.eventstore import CommitTooLarge
+from bus.runtime import BusRuntime
+from bus.seams import Bus
 from bus.service import Call
 from domain.decider import Decider
 from domain.decisions import Decision, IdDraw, IdPool
-from domain.queries import QUERY_TYPES, answer_query
+from domain.projections import EVERYTHING
+from domain.queries import answer_query
+from messages.endpoints import COMMANDS, queries_of
 from messages.errors import Conflict, NotFound, RelayctlError, Unavailable
 from messages.events import RELAY
 
@@ -34,17 +37,20 @@ ID_BLOCK = 50  # ids a handler claims at a time; a restart leaves the rest of it
 # Changes that decide which relays may register or fetch what: their reply waits for the
 # org access actor (and through it every gateway) to have applied them.
 RELAY_ACCESS_COMMANDS = {"relay.allow", "relay.deny", "org.trust_relay", "org.untrust_relay"}
+RELAY_ACCESS_WAIT = 3.0  # at most this long; the command's own deadline bounds it too
 
 # Answered at once, from what this handler knows, even when the store does not answer.
 STATUS_QUERY = "stream.status"
+QUERY_TYPES = queries_of(COMMANDS) - {STATUS_QUERY}
 
 
 class CommandActor(ProjectionActor):
     name = "commands"
+    projection = EVERYTHING  # it decides every command: it needs all of the state, with aggregate versions
     snapshot_every = 10_000  # every actor folds the same state; one kind writes the snapshot
 
-    def __init__(self, runtime: Any, store: Any) -> None:
-        super().__init__(runtime, store)
+    def __init__(self, runtime: BusRuntime, bus: Bus) -> None:
+        super().__init__(runtime, bus)
         self.ids = IdPool()
         self.owner = f"commands-{uuid.uuid4().hex[:12]}"  # names this handler's id blocks
         # The last append the store refused or left unanswered (cleared by the next stored one).
@@ -64,6 +70,7 @@ class CommandActor(ProjectionActor):
             self.after(self.live_from, lambda: self._command(call), call)
             return
         if message_type in QUERY_TYPES:
+            # Every query of this actor is CAUGHT_UP (messages/endpoints.py), but stream.status.
             self.serve_caught_up(call, lambda: answer_query(self.state, message_type, call.payload))
             return
         self._attempt(call, attempt=0, synced=False)
@@ -95,6 +102,7 @@ class CommandActor(ProjectionActor):
             call.error(exc)
             return
         if not decision.events:
+            call.sequence = self.state.sequence  # already in effect as of what is folded
             self.run_handler(call, lambda _c: decision.result(self.state))
             return
         try:
@@ -121,11 +129,13 @@ class CommandActor(ProjectionActor):
                  events=[e.type for e in decision.events], correlation_id=call.request.id)
 
         def reply() -> None:
-            if call.request.type in RELAY_ACCESS_COMMANDS:
-                self._await_relay_access(decision)
+            call.sequence = sequence  # a read passing it as `after` sees this write
             self.run_handler(call, lambda _c: decision.result(self.state))
 
-        self.after(sequence, reply, call)
+        if call.request.type in RELAY_ACCESS_COMMANDS:
+            self.after(sequence, lambda: self._await_relay_access(decision, sequence, reply), call)
+        else:
+            self.after(sequence, reply, call)
 
     def _prerequisite(self, call: Call, attempt: int, decision: Decision, stored: Callable[[], None]) -> None:
         """Append a commit the command needs first (ids, key claims), then decide it again
@@ -188,20 +198,22 @@ class CommandActor(ProjectionActor):
             f"bytes per commit (the NATS message size limit, max_payload); nothing was stored. Import the org "
             f"in parts: fewer projects or keys per file, each import adds to what is there", details)
 
-    def _await_relay_access(self, decision: Decision) -> None:
-        """Return only once the org access actor applied a change to who may do what.
+    def _await_relay_access(self, decision: Decision, sequence: int, reply: Callable[[], None]) -> None:
+        """Reply only once the org access actor applied a change to who may do what.
 
         Its `org.relay_auth` answer waits until it has folded everything stored so far,
         written `relayauth:*` and told the gateways; so a relay banned (or trusted) by a
-        command is refused (or served) by the next request after the command returns.
+        command is refused (or served) by the next request after the command returns. The
+        wait is asynchronous: this actor goes on with other commands meanwhile.
         """
         payload = decision.events[0].payload
         public_key = payload.get("public_key") if decision.aggregate == RELAY else None
-        if self.runtime.nc is None:
-            return
-        try:
-            self.runtime.call(bus_request(self.runtime.nc, "org.relay_auth",
-                                          {"public_key": public_key or decision.aggregate_id}, timeout=3.0),
-                              timeout=4.0)
-        except Exception as exc:  # no org access actor running: nothing to wait for
-            log.info("commands.relay_access_not_confirmed", error=str(exc))
+
+        def confirmed(error: BaseException | None, _result: Any) -> None:
+            if error is not None:  # no org access actor running: nothing to wait for
+                log.info("commands.relay_access_not_confirmed", error=str(error))
+            reply()
+
+        # `after`: org access answers once it folded this command's commit, asking JetStream nothing.
+        self.when_done(self.bus.request("org.relay_auth", {"public_key": public_key or decision.aggregate_id},
+                                        timeout=RELAY_ACCESS_WAIT, after=sequence), confirmed)

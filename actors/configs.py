@@ -23,19 +23,20 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import redis
 import structlog
 
-from actors.base import DEFERRED
 from actors.redis_watch import MaterializingActor
 from bus import metrics
+from bus.cache import CacheUnavailable
 from bus.cache_keys import CONFIG_MAC_BUCKET
 from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_key, encode_entry, seal
 from bus.service import Call
 from domain.project_config import build_project_config
+from domain.projections import KEYS, ORG_OPTIONS, PROJECT_OPTIONS, Projection
 from domain.state import Changes, trusted_relay_keys
 from messages.errors import NotFound
 from messages.events import ORG, DomainEvent, aggregate_subject
+from messages.subjects import config_changed
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +79,8 @@ GLOBAL_ENTRY: Entry = ("global", (), dumps(GLOBAL_CONFIG))
 
 class ConfigActor(MaterializingActor):
     name = "configs"
+    # what a config document is built from: orgs, projects and keys with their options (no relays, users)
+    projection = Projection("configs", {ORG_OPTIONS, PROJECT_OPTIONS, KEYS})
     mac_bucket = CONFIG_MAC_BUCKET
 
     # -- building --------------------------------------------------------------------------
@@ -125,23 +128,16 @@ class ConfigActor(MaterializingActor):
         if built:
             metrics.timing("config.build_per_key", (time.perf_counter() - started) / len(built))
             metrics.incr("config.built", len(built))
-        if self.redis is None or not (built or with_global):
+        if self.cache is None or not (built or with_global):
             return built
         values = {cache_key(k): self._sealed(cache_key(k), e) for k, e in built.items() if e is not UNKNOWN}
         unknown = [cache_key(k) for k, e in built.items() if e is UNKNOWN]
         if with_global:
             values[GLOBAL_KEY] = self._sealed(GLOBAL_KEY, GLOBAL_ENTRY)
         try:
-            if unknown:
-                # One transaction: a relay sees the whole batch or none of it (compute, then swap).
-                pipe = self.redis.pipeline(transaction=True)
-                if values:
-                    pipe.mset(values)
-                pipe.delete(*unknown)
-                pipe.execute()
-            else:
-                self.redis.mset(values)
-        except redis.RedisError as exc:
+            # A relay sees the whole batch or none of it (compute, then swap).
+            self.cache.write(values, delete=unknown)
+        except CacheUnavailable as exc:
             log.warning("configs.redis_write_failed", error=str(exc), keys=len(values))
             if self.watch is not None:
                 self.watch.failed()
@@ -154,14 +150,14 @@ class ConfigActor(MaterializingActor):
         return seal(self.mac_key, name, DISABLED_ENTRY if entry is DISABLED else encode_entry(*entry))
 
     def _announce(self, built: dict[str, Entry]) -> None:
-        nc = self.runtime.nc
-        if nc is None or not self.materialized:
+        if not self.materialized:
             return
+        bus = self.bus
 
         async def publish() -> None:
             for public_key, entry in built.items():
                 if entry is not UNKNOWN:  # nothing was stored for it
-                    await nc.publish(f"rc.config.changed.{public_key}", entry[0].encode())
+                    await bus.publish(config_changed(public_key), entry[0].encode())
 
         self.runtime.submit(publish())
 
@@ -233,26 +229,21 @@ class ConfigActor(MaterializingActor):
         return {"entries": {k: list(e) for k, e in built.items()},
                 "global": list(GLOBAL_ENTRY) if call.payload["global"] else None}
 
-    def handle_config_history(self, call: Call) -> Any:
+    def handle_config_history(self, call: Call) -> dict[str, Any]:  # CAUGHT_UP (messages/endpoints.py)
         public_key = call.payload["public_key"]
-
-        def answer() -> dict[str, Any]:
-            key = self.state.keys.get(public_key)
-            org = self.state.org_of_key(public_key)
-            if key is None or org is None:
-                raise NotFound(f"No key matching `{public_key}`")
-            project = self.state.projects[key.project_id]
-            commits = self.runtime.call(self.store.read(aggregate_subject(ORG, org.slug)))
-            events = []
-            for sequence, commit in commits:
-                for event in commit:
-                    if _relevant(event, project.slug, public_key):
-                        events.append({"sequence": sequence, "type": event.type, "id": event.id,
-                                       "ts": event.ts, "actor": event.actor, "payload": event.payload})
-            return {"publicKey": public_key, "events": events}
-
-        self.serve_caught_up(call, answer)
-        return DEFERRED
+        key = self.state.keys.get(public_key)
+        org = self.state.org_of_key(public_key)
+        if key is None or org is None:
+            raise NotFound(f"No key matching `{public_key}`")
+        project = self.state.projects[key.project_id]
+        commits = self.runtime.call(self.store.read(aggregate_subject(ORG, org.slug)))
+        events = []
+        for sequence, commit in commits:
+            for event in commit:
+                if _relevant(event, project.slug, public_key):
+                    events.append({"sequence": sequence, "type": event.type, "id": event.id,
+                                   "ts": event.ts, "actor": event.actor, "payload": event.payload})
+        return {"publicKey": public_key, "events": events}
 
 
 def _relevant(event: DomainEvent, project_slug: str, public_key: str) -> bool:

@@ -1,6 +1,7 @@
 """Key lookup and org access: two small read-side actors over the domain projection.
 
-- `KeyLookupActor` answers batch lookups of public keys (`rc.keys.lookup`).
+- `KeyLookupActor` answers batch lookups of public keys (`rc.keys.lookup`) and API token
+  authentication (`user.authenticate`, asked for every AI request).
 - `OrgAccessActor` answers `has_org_access` and relay authentication data
   (`rc.org.access`), and keeps `relayauth:<relay_id>` in Redis so the gateway can check a
   signature without a NATS hop - written again whole when Redis comes back after a loss
@@ -17,16 +18,17 @@ import json
 import time
 from typing import Any
 
-import redis
 import structlog
 
 from actors.base import ProjectionActor
 from actors.redis_watch import MaterializingActor
+from bus.cache import CacheUnavailable
 from bus.cache_keys import RELAY_AUTH_MAC_BUCKET
 from bus.config_cache import RELAY_AUTH_PREFIX, seal
 from bus.service import Call
 from domain.model import Relay
-from domain.queries import keys_lookup, org_has_access, relay_auth
+from domain.projections import KEYS, ORG_OPTIONS, RELAYS, USERS, Projection
+from domain.queries import answer_query, keys_lookup, org_has_access, relay_auth
 from domain.state import Changes
 from messages.events import DomainEvent
 from messages.subjects import RELAY_CHANGED
@@ -37,13 +39,21 @@ RELAY_AUTH_VALIDITY = 900  # seconds a relayauth entry is good for (in the entry
 
 class KeyLookupActor(ProjectionActor):
     name = "keys"
+    # key lookups and token checks: keys with their projects, users with their tokens
+    projection = Projection("keys", {KEYS, USERS})
 
     def handle_keys_lookup(self, call: Call) -> dict[str, Any]:
         return keys_lookup(self.state, call.payload["public_keys"])
 
+    def handle_user_authenticate(self, call: Call) -> Any:
+        # Every AI request asks: answered here on the read side, not behind the writes.
+        return answer_query(self.state, "user.authenticate", call.payload)
+
 
 class OrgAccessActor(MaterializingActor):
     name = "orgs"
+    # which relays may do what: relays, and the orgs' options (their trusted relays)
+    projection = Projection("org access", {ORG_OPTIONS, RELAYS})
     mac_bucket = RELAY_AUTH_MAC_BUCKET
     rewrite_every = RELAY_AUTH_VALIDITY / 3
 
@@ -54,20 +64,19 @@ class OrgAccessActor(MaterializingActor):
     def handle_org_has_access(self, call: Call) -> dict[str, bool]:
         return org_has_access(self.state, call.payload)
 
-    def handle_org_relay_auth(self, call: Call) -> Any:
-        def answer() -> dict[str, Any]:
-            relay_id, public_key = call.payload.get("relay_id"), call.payload.get("public_key")
-            by_id = self.state.relay_by_id(relay_id) if relay_id else None
-            if by_id is not None and relay_id and self.materialized:
-                # A gateway asks by id when Redis had no entry (evicted, say): put it back.
-                self._store({RELAY_AUTH_PREFIX + relay_id: self._entry(by_id, relay_id)})
-            return {"byId": relay_auth(self.state, by_id, relay_id) if relay_id else None,
-                    "byKey": relay_auth(self.state, self.state.relays.get(public_key)) if public_key else None}
-        # Registration right after `relayctl relay allow` must see the allowance.
-        return self.serve_caught_up(call, answer)
+    def handle_org_relay_auth(self, call: Call) -> dict[str, Any]:
+        # CAUGHT_UP (messages/endpoints.py): registration right after `relayctl relay allow`
+        # must see the allowance.
+        relay_id, public_key = call.payload.get("relay_id"), call.payload.get("public_key")
+        by_id = self.state.relay_by_id(relay_id) if relay_id else None
+        if by_id is not None and relay_id and self.materialized:
+            # A gateway asks by id when Redis had no entry (evicted, say): put it back.
+            self._store({RELAY_AUTH_PREFIX + relay_id: self._entry(by_id, relay_id)})
+        return {"byId": relay_auth(self.state, by_id, relay_id) if relay_id else None,
+                "byKey": relay_auth(self.state, self.state.relays.get(public_key)) if public_key else None}
 
     def on_changes(self, changes: Changes, batch: list[tuple[int, list[DomainEvent]]]) -> None:
-        if self.redis is None or not self.is_replayed():
+        if self.cache is None or not self.is_replayed():
             return
         if not self.materialized:
             relays = list(self.state.relays.values())
@@ -91,28 +100,23 @@ class OrgAccessActor(MaterializingActor):
             self._announce([relay_id for _, relay_id in ids])
 
     def _store(self, entries: dict[str, bytes]) -> None:
-        if not entries or self.redis is None:
+        if not entries or self.cache is None:
             return
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for name, value in entries.items():
-                pipe.set(name, value, ex=RELAY_AUTH_VALIDITY)
-            pipe.execute()
-        except redis.RedisError as exc:  # the gateway falls back to asking us over NATS
+            self.cache.write(entries, ttl=RELAY_AUTH_VALIDITY)
+        except CacheUnavailable as exc:  # the gateway falls back to asking us over NATS
             log.warning("orgs.redis_write_failed", error=str(exc))
             if self.watch is not None:
                 self.watch.failed()
 
     def _announce(self, relay_ids: list[str]) -> None:
         """Tell every gateway to drop what it holds of these relays."""
-        nc = self.runtime.nc
-        if nc is None:
-            return
+        bus = self.bus
 
         async def publish() -> None:
             for relay_id in relay_ids:
-                await nc.publish(RELAY_CHANGED, relay_id.encode())
-            await nc.flush(timeout=2)
+                await bus.publish(RELAY_CHANGED, relay_id.encode())
+            await bus.flush(timeout=2)
 
         # Before this actor answers anyone who waits on it (see CommandActor), the gateways
         # have been told: a ban is in force by the time `relayctl relay deny` returns.

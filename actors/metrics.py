@@ -17,14 +17,13 @@ from actors.base import ServiceActor
 from bus import metrics
 from bus.metrics import MalformedBatch, decode_batch
 from bus.runtime import BusRuntime
+from bus.seams import Bus
 from bus.service import Call
 from domain.metrics_store import MetricsStore
 from messages.errors import BadRequest
 from messages.subjects import METRICS_RECORD
 
 log = structlog.get_logger(__name__)
-# nats-server's default max_payload, for a connection that has not said otherwise.
-DEFAULT_MAX_PAYLOAD = 1024 * 1024
 # The reply envelope ({"ok": true, "result": ...}) and the micro headers, with room to spare.
 REPLY_OVERHEAD = 4096
 
@@ -37,9 +36,10 @@ class MetricsBatch:
 class MetricsActor(ServiceActor):
     name = "metrics"
 
-    def __init__(self, runtime: BusRuntime) -> None:
+    def __init__(self, runtime: BusRuntime, bus: Bus) -> None:
         super().__init__()
         self.runtime = runtime
+        self.bus = bus
         self.store = MetricsStore()
 
     def on_start(self) -> None:
@@ -57,10 +57,7 @@ class MetricsActor(ServiceActor):
 
     def reply_budget(self) -> int:
         """How many bytes an answer may have: one NATS message, less the reply envelope."""
-        nc = self.runtime.nc
-        max_payload = getattr(nc, "max_payload", 0) if nc is not None else 0
-        limit = max_payload if isinstance(max_payload, int) and max_payload > 0 else DEFAULT_MAX_PAYLOAD
-        return max(limit - REPLY_OVERHEAD, REPLY_OVERHEAD)
+        return max(self.bus.max_payload - REPLY_OVERHEAD, REPLY_OVERHEAD)
 
     def handle_metrics_snapshot(self, call: Call) -> Any:
         fmt = call.payload["format"]

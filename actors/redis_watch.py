@@ -15,20 +15,18 @@ fetches the key of its kind of entry (`mac_bucket`, bus/cache_keys.py) before it
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
-import redis
 import structlog
 
 from actors.base import ProjectionActor
-from bus.cache_keys import writer_key
-from bus.eventstore import EventStore
+from bus.cache import CacheUnavailable, ConfigCache
 from bus.runtime import BusRuntime
+from bus.seams import Bus
 
 log = structlog.get_logger(__name__)
 CHECK_INTERVAL = 1.0
@@ -40,8 +38,8 @@ class CheckRedis:
 
 
 class RedisWatch:
-    def __init__(self, client: redis.Redis, name: str) -> None:
-        self.client = client
+    def __init__(self, cache: ConfigCache, name: str) -> None:
+        self.cache = cache
         self.name = name
         self.run_id: str | None = None
         self.lost = False
@@ -57,8 +55,8 @@ class RedisWatch:
         """True when Redis is reachable after a loss: the caller writes everything again
         (and calls `failed()` if that write fails too)."""
         try:
-            run_id = str(self.client.info("server").get("run_id", ""))
-        except redis.RedisError:
+            run_id = self.cache.server_id()
+        except CacheUnavailable:
             self.failed()
             return False
         if self.run_id is not None and run_id != self.run_id:
@@ -94,15 +92,12 @@ class MaterializingActor(ProjectionActor):
     mac_bucket = ""
     rewrite_every: float | None = None
 
-    def __init__(self, runtime: BusRuntime, store: EventStore, redis_url: str | None) -> None:
-        super().__init__(runtime, store)
-        # Bounded socket waits: a Redis that hangs must not stall the actor for long.
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1) \
-            if redis_url else None
-        self.watch = RedisWatch(self.redis, self.name) if self.redis is not None else None
+    def __init__(self, runtime: BusRuntime, bus: Bus, cache: ConfigCache | None) -> None:
+        super().__init__(runtime, bus)
+        self.cache = cache  # None: a process that materializes nothing (answers queries only)
+        self.watch = RedisWatch(cache, self.name) if cache is not None else None
         self.materialized = False
-        # Without a bus (a benchmark of the builder alone) nobody reads the entries back.
-        self.mac_key = secrets.token_bytes(32)
+        self.mac_key = b""  # the key of `mac_bucket`, fetched at start
         self.rewritten_at = 0.0
         self._ticker: threading.Event | None = None
 
@@ -110,8 +105,8 @@ class MaterializingActor(ProjectionActor):
         raise NotImplementedError
 
     def on_start(self) -> None:
-        if self.redis is not None and self.runtime.nc is not None:
-            self.mac_key = self.runtime.call(writer_key(self.runtime.nc, self.mac_bucket))
+        if self.cache is not None:
+            self.mac_key = self.runtime.call(self.bus.writer_key(self.mac_bucket))
         super().on_start()
         if self.watch is not None:
             self._ticker = tick(self.actor_ref)

@@ -21,6 +21,7 @@ from actors.base import ServiceActor
 from actors.transport_mux import TransportMultiplexer
 from bus import metrics
 from bus.runtime import BusRuntime
+from bus.seams import Bus
 from messages.subjects import TRANSPORT_ENVELOPE
 
 
@@ -48,9 +49,10 @@ class EnvelopeArrived:
 class TransportActor(ServiceActor):
     name = "transport"
 
-    def __init__(self, runtime: BusRuntime, config: TransportConfig | None = None) -> None:
+    def __init__(self, runtime: BusRuntime, bus: Bus, config: TransportConfig | None = None) -> None:
         super().__init__()
         self.runtime = runtime
+        self.bus = bus
         self.config = config or TransportConfig.from_env()
         self.mux: TransportMultiplexer | None = None
 

@@ -7,22 +7,22 @@ transport actor feeds them to a `TransportMultiplexer`, which forwards each one 
   of type ``statsd``/``metric_buckets`` removed unless upstream metrics are enabled;
 - then ``relay``, unless the event is unsafe: raised while processing the internal
   project, or on a scope marked unsafe (markers: `bus.sentry_transport`). Unsafe
-  envelopes are counted as ``internal.uncaptured.events.relay{reason=unsafe}``.
+  envelopes are counted as ``internal.uncaptured.events{dsn=relay,reason=unsafe}``.
 
 Each DSN has its own bounded queue and worker thread, so a DSN that is down (it
 retries with exponential backoff) only ever fills its own queue; envelopes that do
 not fit, or that exhaust their retries, are dropped and counted.
 
-Counters (through the injected metrics object):
+Counters (through the injected metrics object); the DSN is a tag (``dsn=upstream|relay``),
+not part of the name, so one metric family covers both:
 
-- ``internal.captured.events.envelopes``: envelopes submitted;
-- ``internal.captured.events.upstream`` / ``.relay``: envelopes handed to that DSN;
-- ``internal.sent_requests.<upstream|relay>.events``: HTTP requests made (retries
-  included);
-- ``internal.uncaptured.events.<upstream|relay|envelopes>{reason=...}``: envelopes
-  not delivered; reason is ``unsafe``, ``queue_full``, ``retries_exhausted``,
-  ``rejected`` (a 4xx other than 429), ``error`` (a bug while delivering) or
-  ``malformed`` (unparseable envelope).
+- ``internal.captured.envelopes``: envelopes submitted;
+- ``internal.uncaptured.envelopes{reason=malformed}``: submitted, but unparseable;
+- ``internal.captured.events{dsn}``: envelopes handed to that DSN;
+- ``internal.sent_requests{dsn}``: HTTP requests made (retries included);
+- ``internal.uncaptured.events{dsn,reason}``: envelopes not delivered to that DSN; reason
+  is ``unsafe``, ``queue_full``, ``retries_exhausted``, ``rejected`` (a 4xx other than
+  429) or ``error`` (a bug while delivering).
 
 The Sentry envelope format (https://develop.sentry.dev/sdk/envelopes/): one JSON
 header line, then items, each a JSON header line and a payload that is either
@@ -319,7 +319,7 @@ class _DsnWorker:
     def _drop(self, reason: str) -> None:
         with self._dropped_lock:
             self.dropped += 1
-        self._metrics.incr(f"internal.uncaptured.events.{self.name}", tags={"reason": reason})
+        self._metrics.incr("internal.uncaptured.events", tags={"dsn": self.name, "reason": reason})
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -339,7 +339,7 @@ class _DsnWorker:
     def _deliver(self, body: bytes) -> None:
         delay = self._backoff_initial
         for attempt in range(1, self._max_attempts + 1):
-            self._metrics.incr(f"internal.sent_requests.{self.name}.events")
+            self._metrics.incr("internal.sent_requests", tags={"dsn": self.name})
             try:
                 status = self._send(self.dsn, body)
             except Exception as exc:  # any failure to get an answer is worth a retry
@@ -405,7 +405,7 @@ class TransportMultiplexer:
 
     def submit(self, envelope_bytes: bytes) -> None:
         """Route one envelope and queue it for each configured DSN."""
-        self._metrics.incr("internal.captured.events.envelopes")
+        self._metrics.incr("internal.captured.envelopes")
         try:
             routed = route_envelope(
                 envelope_bytes,
@@ -414,7 +414,7 @@ class TransportMultiplexer:
             )
         except MalformedEnvelope:
             log.warning("transport: dropping malformed envelope", exc_info=True)
-            self._metrics.incr("internal.uncaptured.events.envelopes", tags={"reason": "malformed"})
+            self._metrics.incr("internal.uncaptured.envelopes", tags={"reason": "malformed"})
             return
         for name in DSN_NAMES:
             worker = self._workers.get(name)
@@ -422,10 +422,10 @@ class TransportMultiplexer:
                 continue
             body = routed[name]
             if body is not None:
-                self._metrics.incr(f"internal.captured.events.{name}")
+                self._metrics.incr("internal.captured.events", tags={"dsn": name})
                 worker.put(body)
             elif name == RELAY:
-                self._metrics.incr("internal.uncaptured.events.relay", tags={"reason": "unsafe"})
+                self._metrics.incr("internal.uncaptured.events", tags={"dsn": "relay", "reason": "unsafe"})
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every DSN's queue is empty; False if `timeout` ran out first."""

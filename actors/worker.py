@@ -21,9 +21,10 @@ import structlog
 from actors.base import wait_ready
 from actors.supervision import Supervisor
 from bus import metrics
-from bus.eventstore import JetStreamEventStore
+from bus.cache import ConfigCache, RedisConfigCache
 from bus.process import instrument
 from bus.runtime import BusRuntime
+from bus.seams import NatsBus
 from bus.service import ActorService
 from messages.endpoints import ACTORS, served_by
 from messages.schema import Schema
@@ -33,9 +34,19 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class Deps:
+    """What an actor is given: the loop, the bus, the config cache (None without Redis)."""
+
     runtime: BusRuntime
-    store: JetStreamEventStore
+    bus: NatsBus
     redis_url: str | None
+
+    @property
+    def nc(self) -> Any:
+        return self.bus.nc
+
+    def cache(self) -> ConfigCache | None:
+        """A client of its own for each actor (instance) that writes the cache."""
+        return RedisConfigCache(self.redis_url) if self.redis_url else None
 
 
 @dataclass
@@ -57,23 +68,23 @@ def _kinds() -> dict[str, ActorKind]:
 
     return {
         "commands": ActorKind(
-            "commands", lambda d: CommandActor.start(d.runtime, d.store), served_by("commands"),
+            "commands", lambda d: CommandActor.start(d.runtime, d.bus), served_by("commands"),
             "control messages in, domain events out"),
         "keys": ActorKind(
-            "keys", lambda d: KeyLookupActor.start(d.runtime, d.store),
+            "keys", lambda d: KeyLookupActor.start(d.runtime, d.bus),
             served_by("keys"), "public key -> project, status, rate limits"),
         "orgs": ActorKind(
-            "orgs", lambda d: OrgAccessActor.start(d.runtime, d.store, d.redis_url),
+            "orgs", lambda d: OrgAccessActor.start(d.runtime, d.bus, d.cache()),
             served_by("orgs"), "org access, trusted and registered relays"),
         "configs": ActorKind(
-            "configs", lambda d: ConfigActor.start(d.runtime, d.store, d.redis_url),
+            "configs", lambda d: ConfigActor.start(d.runtime, d.bus, d.cache()),
             served_by("configs"),
             "builds project configs and materializes them into Redis"),
         "metrics": ActorKind(
-            "metrics", lambda d: MetricsActor.start(d.runtime),
+            "metrics", lambda d: MetricsActor.start(d.runtime, d.bus),
             served_by("metrics"), "aggregated internal metrics"),
         "transport": ActorKind(
-            "transport", lambda d: TransportActor.start(d.runtime),
+            "transport", lambda d: TransportActor.start(d.runtime, d.bus),
             served_by("transport"), "forwards the system's own error reports"),
         "ai": ActorKind(
             "ai", ai_actor_factory(), served_by("ai"),
@@ -111,9 +122,11 @@ class Worker:
         assert runtime.nc is not None
         if self.instrument:
             instrument(runtime.nc, runtime.loop, f"worker:{self.process_name}")
-        store = JetStreamEventStore(runtime.nc)
-        runtime.call(store.ensure())
-        deps = Deps(runtime, store, self.redis_url)
+            # At 0 from the start, so an alert on restarts has a series before the first one.
+            metrics.declare([("actor.restarts", {"actor": kind.name}) for kind in self.kinds])
+        bus = NatsBus(runtime.nc)
+        runtime.call(bus.events.ensure())
+        deps = Deps(runtime, bus, self.redis_url)
         def count_restart(name: str) -> None:
             metrics.incr("actor.restarts", tags={"actor": name})
 
@@ -125,9 +138,9 @@ class Worker:
             ref = self.supervisors[kind.name].ref
             assert ref is not None
             wait_ready(ref, ready_timeout)
-            service = ActorService(runtime.nc, kind.name, self.supervisors[kind.name], kind.endpoints,
+            service = ActorService(kind.name, self.supervisors[kind.name], kind.endpoints,
                                    description=kind.description)
-            runtime.call(service.start())
+            runtime.call(bus.serve(service))
             self.services.append(service)
             log.info("worker.actor_ready", actor=kind.name)
         return self

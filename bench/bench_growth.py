@@ -21,7 +21,9 @@ from actors.configs import ConfigActor
 from actors.worker import Worker
 from bench._servers import import_keys, percentile, servers
 from bench.bench_relay import load, spawn
+from bus.cache import RedisConfigCache
 from bus.embedded import free_port
+from bus.seams import InMemoryBus
 from domain.state import DomainState
 from messages.events import DomainEvent
 from tests.system import RelayClient
@@ -49,7 +51,7 @@ def synthetic_state(projects: int, per_org: int = 1000) -> DomainState:
 def materialization(redis_url: str, sizes: list[int]) -> None:
     print("materialization (build + write to Redis), config builder code path")
     for n in sizes:
-        builder = ConfigActor(types.SimpleNamespace(nc=None), None, redis_url)  # type: ignore[arg-type]
+        builder = ConfigActor(types.SimpleNamespace(), InMemoryBus(), RedisConfigCache(redis_url))  # type: ignore[arg-type]
         builder.state = synthetic_state(n)
         keys = list(builder.state.keys)
         started = time.perf_counter()

@@ -20,7 +20,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from messages.endpoints import endpoint_for
-from messages.envelope import Request, decode_reply
+from messages.envelope import Request, decode_reply_sequence
 from messages.errors import BadRequest, DeadlineExceeded, Unavailable
 
 
@@ -34,9 +34,22 @@ def subject_for(message_type: str) -> str:
 
 async def request(nc: NATS, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
                   subject: str | None = None, correlation_id: str | None = None,
-                  retries: int = 0, actor: str = "", attempt_timeout: float | None = None) -> Any:
+                  retries: int = 0, actor: str = "", attempt_timeout: float | None = None,
+                  after: int = 0) -> Any:
+    """The result of one request (`after`: serve a read at or after that stream sequence)."""
+    result, _sequence = await request_sequence(
+        nc, message_type, payload, timeout=timeout, subject=subject, correlation_id=correlation_id,
+        retries=retries, actor=actor, attempt_timeout=attempt_timeout, after=after)
+    return result
+
+
+async def request_sequence(nc: NATS, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
+                           subject: str | None = None, correlation_id: str | None = None,
+                           retries: int = 0, actor: str = "", attempt_timeout: float | None = None,
+                           after: int = 0) -> tuple[Any, int]:
+    """`request`, with the stream sequence the reply names (a stored write's; else 0)."""
     deadline = time.time() + timeout
-    envelope = Request(type=message_type, payload=payload, deadline=deadline, actor=actor)
+    envelope = Request(type=message_type, payload=payload, deadline=deadline, actor=actor, after=after)
     if correlation_id:
         envelope.id = correlation_id
     data = envelope.encode()
@@ -49,7 +62,7 @@ async def request(nc: NATS, message_type: str, payload: dict[str, Any], *, timeo
         try:
             wait = remaining if attempt >= retries or attempt_timeout is None else min(remaining, attempt_timeout)
             msg = await nc.request(target, data, timeout=wait)
-            return decode_reply(msg.data)
+            return decode_reply_sequence(msg.data)
         except NoRespondersError:
             if attempt >= retries:
                 raise Unavailable(f"no service is answering on {target}") from None

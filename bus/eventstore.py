@@ -121,7 +121,7 @@ class EventStore(Protocol):
     def check_size(self, events: list[DomainEvent]) -> None: ...
 
 
-def _subject_matches(pattern: str, subject: str) -> bool:
+def subject_matches(pattern: str, subject: str) -> bool:
     p, s = pattern.split("."), subject.split(".")
     for i, token in enumerate(p):
         if token == ">":
@@ -356,7 +356,7 @@ class InMemoryEventStore:
         data = encode_commit(events)
         if expected_sequence is not None:
             scope = aggregate_subject(first.aggregate, first.aggregate_id)
-            last = max((i + 1 for i, (s, _, _) in enumerate(self._log) if _subject_matches(scope, s)), default=0)
+            last = max((i + 1 for i, (s, _, _) in enumerate(self._log) if subject_matches(scope, s)), default=0)
             if last != expected_sequence:
                 raise Conflict("the aggregate changed concurrently", {"last_sequence": last})
         seq = await self.store_raw(event_subject(first.aggregate, first.aggregate_id, first.type), data, first.id)
@@ -374,7 +374,7 @@ class InMemoryEventStore:
         self._log.append((subject, data, msg_id))
         seq = len(self._log)
         for pattern, callback in list(self._followers):
-            if _subject_matches(pattern, subject):
+            if subject_matches(pattern, subject):
                 await _call(callback, seq, decode_stored(seq, subject, data))
         return seq
 
@@ -384,7 +384,7 @@ class InMemoryEventStore:
     async def follow(self, callback: CommitCallback, from_sequence: int = 1,
                      subject: str = EVENT_SUBJECTS) -> Subscription:
         for seq, (s, data, _) in enumerate(self._log, start=1):
-            if seq >= from_sequence and _subject_matches(subject, s):
+            if seq >= from_sequence and subject_matches(subject, s):
                 await _call(callback, seq, decode_stored(seq, s, data))
         entry = (subject, callback)
         self._followers.append(entry)
@@ -392,7 +392,7 @@ class InMemoryEventStore:
 
     async def read(self, subject: str = EVENT_SUBJECTS, from_sequence: int = 1) -> list[tuple[int, list[DomainEvent]]]:
         return [(seq, decode_stored(seq, s, data)) for seq, (s, data, _) in enumerate(self._log, start=1)
-                if seq >= from_sequence and _subject_matches(subject, s)]
+                if seq >= from_sequence and subject_matches(subject, s)]
 
     async def message(self, sequence: int) -> StoredMessage | None:
         if not 1 <= sequence <= len(self._log):

@@ -18,7 +18,7 @@ Batch wire format (msgpack, produced by `encode_batch`, read by `decode_batch`):
     }
 
     kind   str    one of "counter", "timer", "gauge", "distribution"
-    name   str    dotted metric name, e.g. "internal.captured.events.upstream"
+    name   str    dotted metric name, e.g. "relay.cache" (bus/metric_catalogue.py lists them)
     value  float  counter increment, timer seconds, gauge value, or sample
     tags   dict   str -> str, global tags merged in, cardinality tags removed
     ts     float  Unix time (seconds) the point was recorded
@@ -32,6 +32,15 @@ Drops are themselves reported: the next batch after points were lost carries a
 counter ``internal.metrics.dropped_points`` tagged ``reason=queue_full`` or
 ``reason=publish_failed``.
 
+The batch names its process; a tag ``process`` is never added to the points (the
+exposition's ``process`` label comes from the batch). Every `heartbeat` seconds, and at the
+start, a process records the gauge ``build.info`` (1, tagged with the relayctl and Python
+versions) and adds 0 to each declared counter (`declare`): the metrics actor forgets a
+process it has not heard from for a while (``actors/metrics.py``), so a quiet process keeps
+its series alive, and counters worth alerting on exist at 0 before they first move. A
+`tap` sees every batch before it is published (the gateway keeps its own series with it,
+to serve `/metrics` when NATS is down).
+
 The module also holds a process-wide default instance. Until `configure` is
 called, the module-level helpers (`incr`, `timer`, ... or `metrics.incr`, ...) are
 no-ops, so library code can record metrics unconditionally.
@@ -40,6 +49,7 @@ no-ops, so library code can record metrics unconditionally.
 from __future__ import annotations
 
 import logging
+import platform
 import queue
 import threading
 import time
@@ -49,6 +59,7 @@ from typing import Any, Final
 
 import msgpack
 
+from bus.metric_catalogue import WATCHED_COUNTERS
 from messages.metrics import COUNTER, DISTRIBUTION, GAUGE, KINDS, TIMER
 
 __all__ = [
@@ -63,6 +74,7 @@ __all__ = [
     "Tags",
     "close",
     "configure",
+    "declare",
     "decode_batch",
     "distribution",
     "encode_batch",
@@ -89,6 +101,20 @@ Tags = Mapping[str, Any]
 # [kind, name, value, tags, ts]
 Point = list[Any]
 Publish = Callable[[bytes], None]
+Tap = Callable[[str, list[Point]], None]
+BUILD_INFO_METRIC: Final = "build.info"
+HEARTBEAT: Final = 15.0  # seconds between two build.info points of one process
+
+
+def build_tags() -> dict[str, str]:
+    """The tags of ``build.info``: this package's version and the Python version."""
+    try:
+        from importlib.metadata import version
+
+        relayctl = version("relayctl")
+    except Exception:
+        relayctl = "unknown"
+    return {"version": relayctl, "python": platform.python_version()}
 
 
 class MalformedBatch(ValueError):
@@ -165,10 +191,17 @@ class Metrics:
         batch_size: int = 500,
         flush_interval: float = 0.5,
         publish_timeout: float = 2.0,
+        heartbeat: float | None = None,
     ) -> None:
         self.process = process
         self._publish = publish
-        self._global_tags = sanitize_tags(global_tags)
+        # The batch says which process it is; a "process" tag too would only repeat it.
+        self._global_tags = {k: v for k, v in sanitize_tags(global_tags).items() if k != "process"}
+        self._heartbeat = heartbeat
+        self._last_beat = -float("inf")
+        self._declared: list[tuple[str, dict[str, str]]] = []
+        self._taps: list[Tap] = []
+        self._build_tags = build_tags()
         self._queue: queue.Queue[Point] = queue.Queue(maxsize=max_queue)
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -187,7 +220,29 @@ class Metrics:
         self._flusher = threading.Thread(
             target=self._run_flusher, name=f"metrics-flusher-{process}", daemon=True
         )
+        if heartbeat is not None:
+            self._beat()
         self._flusher.start()
+
+    def declare(self, counters: list[tuple[str, Tags]] | tuple[tuple[str, Tags], ...]) -> None:
+        """Report these counters (name, tags) at 0 now and with every heartbeat, so they
+        exist before their first increment."""
+        for name, tags in counters:
+            entry = (name, sanitize_tags(tags))
+            if entry not in self._declared:
+                self._declared.append(entry)
+                self.incr(name, 0, tags)
+
+    def add_tap(self, tap: Tap) -> None:
+        """Call `tap(process, points)` with every batch before it is published (on the
+        flusher thread; it must be quick and thread-safe; what it raises is ignored)."""
+        self._taps.append(tap)
+
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
+        self.gauge(BUILD_INFO_METRIC, 1, self._build_tags)
+        for name, tags in self._declared:
+            self.incr(name, 0, tags)
 
     # -- recording ---------------------------------------------------------------
 
@@ -277,6 +332,8 @@ class Metrics:
             self._wake.wait(self._flush_interval)
             self._wake.clear()
             try:
+                if self._heartbeat is not None and time.monotonic() - self._last_beat >= self._heartbeat:
+                    self._beat()
                 self.flush()
             except Exception:
                 # The flusher outlives any bug in a single flush.
@@ -300,6 +357,11 @@ class Metrics:
         return points
 
     def _publish_guarded(self, points: list[Point]) -> None:
+        for tap in self._taps:
+            try:
+                tap(self.process, points)
+            except Exception:
+                log.debug("metrics: tap failed", exc_info=True)
         if self._stuck_publish is not None:
             if self._stuck_publish.is_alive():
                 self._count_drop(publish=len(points))
@@ -379,10 +441,19 @@ def configure(
     global_tags: Tags | None = None,
     **options: Any,
 ) -> Metrics:
-    """Install the process-wide metrics instance (closing any previous one)."""
+    """Install the process-wide metrics instance (closing any previous one). Every process
+    reports the watched counters it can move (bus/metric_catalogue.py) at 0 from here on."""
     close()
+    options.setdefault("heartbeat", HEARTBEAT)
     metrics.instance = Metrics(publish, process=process, global_tags=global_tags, **options)
+    metrics.instance.declare(WATCHED_COUNTERS)
     return metrics.instance
+
+
+def declare(counters: list[tuple[str, Tags]] | tuple[tuple[str, Tags], ...]) -> None:
+    """`Metrics.declare` on the process-wide instance (nothing before `configure`)."""
+    if metrics.instance is not None:
+        metrics.instance.declare(counters)
 
 
 def close() -> None:

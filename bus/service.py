@@ -48,6 +48,7 @@ class Call:
     respond: Callable[[RelayctlError | None, Any], None]
     stream: Callable[[str], None] | None = None
     received: float = field(default_factory=time.monotonic)
+    sequence: int = 0  # set by a write before it replies: where the stream holds its commit
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -68,13 +69,13 @@ class Call:
 
 
 class ActorService:
-    """Binds NATS subjects to an actor (anything with `tell`), one micro service."""
+    """Binds subjects to an actor (anything with `tell`): one NATS micro service, or the
+    same endpoints on an in-memory bus (bus/seams.py), both answered by `answer`."""
 
-    def __init__(self, nc: Any, name: str, target: Any, endpoints: dict[str, dict[str, Schema]], *,
+    def __init__(self, name: str, target: Any, endpoints: dict[str, dict[str, Schema]], *,
                  version: str = "0.1.0", max_in_flight: int = 1000,
                  description: str = "", metadata: dict[str, str] | None = None) -> None:
         """`endpoints` maps a subject to the message types (and schemas) it accepts."""
-        self.nc = nc
         self.name = name
         self.target = target
         self.endpoints = endpoints
@@ -86,43 +87,58 @@ class ActorService:
         self.service: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def start(self) -> None:
-        self.service = await micro.add_service(self.nc, name=self.name, version=self.version,
+    async def start(self, nc: Any) -> None:
+        """Register as a micro service on the NATS connection `nc`."""
+        self.service = await micro.add_service(nc, name=self.name, version=self.version,
                                                description=self.description, metadata=self.metadata)
-        for subject, schemas in self.endpoints.items():
+        for subject in self.endpoints:
             await self.service.add_endpoint(
                 name=subject.replace(".", "-").replace("*", "any").replace(">", "all"),
-                subject=subject, queue_group=f"rc-{self.name}", handler=self._make_handler(schemas))
+                subject=subject, queue_group=f"rc-{self.name}", handler=self._make_handler(subject))
 
     async def stop(self) -> None:
         if self.service is not None:
             await self.service.stop()
 
-    def _make_handler(self, schemas: dict[str, Schema]) -> Callable[[MicroRequest], Any]:
+    def _make_handler(self, subject: str) -> Callable[[MicroRequest], Any]:
         async def handler(msg: MicroRequest) -> None:
-            task = asyncio.ensure_future(self._serve(msg, schemas))
+            task = asyncio.ensure_future(self._serve(msg, subject))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return handler
 
-    async def _serve(self, msg: MicroRequest, schemas: dict[str, Schema]) -> None:
+    async def _serve(self, msg: MicroRequest, subject: str) -> None:
         reply = msg._msg.reply  # nats.micro's Request does not expose the reply subject
         if not _is_inbox(reply):
             log.warning("service.not_a_request", service=self.name, subject=msg.subject, reply=reply)
             return
+
+        def stream(chunk: str) -> None:
+            _publish_chunk(msg, chunk)
+
+        data, headers = await self.answer(msg.data, subject, stream)
         try:
-            request = decode_request(msg.data)
+            await msg.respond(data, headers=headers)
+        except Exception as exc:  # the caller went away: nobody to tell
+            log.warning("service.reply_failed", error=str(exc))
+
+    async def answer(self, data: bytes, subject: str,
+                     stream: Callable[[str], None]) -> tuple[bytes, dict[str, str] | None]:
+        """The reply to the request `data` sent on `subject` (runs on the loop; `stream`
+        sends a chunk reply ahead of it)."""
+        schemas = self.endpoints[subject]
+        try:
+            request = decode_request(data)
             schema = schemas.get(request.type)
             if schema is None:
-                raise BadRequest(_wrong_type(request.type, msg.subject, schemas))
+                raise BadRequest(_wrong_type(request.type, subject, schemas))
             request.payload = validate(schema, request.payload)
             if request.remaining() <= 0:
                 raise DeadlineExceeded("the request's deadline passed before it was served")
             if self.in_flight >= self.max_in_flight:
                 raise Overloaded(f"{self.name} is overloaded; retry later")
         except RelayctlError as exc:
-            await _respond_error(msg, exc)
-            return
+            return encode_error(exc)
         self.in_flight += 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -130,20 +146,21 @@ class ActorService:
         def resolve(error: RelayctlError | None, result: Any) -> None:
             loop.call_soon_threadsafe(_settle, future, error, result)
 
-        def stream(chunk: str) -> None:
-            loop.call_soon_threadsafe(_publish_chunk, msg, chunk)
+        def send_chunk(chunk: str) -> None:
+            loop.call_soon_threadsafe(stream, chunk)
 
+        call = Call(request, resolve, send_chunk)
         try:
-            self.target.tell(Call(request, resolve, stream))
+            self.target.tell(call)
             result = await asyncio.wait_for(future, request.remaining())
-            await msg.respond(encode_result(result))
+            return encode_result(result, call.sequence), None
         except RelayctlError as exc:
-            await _respond_error(msg, exc)
+            return encode_error(exc)
         except TimeoutError:
-            await _respond_error(msg, DeadlineExceeded(f"{self.name} did not answer before the deadline"))
-        except Exception as exc:  # never let one request take the endpoint down
+            return encode_error(DeadlineExceeded(f"{self.name} did not answer before the deadline"))
+        except Exception as exc:  # a request boundary: never let one request take the endpoint down
             log.exception("service.request_failed", service=self.name, error=str(exc))
-            await _respond_error(msg, RelayctlError("internal error"))
+            return encode_error(RelayctlError("internal error"))
         finally:
             self.in_flight -= 1
 
@@ -175,11 +192,3 @@ def _publish_chunk(msg: MicroRequest, chunk: str) -> None:
     from messages.envelope import encode_chunk
 
     asyncio.ensure_future(msg.respond(encode_chunk(chunk)))
-
-
-async def _respond_error(msg: MicroRequest, error: RelayctlError) -> None:
-    data, headers = encode_error(error)
-    try:
-        await msg.respond(data, headers=headers)
-    except Exception as exc:
-        log.warning("service.reply_failed", error=str(exc))

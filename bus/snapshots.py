@@ -83,20 +83,42 @@ class _Checked:
     body: bytes
 
 
+@dataclass(frozen=True)
+class _Object:
+    data: bytes
+
+
+class InMemoryObjects:
+    """An object store in memory (`put`, `get` as JetStream's): the in-memory bus's snapshots."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    async def put(self, name: str, data: bytes) -> None:
+        self.objects[name] = bytes(data)
+
+    async def get(self, name: str) -> _Object:
+        if name not in self.objects:
+            raise KeyError(name)
+        return _Object(self.objects[name])
+
+
 class SnapshotStore:
-    def __init__(self, nc: NATS, events: EventStore, stream: str | None = None, bucket: str = SNAPSHOT_BUCKET,
-                 replicas: int = 1) -> None:
+    def __init__(self, nc: NATS | None, events: EventStore, stream: str | None = None, bucket: str = SNAPSHOT_BUCKET,
+                 replicas: int = 1, objects: Any = None) -> None:
         """Snapshots of the projection of `events` (the stream named `stream`, by default
-        the event store's own)."""
-        self.js = nc.jetstream()
+        the event store's own), in the JetStream object store `bucket`, or in `objects`
+        when given (InMemoryObjects: the same checks, without NATS)."""
+        self.js = nc.jetstream() if nc is not None else None
         self.events = events
         self.stream = stream or str(getattr(events, "stream", EVENT_STREAM))
         self.bucket = bucket
         self.replicas = replicas
-        self._store: Any = None
+        self._store: Any = objects
 
     async def _objects(self, create: bool) -> Any:
         if self._store is None:
+            assert self.js is not None
             try:
                 self._store = await self.js.object_store(self.bucket)
             except Exception:

@@ -18,9 +18,9 @@ from typing import Any, NoReturn
 
 import click
 
-from bus.client import request as bus_request
+from bus.client import request_sequence
 from bus.runtime import connect
-from messages.endpoints import retry_safe
+from messages.endpoints import is_query, retry_safe
 from messages.errors import RelayctlError
 from messages.redact import redact_url
 
@@ -32,6 +32,9 @@ class Context:
     data_dir: Path
     nats_url_option: str | None
     redis_url_option: str | None = None
+    # The stream sequence of this process's last stored change: later reads pass it as
+    # `after`, so a command that writes, then reads, sees its write (messages/endpoints.py).
+    last_write: int = 0
 
     @property
     def state_path(self) -> Path:
@@ -62,10 +65,14 @@ class Context:
             nc = await connect(self.nats_url, name="relayctl-cli", max_reconnect_attempts=1,
                                allow_reconnect=False, quiet=True)
             try:
-                # Reads may be asked again (another instance may answer); a change is never
-                # sent twice from here.
-                return await bus_request(nc, message_type, payload, timeout=timeout, actor=cli_actor(),
-                                         retries=2 if retry_safe(message_type) else 0)
+                # Reads (and idempotent changes) may be asked again: another instance may
+                # answer. Any other change is never sent twice from here.
+                result, sequence = await request_sequence(
+                    nc, message_type, payload, timeout=timeout, actor=cli_actor(),
+                    retries=2 if retry_safe(message_type) else 0,
+                    after=self.last_write if is_query(message_type) else 0)
+                self.last_write = max(self.last_write, sequence)
+                return result
             finally:
                 await nc.close()
 

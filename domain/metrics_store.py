@@ -25,11 +25,16 @@ A series key is the metric name, then the tags sorted by name in braces; a serie
 without tags is the bare name. The top-level maps are the total over all
 processes (for gauges: the most recent value reported by any process).
 
-`prometheus_text()` exposes every series per process (label ``process``; a tag of
-that name is renamed ``tag_process``), names prefixed ``relayctl_`` with every
-character Prometheus does not allow (dots, dashes) turned into ``_``: counters as
-``<name>_total``, timers as histograms ``<name>_seconds``, distributions as
-summaries, gauges as gauges.
+`prometheus_text()` exposes every series per process (label ``process``, from the
+batch; a tag of that name is dropped, never exposed twice), names prefixed ``relayctl_``
+with every character Prometheus does not allow (dots, dashes) turned into ``_``:
+counters as ``<name>_total``, timers as histograms ``<name>_seconds``, distributions as
+summaries, gauges as gauges. HELP lines come from the `help` texts the store is given
+(bus/metric_catalogue.py), else name the kind.
+
+Processes come and go: `expire(now, ttl)` forgets every series of a process whose last
+batch came more than `ttl` seconds before `now` (the times `apply_batch` was given), so a
+dead process's series leave the exposition and the totals instead of staying forever.
 
 Bounds, because any process that may publish metrics chooses names, tags and its own
 process name, and one stray tag taken from request input would mint a series per request:
@@ -135,6 +140,10 @@ class _Stats:
     def as_json(self) -> dict[str, float]:
         return {"count": self.count, "sum": self.sum, "min": self.min, "max": self.max}
 
+    def merged(self, other: _Stats) -> _Stats:
+        return _Stats(self.count + other.count, self.sum + other.sum, min(self.min, other.min),
+                      max(self.max, other.max), [a + b for a, b in zip(self.buckets, other.buckets, strict=True)])
+
 
 @dataclass
 class _Gauge:
@@ -153,6 +162,21 @@ class _Aggregate:
 
     def has(self, kind: str, series: SeriesId) -> bool:
         return series in self._table(kind)
+
+    def size(self) -> int:
+        return len(self.counters) + len(self.timers) + len(self.gauges) + len(self.distributions)
+
+    def merge(self, other: _Aggregate) -> None:
+        """Add `other`'s series to these (counters and stats add up, the newer gauge wins)."""
+        for series, value in other.counters.items():
+            self.counters[series] = self.counters.get(series, 0.0) + value
+        for series, gauge in other.gauges.items():
+            current = self.gauges.get(series)
+            if current is None or gauge.ts >= current.ts:
+                self.gauges[series] = gauge
+        for mine, theirs in ((self.timers, other.timers), (self.distributions, other.distributions)):
+            for series, stats in theirs.items():
+                mine[series] = mine[series].merged(stats) if series in mine else stats
 
     def add(self, kind: str, series: SeriesId, value: float, ts: float) -> None:
         if kind == COUNTER:
@@ -194,19 +218,22 @@ class MetricsStore:
     """Aggregated internal metrics of every process, bounded as the module docstring says."""
 
     def __init__(self, *, max_series: int = MAX_SERIES, max_series_per_name: int = MAX_SERIES_PER_NAME,
-                 max_processes: int = MAX_PROCESSES) -> None:
+                 max_processes: int = MAX_PROCESSES, help: Mapping[str, str] | None = None) -> None:
         self._max_series = max_series
         self._max_series_per_name = max_series_per_name
         self._max_processes = max_processes
-        self._total = _Aggregate()
+        self._help = dict(help or {})
         self._by_process: dict[str, _Aggregate] = {}
+        self._last_seen: dict[str, float] = {}
         self._series = 0
         self._per_name: dict[tuple[str, str], int] = {}
         self.rejected_points = 0
         self.overflow_points = 0
+        self.expired_processes = 0
 
-    def apply_batch(self, batch: Mapping[str, Any]) -> None:
-        """Fold one decoded batch (``{"process": str, "points": [...]}``) in."""
+    def apply_batch(self, batch: Mapping[str, Any], now: float | None = None) -> None:
+        """Fold one decoded batch (``{"process": str, "points": [...]}``) in, received at
+        `now` (what `expire` compares; default: the newest point's own time)."""
         process = _clip(batch.get("process", "unknown"))
         points = batch.get("points", ())
         aggregate = self._by_process.get(process)
@@ -215,12 +242,18 @@ class MetricsStore:
                 self.rejected_points += len(points) if isinstance(points, list) else 1
                 return
             aggregate = self._by_process[process] = _Aggregate()
+        if now is None:
+            stamps = [p[4] for p in points if isinstance(p, list) and len(p) == 5
+                      and isinstance(p[4], (int, float))] if isinstance(points, list) else []
+            now = max(stamps, default=self._last_seen.get(process, 0.0))
+        self._last_seen[process] = max(float(now), self._last_seen.get(process, float("-inf")))
         for point in points:
             try:
                 kind, name, value, tags, ts = point
                 series: SeriesId = (
                     _clip(name),
-                    tuple(sorted((_clip(k), _clip(v)) for k, v in dict(tags).items())),
+                    # The batch names the process; a tag of that name would only repeat it.
+                    tuple(sorted((_clip(k), _clip(v)) for k, v in dict(tags).items() if k != "process")),
                 )
                 value, ts = float(value), float(ts)
             except (TypeError, ValueError):
@@ -234,7 +267,29 @@ class MetricsStore:
                 self.rejected_points += 1
                 continue
             aggregate.add(kind, admitted, value, ts)
-            self._total.add(kind, admitted, value, ts)
+
+    def expire(self, now: float, ttl: float) -> list[str]:
+        """Forget the processes not heard from for `ttl` seconds before `now` (their series
+        and their share of the totals); returns their names."""
+        gone = [p for p, seen in self._last_seen.items() if now - seen > ttl and p in self._by_process]
+        for process in gone:
+            aggregate = self._by_process.pop(process)
+            del self._last_seen[process]
+            self._series -= aggregate.size()
+            for key in [k for k in self._per_name if k[0] == process]:
+                del self._per_name[key]
+        self.expired_processes += len(gone)
+        return gone
+
+    def processes(self) -> dict[str, float]:
+        """Every process the store holds series of, with when it was last heard from."""
+        return {p: self._last_seen.get(p, 0.0) for p in self._by_process}
+
+    def _totals(self) -> _Aggregate:
+        total = _Aggregate()
+        for aggregate in self._by_process.values():
+            total.merge(aggregate)
+        return total
 
     def _admit(self, process: str, aggregate: _Aggregate, kind: str, series: SeriesId) -> SeriesId | None:
         """The series a point is folded into: its own, the overflow series, or None (dropped)."""
@@ -261,7 +316,7 @@ class MetricsStore:
         JSON stays within it; the ones left out are counted in ``left_out``."""
         budget = _Budget(max_bytes)
         snapshot: dict[str, Any] = {m: {} for m in _MAPS}
-        for table, key, value in self._total.json_entries():
+        for table, key, value in self._totals().json_entries():
             budget.put(snapshot[table], key, value)
         processes: dict[str, Any] = {}
         for process, aggregate in sorted(self._by_process.items()):
@@ -294,7 +349,7 @@ class MetricsStore:
         budget = (max_bytes - 2 * len(TRUNCATION_MARKER) - 200) if max_bytes is not None else None
         size = sum(len(part) for part in parts)
         left_out = 0
-        for metric in _StoreCollector(self._by_process).collect():
+        for metric in _StoreCollector(self._by_process, self._help).collect():
             if left_out:
                 left_out += 1
                 continue
@@ -366,8 +421,12 @@ def _finite(value: Any) -> Any:
 class _StoreCollector(Collector):
     """Turns per-process aggregates into Prometheus metric families."""
 
-    def __init__(self, by_process: Mapping[str, _Aggregate]) -> None:
+    def __init__(self, by_process: Mapping[str, _Aggregate], help: Mapping[str, str]) -> None:
         self._by_process = by_process
+        self._help = help
+
+    def doc(self, kind: str, name: str) -> str:
+        return self._help.get(name) or f"{kind} {name}"
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
@@ -382,19 +441,19 @@ class _StoreCollector(Collector):
 
         for process, aggregate in sorted(self._by_process.items()):
             for (name, tags), total in sorted(aggregate.counters.items()):
-                metric = family(prometheus_name(name), "counter", f"Counter {name}")
+                metric = family(prometheus_name(name), "counter", self.doc("Counter", name))
                 if metric is not None:
                     metric.add_sample(metric.name + "_total", _labels(tags, process), total)
             for (name, tags), gauge in sorted(aggregate.gauges.items()):
-                metric = family(prometheus_name(name), "gauge", f"Gauge {name}")
+                metric = family(prometheus_name(name), "gauge", self.doc("Gauge", name))
                 if metric is not None:
                     metric.add_sample(metric.name, _labels(tags, process), gauge.value)
             for (name, tags), stats in sorted(aggregate.timers.items()):
-                metric = family(prometheus_name(name) + "_seconds", "histogram", f"Timer {name}")
+                metric = family(prometheus_name(name) + "_seconds", "histogram", self.doc("Timer", name))
                 if metric is not None:
                     _add_histogram(metric, _labels(tags, process), stats)
             for (name, tags), stats in sorted(aggregate.distributions.items()):
-                metric = family(prometheus_name(name), "summary", f"Distribution {name}")
+                metric = family(prometheus_name(name), "summary", self.doc("Distribution", name))
                 if metric is not None:
                     labels = _labels(tags, process)
                     metric.add_sample(metric.name + "_count", labels, stats.count)
@@ -403,8 +462,8 @@ class _StoreCollector(Collector):
 
 
 def _labels(tags: Iterable[tuple[str, str]], process: str) -> dict[str, str]:
-    # A tag named "process" is exposed as "tag_process": the batch's process wins.
-    return {**{_label_name(k): v for k, v in tags}, "process": process}
+    # The batch's process is the label; a tag of that name was dropped when folded in.
+    return {**{_label_name(k): v for k, v in tags if k != "process"}, "process": process}
 
 
 def _add_histogram(metric: Metric, labels: dict[str, str], stats: _Stats) -> None:

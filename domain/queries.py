@@ -12,8 +12,6 @@ from domain.model import DELETED, TRUSTED_RELAYS, Org, Project, ProjectKey, Rela
 from domain.state import DomainState, trusted_relay_keys
 from messages.errors import BadRequest, NotFound, Unauthorized
 
-QUERY_TYPES = {"org.option_get", "project.option_get", "key.list", "relay.list",
-               "user.permission_list", "user.authenticate", "export.orgs"}
 
 def require_org(state: DomainState, slug: str) -> Org:
     org = state.org(slug)

@@ -42,6 +42,7 @@ from bus.config_cache import (
     verify,
 )
 from gateway.errors import HTTPFailure, from_error, json_response
+from messages.commands import PUBLIC_KEY_RE  # the one definition; re-exported for gateway/ingest.py
 from messages.errors import BadRequest, Forbidden, RelayctlError, Unavailable
 
 log = structlog.get_logger(__name__)
@@ -53,7 +54,6 @@ ASK_TIMEOUT = 4.0
 BUILD_BUDGET = 0.5  # seconds a v3 miss may wait for the builder before answering `pending`
 # Used with fullmatch: `$` alone would let a trailing newline through, and the key is
 # spliced into the response unescaped.
-PUBLIC_KEY_RE = re.compile(r"[0-9a-f]{32}")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PROJECT_ID_RE = re.compile(r"[0-9]{1,18}")  # fits the int64 of the bus and of Relay
 UNSUPPORTED_VERSION = "Unsupported version, we only support versions 1 to 3."

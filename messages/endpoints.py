@@ -2,9 +2,18 @@
 
 - `ENDPOINTS`: request/reply subjects. Each is served by one actor (its queue group is
   `rc-<actor>`), accepts only its own message types - a command changes something, a
-  query only reads and is safe to retry - and may be called by the roles in `callers`
-  (the operator may call everything). Every control message has an endpoint of its own,
+  query only reads - and may be called by the roles in `callers` (the operator may call
+  everything). Every control message has an endpoint of its own,
   `rc.ctl.<aggregate>.<command>`, so a subject a role may call never carries another type.
+  Each row says, per message type, what a caller and the serving actor need to know:
+  - retry safety (`retry_safe`): every query, and the commands listed `idempotent` - those
+    a second copy can never make do more, nor undo a change someone made in between. A
+    caller that got no answer may send these again; any other command it never resends.
+  - consistency (`consistency`), for a query: `CAUGHT_UP` ones are answered once the
+    actor has folded every commit stored before the query arrived - or, when the request
+    names a stream sequence (`after`, the `sequence` a write's reply carries), every commit
+    up to it, with no call to JetStream - so a caller reads its own writes; `LATEST` ones
+    are answered from what the actor holds when the query arrives.
 - `TOPICS`: publish-only subjects, with the roles that publish and subscribe them.
 - `STORES`: the JetStream stream and buckets, with the roles that read and write them.
 
@@ -12,7 +21,9 @@ A NATS role is named after the process that connects with it: `operator` (the CL
 role per actor and `gateway`. Derived from this table, never written twice: the role
 permissions of the NATS that `up` runs (bus/embedded.py `NATS_ROLES`), the subject a
 client sends a message type to (bus/client.py), the endpoints each actor serves
-(actors/worker.py) and the CLI's retry policy (cli/context.py).
+(actors/worker.py), which of its types the command actor answers as queries
+(actors/commands.py), how fresh each query's answer is (actors/base.py) and the CLI's
+retry policy (cli/context.py).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from messages.schema import Schema
 __all__ = [
     "ACTORS", "ENDPOINTS", "GATEWAY", "OBJECT", "OPERATOR", "REPLY_WINDOW", "ROLES", "STORES",
     "STREAM", "TOPICS", "KV", "Endpoint", "Store", "Topic", "endpoint_for", "retry_safe", "served_by",
+    "CAUGHT_UP", "LATEST", "consistency", "is_query", "queries_of",
 ]
 
 OPERATOR = "operator"
@@ -50,6 +62,8 @@ class Endpoint:
     queries: tuple[str, ...] = ()  # message types that only read: safe to retry
     callers: tuple[str, ...] = ()  # roles that may send requests here, besides the operator
     streamed: bool = False  # answers with a series of chunk replies, then the result
+    idempotent: tuple[str, ...] = ()  # commands safe to send again (see the module docstring)
+    caught_up: tuple[str, ...] = ()  # queries answered CAUGHT_UP; the others are LATEST
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -91,10 +105,16 @@ class Store:
     consume: bool = False
 
 
-def _control(message_type: str, *, query: bool = False, callers: tuple[str, ...] = ()) -> Endpoint:
+CAUGHT_UP, LATEST = "caught_up", "latest"
+
+
+def _control(message_type: str, *, query: bool = False, callers: tuple[str, ...] = (),
+             caught_up: bool = True, idempotent: bool = False, actor: str = COMMANDS) -> Endpoint:
+    """The endpoint of one control message; its queries are CAUGHT_UP unless told not."""
     types = (message_type,)
-    return Endpoint(subjects.control(message_type), COMMANDS, commands=() if query else types,
-                    queries=types if query else (), callers=callers)
+    return Endpoint(subjects.control(message_type), actor, commands=() if query else types,
+                    queries=types if query else (), callers=callers,
+                    caught_up=types if query and caught_up else (), idempotent=types if idempotent else ())
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -123,27 +143,32 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("relay.deny"),
     _control("relay.list", query=True),
     # a relay that completed the signed registration handshake (the handler refuses banned ones)
-    _control("relay.register", callers=(GATEWAY,)),
+    _control("relay.register", callers=(GATEWAY,), idempotent=True),
     _control("user.create"),
     _control("user.token_create"),
     _control("user.permission_add"),
     _control("user.permission_remove"),
     _control("user.permission_list", query=True),
-    _control("user.authenticate", query=True, callers=(GATEWAY,)),  # an API token of an AI request
+    # an API token of an AI request: on the read side (the key lookup actor), never queued
+    # behind the command actor's writes
+    _control("user.authenticate", query=True, callers=(GATEWAY,), actor=KEYS),
     _control("import.org"),
     _control("export.orgs", query=True),
-    _control("stream.status", query=True),
+    _control("stream.status", query=True, caught_up=False),  # answered at once, even when the store is down
     # actor queries
     Endpoint(subjects.KEYS_LOOKUP, KEYS, queries=("keys.lookup",), callers=(GATEWAY,)),
     # the command handlers wait here until a relay access change is applied
-    Endpoint(subjects.ORG_ACCESS, ORGS, queries=("org.has_access", "org.relay_auth"), callers=(GATEWAY, COMMANDS)),
+    Endpoint(subjects.ORG_ACCESS, ORGS, queries=("org.has_access", "org.relay_auth"), callers=(GATEWAY, COMMANDS),
+             caught_up=("org.relay_auth",)),
     Endpoint(subjects.CONFIG_GET, CONFIGS, queries=("config.get", "config.get_v1", "config.history"),
-             callers=(GATEWAY,)),
+             callers=(GATEWAY,), caught_up=("config.get", "config.get_v1", "config.history")),
     Endpoint(subjects.CONFIG_BUILD, CONFIGS, queries=("config.build",), callers=(GATEWAY,)),
     Endpoint(subjects.METRICS_QUERY, METRICS, queries=("metrics.snapshot",), callers=(GATEWAY,)),
-    Endpoint(subjects.TRANSPORT_CONTROL, TRANSPORT, commands=("transport.flush",)),
-    Endpoint(subjects.AI_SUGGEST, AI, queries=("ai.suggest",), callers=(GATEWAY,), streamed=True),
-    Endpoint(subjects.EVENTS_STORE, AI, commands=("events.store",), queries=("events.get",)),
+    Endpoint(subjects.TRANSPORT_CONTROL, TRANSPORT, commands=("transport.flush",), idempotent=("transport.flush",)),
+    Endpoint(subjects.AI_SUGGEST, AI, queries=("ai.suggest",), callers=(GATEWAY,), streamed=True,
+             caught_up=("ai.suggest",)),
+    Endpoint(subjects.EVENTS_STORE, AI, commands=("events.store",), queries=("events.get",),
+             caught_up=("events.get",)),
     # the consumers of the ingest stream (actors/forwarder.py)
     Endpoint(subjects.INGEST_QUERY, FORWARDER, queries=("ingest.status", "ingest.stats", "events.list", "events.show")),
     Endpoint(subjects.INGEST_REPLAY, FORWARDER, commands=("ingest.replay",)),
@@ -194,9 +219,27 @@ def endpoint_for(message_type: str) -> Endpoint:
 
 
 def retry_safe(message_type: str) -> bool:
-    """Whether a request may be sent again when no answer came: queries only."""
+    """Whether a request may be sent again when no answer came: queries and idempotent commands."""
+    endpoint = _BY_TYPE.get(message_type)
+    return endpoint is not None and (message_type in endpoint.queries or message_type in endpoint.idempotent)
+
+
+def is_query(message_type: str) -> bool:
     endpoint = _BY_TYPE.get(message_type)
     return endpoint is not None and message_type in endpoint.queries
+
+
+def consistency(message_type: str) -> str | None:
+    """CAUGHT_UP or LATEST for a query; None for a command (or a type nobody serves)."""
+    endpoint = _BY_TYPE.get(message_type)
+    if endpoint is None or message_type not in endpoint.queries:
+        return None
+    return CAUGHT_UP if message_type in endpoint.caught_up else LATEST
+
+
+def queries_of(actor: str) -> frozenset[str]:
+    """The query types `actor` serves."""
+    return frozenset(t for e in ENDPOINTS if e.actor == actor for t in e.queries)
 
 
 def served_by(actor: str) -> dict[str, dict[str, Schema]]:
@@ -216,12 +259,15 @@ def _check() -> None:
     unknown = sorted(set(types) - set(_SCHEMAS))
     subject_list = [e.subject for e in ENDPOINTS] + [t.subject for t in TOPICS]
     repeated = sorted({s for s in subject_list if subject_list.count(s) > 1})
+    misfiled = sorted({t for e in ENDPOINTS for t in e.idempotent if t not in e.commands} | {
+        t for e in ENDPOINTS for t in e.caught_up if t not in e.queries})
     roles = {e.actor for e in ENDPOINTS} | {r for e in ENDPOINTS for r in e.callers} | {
         r for t in TOPICS for r in (*t.publishers, *t.subscribers)} | {
         r for s in STORES for r in (*s.readers, *s.writers)}
     problems = [f"{what}: {', '.join(items)}" for what, items in (
         ("types with two endpoints", duplicated), ("types without an endpoint", missing),
         ("types without a schema", unknown), ("subjects listed twice", repeated),
+        ("idempotent types that are no command, or caught-up ones no query", misfiled),
         ("unknown roles", sorted(roles - set(ROLES)))) if items]
     if problems:
         raise AssertionError("messages/endpoints.py: " + "; ".join(problems))

@@ -3,9 +3,13 @@
 Request (a msgpack map):
 
     {"type": str, "v": int, "id": str (correlation id), "deadline": float (unix time),
-     "actor": str (optional: who asks), "payload": map}
+     "actor": str (optional: who asks), "after": int (optional), "payload": map}
 
-Reply: `{"ok": true, "result": any}` or `{"ok": false, "error": {"code", "message",
+`after` asks for a read served at or after that event stream sequence: a caller passes the
+`sequence` of its last write's reply to read its own writes (messages/endpoints.py).
+
+Reply: `{"ok": true, "result": any}` (a stored write adds `"sequence": int`, where the
+event stream holds it) or `{"ok": false, "error": {"code", "message",
 "details"}}`. An error reply also carries the NATS micro headers `Nats-Service-Error`
 (the message) and `Nats-Service-Error-Code` (the HTTP-like status), so generic NATS tools
 see the failure too.
@@ -39,13 +43,17 @@ class Request:
     deadline: float = field(default_factory=lambda: time.time() + DEFAULT_TIMEOUT)
     v: int = ENVELOPE_VERSION
     actor: str = ""  # who is asking (a user, "cli", a service name); recorded on events
+    after: int = 0  # serve a read once the event stream is folded up to here (0: no such wish)
 
     def remaining(self) -> float:
         return self.deadline - time.time()
 
     def encode(self) -> bytes:
-        return pack({"type": self.type, "v": self.v, "id": self.id, "actor": self.actor,
-                     "deadline": self.deadline, "payload": self.payload})
+        raw = {"type": self.type, "v": self.v, "id": self.id, "actor": self.actor,
+               "deadline": self.deadline, "payload": self.payload}
+        if self.after:
+            raw["after"] = self.after
+        return pack(raw)
 
 
 def pack(value: Any) -> bytes:
@@ -88,14 +96,18 @@ def decode_request(data: bytes) -> Request:
     if problems:
         raise BadMessage("invalid envelope: " + "; ".join(problems))
     actor = raw.get("actor")
+    after = raw.get("after")
     # Every field was checked above; the asserts tell the type checker so.
     assert isinstance(kind, str) and isinstance(payload, dict) and isinstance(cid, str)
     assert isinstance(deadline, (int, float)) and isinstance(version, int)
     return Request(type=kind, payload=payload, id=cid, deadline=float(deadline), v=version,
-                   actor=actor if isinstance(actor, str) else "")
+                   actor=actor if isinstance(actor, str) else "",
+                   after=after if isinstance(after, int) and not isinstance(after, bool) and after > 0 else 0)
 
 
-def encode_result(result: Any) -> bytes:
+def encode_result(result: Any, sequence: int | None = None) -> bytes:
+    if sequence:
+        return pack({"ok": True, "result": result, "sequence": sequence})
     return pack({"ok": True, "result": result})
 
 
@@ -106,11 +118,17 @@ def encode_error(error: RelayctlError) -> tuple[bytes, dict[str, str]]:
 
 def decode_reply(data: bytes) -> Any:
     """Return the result of a reply or raise the error it carries."""
+    return decode_reply_sequence(data)[0]
+
+
+def decode_reply_sequence(data: bytes) -> tuple[Any, int]:
+    """The result of a reply and the stream sequence it names (0: none), or raise its error."""
     raw = unpack(data)
     if not isinstance(raw, dict) or "ok" not in raw:
         raise BadMessage("reply is not a relayctl reply map")
     if raw["ok"]:
-        return raw.get("result")
+        sequence = raw.get("sequence")
+        return raw.get("result"), sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else 0
     raise from_wire(raw.get("error"))
 
 

@@ -61,10 +61,6 @@ def control(message_type: str) -> str:
     return f"{CONTROL_PREFIX}.{aggregate}.{command}"
 
 
-def events_ingest(project_id: int | str) -> str:
-    return EVENTS_INGEST.replace("*", str(project_id))
-
-
 def ingest_subject(project_id: int | str) -> str:
     return INGEST_ENVELOPES.replace("*", str(project_id))
 

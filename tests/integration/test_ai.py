@@ -39,7 +39,7 @@ class AISystem:
         self.stub = stub
         self.nats_url, self.redis_url = nats_url, redis_url
         self.config = AIConfig(base_url=stub.url, api_key="test-key", model="stub-model", timeout=MODEL_TIMEOUT)
-        self.sut = SystemUnderTest(nats_url, redis_url, actors=["commands"]).start()
+        self.sut = SystemUnderTest(nats_url, redis_url, actors=["commands", "keys"]).start()
         # Tests hit the endpoint far faster than a person would; one test checks the limit.
         limiter = self.sut.gateway.app[AI_LIMITER]  # type: ignore[union-attr]
         limiter.rate, limiter.burst = 1000.0, 1000

@@ -59,9 +59,10 @@ def run(url: str, body: Callable[[NATS], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
-def commands_worker(servers: tuple[ServerProcess, ServerProcess, dict[str, str]]) -> Worker:
+def commands_worker(servers: tuple[ServerProcess, ServerProcess, dict[str, str]],
+                    actors: list[str] | None = None) -> Worker:
     nats_server, redis_server, _ = servers
-    return Worker(["commands"], nats_server.url, redis_server.url, instrument=False).start()
+    return Worker(actors or ["commands"], nats_server.url, redis_server.url, instrument=False).start()
 
 
 def write_snapshot(servers: tuple[ServerProcess, ServerProcess, dict[str, str]], monkeypatch: pytest.MonkeyPatch,
@@ -98,10 +99,11 @@ def plant(url: str, data: bytes) -> None:
 
 def started_from(servers: tuple[ServerProcess, ServerProcess, dict[str, str]],
                  monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict[str, Any], Any]:
-    """Start a command handler (that writes no snapshot of its own): where it started from,
-    its state, and what a forged token gets."""
+    """Start a command handler (that writes no snapshot of its own) and the key lookup actor
+    (which checks tokens): where the handler started from, its state, and what a forged
+    token gets."""
     monkeypatch.setattr(CommandActor, "snapshot_every", 0)
-    worker = commands_worker(servers)
+    worker = commands_worker(servers, ["commands", "keys"])
     try:
         ref = worker.supervisors["commands"].ref
         assert ref is not None

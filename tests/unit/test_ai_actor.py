@@ -27,6 +27,7 @@ from actors.base import wait_ready
 from actors.error_events import InMemoryErrorEventStore, decode_ingest
 from bus.eventstore import InMemoryEventStore
 from bus.runtime import BusRuntime
+from bus.seams import InMemoryBus
 from bus.service import Call
 from domain.ai_prompt import describe_event_for_ai
 from messages.commands import QUERIES
@@ -111,7 +112,7 @@ class Harness:
 
     def start(self, **options: Any) -> Harness:
         factory = None if options.pop("real_client", False) else self.model.factory
-        self.ref = AISuggestionActor.start(self.runtime, self.store, ai_config=self.config, cache=self.cache,
+        self.ref = AISuggestionActor.start(self.runtime, InMemoryBus(self.store), ai_config=self.config, cache=self.cache,
                                            events=self.events, client_factory=factory, **options)
         wait_ready(self.ref, 5)
         return self

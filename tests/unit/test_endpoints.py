@@ -12,7 +12,20 @@ from bus.client import subject_for
 from bus.embedded import NATS_ROLES
 from bus.runtime import role_of
 from messages.commands import CONTROL, QUERIES
-from messages.endpoints import ACTORS, ENDPOINTS, OPERATOR, ROLES, STORES, TOPICS, retry_safe, served_by
+from messages.endpoints import (
+    ACTORS,
+    CAUGHT_UP,
+    ENDPOINTS,
+    LATEST,
+    OPERATOR,
+    ROLES,
+    STORES,
+    TOPICS,
+    consistency,
+    queries_of,
+    retry_safe,
+    served_by,
+)
 from messages.errors import BadRequest
 from messages.subjects import inbox_prefix
 
@@ -44,7 +57,10 @@ def test_every_control_message_has_an_endpoint_of_its_own() -> None:
     control = {e.subject: e for e in ENDPOINTS if e.subject.startswith("rc.ctl.")}
     assert sorted(control) == sorted(f"rc.ctl.{t}" for t in CONTROL)
     for subject, endpoint in control.items():
-        assert endpoint.actor == "commands" and endpoint.types == (subject.removeprefix("rc.ctl."),)
+        assert endpoint.types == (subject.removeprefix("rc.ctl."),)
+        # the command handlers serve them all, but the token check of every AI request,
+        # which is on the read side
+        assert endpoint.actor == ("keys" if endpoint.types == ("user.authenticate",) else "commands")
 
 
 def test_every_query_is_served_by_one_actor_and_no_subject_is_a_wildcard() -> None:
@@ -73,11 +89,25 @@ def test_each_actor_serves_its_rows_of_the_table() -> None:
                                                    "org.relay_auth": QUERIES["org.relay_auth"]}}
 
 
-def test_only_queries_are_retried() -> None:
-    """Reads are safe to send again; a change never is."""
+def test_queries_and_idempotent_commands_are_retried() -> None:
+    """Reads are safe to send again, and the commands the table lists idempotent; no other change."""
     assert retry_safe("relay.list") and retry_safe("config.history") and retry_safe("keys.lookup")
+    assert retry_safe("transport.flush") and retry_safe("relay.register")
     assert not retry_safe("relay.allow") and not retry_safe("import.org") and not retry_safe("events.store")
     assert not retry_safe("no.such_type")
+    idempotent = {t for e in ENDPOINTS for t in e.idempotent}
+    assert idempotent <= {t for e in ENDPOINTS for t in e.commands}
+
+
+def test_every_query_declares_how_fresh_its_answer_is() -> None:
+    """CAUGHT_UP or LATEST for each query, None for a command; config.get is caught up
+    like config.history, the command handlers' queries too, but their status."""
+    queries = {t for e in ENDPOINTS for t in e.queries}
+    assert all(consistency(t) in (CAUGHT_UP, LATEST) for t in queries)
+    assert consistency("org.create") is None and consistency("no.such_type") is None
+    assert consistency("config.get") == consistency("config.history") == CAUGHT_UP
+    assert consistency("keys.lookup") == LATEST and consistency("stream.status") == LATEST
+    assert all(consistency(t) == CAUGHT_UP for t in queries_of("commands") - {"stream.status"})
 
 
 # -- NATS role permissions --------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -219,7 +220,9 @@ def test_module_helpers_are_noops_until_configured(published: Published) -> None
     finally:
         metrics_module.close()
 
-    assert {point[1] for point in published.points} == {"counted", "timed"}
+    # configure() also reports the build and the watched counters at 0 (issue 16 item 14).
+    assert {point[1] for point in published.points} == {"counted", "timed", "build.info", "nats.reconnects"}
+    assert [p[2] for p in published.named("nats.reconnects")] == [0.0]
     assert published.named("timed")[0][3] == {"result": "failure"}
 
 
@@ -282,22 +285,22 @@ def test_prometheus_text_parses() -> None:
     store.apply_batch(
         _batch(
             "gateway",
-            ["counter", "internal.captured.events.upstream", 3.0, {"dsn-kind": "s4s"}, 1.0],
+            ["counter", "internal.captured.events", 3.0, {"dsn-kind": "s4s"}, 1.0],
             ["timer", "config.build", 0.03, {"result": "success"}, 1.0],
             ["timer", "config.build", 42.0, {"result": "success"}, 1.0],
             ["gauge", "queue.depth", 5.0, {"le": "x", "process": "spoofed"}, 1.0],
             ["distribution", "envelope.bytes", 900.0, {}, 1.0],
             # Collides with the counter above once sanitized: must not break the output.
-            ["gauge", "internal_captured_events_upstream", 1.0, {}, 1.0],
+            ["gauge", "internal_captured_events", 1.0, {}, 1.0],
         )
     )
 
     families = {f.name: f for f in text_string_to_metric_families(store.prometheus_text().decode())}
 
-    counter = families["relayctl_internal_captured_events_upstream"]
+    counter = families["relayctl_internal_captured_events"]
     assert counter.type == "counter"
     [sample] = counter.samples
-    assert sample.name == "relayctl_internal_captured_events_upstream_total"
+    assert sample.name == "relayctl_internal_captured_events_total"
     assert sample.labels == {"dsn_kind": "s4s", "process": "gateway"}
     assert sample.value == 3.0
 
@@ -309,7 +312,8 @@ def test_prometheus_text_parses() -> None:
     assert values[("relayctl_config_build_seconds_bucket", "+Inf")] == 2
 
     [gauge] = families["relayctl_queue_depth"].samples
-    assert gauge.labels == {"tag_le": "x", "tag_process": "spoofed", "process": "gateway"}
+    # A tag named "process" never makes a second label: the batch's process is the one.
+    assert gauge.labels == {"tag_le": "x", "process": "gateway"}
     assert families["relayctl_envelope_bytes"].type == "summary"
 
 
@@ -379,3 +383,116 @@ def test_outputs_fit_their_byte_budget_and_say_when_cut() -> None:
     assert len(json.dumps(snapshot)) <= 100_000
     assert snapshot["truncated"] is True and snapshot["left_out"] > 0
     assert len(snapshot["timers"]) + snapshot["left_out"] == 10_000  # the totals and the one process
+
+
+# -- issue 16 item 14: what operators expect of the exposition --------------------------------
+
+def test_help_texts_come_from_the_catalogue() -> None:
+    """HELP lines say what a metric means (bus/metric_catalogue.py); unknown names get a
+    generic one."""
+    from bus.metric_catalogue import HELP
+
+    store = MetricsStore(help=HELP)
+    store.apply_batch(_batch("gateway", ["counter", "relay.cache", 2.0, {"result": "hit"}, 1.0],
+                             ["counter", "made.up", 1.0, {}, 1.0]))
+    families = {f.name: f for f in text_string_to_metric_families(store.prometheus_text().decode())}
+    assert families["relayctl_relay_cache"].documentation == HELP["relay.cache"]
+    assert families["relayctl_made_up"].documentation == "Counter made.up"
+
+
+def test_every_recorded_metric_name_is_in_the_catalogue() -> None:
+    """A scan of the code: every literal name passed to incr/timing/gauge/distribution/timer
+    has a catalogue entry of the same kind, and no f-string names (one series per value)."""
+    import re
+    from pathlib import Path
+
+    from bus.metric_catalogue import METRICS
+
+    root = Path(__file__).resolve().parents[2]
+    kinds = {"incr": "counter", "timing": "timer", "timer": "timer", "gauge": "gauge", "distribution": "distribution"}
+    call = re.compile(r"\.(incr|timing|timer|gauge|distribution)\(\s*(f?)\"([^\"]+)\"")
+    found: dict[str, str] = {}
+    dynamic = []
+    for package in ("actors", "bus", "gateway", "cli", "domain"):
+        for path in (root / package).rglob("*.py"):
+            for method, is_f, name in call.findall(path.read_text()):
+                if is_f:
+                    dynamic.append(f"{path.name}: {name}")
+                found[name] = kinds[method]
+    assert dynamic == []
+    missing = {name: kind for name, kind in found.items() if name not in METRICS}
+    assert missing == {}
+    assert {name: kind for name, kind in found.items() if METRICS[name].kind != kind} == {}
+
+
+def test_series_of_a_silent_process_expire() -> None:
+    """`expire` forgets a process not heard from within the ttl: its series leave the
+    exposition and the totals, and free their place under the series cap."""
+    store = MetricsStore(max_series=3)
+    store.apply_batch(_batch("worker:old", ["counter", "events.folded", 5.0, {}, 1.0],
+                             ["counter", "actor.restarts", 1.0, {}, 1.0]), now=100.0)
+    store.apply_batch(_batch("worker:new", ["counter", "events.folded", 2.0, {}, 1.0]), now=200.0)
+    assert store.snapshot()["counters"]["events.folded"] == 7.0
+    assert store.expire(now=250.0, ttl=100.0) == ["worker:old"]
+    snapshot = store.snapshot()
+    assert snapshot["counters"] == {"events.folded": 2.0} and set(snapshot["processes"]) == {"worker:new"}
+    assert "worker:old" not in store.prometheus_text().decode()
+    store.apply_batch(_batch("worker:new", ["counter", "a", 1.0, {}, 1.0], ["counter", "b", 1.0, {}, 1.0]),
+                      now=260.0)
+    assert store.snapshot()["counters"] == {"events.folded": 2.0, "a": 1.0, "b": 1.0}
+    assert store.expire(now=300.0, ttl=100.0) == []
+
+
+def test_build_info_and_declared_counters_are_reported_with_every_heartbeat(published: Published) -> None:
+    """A process sends `build.info` (1, with its versions) at its start and every heartbeat,
+    and its declared counters at 0 each time: quiet processes stay alive, watched counters
+    exist before their first increment."""
+    instance = Metrics(published, process="gw", flush_interval=0.02, heartbeat=0.05)
+    try:
+        instance.declare([("relay.cache", {"result": "hit"})])
+        deadline = time.monotonic() + WAIT
+        while len(published.named("build.info")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        instance.close()
+    infos = published.named("build.info")
+    assert len(infos) >= 3 and all(p[2] == 1.0 for p in infos)
+    assert set(infos[0][3]) == {"version", "python"}
+    zeros = published.named("relay.cache")
+    assert len(zeros) >= 2 and all(p[2] == 0.0 and p[3] == {"result": "hit"} for p in zeros)
+
+
+def test_a_process_tag_is_never_added(published: Published) -> None:
+    instance = Metrics(published, process="worker:configs", global_tags={"process": "worker", "host": "a"})
+    try:
+        instance.incr("x")
+        instance.flush()
+    finally:
+        instance.close()
+    assert published.named("x")[0][3] == {"host": "a"}
+
+
+def test_a_tap_sees_every_batch_even_when_publishing_fails() -> None:
+    seen: list[tuple[str, list[Any]]] = []
+
+    def broken(data: bytes) -> None:
+        raise ConnectionError("nats is down")
+
+    instance = Metrics(broken, process="gateway", flush_interval=60)
+    instance.add_tap(lambda process, points: seen.append((process, points)))
+    try:
+        instance.incr("relay.cache", tags={"result": "miss"})
+        instance.flush()
+    finally:
+        instance.close()
+    # Then the next batches carry the drop counts of the failed publishes.
+    assert [(p, [pt[1] for pt in pts]) for p, pts in seen][0] == ("gateway", ["relay.cache"])
+
+
+def test_docs_list_every_metric() -> None:
+    from pathlib import Path
+
+    from bus.metric_catalogue import METRICS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    assert [name for name in METRICS if f"| `{name}` |" not in text] == []

@@ -52,8 +52,9 @@ class RecordingMetrics:
             )
 
     def names(self) -> list[str]:
+        """Names with their dsn tag, if any: `name{dsn}`."""
         with self._lock:
-            return [name for name, _, _ in self.calls]
+            return [name + (f"{{{tags['dsn']}}}" if "dsn" in tags else "") for name, _, tags in self.calls]
 
 
 @pytest.fixture
@@ -127,13 +128,11 @@ def test_event_reaches_both_dsns_upstream_first(
         assert received.event["tags"] == {"process": "tests"}
 
     names = recorded.names()
-    assert names.index("internal.captured.events.upstream") < names.index(
-        "internal.captured.events.relay"
-    )
+    assert names.index("internal.captured.events{upstream}") < names.index("internal.captured.events{relay}")
     assert mux.flush()
-    assert recorded.count("internal.captured.events.envelopes") == 1
-    assert recorded.count("internal.sent_requests.upstream.events") == 1
-    assert recorded.count("internal.sent_requests.relay.events") == 1
+    assert recorded.count("internal.captured.envelopes") == 1
+    assert recorded.count("internal.sent_requests", dsn="upstream") == 1
+    assert recorded.count("internal.sent_requests", dsn="relay") == 1
 
 
 def test_statsd_items_reach_relay_but_not_upstream(
@@ -165,7 +164,7 @@ def test_statsd_only_envelope_skips_upstream(
     relay.wait_for(1)
     assert mux.flush()
     assert upstream.requests == 0
-    assert recorded.count("internal.captured.events.upstream") == 0
+    assert recorded.count("internal.captured.events", dsn="upstream") == 0
 
 
 def test_route_keeps_statsd_upstream_when_enabled_and_never_mutates() -> None:
@@ -197,8 +196,8 @@ def test_unsafe_scope_reaches_upstream_only(
     upstream.wait_for(1)
     assert mux.flush()
     assert relay.requests == 0
-    assert recorded.count("internal.uncaptured.events.relay", reason="unsafe") == 1
-    assert recorded.count("internal.captured.events.relay") == 0
+    assert recorded.count("internal.uncaptured.events", dsn="relay", reason="unsafe") == 1
+    assert recorded.count("internal.captured.events", dsn="relay") == 0
 
 
 def test_event_of_internal_project_reaches_upstream_only(
@@ -221,7 +220,7 @@ def test_event_of_internal_project_reaches_upstream_only(
     [to_relay] = relay.wait_for(1)
     assert to_relay.event is not None
     assert to_relay.event["message"] == "another project's problem"
-    assert recorded.count("internal.uncaptured.events.relay", reason="unsafe") == 1
+    assert recorded.count("internal.uncaptured.events", dsn="relay", reason="unsafe") == 1
 
 
 @pytest.mark.parametrize("down_mode", ["503", "close"])
@@ -250,7 +249,7 @@ def test_down_dsn_does_not_block_the_other(
             # 10 submitted: at most 1 in flight and 2 queued, the rest dropped.
             assert multiplexer.dropped["upstream"] >= 7
             assert multiplexer.dropped["relay"] == 0
-            dropped = recorded.count("internal.uncaptured.events.upstream", reason="queue_full")
+            dropped = recorded.count("internal.uncaptured.events", dsn="upstream", reason="queue_full")
             assert dropped == multiplexer.dropped["upstream"]
 
             upstream.down = False
@@ -277,8 +276,8 @@ def test_retries_are_bounded(relay: EnvelopeReceiver, recorded: RecordingMetrics
             multiplexer.close(timeout=1)
 
     assert upstream.requests == 3
-    assert recorded.count("internal.sent_requests.upstream.events") == 3
-    assert recorded.count("internal.uncaptured.events.upstream", reason="retries_exhausted") == 1
+    assert recorded.count("internal.sent_requests", dsn="upstream") == 3
+    assert recorded.count("internal.uncaptured.events", dsn="upstream", reason="retries_exhausted") == 1
 
 
 def test_rejected_envelope_is_not_retried(recorded: RecordingMetrics) -> None:
@@ -296,7 +295,7 @@ def test_rejected_envelope_is_not_retried(recorded: RecordingMetrics) -> None:
         assert multiplexer.flush()
 
     assert attempts == ["https://key@sentry.example/5"]
-    assert recorded.count("internal.uncaptured.events.upstream", reason="rejected") == 1
+    assert recorded.count("internal.uncaptured.events", dsn="upstream", reason="rejected") == 1
 
 
 def test_malformed_envelope_is_counted_not_raised(recorded: RecordingMetrics) -> None:
@@ -310,7 +309,7 @@ def test_malformed_envelope_is_counted_not_raised(recorded: RecordingMetrics) ->
         multiplexer.submit(b'{}\n{"type": "event", "length": 999}\n{}')
         multiplexer.submit(b"\xff\xfe not json")
 
-    assert recorded.count("internal.uncaptured.events.envelopes", reason="malformed") == 2
+    assert recorded.count("internal.uncaptured.envelopes", reason="malformed") == 2
 
 
 def test_envelope_format_interoperates_with_sentry_sdk() -> None:

@@ -1,0 +1,103 @@
+"""The seam between the materializing actors and the cache they write: `ConfigCache`.
+
+The config builder and the org access actor write sealed entries (bus/config_cache.py)
+to a cache the gateways read. They need three things of it: write a batch (some keys set,
+maybe with a time to live, some deleted) so that a reader sees all of it or none of it,
+and say which server instance holds the data (a restarted Redis is empty: the actor
+writes everything again, actors/redis_watch.py). `RedisConfigCache` is the real one;
+`InMemoryConfigCache` is for unit tests of those actors (it can fail, and restart).
+A cache that cannot be reached raises `CacheUnavailable`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import redis
+
+from messages.errors import Unavailable
+
+
+class CacheUnavailable(Unavailable):
+    """The cache did not take the write or answer the question."""
+
+
+class ConfigCache(Protocol):
+    def write(self, values: Mapping[str, bytes], *, delete: Iterable[str] = (), ttl: int | None = None) -> None:
+        """Set `values` (each for `ttl` seconds if given) and delete `delete`, all at once."""
+
+    def server_id(self) -> str:
+        """Names the running server: it changes when the cache restarts (and forgot all)."""
+
+
+class RedisConfigCache:
+    """A Redis server; bounded socket waits, so a Redis that hangs stalls an actor briefly."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
+
+    def write(self, values: Mapping[str, bytes], *, delete: Iterable[str] = (), ttl: int | None = None) -> None:
+        deleted = list(delete)
+        try:
+            if not deleted and ttl is None:
+                if values:
+                    self.client.mset(dict(values))
+                return
+            # One transaction: a relay sees the whole batch or none of it (compute, then swap).
+            pipe = self.client.pipeline(transaction=True)
+            if ttl is None:
+                if values:
+                    pipe.mset(dict(values))
+            else:
+                for name, value in values.items():
+                    pipe.set(name, value, ex=ttl)
+            if deleted:
+                pipe.delete(*deleted)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise CacheUnavailable(f"redis write failed: {exc}") from None
+
+    def server_id(self) -> str:
+        try:
+            return str(self.client.info("server").get("run_id", ""))
+        except redis.RedisError as exc:
+            raise CacheUnavailable(f"redis does not answer: {exc}") from None
+
+
+class InMemoryConfigCache:
+    """A cache in a dict. `down` makes every call fail; `restart()` forgets everything and
+    changes the server id, like a Redis that restarted empty."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.expires: dict[str, float] = {}
+        self.down = False
+        self._id = secrets.token_hex(8)
+
+    def _check(self) -> None:
+        if self.down:
+            raise CacheUnavailable("the in-memory cache is down")
+
+    def write(self, values: Mapping[str, bytes], *, delete: Iterable[str] = (), ttl: int | None = None) -> None:
+        self._check()
+        for name, value in values.items():
+            self.values[name] = bytes(value)
+            if ttl is not None:
+                self.expires[name] = time.monotonic() + ttl
+            else:
+                self.expires.pop(name, None)
+        for name in delete:
+            self.values.pop(name, None)
+            self.expires.pop(name, None)
+
+    def server_id(self) -> str:
+        self._check()
+        return self._id
+
+    def restart(self) -> None:
+        self.values.clear()
+        self.expires.clear()
+        self._id = secrets.token_hex(8)

@@ -1,0 +1,86 @@
+"""What an operator's Prometheus sees (issue 16 item 14), from the real `relayctl gateway`
+process: HELP texts, one `process` label, per-DSN names as a label, `relayctl_build_info`,
+the watched counters at 0 from the start, and `/metrics` without NATS."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bus.embedded import ServerProcess
+from bus.metric_catalogue import HELP
+from tests.conftest import gateway_redis_url
+from tests.integration.test_gateway_ops import GatewayProcess
+from tests.system import GatewayThread, SystemUnderTest, http_request
+
+
+def families(url: str) -> dict[str, object]:
+    status, headers, body = http_request(url + "/metrics")
+    assert status == 200, body
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, system: SystemUnderTest, nats_server: ServerProcess,
+            redis_server: ServerProcess) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(tmp_path, nats_server.url, gateway_redis_url(redis_server))
+    yield process
+    process.stop()
+
+
+def test_a_fresh_gateway_shows_build_info_and_watched_counters_at_zero(gateway: GatewayProcess) -> None:
+    """Before any relay asked anything: relayctl_build_info, relay.cache hit/miss and
+    nats.reconnects at 0, every family with its catalogue HELP, no tag_process label."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = families(gateway.url)
+        info = found.get("relayctl_build_info")
+        if info is not None and any(s.labels.get("process") == "gateway" for s in info.samples):  # type: ignore[attr-defined]
+            break
+        assert time.monotonic() < deadline, sorted(found)
+        time.sleep(0.2)
+    [sample] = [s for s in info.samples if s.labels["process"] == "gateway"]  # type: ignore[attr-defined]
+    assert sample.value == 1 and sample.labels["version"] and sample.labels["python"]
+    cache = {s.labels["result"]: s.value for s in found["relayctl_relay_cache"].samples  # type: ignore[attr-defined]
+             if s.labels["process"] == "gateway"}
+    assert cache == {"hit": 0.0, "miss": 0.0}
+    reconnects = [s for s in found["relayctl_nats_reconnects"].samples  # type: ignore[attr-defined]
+                  if s.labels["process"] == "gateway"]
+    assert [s.value for s in reconnects] == [0.0]
+    assert found["relayctl_relay_cache"].documentation == HELP["relay.cache"]  # type: ignore[attr-defined]
+    assert found["relayctl_build_info"].documentation == HELP["build.info"]  # type: ignore[attr-defined]
+    for family in found.values():
+        for s in family.samples:  # type: ignore[attr-defined]
+            assert "tag_process" not in s.labels, s
+    # A worker declares actor.restarts per actor (the in-process test worker).
+    assert "relayctl_actor_restarts" in found
+
+
+def test_metrics_answers_with_the_gateways_own_series_without_nats(
+        fresh_servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """NATS down: `/metrics` still answers 200, with this gateway's own series and a note."""
+    nats, redis = fresh_servers
+    sut = SystemUnderTest(nats.url, redis.url, actors=["metrics"]).start(with_gateway=False)
+    gateway = GatewayThread(nats.url, gateway_redis_url(redis)).start()
+    try:
+        for _ in range(3):
+            assert http_request(gateway.url + "/_health/")[0] == 200
+        status, headers, _ = http_request(gateway.url + "/metrics")
+        assert status == 200 and "x-relayctl-metrics" not in headers  # the aggregate
+        sut.stop()
+        time.sleep(1.0)  # one flush of the gateway's points (every 0.5 s)
+        nats.stop()
+        status, headers, body = http_request(gateway.url + "/metrics")
+        assert status == 200 and headers["x-relayctl-metrics"] == "gateway-only", (status, body[:300])
+        assert body.startswith(b"# relayctl: the metrics actor did not answer")
+        own = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        routes = {s.labels["route"] for s in own["relayctl_gateway_requests_seconds"].samples}
+        assert {"/_health/", "/metrics"} <= routes, routes
+        assert {s.labels["process"] for s in own["relayctl_gateway_requests_seconds"].samples} == {"gateway"}
+    finally:
+        gateway.stop()
+        sut.stop()

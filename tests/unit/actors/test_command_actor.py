@@ -1,0 +1,85 @@
+"""The command actor over the in-memory bus: commands in, events stored, replies out."""
+
+from __future__ import annotations
+
+import queue
+from typing import Any
+
+import pytest
+
+from actors.commands import CommandActor
+from actors.lookup import OrgAccessActor
+from bus.service import ActorService, Call
+from bus.testing import ActorHarness
+from messages.endpoints import endpoint_for
+from messages.errors import Conflict, NotFound
+from tests.unit.actors.conftest import ORG, PROJECT, RELAY
+
+
+def test_commands_store_events_and_queries_see_them(harness: ActorHarness) -> None:
+    harness.start(CommandActor)
+    assert harness.ask("org.create", {"slug": ORG, "name": "Acme"})["slug"] == ORG
+    harness.ask("project.create", {"org": ORG, "project": PROJECT})
+    key = harness.ask("key.create", {"org": ORG, "project": PROJECT})["publicKey"]
+    assert key in [k["publicKey"] for k in harness.ask("key.list", {"org": ORG, "project": PROJECT})["keys"]]
+    stored = [e.type for _, commit in harness.runtime.call(harness.store.read()) for e in commit]
+    assert {"OrgCreated", "ProjectCreated", "KeyCreated"} <= set(stored)
+
+
+def test_errors_come_back_as_wire_errors(harness: ActorHarness) -> None:
+    harness.start(CommandActor)
+    harness.ask("org.create", {"slug": ORG})
+    with pytest.raises(Conflict, match="already exists"):
+        harness.ask("org.create", {"slug": ORG})
+    with pytest.raises(NotFound, match="No organization matching `nope`"):
+        harness.ask("project.create", {"org": "nope", "project": PROJECT})
+
+
+def test_a_change_already_in_effect_stores_nothing(harness: ActorHarness) -> None:
+    harness.start(CommandActor)
+    harness.ask("org.create", {"slug": ORG})
+    harness.ask("project.create", {"org": ORG, "project": PROJECT})
+    option = {"org": ORG, "project": PROJECT, "key": "sentry:scrub_data", "value": False}
+    harness.ask("project.option_set", option)
+    before = harness.runtime.call(harness.store.last_sequence())
+    harness.ask("project.option_set", option)
+    assert harness.runtime.call(harness.store.last_sequence()) == before
+
+
+def test_relay_access_replies_once_org_access_applied_it(harness: ActorHarness) -> None:
+    harness.start(CommandActor)
+    orgs = harness.start(OrgAccessActor, harness.cache)
+    harness.ask("relay.allow", {"public_key": RELAY, "internal": True})
+    # By the reply, the org access actor has folded the change.
+    assert orgs.proxy().state.get().relays[RELAY].internal is True
+
+
+class HeldService:
+    """Stands in for the org access actor: holds every call until released."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue[Call] = queue.Queue()
+
+    def tell(self, call: Any) -> None:
+        self.calls.put(call)
+
+
+def test_the_command_actor_serves_others_while_a_relay_access_change_waits(harness: ActorHarness) -> None:
+    """No actor blocks on another actor's reply: while org access has not answered, the
+    command actor goes on; the held command replies once org access does."""
+    harness.start(CommandActor)
+    held = HeldService()
+    subject = endpoint_for("org.relay_auth").subject
+    harness.runtime.call(harness.bus.serve(ActorService("orgs", held, {subject: _schemas(subject)})))
+    waiting = harness.send("relay.allow", {"public_key": RELAY, "internal": False})
+    call = held.calls.get(timeout=5)  # the command is stored and waits for org access
+    assert harness.ask("org.create", {"slug": ORG})["slug"] == ORG
+    assert not waiting.done()
+    call.reply({"byId": None, "byKey": None})
+    assert waiting.result(timeout=5) is None
+
+
+def _schemas(subject: str) -> Any:
+    from messages.endpoints import served_by
+
+    return served_by("orgs")[subject]
