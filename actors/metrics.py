@@ -5,16 +5,23 @@ sees every batch and holds the whole picture; a query (`rc.metrics.query`) can g
 of them. Points are folded by `MetricsStore`; answers are a JSON snapshot or Prometheus
 text (for the gateway's `/metrics`), each cut to fit one NATS message (the connection's
 `max_payload`): an answer that did not fit would never arrive at all.
+
+A process not heard from for `RELAYCTL_METRICS_TTL` seconds (default 120; every process
+sends at least its `build.info` every 15 s, bus/metrics.py) is forgotten with its series:
+the exposition shows the processes that run. HELP texts come from bus/metric_catalogue.py.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import structlog
 
 from actors.base import ServiceActor
 from bus import metrics
+from bus.metric_catalogue import HELP
 from bus.metrics import MalformedBatch, decode_batch
 from bus.runtime import BusRuntime
 from bus.seams import Bus
@@ -26,6 +33,14 @@ from messages.subjects import METRICS_RECORD
 log = structlog.get_logger(__name__)
 # The reply envelope ({"ok": true, "result": ...}) and the micro headers, with room to spare.
 REPLY_OVERHEAD = 4096
+
+
+def metrics_ttl() -> float:
+    """How long a silent process keeps its series (`RELAYCTL_METRICS_TTL`, seconds)."""
+    try:
+        return max(1.0, float(os.environ.get("RELAYCTL_METRICS_TTL", "120")))
+    except ValueError:
+        return 120.0
 
 
 class MetricsBatch:
@@ -40,7 +55,8 @@ class MetricsActor(ServiceActor):
         super().__init__()
         self.runtime = runtime
         self.bus = bus
-        self.store = MetricsStore()
+        self.store = MetricsStore(help=HELP)
+        self.ttl = metrics_ttl()
 
     def on_start(self) -> None:
         self.listen(METRICS_RECORD, lambda msg: MetricsBatch(msg.data))
@@ -48,7 +64,7 @@ class MetricsActor(ServiceActor):
     def on_other(self, message: Any) -> Any:
         if isinstance(message, MetricsBatch):
             try:
-                self.store.apply_batch(decode_batch(message.data))
+                self.store.apply_batch(decode_batch(message.data), now=time.time())
             except MalformedBatch as exc:
                 metrics.incr("metrics.malformed_batches")
                 log.warning("metrics.malformed_batch", error=str(exc))
@@ -61,6 +77,9 @@ class MetricsActor(ServiceActor):
 
     def handle_metrics_snapshot(self, call: Call) -> Any:
         fmt = call.payload["format"]
+        gone = self.store.expire(time.time(), self.ttl)
+        if gone:
+            log.info("metrics.processes_expired", processes=gone, ttl=self.ttl)
         if fmt == "prometheus":
             return self.store.prometheus_text(max_bytes=self.reply_budget())
         if fmt == "json":

@@ -16,6 +16,7 @@ import os
 import random
 import secrets
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,8 +30,10 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from bus import metrics
 from bus.client import request as bus_request
+from bus.metric_catalogue import GATEWAY_COUNTERS, HELP
 from bus.process import instrument
 from bus.runtime import connect
+from domain.metrics_store import MetricsStore
 from gateway.ai import add_ai_routes
 from gateway.binding import PortLock, port_problem
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
@@ -186,11 +189,40 @@ async def health(request: web.Request) -> web.Response:
                          200 if healthy else 503)
 
 
+class OwnSeries:
+    """This gateway's own metric points, folded as the metrics actor folds everyone's: what
+    `/metrics` answers when the aggregate cannot be had (NATS down, no metrics actor)."""
+
+    def __init__(self) -> None:
+        self.store = MetricsStore(help=HELP)
+        self.lock = threading.Lock()
+
+    def tap(self, process: str, points: list[Any]) -> None:
+        with self.lock:  # called on the metrics flusher thread
+            self.store.apply_batch({"process": process, "points": points}, now=time.time())
+
+    def text(self) -> bytes:
+        with self.lock:
+            return self.store.prometheus_text()
+
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OWN_SERIES_NOTE = b"# relayctl: the metrics actor did not answer; this gateway's own series only\n"
+
+
 async def prometheus(request: web.Request) -> web.Response:
-    """Every process's metrics, as the metrics actor aggregates them."""
-    text = await bus_request(request.app["nc"], "metrics.snapshot", {"format": "prometheus"}, timeout=3.0,
-                             retries=1)
-    return web.Response(body=text, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    """Every process's metrics, as the metrics actor aggregates them - scrape one gateway,
+    not each (every gateway serves the same aggregate). Without NATS or the metrics actor,
+    this gateway's own series, marked as such."""
+    try:
+        text = await bus_request(request.app["nc"], "metrics.snapshot", {"format": "prometheus"}, timeout=3.0,
+                                 retries=1)
+    except Exception as exc:  # NATS down, reconnecting, no metrics actor: all the same here
+        own: OwnSeries = request.app["own_series"]
+        log.warning("gateway.metrics_local_only", error=str(exc))
+        return web.Response(body=OWN_SERIES_NOTE + own.text(),
+                            headers={"Content-Type": PROMETHEUS_TYPE, "X-Relayctl-Metrics": "gateway-only"})
+    return web.Response(body=text, headers={"Content-Type": PROMETHEUS_TYPE})
 
 
 async def live(request: web.Request) -> web.Response:
@@ -206,6 +238,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app["nc"] = None
     app["redis"] = None
     app["access_sample_rate"] = access_sample_rate()
+    app["own_series"] = OwnSeries()
     app["relay_auth"] = RelayAuthCache()
     app["bodies"] = BodyCache()
     relays = RelayEndpoints(app)
@@ -233,6 +266,9 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
         await app["nc"].subscribe(RELAY_CHANGED, cb=relay_changed)
         if instrument_process:
             instrument(app["nc"], asyncio.get_running_loop(), "gateway")
+            metrics.declare(GATEWAY_COUNTERS)
+            if metrics.metrics.instance is not None:
+                metrics.metrics.instance.add_tap(app["own_series"].tap)
         if redis_url:
             app["redis"] = aioredis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
 
