@@ -55,7 +55,7 @@ class SentryStub:
         self.loop = asyncio.new_event_loop()
         self._release: asyncio.Event | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        app = web.Application()
+        app = web.Application(client_max_size=256 * 1024 * 1024)  # as large as Sentry takes
         app.router.add_post(r"/api/{project_id:\d+}/envelope/", self._envelope)
         self._runner = web.AppRunner(app, access_log=None)
 

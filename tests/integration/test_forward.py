@@ -288,3 +288,21 @@ def test_a_forwarder_killed_mid_delivery_loses_nothing(system: SystemUnderTest, 
         stub.wait(lambda: event_id in stub.accepted_ids(), what="the redelivery")
     finally:
         fwd.stop()
+
+
+def test_an_envelope_over_the_nats_message_limit_is_forwarded_whole(system: SystemUnderTest, appender: Appender,
+                                                                     stub: SentryStub) -> None:
+    project = forwarding_project(system, stub)
+    event_id = uuid.uuid4().hex
+    attachment = os.urandom(1024 * 1024).hex().encode()  # 2 MiB: over the 1 MiB NATS message limit
+    body = envelope(project, event_id) + json.dumps(
+        {"type": "attachment", "length": len(attachment), "filename": "big.txt"}).encode() + b"\n" + attachment + b"\n"
+    fwd = forwarder(system)
+    try:
+        appender.append(project, body, event_id)
+        stub.wait(lambda: event_id in stub.accepted_ids(), what="the large envelope")
+    finally:
+        fwd.stop()
+    [received] = [r for r in stub.accepted if r.event_id == event_id]
+    assert received.body.split(b"\n", 1)[1] == body.split(b"\n", 1)[1]
+    assert received.envelope.items[1].payload.get_bytes() == attachment
