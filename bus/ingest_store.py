@@ -140,7 +140,10 @@ class IngestStore:
 
     def fits(self, size: int, headers: dict[str, str]) -> bool:
         """Whether `size` bytes of data and `headers` go in one NATS message."""
-        return size + header_size(headers) + _PAYLOAD_MARGIN <= int(self.nc.max_payload)
+        limit = int(self.nc.max_payload)
+        if size < limit // 2:  # headers are a few hundred bytes: no need to count them
+            return True
+        return size + header_size(headers) + _PAYLOAD_MARGIN <= limit
 
     async def append(self, subject: str, data: bytes, headers: dict[str, str]) -> int:
         """Store one message, the data as a blob when it does not fit; the stream sequence.

@@ -57,8 +57,9 @@ def _json_object(line: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def scan(data: bytes) -> ScannedEnvelope:
-    """Check the structure of `data`; raises `MalformedEnvelope` naming the first problem."""
+def scan(data: bytes, *, payloads: bool = True) -> ScannedEnvelope:
+    """Check the structure of `data` (with `payloads`, also that event and transaction
+    payloads are JSON objects); raises `MalformedEnvelope` naming the first problem."""
     if not data.strip():
         raise MalformedEnvelope("empty envelope")
     end = data.find(b"\n")
@@ -89,7 +90,7 @@ def scan(data: bytes) -> ScannedEnvelope:
         if length is None:
             stop = data.find(b"\n", start) if start <= size else -1
             pos = (size if stop < 0 else stop) + 1
-            if kind in ("event", "transaction"):
+            if payloads and kind in ("event", "transaction"):
                 _json_object(data[start:pos - 1], f"the payload of item {number} ({kind})")
         else:
             if not isinstance(length, int) or isinstance(length, bool) or length < 0:
@@ -102,7 +103,7 @@ def scan(data: bytes) -> ScannedEnvelope:
             if after < size and data[after:after + 1] != b"\n":
                 raise MalformedEnvelope(f"item {number} ({kind}): payload is longer than its length {length}")
             pos = after + 1
-            if kind in ("event", "transaction"):
+            if payloads and kind in ("event", "transaction"):
                 _json_object(data[start:after], f"the payload of item {number} ({kind})")
         out.item_types.append(kind)
     if not out.item_types:
@@ -113,10 +114,11 @@ def scan(data: bytes) -> ScannedEnvelope:
 def check(data: bytes) -> ScannedEnvelope:
     """`scan`, then `sentry_sdk`'s parser over the same bytes (it also checks that event and
     transaction payloads are JSON): the envelope every consumer will read."""
-    scanned = scan(data)
+    scanned = scan(data, payloads=False)  # sentry_sdk parses the event payloads: once is enough
     try:
         parsed = Envelope.deserialize(data)
     except Exception as exc:
+        scan(data)  # names the item whose payload is not JSON, if that is what failed
         raise MalformedEnvelope(f"the envelope cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}") from None
     for number, item in enumerate(parsed.items, 1):
         if item.headers.get("type") in ("event", "transaction") and not isinstance(item.payload.json, dict):
