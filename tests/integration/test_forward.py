@@ -188,6 +188,11 @@ def test_every_envelope_arrives_after_the_target_comes_back(system: SystemUnderT
         # every envelope tried and refused, most of them more than once
         stub.wait(lambda: len(stub.attempts) >= 3 * len(ids), what="retries while down")
         assert not stub.accepted
+        status = system.cli_ok("ingest", "status", "--json")
+        [row] = [r for r in status["backlog"] if r["projectId"] == project["id"]]
+        assert row["envelopes"] == len(ids) and (row["org"], row["project"]) == (project["org"], project["slug"])
+        assert f"{project['org']}/{project['slug']} (id {project['id']}): {len(ids)} envelopes" in system.cli_ok(
+            "ingest", "status")
         stub.mode = "ok"
         stub.wait(lambda: stub.accepted_ids() >= set(ids), what="every envelope after recovery")
     finally:

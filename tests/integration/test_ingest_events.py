@@ -161,6 +161,10 @@ def test_unknown_events_and_bad_ids_are_clear_errors(events: EventsSystem) -> No
     assert events.sut.cli_ok("event", "list", f"{project['org']}/{project['slug']}", "--json") == []
     unknown = events.sut.cli("event", "list", f"{project['org']}/nope")
     assert unknown.exit_code == 1 and "No project matching" in unknown.stderr
+    stats = events.sut.cli("project", "stats", f"{project['org']}/nope", "--json")
+    assert stats.exit_code == 1 and stats.json()["error"]["code"] == "not_found"
+    usage = events.sut.cli("ingest", "replay", "--project", "no-slash")
+    assert usage.exit_code == 2 and "ORG/PROJECT" in usage.stderr
 
 
 def post_envelope(events: EventsSystem, project: dict[str, Any], items: list[tuple[dict[str, Any], Any]]) -> None:
