@@ -34,6 +34,7 @@ from bus.runtime import BusRuntime
 from bus.seams import Bus, Message
 from bus.service import Call
 from bus.snapshots import SnapshotSigner
+from domain.projections import EVERYTHING, Projection
 from domain.state import Changes, DomainState
 from messages.endpoints import CAUGHT_UP, consistency
 from messages.errors import RelayctlError, Unavailable
@@ -166,13 +167,15 @@ class ServiceActor(pykka.ThreadingActor):
 
 class ProjectionActor(ServiceActor):
     name = "projection"
+    # What this actor folds (domain/projections.py): everything, unless its class declares less.
+    projection: Projection = EVERYTHING
 
     def __init__(self, runtime: BusRuntime, bus: Bus) -> None:
         super().__init__()
         self.runtime = runtime
         self.bus = bus
         self.store = bus.events
-        self.state = DomainState()
+        self.state = DomainState(self.projection)
         self.live_from = 0  # sequence of the stream's end at start: replay is done past it
         self.snapshot_sequence = 0
         self._waiters: list[_Waiter] = []
@@ -217,7 +220,7 @@ class ProjectionActor(ServiceActor):
         if not data:
             return
         try:
-            state = DomainState.from_snapshot(data)
+            state = DomainState.from_snapshot(data, self.projection)
         except Exception as exc:
             # Signed, so written by a command handler: of another version (another format).
             log.warning("snapshot.ignored", actor=self.name, error=str(exc))

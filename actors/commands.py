@@ -25,6 +25,7 @@ from bus.service import Call
 from domain.decider import Decider
 from domain.decisions import Decision, IdDraw, IdPool
 from domain.projections import EVERYTHING
+from domain.projections import EVERYTHING
 from domain.queries import answer_query
 from messages.endpoints import COMMANDS, queries_of
 from messages.errors import Conflict, NotFound, RelayctlError, Unavailable
@@ -46,6 +47,7 @@ QUERY_TYPES = queries_of(COMMANDS) - {STATUS_QUERY}
 
 class CommandActor(ProjectionActor):
     name = "commands"
+    projection = EVERYTHING  # it decides every command: it needs all of the state, with aggregate versions
     projection = EVERYTHING  # it decides every command: it needs all of the state, with aggregate versions
     snapshot_every = 10_000  # every actor folds the same state; one kind writes the snapshot
 

@@ -21,6 +21,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS, Org, Project, ProjectKey, Relay, User
+from domain.projections import (
+    CLAIMS,
+    EVERYTHING,
+    KEYS,
+    ORG_OPTIONS,
+    PROJECT_OPTIONS,
+    PROJECTS,
+    RELAYS,
+    USERS,
+    VERSIONS,
+    Projection,
+)
 from messages.events import ID_KINDS, DomainEvent, UndecodableCommit
 
 # 2: relays carry every id they registered under (Relay.relay_ids)
@@ -77,7 +89,14 @@ class Changes:
 
 
 class DomainState:
-    def __init__(self) -> None:
+    """The fold of the event stream, restricted to what `projection` holds (domain/projections.py):
+    the handlers of other event types do not run and their objects are never made."""
+
+    def __init__(self, projection: Projection = EVERYTHING) -> None:
+        self.projection = projection
+        self._folds: frozenset[str] | None = None if projection.is_full else projection.events
+        self._versions = projection.holds(VERSIONS)
+        self._holds_options = projection.holds(PROJECT_OPTIONS)
         self.sequence = 0
         self.orgs: dict[int, Org] = {}
         self.org_by_slug: dict[str, int] = {}
@@ -138,19 +157,21 @@ class DomainState:
         if sequence <= self.sequence:
             return changes  # already folded (a redelivery after reconnect)
         if isinstance(events, UndecodableCommit):
-            if events.aggregate is not None:
+            if events.aggregate is not None and self._versions:
                 # JetStream counts it as the aggregate's last message: so must the expectation.
                 self.aggregate_sequence[events.aggregate] = sequence
             self.skipped.append(events.describe())
             self.sequence = sequence
             return changes
         for event in events:
-            handler = getattr(self, f"_on_{event.type}", None)
-            if handler is not None:
-                result = handler(event, sequence)
-                if result is not None:
-                    changes.update(result)
-            self.aggregate_sequence[(event.aggregate, event.aggregate_id)] = sequence
+            if self._folds is None or event.type in self._folds:
+                handler = getattr(self, f"_on_{event.type}", None)
+                if handler is not None:
+                    result = handler(event, sequence)
+                    if result is not None:
+                        changes.update(result)
+            if self._versions:
+                self.aggregate_sequence[(event.aggregate, event.aggregate_id)] = sequence
         self.sequence = sequence
         return changes
 
@@ -228,7 +249,8 @@ class DomainState:
         slug = e.payload["project"]
         project = Project(id=self._new_id("project", e.payload.get("id"), self.projects, seq),
                           org_id=org.id, slug=slug, name=e.payload.get("name") or slug,
-                          template=e.payload.get("template"), options=dict(e.payload.get("options") or {}),
+                          template=e.payload.get("template"),
+                          options=dict(e.payload.get("options") or {}) if self._holds_options else {},
                           created=e.ts, last_change=e.ts)
         self.projects[project.id] = project
         self.project_by_slug[(org.id, slug)] = project.id
@@ -385,6 +407,10 @@ class DomainState:
     # -- snapshots -------------------------------------------------------------------------
 
     def to_snapshot(self) -> dict[str, Any]:
+        if not self.projection.is_full:
+            # Every projection starts from it: it must hold everything.
+            raise ValueError(f"a snapshot of the {self.projection.name!r} projection would lack the other parts")
+
         def user_map(u: User) -> dict[str, Any]:
             d = asdict(u)
             d["permissions"], d["token_hashes"] = sorted(u.permissions), sorted(u.token_hashes)
@@ -404,38 +430,42 @@ class DomainState:
         }
 
     @classmethod
-    def from_snapshot(cls, data: dict[str, Any]) -> DomainState:
+    def from_snapshot(cls, data: dict[str, Any], projection: Projection = EVERYTHING) -> DomainState:
+        """The state a full snapshot describes, as far as `projection` holds it."""
         if data.get("format") != SNAPSHOT_FORMAT:
             raise ValueError("snapshot format mismatch")
-        state = cls()
+        state = cls(projection)
+        holds = projection.holds
         state.sequence = data["sequence"]
         state.next_ids = dict(data["next_ids"])
         for o in data["orgs"]:
-            org = Org(**o)
+            org = Org(**o) if holds(ORG_OPTIONS) else Org(**{**o, "options": {}, "templates": {}})
             state.orgs[org.id] = org
             state.org_by_slug[org.slug] = org.id
             state.projects_of_org[org.id] = []
-        for p in data["projects"]:
-            project = Project(**p)
+        for p in data["projects"] if holds(PROJECTS) else ():
+            project = Project(**p) if holds(PROJECT_OPTIONS) else Project(**{**p, "options": {}})
             state.projects[project.id] = project
             state.projects_of_org.setdefault(project.org_id, []).append(project.id)
             state.keys_of_project[project.id] = []
             if project.status != DELETED:
                 state.project_by_slug[(project.org_id, project.slug)] = project.id
-        for k in data["keys"]:
+        for k in data["keys"] if holds(KEYS) else ():
             key = ProjectKey(**k)
             state.keys[key.public_key] = key
             state.key_by_numeric_id[key.numeric_id] = key.public_key
             state.keys_of_project.setdefault(key.project_id, []).append(key.public_key)
-        for r in data["relays"]:
+        for r in data["relays"] if holds(RELAYS) else ():
             relay = Relay(**r)
             state.relays[relay.public_key] = relay
             for relay_id in relay.relay_ids:
                 state.relay_key_by_id[relay_id] = relay.public_key
-        for u in data["users"]:
+        for u in data["users"] if holds(USERS) else ():
             user = User(**{**u, "permissions": set(u["permissions"]), "token_hashes": set(u["token_hashes"])})
             state.users[user.username] = user
-        state.aggregate_sequence = {(a, i): s for a, i, s in data["aggregates"]}
-        state.key_claims = {k: KeyClaim(org, version, seq) for k, org, version, seq in data["key_claims"]}
+        if holds(VERSIONS):
+            state.aggregate_sequence = {(a, i): s for a, i, s in data["aggregates"]}
+        if holds(CLAIMS):
+            state.key_claims = {k: KeyClaim(org, version, seq) for k, org, version, seq in data["key_claims"]}
         state.skipped = [dict(s) for s in data["skipped"]]
         return state
