@@ -49,7 +49,6 @@ from bus.runtime import connect
 from cli.context import Context, emit, fail
 from cli.stream_health import nats_write_error, stream_report
 from gateway.binding import BindError, holder_system, parse_bind, port_problem, url_host
-from messages.redact import redact_url
 
 ACTORS = ACTOR_NAMES
 # "llm" is the embedded AI backend (bus/local_model.py): started only when its packages are
@@ -58,6 +57,7 @@ SERVICES = ("nats", "redis", "llm") + ACTORS + ("gateway",)
 # A service the system runs without: when it fails, `up` reports it and starts the rest,
 # and `status` shows why (the AI endpoints answer 503 with the reason).
 OPTIONAL = ("llm",)
+OPERATOR_CREDENTIALS = "operator-credentials.json"
 HEALTH_TIMEOUT = float(os.environ.get("RELAYCTL_HEALTH_TIMEOUT", "90"))
 
 
@@ -130,6 +130,17 @@ class Orchestrator:
         fail(f"data dir {self.data_dir} is not usable: {exc.strerror or exc}"
              f"{f' ({exc.filename})' if exc.filename else ''}; "
              "pass a writable directory with --data-dir or RELAYCTL_DATA_DIR")
+
+    def save_operator_credentials(self) -> Path:
+        """`<data dir>/operator-credentials.json` (0600): the operator's NATS and Redis URLs,
+        with their passwords, for other clients (`nats`, `redis-cli`, scripts)."""
+        path = self.data_dir / OPERATOR_CREDENTIALS
+        try:
+            write_private(path, json.dumps({"nats": self.state.get("nats"), "redis": self.state.get("redis")},
+                                           indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            self._unusable(exc)
+        return path
 
     def nats_url_for(self, role: str) -> str:
         """The URL a service connects with: its role's credentials on the NATS `up` started,
@@ -356,6 +367,17 @@ class Unhealthy(click.ClickException):
         self.detail = detail
 
 
+def without_credentials(url: str | None) -> str | None:
+    """`url` (comma-separated URLs too) with any user:password@ taken out."""
+    if not url:
+        return url
+    parts = []
+    for one in url.split(","):
+        scheme, sep, rest = one.strip().partition("://")
+        parts.append(f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else one.strip())
+    return ",".join(parts)
+
+
 def _http_health(url: str) -> tuple[bool, str]:
     path = "/" + url.split("://", 1)[-1].split("/", 1)[-1]
     try:
@@ -548,8 +570,12 @@ def register(main: click.Group) -> None:
         meant = set(orch.state.get("up", {}).get("services", ())) | set(report)
         orch.state["up"] = {"bind": bind, "services": [n for n in SERVICES if n in meant]}
         orch.save()
-        out = {"gateway": orch.state.get("gateway"), "nats": orch.state.get("nats"),
-               "redis": orch.state.get("redis"), "services": report}
+        credentials = orch.save_operator_credentials()
+        # No password on screen (or in a CI log): the URLs without credentials, and the file
+        # (0600) holding the operator's own.
+        out = {"gateway": orch.state.get("gateway"), "nats": without_credentials(orch.state.get("nats")),
+               "redis": without_credentials(orch.state.get("redis")), "credentials": str(credentials),
+               "services": report}
         if orch.state.get("llm"):
             out["llm"] = orch.state["llm"]
         if skipped:
@@ -560,7 +586,8 @@ def register(main: click.Group) -> None:
         lines = {**report, **skipped, **{n: f"FAILED: {reason}" for n, reason in failed.items()}}
         text = ("Nothing to do: every service is already running\n" if not started and not failed else "") + \
             "\n".join(f"  {n:<9} {s}" for n, s in lines.items()) + \
-            f"\nGateway: {out['gateway']}\nNATS:    {redact_url(str(out['nats']))}"
+            f"\nGateway: {out['gateway']}\nNATS:    {out['nats']}\nRedis:   {out['redis']}" + \
+            f"\nCredentials (the operator's NATS and Redis URLs): {credentials}"
         if failed:
             text += ("\nOptional service(s) failed: " + ", ".join(failed) + "; everything else runs, and the AI "
                      "endpoints answer 503 with the reason until `relayctl up` starts it again")

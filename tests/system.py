@@ -221,6 +221,10 @@ class RelayctlProcess:
         assert result.returncode == 0, (args, result.stdout, result.stderr)
         return json.loads(result.stdout) if "--json" in args else result.stdout
 
+    def operator_credentials(self) -> dict[str, str]:
+        """The operator's NATS and Redis URLs (with passwords) that `up` keeps in the data dir."""
+        return json.loads((self.data_dir / "operator-credentials.json").read_text())  # type: ignore[no-any-return]
+
 
 class Relayctl:
     """The console script, in a subprocess, talking to the test system's NATS."""

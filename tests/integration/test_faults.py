@@ -57,6 +57,7 @@ class Up(RelayctlProcess):
 
     def up(self) -> dict[str, Any]:
         self.out = self.ok("up", "--detach", "--bind", self.bind, "--json", "--exclude", "llm")
+        self.out.update(self.operator_credentials())  # the URLs with the operator's passwords
         return self.out
 
     @property

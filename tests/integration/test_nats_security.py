@@ -113,10 +113,15 @@ def test_credentials_are_private_files(up: UpSystem) -> None:
     assert len(set(up.passwords.values())) == len(NATS_ROLES)
 
 
-def test_up_prints_the_operators_url_with_credentials(up: UpSystem) -> None:
-    """`up --json` and the state file give the operator's URL, which any NATS client can use."""
-    assert up.out["nats"] == up.url("operator")
-    assert json.loads((up.data_dir / "services.json").read_text())["nats"] == up.out["nats"]
+def test_up_prints_where_the_operators_credentials_are(up: UpSystem) -> None:
+    """`up --json` prints the URLs without passwords and the path of a 0600 file holding the
+    operator's URLs, which any NATS client can use (issue 16 item 12)."""
+    assert "@" not in up.out["nats"] and "@" not in up.out["redis"]
+    path = Path(up.out["credentials"])
+    assert path == up.data_dir / "operator-credentials.json" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert up.operator_credentials()["nats"] == up.url("operator")
+    assert json.loads((up.data_dir / "services.json").read_text())["nats"] == up.url("operator")
+    assert all(password not in json.dumps(up.out) for password in up.passwords.values())
 
     async def body(nc: NATS, _: Connection) -> Any:
         return await bus_request(nc, "relay.list", {}, timeout=5)
@@ -610,3 +615,47 @@ def test_a_forged_stalled_heartbeat_writes_nothing_into_the_event_stream(up: UpS
     prefixes = {inbox_prefix(actor) + "." for actor in ACTORS}
     assert all(s.startswith(tuple(prefixes)) for s in subjects), subjects
     assert any(s.startswith(inbox_prefix("commands") + ".") for s in subjects), subjects
+
+
+# -- the data plane ---------------------------------------------------------------------------------
+
+def test_the_gateway_role_appends_envelopes_and_blobs_but_reads_none_back(up: UpSystem) -> None:
+    """Through `up`'s own gateway (gateway role): an SDK envelope and one larger than a NATS
+    message (the blob bucket) are stored and read back whole as the operator; the gateway
+    role itself may not create a consumer on the ingest stream."""
+    import zstandard
+
+    from bus.ingest_store import HEADER_BLOB, read_envelope
+    from messages.subjects import INGEST_STREAM, ingest_subject
+
+    org = "ingest-" + uuid.uuid4().hex[:8]
+    up.ok("org", "create", org)
+    project = up.ok("project", "create", org, "web", "--json")
+    url = f"{up.out['gateway']}/api/{project['id']}/envelope/"
+    auth = {"X-Sentry-Auth": f"Sentry sentry_key={project['publicKey']}, sentry_version=7"}
+    small = b'{"event_id":"%s"}\n{"type":"event","length":2}\n{}\n' % uuid.uuid4().hex.encode()
+    blob = b"x" * (9 * 1024 * 1024)
+    big = b'{"event_id":"%s"}\n{"type":"attachment","length":%d}\n' % (uuid.uuid4().hex.encode(), len(blob)) + blob
+    for body, headers in ((small, {}), (zstandard.ZstdCompressor().compress(big), {"Content-Encoding": "zstd"})):
+        status, _, data = http_request(url, "POST", body, {**auth, **headers}, timeout=30)
+        assert status == 200, data
+
+    async def read(nc: NATS, _: Connection) -> list[tuple[bool, bytes]]:
+        js = nc.jetstream()
+        out = []
+        sub = await js.subscribe(ingest_subject(project["id"]), ordered_consumer=True)
+        for _ in range(2):
+            msg = await sub.next_msg(timeout=5)
+            out.append((bool((msg.headers or {}).get(HEADER_BLOB)), await read_envelope(js, msg)))
+        await sub.unsubscribe()
+        return out
+    assert as_role(up, "operator", read) == [(False, small), (True, big)]
+
+    async def consume(nc: NATS, conn: Connection) -> list[str]:
+        with pytest.raises(Exception):
+            await nc.jetstream().add_consumer(INGEST_STREAM, api.ConsumerConfig(
+                deliver_subject=inbox_prefix("gateway") + ".x", ack_policy=api.AckPolicy.NONE), timeout=1)
+        await nc.flush()
+        await asyncio.sleep(0.2)
+        return conn.violations()
+    assert as_role(up, "gateway", consume)

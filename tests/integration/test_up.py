@@ -58,7 +58,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 def test_up_starts_every_service_and_reports_it(system: Up) -> None:
     """`up --detach --json` starts every service as its own healthy process and prints the URLs."""
     out = system.up()
-    assert set(out) == {"gateway", "nats", "redis", "services", "skipped"}
+    assert set(out) == {"gateway", "nats", "redis", "credentials", "services", "skipped"}
     assert out["skipped"] == {"llm": "not needed: an AI backend is configured"}
     assert out["services"] == {name: "running" for name in STARTED}
     assert out["gateway"] == f"http://{system.bind}" and out["nats"].startswith("nats://")
@@ -82,7 +82,7 @@ def test_up_runs_redis_with_credentials_kept_private(system: Up) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"PING\r\n")
         assert sock.recv(100).startswith(b"-NOAUTH")
-    operator = redis.Redis.from_url(out["redis"], socket_timeout=5)
+    operator = redis.Redis.from_url(system.operator_credentials()["redis"], socket_timeout=5)
     assert operator.ping() and int(operator.config_get("maxmemory")["maxmemory"]) > 0
     operator.close()
     credentials, config = system.data_dir / "redis-credentials.json", system.data_dir / "redis" / "redis.conf"
@@ -107,7 +107,13 @@ def test_up_again_changes_nothing(system: Up) -> None:
     before = system.pids()
     out = system.up()
     assert out["services"] == {name: "already running" for name in STARTED}
-    assert "Nothing to do" in system.ok("up", "--detach", "--bind", system.bind)
+    text = system.ok("up", "--detach", "--bind", system.bind)
+    assert "Nothing to do" in text
+    # No password on screen: the URLs without credentials and where the operator's are kept.
+    credentials = system.operator_credentials()
+    assert f"Credentials (the operator's NATS and Redis URLs): {system.data_dir / 'operator-credentials.json'}" \
+        in text
+    assert credentials["nats"].rpartition("@")[0] not in text and credentials["redis"].rpartition("@")[0] not in text
     assert system.pids() == before
 
 
