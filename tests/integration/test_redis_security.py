@@ -102,6 +102,23 @@ def test_each_redis_role_touches_only_its_own_keys(redis_server: ServerProcess, 
         client.close()
 
 
+def test_the_gateway_counts_rate_limits_under_its_own_prefix_only(redis_server: ServerProcess) -> None:
+    """Ingest rate limits (bus/rate_limits.py): the gateway may INCRBY and EXPIRE
+    `ratelimit:*` counters, but neither SET them nor count under another role's prefix."""
+    from bus.rate_limits import RATE_LIMIT_PREFIX
+
+    client = role_client(redis_server, "gateway")
+    name = f"{RATE_LIMIT_PREFIX}key:1:k:60:{uuid.uuid4().hex}"
+    try:
+        assert client.incr(name) == 1 and client.expire(name, 61)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.set(name, b"0")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.incr(f"ai:suggestion:{uuid.uuid4().hex}")
+    finally:
+        client.close()
+
+
 def test_the_ai_role_pattern_is_the_ai_cache_prefix() -> None:
     """The AI actor's Redis role covers exactly the prefix its suggestion cache uses."""
     from actors.ai import CACHE_PREFIX
