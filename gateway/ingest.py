@@ -325,6 +325,8 @@ class IngestEndpoints:
             outcome = "unavailable" if exc.status >= 500 or exc.status == 404 else "rejected"
             status = 503 if outcome == "unavailable" else exc.status
             response = error_response(status, exc.message)
+        if response.status in (408, 413, 415):
+            response.force_close()  # the rest of the body is not worth reading
         origin = request.headers.get("Origin")
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin
@@ -449,25 +451,30 @@ class IngestEndpoints:
     async def relay_of(self, request: web.Request) -> RelayIdentity | None:
         """The relay that forwarded this envelope, when it proves it: `X-Sentry-Relay-Id` of a
         registered relay and its `X-Sentry-Relay-Signature` (over an empty body: it covers
-        only its timestamp). An unsigned relay id (older Relays) proves nothing: the
-        envelope is treated as an SDK's; a signature that fails is refused."""
+        only its timestamp). Anything less - no signature (older Relays), a relay this
+        system does not know (say, a proxy-mode Relay registered elsewhere), a signature
+        that fails - proves nothing, and the envelope is taken as an SDK's: its key is
+        checked and rate limited all the same, so nothing is gained by forging the headers,
+        and refusing would make a Relay drop envelopes its SDKs sent. A relay the operator
+        banned is refused."""
         relay_id = request.headers.get("X-Sentry-Relay-Id")
         signature = request.headers.get("X-Sentry-Relay-Signature")
         if not relay_id or not signature:
             return None
-        if not UUID_RE.fullmatch(relay_id):
-            raise rejected(401, "unknown relay")
-        info = await self.relays._relay_info(relay_id)
+        info = await self.relays._relay_info(relay_id) if UUID_RE.fullmatch(relay_id) else None
         if info is None:
-            raise rejected(401, "unknown relay")
+            metrics.incr("ingest.relay_unproven", tags={"reason": "unknown"})
+            return None
         if info.get("banned"):
-            raise rejected(401, "relay is banned")
+            raise rejected(403, "relay is banned")
         try:
             valid = sentry_relay.PublicKey.parse(info["publicKey"]).verify(b"", signature, max_age=SIGNED_MAX_AGE)
         except Exception:
             valid = False
         if not valid:
-            raise rejected(401, "invalid relay signature")
+            log.info("ingest.relay_signature_invalid", relay_id=relay_id)
+            metrics.incr("ingest.relay_unproven", tags={"reason": "signature"})
+            return None
         return RelayIdentity(relay_id, info["publicKey"], bool(info.get("internal")), bool(info.get("trusted")))
 
     @staticmethod

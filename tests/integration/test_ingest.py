@@ -12,6 +12,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -139,7 +140,7 @@ def test_sentry_sdk_capture_exception_lands_in_the_stream(system: SystemUnderTes
 
 def test_sentry_cli_send_event_lands_in_the_stream(system: SystemUnderTest, project: dict[str, Any]) -> None:
     """The real sentry-cli binary (PyPI package sentry-cli): `send-event` is stored."""
-    binary = shutil.which("sentry-cli") or os.path.join(os.path.dirname(os.sys.executable), "sentry-cli")
+    binary = shutil.which("sentry-cli") or os.path.join(os.path.dirname(sys.executable), "sentry-cli")
     if not os.path.exists(binary):
         pytest.fail("sentry-cli is missing: pip install sentry-cli (the test extra)")
     dsn = f"http://{project['publicKey']}@127.0.0.1:{system.gateway.port}/{project['id']}"  # type: ignore[union-attr]
@@ -167,13 +168,30 @@ def test_an_envelope_sent_as_relay_sends_it(system: SystemUnderTest, project: di
     assert headers_stored["Rc-Relay-Id"] == relay.relay_id and headers_stored["Rc-Client-Ip"] == "203.0.113.7"
 
 
-def test_a_relay_signature_that_fails_is_refused(system: SystemUnderTest, project: dict[str, Any],
-                                                 relay: RelayClient) -> None:
+def test_relay_headers_that_prove_nothing_make_an_sdk_envelope(system: SystemUnderTest, project: dict[str, Any],
+                                                                relay: RelayClient) -> None:
+    """A signature that fails, or the id of a relay this system does not know: the envelope
+    is stored as an SDK's (no relay id, the TCP peer's address), never refused - Relay
+    would drop it."""
     other = RelayClient(system.url)
-    headers = {"X-Sentry-Relay-Id": relay.relay_id, "X-Sentry-Relay-Signature": other.secret_key.sign(b"")}
+    for relay_id, signer in ((relay.relay_id, other), (other.relay_id, other)):
+        event_id = uuid.uuid4().hex
+        headers = {"X-Sentry-Relay-Id": relay_id, "X-Sentry-Relay-Signature": signer.secret_key.sign(b""),
+                   "X-Forwarded-For": "203.0.113.9"}
+        status, _, data = post(system, project, envelope(event_id), headers=headers)
+        assert (status, data) == (200, {"id": event_id})
+        [(stored_headers, _)] = [m for m in stored(system, ingest_subject(project["id"]))
+                                 if m[0].get("Rc-Event-Id") == event_id]
+        assert "Rc-Relay-Id" not in stored_headers and stored_headers["Rc-Client-Ip"] == "127.0.0.1"
+
+
+def test_a_banned_relays_envelopes_are_refused(system: SystemUnderTest, project: dict[str, Any]) -> None:
+    banned = system.registered_relay(internal=True)
+    system.cli_ok("relay", "deny", "--", banned.public_key_str)
+    headers = {"X-Sentry-Relay-Id": banned.relay_id, "X-Sentry-Relay-Signature": banned.secret_key.sign(b"")}
+    assert wait_status(lambda: post(system, project, envelope(uuid.uuid4().hex), headers=headers)[0], 403)
     status, hdrs, data = post(system, project, envelope(uuid.uuid4().hex), headers=headers)
-    assert status == 401 and data["detail"] == "invalid relay signature"
-    assert hdrs["x-sentry-error"] == "invalid relay signature"
+    assert status == 403 and data["detail"] == "relay is banned" and hdrs["x-sentry-error"] == "relay is banned"
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "identity"])
