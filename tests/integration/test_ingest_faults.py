@@ -88,3 +88,31 @@ def test_nats_killed_during_a_burst_answers_only_200_or_503_and_loses_nothing_ac
         assert accepted <= in_stream, f"{len(accepted - in_stream)} envelopes answered 200 are missing"
     finally:
         system.stop()
+
+
+def test_a_full_stream_answers_503_with_retry_after(servers: dict[str, ServerProcess],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """RC_INGEST made with a 256 KiB limit (discard new): once full, envelopes are refused
+    with 503 and Retry-After - Relay keeps them - and nothing already stored is dropped."""
+    nats, redis = servers["nats"], servers["redis"]
+    monkeypatch.setenv("RELAYCTL_INGEST_MAX_BYTES", str(256 * 1024))
+    system = SystemUnderTest(nats.url, redis.url, gateway_redis_url=gateway_redis_url(redis)).start()
+    try:
+        project = system.new_project()
+        url = f"{system.url}/api/{project['id']}/envelope/"
+        accepted: list[str] = []
+        payload = b"x" * 8192
+        for _ in range(100):
+            event_id = uuid.uuid4().hex
+            body = envelope(event_id, items=[({"type": "attachment"}, payload)])
+            status, headers, data = http_request(url, "POST", body, auth(project["publicKey"]))
+            if status != 200:
+                break
+            accepted.append(event_id)
+        assert status == 503, (status, data)
+        assert headers["retry-after"] and "cannot store the envelope" in json.loads(data)["detail"]
+        assert 0 < len(accepted) < 100
+        in_stream = {h.get("Rc-Event-Id") for h, _ in stored(system, ingest_subject(project["id"]))}
+        assert set(accepted) <= in_stream
+    finally:
+        system.stop()
