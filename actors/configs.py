@@ -53,9 +53,10 @@ GLOBAL_CONFIG: dict[str, Any] = {
         "maxCustomMeasurements": 10,
     },
     # Sentry's span op defaults: a span with `messaging.system` data is a "message" span.
-    # (Sentry's other current fields - aiModelCosts, aiOperationTypeMap, metricExtraction -
-    # are dropped by the newest sentry_relay's normalize_global_config, so a document with
-    # them would not round-trip: they are left out until it keeps them.)
+    # Relay's current GlobalConfig also has quotas, filters, options, metricExtraction and
+    # aiModelMetadata, all omitted when empty (as here); aiModelCosts and aiOperationTypeMap
+    # are gone from it (the newest sentry_relay's normalize_global_config drops them), so
+    # serving them would break the round trip relays rely on.
     "spanOpDefaults": {
         "rules": [{
             "condition": {"op": "not", "inner": {"op": "eq", "name": "span.data.messaging\\.system", "value": None}},
