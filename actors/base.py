@@ -30,7 +30,7 @@ import pykka
 import structlog
 
 from bus import metrics
-from bus.runtime import BusRuntime
+from bus.runtime import BUS_ERRORS, BusRuntime
 from bus.seams import Bus, Message
 from bus.service import Call
 from bus.snapshots import SnapshotSigner
@@ -89,8 +89,8 @@ class ServiceActor(pykka.ThreadingActor):
         for subscription in self.__dict__.pop("_listening", []):
             try:
                 self.runtime.call(subscription.unsubscribe(), timeout=5)
-            except Exception:
-                pass
+            except BUS_ERRORS:
+                pass  # the connection is going: so is the subscription
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Call):
@@ -246,8 +246,8 @@ class ProjectionActor(ServiceActor):
         if self._subscription is not None:
             try:
                 self.runtime.call(self._subscription.unsubscribe(), timeout=5)
-            except Exception:
-                pass
+            except BUS_ERRORS:
+                pass  # the connection is going: so is the subscription
         for waiter in self._waiters:
             if waiter.call:
                 waiter.call.fail(f"{self.name} stopped")

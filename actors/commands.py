@@ -19,12 +19,11 @@ import structlog
 from actors.base import ProjectionActor
 from bus import metrics
 from bus.eventstore import CommitTooLarge
-from bus.runtime import BusRuntime
+from bus.runtime import BUS_ERRORS, BusRuntime
 from bus.seams import Bus
 from bus.service import Call
 from domain.decider import Decider
 from domain.decisions import Decision, IdDraw, IdPool
-from domain.projections import EVERYTHING
 from domain.projections import EVERYTHING
 from domain.queries import answer_query
 from messages.endpoints import COMMANDS, queries_of
@@ -47,7 +46,6 @@ QUERY_TYPES = queries_of(COMMANDS) - {STATUS_QUERY}
 
 class CommandActor(ProjectionActor):
     name = "commands"
-    projection = EVERYTHING  # it decides every command: it needs all of the state, with aggregate versions
     projection = EVERYTHING  # it decides every command: it needs all of the state, with aggregate versions
     snapshot_every = 10_000  # every actor folds the same state; one kind writes the snapshot
 
@@ -85,6 +83,18 @@ class CommandActor(ProjectionActor):
     def _attempt(self, call: Call, attempt: int, synced: bool) -> None:
         if call.expired:
             return
+        # One command's boundary: a bug deciding it is that command's internal error; the
+        # actor (and every command queued behind it) goes on.
+        with structlog.contextvars.bound_contextvars(correlation_id=call.request.id):
+            try:
+                self._decide_and_store(call, attempt, synced)
+            except RelayctlError as exc:
+                call.error(exc)
+            except Exception as exc:
+                log.exception("commands.failed", type=call.request.type)
+                call.error(RelayctlError(f"internal error in {self.name}: {type(exc).__name__}"))
+
+    def _decide_and_store(self, call: Call, attempt: int, synced: bool) -> None:
         draw = IdDraw(self.ids)
         decider = Decider(self.state, call.request.actor, draw)
         try:
@@ -173,7 +183,7 @@ class CommandActor(ProjectionActor):
         except CommitTooLarge as exc:
             call.error(self._too_large(call, exc))
             return None
-        except Exception as exc:
+        except BUS_ERRORS as exc:
             if draw is not None:
                 draw.commit()  # perhaps stored after all: never hand these ids out again
             error = exc if isinstance(exc, RelayctlError) else Unavailable(

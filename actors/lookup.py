@@ -25,6 +25,7 @@ from actors.redis_watch import MaterializingActor
 from bus.cache import CacheUnavailable
 from bus.cache_keys import RELAY_AUTH_MAC_BUCKET
 from bus.config_cache import RELAY_AUTH_PREFIX, seal
+from bus.runtime import BUS_ERRORS
 from bus.service import Call
 from domain.model import Relay
 from domain.projections import KEYS, ORG_OPTIONS, RELAYS, USERS, Projection
@@ -122,5 +123,5 @@ class OrgAccessActor(MaterializingActor):
         # have been told: a ban is in force by the time `relayctl relay deny` returns.
         try:
             self.runtime.call(publish(), timeout=3)
-        except Exception as exc:  # the TTL of the gateways' copies bounds the damage
+        except BUS_ERRORS as exc:  # the TTL of the gateways' copies bounds the damage
             log.warning("orgs.announce_failed", error=str(exc))

@@ -23,7 +23,7 @@ from actors.supervision import Supervisor
 from bus import metrics
 from bus.cache import ConfigCache, RedisConfigCache
 from bus.process import instrument
-from bus.runtime import BusRuntime
+from bus.runtime import BUS_ERRORS, BusRuntime
 from bus.seams import NatsBus
 from bus.service import ActorService
 from messages.endpoints import ACTORS, served_by
@@ -151,8 +151,8 @@ class Worker:
         for service in self.services:
             try:
                 self.runtime.call(service.stop(), timeout=5)
-            except Exception:
-                pass
+            except BUS_ERRORS:
+                pass  # stopping anyway
         for supervisor in self.supervisors.values():
             supervisor.stop()
         self.runtime.close()

@@ -23,14 +23,20 @@ from urllib.parse import urlsplit
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 
 from messages.endpoints import ROLES
-from messages.errors import Unavailable
+from messages.errors import RelayctlError, Unavailable
 from messages.redact import redact_url
 from messages.subjects import inbox_prefix
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
+# What talking to NATS may raise besides our own errors: the client's and JetStream's
+# errors, timeouts (nats' own TimeoutError is one) and a dropped connection. Code that goes
+# on after a failed bus call catches these, never a bare Exception, so a bug still surfaces.
+BUS_ERRORS: tuple[type[Exception], ...] = (NatsError, TimeoutError, ConnectionError, RelayctlError)
+_CONNECT_ERRORS: tuple[type[Exception], ...] = (*BUS_ERRORS, OSError, ValueError)  # ValueError: a bad URL
 
 
 def role_of(url: str) -> str | None:
@@ -77,7 +83,7 @@ async def connect(url: str, *, name: str = "relayctl", on_reconnect: Callable[[]
         )
         holder.append(nc)
         return nc
-    except Exception as exc:
+    except _CONNECT_ERRORS as exc:
         # The URL holds the role's password: the message goes to terminals and log files.
         raise Unavailable(redact_url(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}")) from None
 
@@ -123,7 +129,7 @@ class BusRuntime:
         if self.nc is not None and not self.nc.is_closed:
             try:
                 self.call(self.nc.drain(), timeout=5)
-            except Exception:
-                pass
+            except BUS_ERRORS:
+                pass  # closing anyway
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)

@@ -31,6 +31,7 @@ import structlog
 from nats import micro
 from nats.micro.request import Request as MicroRequest
 
+from bus.runtime import BUS_ERRORS
 from messages.endpoints import endpoint_for
 from messages.envelope import Request, decode_request, encode_error, encode_result
 from messages.errors import BadRequest, DeadlineExceeded, Overloaded, RelayctlError, Unavailable
@@ -119,7 +120,7 @@ class ActorService:
         data, headers = await self.answer(msg.data, subject, stream)
         try:
             await msg.respond(data, headers=headers)
-        except Exception as exc:  # the caller went away: nobody to tell
+        except BUS_ERRORS as exc:  # the caller went away: nobody to tell
             log.warning("service.reply_failed", error=str(exc))
 
     async def answer(self, data: bytes, subject: str,

@@ -40,10 +40,12 @@ import sentry_relay
 import structlog
 import zstandard
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.js import api
 
 from bus import metrics
 from bus.eventstore import EventStore, decode_stored
+from bus.runtime import BUS_ERRORS
 from messages.envelope import pack, unpack
 from messages.errors import BadMessage
 from messages.events import SNAPSHOT, DomainEvent, event_subject
@@ -75,6 +77,10 @@ class SnapshotSigner:
 
     def sign(self, data: bytes) -> str:
         return str(self._secret.sign(data))
+
+
+_SAVE_ERRORS: tuple[type[Exception], ...] = (*BUS_ERRORS, SnapshotRejected)
+_LOAD_ERRORS: tuple[type[Exception], ...] = (*BUS_ERRORS, KeyError)  # KeyError: InMemoryObjects has none
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ class SnapshotStore:
             assert self.js is not None
             try:
                 self._store = await self.js.object_store(self.bucket)
-            except Exception:
+            except NatsError:
                 if not create:
                     raise
                 self._store = await self.js.create_object_store(
@@ -144,7 +150,7 @@ class SnapshotStore:
             data = pack({"header": header, "signature": signer.sign(header), "body": body})
             await (await self._objects(create=True)).put(name, data)
             return True
-        except Exception as exc:
+        except _SAVE_ERRORS as exc:
             log.warning("snapshot.save_failed", name=name, error=str(exc))
             return False
 
@@ -152,14 +158,14 @@ class SnapshotStore:
         """The snapshot stored under `name` if every check passes; None otherwise."""
         try:
             result = await (await self._objects(create=False)).get(name)
-        except Exception:
+        except _LOAD_ERRORS:
             return None  # none yet (or no bucket yet): replay from the start
         try:
             checked = await self._check(name, bytes(result.data or b""))
             value = unpack(zstandard.ZstdDecompressor().decompress(checked.body))
             if not isinstance(value, dict) or value.get("sequence") != checked.header["sequence"]:
                 raise SnapshotRejected("the state does not cover the sequence its header names")
-        except Exception as exc:
+        except Exception as exc:  # untrusted bytes: whatever they cause, the snapshot is refused
             reason = str(exc) if isinstance(exc, SnapshotRejected) else f"unreadable: {type(exc).__name__}: {exc}"
             log.error("snapshot.rejected", name=name, reason=reason)
             metrics.incr("snapshots.rejected", tags={"name": name})

@@ -119,10 +119,12 @@ def new_token() -> str:
 
 
 def checked_option(scope: str, key: str, value: Any) -> Any:
+    """The normalized value, or the catalogue's `InvalidOption` (a `bad_request`) naming the
+    key. Only that: any other error of a validator is a bug, answered as internal."""
     try:
         return option_catalogue.validate_option(scope, key, value)
-    except ValueError as exc:
-        raise BadRequest(str(exc), {"key": key}) from None
+    except option_catalogue.InvalidOption as exc:
+        raise BadRequest(exc.message, {"key": key}) from None
 
 
 def checked_key(scope: str, key: str, stored: dict[str, Any]) -> None:
@@ -133,5 +135,5 @@ def checked_key(scope: str, key: str, stored: dict[str, Any]) -> None:
         return
     try:
         option_catalogue.check_option_key(scope, key)
-    except ValueError as exc:
-        raise BadRequest(str(exc), {"key": key}) from None
+    except option_catalogue.InvalidOption as exc:
+        raise BadRequest(exc.message, {"key": key}) from None

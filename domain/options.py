@@ -78,6 +78,7 @@ from sentry_relay.processing import (
 
 from domain.dsn import InvalidDsn, parse_dsn
 from domain.model import Org, Project
+from messages.errors import BadRequest
 
 Scope = Literal["org", "project"]
 ORG: Scope = "org"
@@ -104,8 +105,9 @@ _MRI = re.compile(r"^[cdsg]:[a-zA-Z0-9_.]+/[^@\s]+(@[a-zA-Z0-9_]+)?$")
 _MISSING: Any = object()
 
 
-class InvalidOption(ValueError):
-    """An option value (or key) that must not be stored; the message is one line."""
+class InvalidOption(BadRequest):
+    """An option value (or key) that must not be stored; the message is one line. A domain
+    error is a wire error: it reaches the caller as `bad_request` as it is."""
 
 
 Validator = Callable[[str, Any], Any]

@@ -12,7 +12,7 @@ from actors.lookup import OrgAccessActor
 from bus.service import ActorService, Call
 from bus.testing import ActorHarness
 from messages.endpoints import endpoint_for
-from messages.errors import Conflict, NotFound
+from messages.errors import BadRequest, Conflict, NotFound, RelayctlError
 from tests.unit.actors.conftest import ORG, PROJECT, RELAY
 
 
@@ -83,3 +83,24 @@ def _schemas(subject: str) -> Any:
     from messages.endpoints import served_by
 
     return served_by("orgs")[subject]
+
+
+def test_a_bug_in_a_validator_is_an_internal_error_not_a_bad_request(harness: ActorHarness,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the catalogue's InvalidOption is the caller's fault; any other ValueError is ours."""
+    from domain import options
+
+    def broken(scope: str, key: str, value: Any) -> Any:
+        raise ValueError("a bug")
+
+    harness.start(CommandActor)
+    harness.ask("org.create", {"slug": ORG})
+    harness.ask("project.create", {"org": ORG, "project": PROJECT})
+    option = {"org": ORG, "project": PROJECT, "key": "sentry:scrub_data", "value": "nope"}
+    with pytest.raises(BadRequest, match="sentry:scrub_data") as refused:
+        harness.ask("project.option_set", option)
+    assert refused.value.details == {"key": "sentry:scrub_data"}
+    monkeypatch.setattr(options, "validate_option", broken)
+    with pytest.raises(RelayctlError) as failed:
+        harness.ask("project.option_set", option)
+    assert failed.value.code == "internal" and "ValueError" in failed.value.message
