@@ -63,9 +63,10 @@ METRICS: Final[dict[str, MetricDoc]] = {
     # ingest and forwarding
     "ingest.envelopes": MetricDoc(COUNTER, "Envelopes sent to the gateway's ingest endpoints, by outcome",
                                   ("outcome", "endpoint")),
-    "ingest.accept": MetricDoc(TIMER, "Time to accept (store) one ingested envelope", ("outcome",)),
     "ingest.relay_reports": MetricDoc(COUNTER, "Outcome and metric reports received from relays", ("kind",)),
     "ingest.rate_limit_unavailable": MetricDoc(COUNTER, "Quota checks skipped because Redis did not answer"),
+    "ingest.relay_unproven": MetricDoc(COUNTER, "Envelopes with relay headers that prove no relay (taken as an "
+                                       "SDK's), by reason", ("reason",)),
     "ingest.outcomes": MetricDoc(COUNTER, "Outcomes of ingested items", ("outcome", "category", "reason")),
     "ingest.error_events": MetricDoc(COUNTER, "Error events taken from the ingest stream, by result",
                                      ("result",)),

@@ -206,7 +206,7 @@ def test_relays(system: SystemUnderTest) -> None:
     assert system.cli_ok("relay", "deny", banned) == f"Banned relay `{banned}`\n"
     relays = {r["publicKey"]: r for r in system.cli_ok("relay", "list", "--json")["relays"]}
     assert set(relays[internal]) == {"publicKey", "relayId", "internal", "banned", "version", "firstSeen",
-                                     "lastSeen"}
+                                     "lastSeen", "usage"}
     assert relays[internal]["internal"] is True and relays[internal]["banned"] is False
     assert relays[banned]["banned"] is True and relays[banned]["relayId"] is None
     assert "BANNED" in system.cli_ok("relay", "list")
