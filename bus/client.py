@@ -11,7 +11,6 @@ never answered, so without it the first try would use up the whole deadline.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -19,9 +18,12 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from bus.retry import Backoff, retry
 from messages.endpoints import endpoint_for
 from messages.envelope import Request, decode_reply_sequence
 from messages.errors import BadRequest, DeadlineExceeded, Unavailable
+
+REQUEST_BACKOFF = Backoff(initial=0.05, factor=2.0, maximum=0.5)
 
 
 def subject_for(message_type: str) -> str:
@@ -54,23 +56,22 @@ async def request_sequence(nc: NATS, message_type: str, payload: dict[str, Any],
         envelope.id = correlation_id
     data = envelope.encode()
     target = subject or subject_for(message_type)
-    attempt = 0
-    while True:
-        remaining = deadline - time.time()
+    ends = time.monotonic() + timeout
+
+    async def attempt(n: int) -> tuple[Any, int]:
+        remaining = ends - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded(f"no answer on {target} within {timeout:.1f}s")
-        try:
-            wait = remaining if attempt >= retries or attempt_timeout is None else min(remaining, attempt_timeout)
-            msg = await nc.request(target, data, timeout=wait)
-            return decode_reply_sequence(msg.data)
-        except NoRespondersError:
-            if attempt >= retries:
-                raise Unavailable(f"no service is answering on {target}") from None
-        except (TimeoutError, NatsTimeout):
-            if attempt >= retries:
-                raise DeadlineExceeded(f"no answer on {target} within {timeout:.1f}s") from None
-        except Unavailable:
-            if attempt >= retries:
-                raise
-        attempt += 1
-        await asyncio.sleep(min(0.05 * attempt, max(0.0, deadline - time.time())))
+        # The last try may use all that is left; earlier ones are bounded, so a try sent to
+        # an instance that died does not use up the deadline.
+        wait = remaining if n >= retries or attempt_timeout is None else min(remaining, attempt_timeout)
+        msg = await nc.request(target, data, timeout=wait)
+        return decode_reply_sequence(msg.data)
+
+    try:
+        return await retry(attempt, retry_on=(NoRespondersError, TimeoutError, NatsTimeout, Unavailable),
+                           backoff=REQUEST_BACKOFF, attempts=retries + 1, deadline=ends)
+    except NoRespondersError:
+        raise Unavailable(f"no service is answering on {target}") from None
+    except (TimeoutError, NatsTimeout):
+        raise DeadlineExceeded(f"no answer on {target} within {timeout:.1f}s") from None

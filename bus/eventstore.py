@@ -29,16 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
+from bus.retry import Backoff, retry
 from messages.errors import BadRequest, Conflict, Unavailable
 from messages.events import (
     DomainEvent,
@@ -54,6 +57,8 @@ CommitCallback = Callable[[int, list[DomainEvent]], Any]
 APPEND_ATTEMPT_TIMEOUT = 2.0  # one try of an append; a cluster electing a new leader answers none
 WRONG_LAST_SEQUENCE = 10071  # JetStream API error code
 FOLLOW_ATTEMPTS = 5
+FOLLOW_BACKOFF = Backoff(initial=0.5, factor=2.0, maximum=2.0)
+APPEND_BACKOFF = Backoff(initial=0.25, factor=1.0, maximum=0.25)  # a leader election takes a few of these
 MAX_COMMIT_BYTES = 8 * 1024 * 1024  # the stream's max_msg_size; nats.conf's max_payload is the same
 # JetStream API error codes of a store that is up but refuses to store (limits, storage):
 # these never pass by retrying within one append, so they are reported at once.
@@ -73,6 +78,10 @@ _HEADER_OVERHEAD = 12
 
 class CommitTooLarge(BadRequest):
     """A commit larger than the event store takes in one message; nothing was stored."""
+
+
+class _NotAcknowledged(Exception):
+    """One append try got no acknowledgement (no stream leader right now): try again."""
 
 
 class StoreCannotWrite(Unavailable):
@@ -173,13 +182,13 @@ class JetStreamEventStore:
                 first.aggregate, first.aggregate_id)
         data = encode_commit(events)
         size = self._check_size(events, data, headers)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        while True:
+        ends = time.monotonic() + self.timeout
+
+        async def attempt(_n: int) -> int:
             try:
                 ack = await self.js.publish(event_subject(first.aggregate, first.aggregate_id, first.type), data,
                                             headers=headers,
-                                            timeout=max(0.1, min(APPEND_ATTEMPT_TIMEOUT, deadline - loop.time())))
+                                            timeout=max(0.1, min(APPEND_ATTEMPT_TIMEOUT, ends - time.monotonic())))
                 return int(ack.seq)
             except MaxPayloadError:
                 raise too_large(events, size, self.nc.max_payload) from None
@@ -200,11 +209,14 @@ class JetStreamEventStore:
             except (TimeoutError, NoStreamResponseError, ServiceUnavailableError) as exc:
                 if getattr(exc, "err_code", None) in CANNOT_WRITE_CODES:
                     raise self._cannot_write(exc) from None
-                # No stream leader right now (a node died, an election is on): try again until
-                # the deadline. Safe: the message id makes a retry of a stored append a no-op.
-                if loop.time() + 0.25 >= deadline:
-                    raise await self._no_acknowledgement() from None
-                await asyncio.sleep(0.25)
+                raise _NotAcknowledged() from exc
+
+        # No stream leader right now (a node died, an election is on): try again until the
+        # deadline. Safe: the message id makes a retry of a stored append a no-op.
+        try:
+            return await retry(attempt, retry_on=(_NotAcknowledged,), backoff=APPEND_BACKOFF, deadline=ends)
+        except _NotAcknowledged:
+            raise await self._no_acknowledgement() from None
 
     def check_size(self, events: list[DomainEvent]) -> None:
         """CommitTooLarge when `events` would not fit in one commit (no I/O)."""
@@ -230,7 +242,7 @@ class JetStreamEventStore:
         """Why no append was acknowledged: is the stream there at all?"""
         try:
             await self.js.stream_info(self.stream)
-        except Exception:
+        except (NatsError, TimeoutError, ConnectionError):
             return Unavailable(f"event store unavailable: no answer from the stream {self.stream} "
                                f"within {self.timeout:g} s (NATS or its JetStream leader is down)")
         # nats-server drops (never answers) an append it failed to write to disk, and keeps the
@@ -245,7 +257,7 @@ class JetStreamEventStore:
     async def _max_msg_size(self) -> int:
         try:
             configured = (await self.js.stream_info(self.stream)).config.max_msg_size
-        except Exception:
+        except (NatsError, TimeoutError, ConnectionError):
             configured = None
         return int(configured) if configured and configured > 0 else MAX_COMMIT_BYTES
 
@@ -253,7 +265,7 @@ class JetStreamEventStore:
         """The message stored at `sequence`, or None (none there, or the store did not answer)."""
         try:
             msg = await self.js.get_msg(self.stream, seq=sequence, direct=True)
-        except Exception:
+        except (NatsError, TimeoutError, ConnectionError):
             return None
         headers = msg.headers or {}
         return StoredMessage(int(msg.seq or sequence), str(msg.subject), headers.get("Nats-Msg-Id"),
@@ -262,7 +274,7 @@ class JetStreamEventStore:
     async def _stored_with_id(self, sequence: int, msg_id: str) -> bool:
         try:
             msg = await self.js.get_msg(self.stream, seq=sequence, direct=True)
-        except Exception:
+        except (NatsError, TimeoutError, ConnectionError):
             return False
         return msg.headers is not None and msg.headers.get("Nats-Msg-Id") == msg_id
 
@@ -280,19 +292,17 @@ class JetStreamEventStore:
 
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                     opt_start_seq=max(1, from_sequence))
+        async def subscribe(_n: int) -> Subscription:
+            subscription: Subscription = await self.js.subscribe(
+                subject, ordered_consumer=True, cb=on_message, config=config, stream=self.stream,
+                idle_heartbeat=2.0, pending_msgs_limit=-1, pending_bytes_limit=-1,
+            )
+            return subscription
+
         # Creating the consumer can time out while a cluster elects new leaders after losing
         # a node; a few tries ride that out instead of failing the projection.
-        for attempt in range(FOLLOW_ATTEMPTS):
-            try:
-                return await self.js.subscribe(
-                    subject, ordered_consumer=True, cb=on_message, config=config, stream=self.stream,
-                    idle_heartbeat=2.0, pending_msgs_limit=-1, pending_bytes_limit=-1,
-                )
-            except (TimeoutError, NatsTimeoutError, ServiceUnavailableError):
-                if attempt + 1 == FOLLOW_ATTEMPTS:
-                    raise
-                await asyncio.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return await retry(subscribe, retry_on=(TimeoutError, NatsTimeoutError, ServiceUnavailableError),
+                           backoff=FOLLOW_BACKOFF, attempts=FOLLOW_ATTEMPTS)
 
     async def read(self, subject: str = EVENT_SUBJECTS, from_sequence: int = 1) -> list[tuple[int, list[DomainEvent]]]:
         """Every stored commit on `subject` from `from_sequence` up to now (not live)."""
