@@ -614,3 +614,6 @@ _export.register(main)
 from cli import ingest as _ingest  # noqa: E402  (registers event list/show, ingest, project stats)
 
 _ingest.register(main)
+from cli import relay_status as _relay_status  # noqa: E402  (registers relay status)
+
+_relay_status.register(relay, RELAY_KEY_COMMAND)

@@ -138,6 +138,30 @@ def _relay_list(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
     return {"relays": [relay_view(r) for r in sorted(state.relays.values(), key=lambda r: r.public_key)]}
 
 
+# At most this many org slugs in a `relay.status` answer (the count is always whole).
+MAX_LISTED_ORGS = 100
+
+
+def _relay_status(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
+    """One relay, by public key or by any id it registered under: the relay's view, every id
+    it used, its state in words, and what it may see (every org, or the orgs trusting it)."""
+    wanted = payload["relay"]
+    relay = state.relays.get(wanted) or next(
+        (r for r in state.relays.values() if wanted in r.relay_ids or wanted == r.relay_id), None)
+    if relay is None:
+        raise NotFound(f"No relay matching `{wanted}`")
+    trusting = sorted(o.slug for o in state.orgs.values() if relay.public_key in trusted_relay_keys(o.options))
+    if relay.banned:
+        status = "banned"
+    elif relay.relay_id is None:
+        status = "allowed, never registered"
+    else:
+        status = "registered"
+    return {**relay_view(relay), "relayIds": list(relay.relay_ids), "state": status,
+            "sees": {"everyOrg": relay.internal and not relay.banned,
+                     "trustedBy": trusting[:MAX_LISTED_ORGS], "trustedByCount": len(trusting)}}
+
+
 def _user_permission_list(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
     user = require_user(state, payload["username"])
     return {"username": user.username, "permissions": sorted(user.permissions)}
@@ -169,6 +193,7 @@ QUERY_ANSWERS: dict[str, Answer] = {
     "project.option_get": _project_option_get,
     "key.list": _key_list,
     "relay.list": _relay_list,
+    "relay.status": _relay_status,
     "user.permission_list": _user_permission_list,
     "user.authenticate": _user_authenticate,
     "export.orgs": lambda state, payload: export_orgs(state),

@@ -39,6 +39,7 @@ from gateway.binding import PortLock, port_problem
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
 from gateway.ingest import add_ingest_routes
 from gateway.limits import HttpLimits, limits_middleware, serve
+from gateway.relay_activity import RelayActivity
 from gateway.relays import BodyCache, RelayAuthCache, RelayEndpoints
 from messages.errors import RelayctlError
 from messages.subjects import GATEWAY_BUCKET, RELAY_CHANGED
@@ -114,6 +115,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     elapsed = time.perf_counter() - started
     metrics.timing("gateway.requests", elapsed, tags)
     log_access(request, route, response.status, elapsed, request.app.get("access_sample_rate", 1.0))
+    activity: RelayActivity | None = request.app.get("relay_activity")
+    if activity is not None:
+        relay_id = request.headers.get("X-Sentry-Relay-Id")
+        known = bool(relay_id) and request.app["relay_auth"].get(relay_id) is not None
+        activity.observe(request, route, response, known)
     return response
 
 
@@ -239,6 +245,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app["redis"] = None
     app["access_sample_rate"] = access_sample_rate()
     app["own_series"] = OwnSeries()
+    app["relay_activity"] = RelayActivity()
     app["relay_auth"] = RelayAuthCache()
     app["bodies"] = BodyCache()
     relays = RelayEndpoints(app)
@@ -260,6 +267,10 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
         app["nc"] = await connect(nats_url, name="gateway", on_disconnect=lost, on_reconnect=back)
         app["secret"] = await registration_secret(app["nc"])
         app["system_id"] = await system_id(app["nc"])
+        try:
+            await app["relay_activity"].open(app["nc"])
+        except Exception:  # `relay status` then lacks this gateway's news; serving goes on
+            log.warning("gateway.relay_activity_unavailable", exc_info=True)
         async def relay_changed(msg: Any) -> None:
             app["relay_auth"].drop(msg.data.decode() or None)
 

@@ -66,6 +66,8 @@ CONTROL: dict[str, Schema] = {
     "relay.allow": {"public_key": relay_key, "internal": field(bool, required=False, default=False)},
     "relay.deny": {"public_key": relay_key},
     "relay.list": {},
+    # a relay by its public key or by any id it registered under (`relayctl relay status`)
+    "relay.status": {"relay": field(str, check=lambda v: None if 0 < len(v) <= 100 else "not a relay id or key")},
     "relay.register": {"relay_id": field(str), "public_key": relay_key,
                        "version": field(str, required=False)},
     "user.create": {"username": username, "email": field(str, required=False),

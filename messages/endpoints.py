@@ -142,6 +142,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("relay.allow"),
     _control("relay.deny"),
     _control("relay.list", query=True),
+    _control("relay.status", query=True),
     # a relay that completed the signed registration handshake (the handler refuses banned ones)
     _control("relay.register", callers=(GATEWAY,), idempotent=True),
     _control("user.create"),
@@ -199,6 +200,8 @@ STORES: tuple[Store, ...] = (
     # written by the AI actor (events.store) and the forwarder (the events SDKs send)
     Store(subjects.ERROR_EVENT_BUCKET, KV, readers=(AI, FORWARDER), writers=(AI, FORWARDER)),
     Store(subjects.GATEWAY_BUCKET, KV, readers=(GATEWAY,), writers=(GATEWAY,)),  # the registration secret
+    # what gateways saw of each relay lately (last config fetch, last error): `relay status`
+    Store(subjects.RELAY_ACTIVITY_BUCKET, KV, readers=(GATEWAY,), writers=(GATEWAY,)),
     # the MAC keys of what Redis holds: the role writing the entries makes its key, gateways check
     Store(subjects.RELAY_AUTH_MAC_BUCKET, KV, readers=(ORGS, GATEWAY), writers=(ORGS,)),
     Store(subjects.CONFIG_MAC_BUCKET, KV, readers=(CONFIGS, GATEWAY), writers=(CONFIGS,)),

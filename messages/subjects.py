@@ -13,6 +13,8 @@ EVENT_SUBJECTS = "rc.ev.>"
 SNAPSHOT_BUCKET = "rc_snapshots"
 ERROR_EVENT_BUCKET = "rc_error_events"
 GATEWAY_BUCKET = "rc_gateway"
+# per relay id, what the gateways saw of it lately (gateway/relay_activity.py)
+RELAY_ACTIVITY_BUCKET = "rc_relay_activity"
 # the MAC keys of the Redis entries (bus/cache_keys.py): relayauth:* and relayconfig:*
 RELAY_AUTH_MAC_BUCKET = "rc_relayauth_mac"
 CONFIG_MAC_BUCKET = "rc_config_mac"
