@@ -39,6 +39,7 @@ import sentry_relay
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from sentry_relay.consts import DataCategory
 
 from bus import metrics
 from bus.cache_keys import CONFIG_MAC_BUCKET
@@ -55,7 +56,7 @@ from bus.ingest_store import (
     IngestCannotWrite,
     IngestStore,
 )
-from bus.rate_limits import Quota, RateLimiter, envelope_categories, quotas_of
+from bus.rate_limits import ITEM_CATEGORIES, Quota, RateLimiter, envelope_categories, quotas_of
 from gateway.envelopes import MalformedEnvelope, check, normalize_event_id, wrap_event
 from gateway.errors import HTTPFailure, error_response, json_response
 from gateway.relays import SIGNED_MAX_AGE, UUID_RE, RelayEndpoints, RelayIdentity, parse_json
@@ -287,6 +288,60 @@ def failure_response(failure: HTTPFailure) -> web.Response:
     return failure.response()
 
 
+# -- outcomes of what the gateway refuses ----------------------------------------------------------
+
+RATE_LIMITED = 2  # Relay's outcome code
+
+
+def category_code(item_type: str) -> int:
+    """Relay's data category number of an envelope item type (DEFAULT when it has none)."""
+    names = ITEM_CATEGORIES.get(item_type) or ("default",)
+    try:
+        return int(DataCategory[names[0].upper()].value)
+    except KeyError:
+        return int(DataCategory.DEFAULT.value)
+
+
+class RefusedOutcomes:
+    """Envelopes refused after their key was known (rate limited), reported the way a Relay
+    reports outcomes - an `{"outcomes": [...]}` batch on `rc.in.relay.outcomes` - so
+    `project stats` counts what SDKs sent straight to relayctl too. Counted in memory and
+    written at most once per `interval`; a batch that cannot be written is dropped (logged):
+    it is a count, never an envelope."""
+
+    def __init__(self, endpoints: IngestEndpoints, interval: float = 1.0, max_entries: int = 10_000) -> None:
+        self.endpoints = endpoints
+        self.interval = interval
+        self.max_entries = max_entries
+        self._counts: dict[tuple[int, int, int, int, str, int], int] = {}
+
+    def add(self, info: KeyInfo, outcome: int, reason: str, item_types: list[str]) -> None:
+        for item_type in item_types:
+            key = (info.organization_id, info.project_id, info.numeric_id, outcome, reason, category_code(item_type))
+            if key in self._counts or len(self._counts) < self.max_entries:
+                self._counts[key] = self._counts.get(key, 0) + 1
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._counts:
+            return
+        counts, self._counts = self._counts, {}
+        stamp = received_at()
+        body = json.dumps({"outcomes": [
+            {"timestamp": stamp, "org_id": org, "project_id": project, "key_id": key, "outcome": outcome,
+             "reason": reason, "category": category, "quantity": quantity, "source": "relayctl-gateway"}
+            for (org, project, key, outcome, reason, category), quantity in counts.items()]}).encode()
+        headers = {HEADER_MSG_ID: f"outcomes:{uuid.uuid4().hex}", HEADER_KIND: "outcomes", HEADER_RECEIVED_AT: stamp}
+        try:
+            await self.endpoints.store.append(INGEST_OUTCOMES, body, headers)
+        except Exception as exc:
+            log.warning("ingest.outcomes_dropped", entries=len(counts), error=str(exc))
+
+
 # -- the endpoints ---------------------------------------------------------------------------------
 
 class IngestEndpoints:
@@ -295,6 +350,7 @@ class IngestEndpoints:
         self.settings = settings or IngestSettings.from_env()
         self.relays = RelayEndpoints(app)
         self.keys = KeyResolver(self.relays)
+        self.refused = RefusedOutcomes(self)
 
     @property
     def store(self) -> IngestStore:
@@ -368,7 +424,8 @@ class IngestEndpoints:
                 raise rejected(403, f"origin {origin[:100]} is not allowed for this project")
             limited = await RateLimiter(self.relays.redis).check(info.quotas, envelope_categories(item_types))
             if limited is not None:
-                raise rejected(429, "rate limited: too many events for this key, retry later",
+                self.refused.add(info, RATE_LIMITED, limited.quota.reason_code or "rate_limited", item_types)
+                raise rejected(429, f"rate limited by the {limited.quota.scope} quota, retry later",
                                **{"Retry-After": str(limited.retry_after), "X-Sentry-Rate-Limits": limited.header})
         headers = {
             HEADER_MSG_ID: f"{project_id}:{event_id}" if event_id else uuid.uuid4().hex,
@@ -402,8 +459,10 @@ class IngestEndpoints:
                 packed = b64decode(text, validate=False)
                 inflate = zlib.decompressobj()
                 text = inflate.decompress(packed, self.settings.max_envelope + 1)
-                if len(text) > self.settings.max_envelope or not inflate.eof:
+                if len(text) > self.settings.max_envelope:
                     raise rejected(413, "event larger than the envelope size limit")
+                if not inflate.eof:
+                    raise rejected(400, "invalid event: the zlib'd body is truncated")
             except (ValueError, zlib.error):
                 raise rejected(400, "invalid event: the body is neither JSON nor base64 of zlib'd JSON") from None
         try:
@@ -548,8 +607,16 @@ def add_ingest_routes(app: web.Application) -> None:
         except Exception as exc:  # made on the first append instead; until then it answers 503
             log.warning("ingest.stream_unavailable", error=str(exc))
         app["ingest_store"] = store
+        app["ingest_outcomes"] = asyncio.ensure_future(ingest.refused.run())
+
+    async def cleanup(app: web.Application) -> None:
+        task = app.get("ingest_outcomes")
+        if task is not None:
+            task.cancel()
+            await ingest.refused.flush()
 
     app.on_startup.append(startup)
+    app.on_cleanup.insert(0, cleanup)  # before the NATS connection is drained
     for path in ("/api/{project_id:[0-9]{1,18}}/envelope/", "/api/{project_id:[0-9]{1,18}}/store/"):
         app.router.add_post(path, ingest.envelope if path.endswith("envelope/") else ingest.store_event)
         app.router.add_route("OPTIONS", path, ingest.preflight)

@@ -410,6 +410,12 @@ def test_a_project_rate_limit_answers_429_for_sdks_but_not_for_relays(system: Sy
     assert status == 429 and "rate limited" in data["detail"]
     assert 0 < int(headers["retry-after"]) <= 3600
     assert headers["x-sentry-rate-limits"].endswith(":project:project_quota")
+
+    def refused_reported() -> int:  # reported as Relay reports outcomes, for `project stats`
+        batches = [json.loads(d)["outcomes"] for h, d in stored(system, INGEST_OUTCOMES) if "Rc-Relay-Id" not in h]
+        return sum(o["quantity"] for batch in batches for o in batch if o["project_id"] == project["id"]
+                   and o["outcome"] == 2 and o["reason"] == "project_quota" and o["category"] == 1)
+    assert wait_status(lambda: 200 if refused_reported() >= 2 else 0, 200)
     signed = {"X-Sentry-Relay-Id": relay.relay_id, "X-Sentry-Relay-Signature": relay.secret_key.sign(b"")}
     status, _, _ = post(system, project, envelope(uuid.uuid4().hex), headers=signed)
     assert status == 200
