@@ -79,6 +79,7 @@ from bus.runtime import BusRuntime
 from bus.seams import Bus
 from bus.service import Call
 from domain.ai_prompt import InvalidEvent, describe_event_for_ai
+from domain.projections import ORG_OPTIONS, PROJECT_OPTIONS, Projection
 from messages.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -267,6 +268,8 @@ class _Suggestion:
 
 class AISuggestionActor(ProjectionActor):
     name = "ai"
+    # consent and scrubbing settings: orgs and projects with their options (no keys, relays, users)
+    projection = Projection("ai", {ORG_OPTIONS, PROJECT_OPTIONS})
 
     def __init__(self, runtime: BusRuntime, bus: Bus, *, ai_config: AIConfig, events: ErrorEventStore,
                  cache: SuggestionCache | None = None, client_factory: ClientFactory | None = None,

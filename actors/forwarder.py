@@ -76,6 +76,7 @@ from domain.ingest import (
 from domain.model import ACTIVE, DELETED, ProjectKey
 from domain.options import get_option, get_org_option
 from domain.project_config import build_project_config
+from domain.projections import ORG_OPTIONS, PROJECT_OPTIONS, Projection
 from messages.errors import BadRequest, NotFound, RelayctlError, Unavailable
 from messages.subjects import (
     FORWARD_DEAD_LETTER_BUCKET,
@@ -250,6 +251,8 @@ def _iso(ts: float | None) -> str | None:
 
 class ForwarderActor(ProjectionActor):
     name = "forwarder"
+    # where and how to forward: orgs and projects with their options (no keys, relays, users)
+    projection = Projection("forwarder", {ORG_OPTIONS, PROJECT_OPTIONS})
 
     def __init__(self, runtime: BusRuntime, bus: Bus, *, nc: NATS | None, settings: ForwardSettings | None = None,
                  stats: IngestStats | None = None) -> None:

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from actors.ai import AISuggestionActor
 from actors.base import ProjectionActor
 from actors.commands import CommandActor
 from actors.configs import ConfigActor
+from actors.forwarder import ForwarderActor
 from actors.lookup import KeyLookupActor, OrgAccessActor
 from domain.model import TRUSTED_RELAYS
 from domain.project_config import PII_OPTION, build_project_config
@@ -103,7 +105,16 @@ def user_answers(state: DomainState) -> Any:
     return {name: sorted(u.token_hashes) for name, u in state.users.items()}
 
 
+def org_and_project_answers(state: DomainState) -> Any:
+    """What the AI and forwarder actors read: orgs and projects with their options."""
+    return ({slug: repr(state.org(slug)) for slug in state.org_by_slug},
+            {(o, p): repr(state.project(o, p)) for o in ("acme", "beta") for p in ("web", "api", "app")},
+            {i: repr(p) for i, p in state.projects.items()})
+
+
 ACTORS: list[tuple[type[ProjectionActor], Any, Any]] = [
+    (AISuggestionActor, org_and_project_answers, lambda c: None),
+    (ForwarderActor, org_and_project_answers, lambda c: None),
     (KeyLookupActor, lambda s: (key_lookup_answers(s), user_answers(s)), lambda c: None),
     (OrgAccessActor, org_access_answers, lambda c: c.relays),
     (ConfigActor, config_answers, lambda c: c.public_keys),
