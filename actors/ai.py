@@ -527,7 +527,8 @@ def ai_actor_factory(ai_config: AIConfig | None = None, **options: Any) -> Calla
 
     def start(deps: Any) -> pykka.ActorRef[Any]:
         cache = RedisSuggestionCache(deps.redis_url) if deps.redis_url else None
-        return AISuggestionActor.start(deps.runtime, deps.bus, ai_config=ai_config or AIConfig.from_env(),
+        config = ai_config or AIConfig.from_env(deps.settings.environment())
+        return AISuggestionActor.start(deps.runtime, deps.bus, ai_config=config,
                                        events=JetStreamErrorEventStore(deps.nc), cache=cache, **options)
 
     return start

@@ -35,8 +35,10 @@ log = structlog.get_logger(__name__)
 REPLY_OVERHEAD = 4096
 
 
-def metrics_ttl() -> float:
+def metrics_ttl(ttl: float | None = None) -> float:
     """How long a silent process keeps its series (`RELAYCTL_METRICS_TTL`, seconds)."""
+    if ttl is not None:
+        return max(1.0, float(ttl))
     try:
         return max(1.0, float(os.environ.get("RELAYCTL_METRICS_TTL", "120")))
     except ValueError:
@@ -51,12 +53,12 @@ class MetricsBatch:
 class MetricsActor(ServiceActor):
     name = "metrics"
 
-    def __init__(self, runtime: BusRuntime, bus: Bus) -> None:
+    def __init__(self, runtime: BusRuntime, bus: Bus, ttl: float | None = None) -> None:
         super().__init__()
         self.runtime = runtime
         self.bus = bus
         self.store = MetricsStore(help=HELP)
-        self.ttl = metrics_ttl()
+        self.ttl = metrics_ttl(ttl)
 
     def on_start(self) -> None:
         self.listen(METRICS_RECORD, lambda msg: MetricsBatch(msg.data))

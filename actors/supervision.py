@@ -19,6 +19,8 @@ from typing import Any
 import pykka
 import structlog
 
+from bus.retry import Backoff
+
 log = structlog.get_logger(__name__)
 
 
@@ -63,7 +65,7 @@ class Supervisor:
         return self.ref is not None and self.ref.is_alive() and not self.failed
 
     def _watch(self) -> None:
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, 2.0, self.backoff_max)
         while not self._stopping.wait(0.05):
             if self.ref is None or self.ref.is_alive():
                 continue
@@ -77,6 +79,8 @@ class Supervisor:
                 if self.on_give_up:
                     self.on_give_up(self.name)
                 return
+            # The first restart in the window comes soon; each further one waits twice as long.
+            delay = backoff.delay(max(0, len(self.restarts) - 1))
             log.error("actor.died", actor=self.name, restart_in=delay)
             if self._stopping.wait(delay):
                 return
@@ -87,10 +91,8 @@ class Supervisor:
                 log.info("actor.restarted", actor=self.name, restarts=self.restart_count)
                 if self.on_restart:
                     self.on_restart(self.name)
-                delay = self.backoff_initial if len(self.restarts) <= 1 else min(delay * 2, self.backoff_max)
-            except Exception as exc:  # a factory that fails counts as another death
+            except Exception as exc:  # a process boundary: a factory that fails counts as another death
                 log.error("actor.restart_failed", actor=self.name, error=str(exc))
-                delay = min(delay * 2, self.backoff_max)
 
     def stop(self) -> None:
         self._stopping.set()

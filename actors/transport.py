@@ -22,6 +22,7 @@ from actors.transport_mux import TransportMultiplexer
 from bus import metrics
 from bus.runtime import BusRuntime
 from bus.seams import Bus
+from bus.settings import Settings
 from messages.subjects import TRANSPORT_ENVELOPE
 
 
@@ -31,6 +32,13 @@ class TransportConfig:
     relay: str | None = None
     upstream_metrics_enabled: bool = False
     internal_project_id: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TransportConfig:
+        return cls(upstream=settings.value("RELAYCTL_DSN_UPSTREAM") or None,
+                   relay=settings.value("RELAYCTL_DSN_RELAY") or None,
+                   upstream_metrics_enabled=bool(settings.value("RELAYCTL_UPSTREAM_METRICS")),
+                   internal_project_id=settings.value("RELAYCTL_INTERNAL_PROJECT_ID"))
 
     @classmethod
     def from_env(cls) -> TransportConfig:

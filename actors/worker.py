@@ -22,10 +22,12 @@ from actors.base import wait_ready
 from actors.supervision import Supervisor
 from bus import metrics
 from bus.cache import ConfigCache, RedisConfigCache
+from bus.eventstore import JetStreamEventStore
 from bus.process import instrument
 from bus.runtime import BUS_ERRORS, BusRuntime
 from bus.seams import NatsBus
 from bus.service import ActorService
+from bus.settings import Settings
 from messages.endpoints import ACTORS, served_by
 from messages.schema import Schema
 
@@ -39,6 +41,7 @@ class Deps:
     runtime: BusRuntime
     bus: NatsBus
     redis_url: str | None
+    settings: Settings
 
     @property
     def nc(self) -> Any:
@@ -64,7 +67,7 @@ def _kinds() -> dict[str, ActorKind]:
     from actors.forwarder import forwarder_factory
     from actors.lookup import KeyLookupActor, OrgAccessActor
     from actors.metrics import MetricsActor
-    from actors.transport import TransportActor
+    from actors.transport import TransportActor, TransportConfig
 
     return {
         "commands": ActorKind(
@@ -81,10 +84,10 @@ def _kinds() -> dict[str, ActorKind]:
             served_by("configs"),
             "builds project configs and materializes them into Redis"),
         "metrics": ActorKind(
-            "metrics", lambda d: MetricsActor.start(d.runtime, d.bus),
+            "metrics", lambda d: MetricsActor.start(d.runtime, d.bus, ttl=d.settings.value("RELAYCTL_METRICS_TTL")),
             served_by("metrics"), "aggregated internal metrics"),
         "transport": ActorKind(
-            "transport", lambda d: TransportActor.start(d.runtime, d.bus),
+            "transport", lambda d: TransportActor.start(d.runtime, d.bus, TransportConfig.from_settings(d.settings)),
             served_by("transport"), "forwards the system's own error reports"),
         "ai": ActorKind(
             "ai", ai_actor_factory(), served_by("ai"),
@@ -101,7 +104,9 @@ ACTOR_NAMES = ACTORS
 class Worker:
     def __init__(self, names: list[str], nats_url: str, redis_url: str | None = None, *,
                  process_name: str = "worker", on_give_up: Callable[[str], None] | None = None,
-                 instrument: bool = True) -> None:
+                 instrument: bool = True, settings: Settings | None = None) -> None:
+        """`settings`: the process's (bus/settings.py), built where it starts; by default from
+        its environment."""
         kinds = _kinds()
         unknown = [n for n in names if n not in kinds]
         if unknown:
@@ -112,6 +117,7 @@ class Worker:
         self.process_name = process_name
         self.on_give_up = on_give_up
         self.instrument = instrument
+        self.settings = settings or Settings.load()
         self.runtime: BusRuntime | None = None
         self.supervisors: dict[str, Supervisor] = {}
         self.services: list[ActorService] = []
@@ -124,9 +130,10 @@ class Worker:
             instrument(runtime.nc, runtime.loop, f"worker:{self.process_name}")
             # At 0 from the start, so an alert on restarts has a series before the first one.
             metrics.declare([("actor.restarts", {"actor": kind.name}) for kind in self.kinds])
-        bus = NatsBus(runtime.nc)
+        bus = NatsBus(runtime.nc, JetStreamEventStore(
+            runtime.nc, replicas=self.settings.value("RELAYCTL_STREAM_REPLICAS")))
         runtime.call(bus.events.ensure())
-        deps = Deps(runtime, bus, self.redis_url)
+        deps = Deps(runtime, bus, self.redis_url, self.settings)
         def count_restart(name: str) -> None:
             metrics.incr("actor.restarts", tags={"actor": name})
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from messages.subjects import CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET
@@ -38,7 +39,7 @@ async def writer_key(nc: Any, bucket: str) -> bytes:
         await kv.create(KEY_NAME, secrets.token_bytes(32))
     except KeyWrongLastSequenceError:
         pass  # another instance made it first: use theirs
-    except Exception as exc:  # the same, as some servers word it
+    except NatsError as exc:  # the same, as some servers word it
         if "wrong last sequence" not in str(exc):
             raise
     return bytes((await kv.get(KEY_NAME)).value)
