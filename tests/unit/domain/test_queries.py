@@ -175,3 +175,28 @@ def test_views_are_the_wire_shapes() -> None:
     assert key_view(state.keys[key(100)]) == {"publicKey": key(100), "numericId": 1, "status": "active",
                                               "projectId": 1}
     assert relay_view(state.relays[RELAY])["internal"] is True
+
+
+def test_relay_status_by_key_or_any_id_it_registered_under() -> None:
+    g = given(event("RelayAllowed", RELAY, internal=False),
+              event("RelayRegistered", RELAY, relay_id=RELAY_ID, version="1.2"),
+              event("RelayRegistered", RELAY, relay_id="second-id", version="1.3"),
+              org_created(), org_created("beta", id=2), event("OrgOptionSet", "beta", key=TRUSTED_RELAYS, value=[ENTRY]))
+    by_key = g.ask("relay.status", relay=RELAY)
+    assert by_key["state"] == "registered" and by_key["relayIds"] == [RELAY_ID, "second-id"]
+    assert by_key["sees"] == {"everyOrg": False, "trustedBy": ["beta"], "trustedByCount": 1}
+    assert by_key["publicKey"] == RELAY and by_key["relayId"] == "second-id"
+    assert g.ask("relay.status", relay=RELAY_ID) == by_key == g.ask("relay.status", relay="second-id")
+
+
+def test_relay_status_says_allowed_never_registered_banned_and_internal() -> None:
+    allowed = given(event("RelayAllowed", RELAY, internal=True))
+    status = allowed.ask("relay.status", relay=RELAY)
+    assert status["state"] == "allowed, never registered" and status["sees"]["everyOrg"] is True
+    banned = given(*allowed.events, event("RelayDenied", RELAY)).ask("relay.status", relay=RELAY)
+    assert banned["state"] == "banned" and banned["sees"]["everyOrg"] is False
+
+
+def test_relay_status_errors() -> None:
+    given().ask_fails("relay.status", NotFound, f"No relay matching `{RELAY}`", relay=RELAY)
+    given(event("RelayAllowed", RELAY, internal=False)).ask_fails("relay.status", NotFound, "No relay", relay="nope")
