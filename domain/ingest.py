@@ -49,7 +49,7 @@ __all__ = [
 # Relay's outcome ids (relay-server `Outcome`), by the name used in labels and stats.
 OUTCOMES = {0: "accepted", 1: "filtered", 2: "rate_limited", 3: "invalid", 4: "abuse",
             5: "client_discard", 6: "cardinality_limited"}
-_CATEGORY_NAMES = {c.value: c.name.lower() for c in DataCategory}
+_CATEGORY_NAMES: dict[int, str] = {int(c.value): str(c.name).lower() for c in DataCategory}
 _CATEGORIES = frozenset(_CATEGORY_NAMES.values())
 
 # Item type -> the data category Relay counts it under (items not listed are not counted:
