@@ -68,6 +68,7 @@ log = structlog.get_logger(__name__)
 MIB = 1024 * 1024
 # Relay's own `limits.max_envelope_size`: an upstream must take what its relays take.
 DEFAULT_MAX_ENVELOPE = 200 * MIB
+LARGE_BODY = 1024 * 1024
 ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate", "br", "zstd")
 CORS_ALLOW_HEADERS = ("x-sentry-auth, x-requested-with, origin, accept, content-type, content-encoding, "
                       "authentication, authorization, sentry-trace, baggage")
@@ -95,11 +96,15 @@ def reads_own_body(handler: F) -> F:
 class IngestSettings:
     max_envelope: int = DEFAULT_MAX_ENVELOPE  # decompressed bytes
     body_timeout: float = 60.0  # seconds to receive a whole body
+    # decompressed bytes all requests of this gateway may hold at once; past it a 503 (Relay
+    # retries), so many large envelopes at once cannot exhaust the process's memory
+    max_in_flight: int = 4 * DEFAULT_MAX_ENVELOPE
 
     @classmethod
     def from_env(cls) -> IngestSettings:
         return cls(max_envelope=int(os.environ.get("RELAYCTL_INGEST_MAX_ENVELOPE_SIZE") or DEFAULT_MAX_ENVELOPE),
-                   body_timeout=float(os.environ.get("RELAYCTL_INGEST_BODY_TIMEOUT") or 60.0))
+                   body_timeout=float(os.environ.get("RELAYCTL_INGEST_BODY_TIMEOUT") or 60.0),
+                   max_in_flight=int(os.environ.get("RELAYCTL_INGEST_MAX_IN_FLIGHT") or 4 * DEFAULT_MAX_ENVELOPE))
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,7 @@ class IngestEndpoints:
         self.relays = RelayEndpoints(app)
         self.keys = KeyResolver(self.relays)
         self.refused = RefusedOutcomes(self)
+        self.in_flight = 0  # decompressed bytes the requests being handled hold
 
     @property
     def store(self) -> IngestStore:
@@ -381,8 +387,10 @@ class IngestEndpoints:
             outcome = "unavailable" if exc.status >= 500 or exc.status == 404 else "rejected"
             status = 503 if outcome == "unavailable" else exc.status
             response = error_response(status, exc.message)
-        if response.status in (408, 413, 415):
-            response.force_close()  # the rest of the body is not worth reading
+        finally:
+            self._release(request)
+        if not request.content.is_eof():
+            response.force_close()  # refused before the body's end: the rest is not worth reading
         origin = request.headers.get("Origin")
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin
@@ -401,7 +409,8 @@ class IngestEndpoints:
             item_types = ["event"]
         else:
             try:
-                scanned = check(body)
+                # a large envelope is checked off the event loop, which keeps serving the others
+                scanned = await asyncio.to_thread(check, body) if len(body) > LARGE_BODY else check(body)
             except MalformedEnvelope as exc:
                 raise rejected(400, f"invalid envelope: {exc}") from None
             data, event_id, header, item_types = body, scanned.event_id, scanned.header, scanned.item_types
@@ -494,6 +503,7 @@ class IngestEndpoints:
                     buffer += chunk
                     if len(buffer) > cap:
                         raise self._too_large(cap)
+                    self._hold(request, len(chunk))
         except TimeoutError:
             failure = rejected(408, "request body not received in time")
             raise failure from None
@@ -502,6 +512,16 @@ class IngestEndpoints:
             what = f"the body could not be decoded as {encoding}" if encoding not in ("", "identity") else detail
             raise rejected(400, f"{what} ({detail[:120]})" if what != detail else what) from None
         return bytes(buffer)
+
+    def _hold(self, request: web.Request, size: int) -> None:
+        """Count `size` more bytes held for `request` (released by `_release`); 503 past the budget."""
+        if self.in_flight + size > self.settings.max_in_flight:
+            raise HTTPFailure(503, "the gateway holds as many envelopes as it may right now; retry")
+        self.in_flight += size
+        request["ingest_held"] = request.get("ingest_held", 0) + size
+
+    def _release(self, request: web.Request) -> None:
+        self.in_flight -= request.pop("ingest_held", 0)
 
     @staticmethod
     def _too_large(cap: int) -> HTTPFailure:

@@ -303,6 +303,21 @@ def test_an_oversized_envelope_is_refused(system: SystemUnderTest, project: dict
     assert status == 413 and f"larger than {small_cap} bytes" in data["detail"]
 
 
+def test_past_the_in_flight_budget_the_answer_is_503(system: SystemUnderTest, project: dict[str, Any]) -> None:
+    """What all requests hold at once is bounded: past it Relay is told to retry (503)."""
+    assert system.gateway is not None
+    ingest = system.gateway.app["ingest"]
+    before = ingest.settings
+    ingest.settings = IngestSettings(max_in_flight=1024)
+    try:
+        status, headers, data = post(system, project, envelope(items=[({"type": "attachment"}, b"x" * 4096)]))
+    finally:
+        ingest.settings = before
+    assert status == 503 and headers["retry-after"] and "retry" in data["detail"]
+    assert ingest.in_flight == 0
+    assert post(system, project, envelope(uuid.uuid4().hex))[0] == 200
+
+
 def _bomb(encoding: str, size: int) -> bytes:
     """`size` decompressed bytes of an envelope (a header, then an attachment of zeros)."""
     head = b'{}\n{"type":"attachment","length":%d}\n' % size
