@@ -85,6 +85,11 @@ def test_org_option_unset_of_an_unset_option_changes_nothing() -> None:
 
 def test_org_option_unset_errors() -> None:
     given().fails("org.option_unset", NotFound, "No organization", org="acme", key="sentry:require_scrub_ip_address")
+    # a key the catalogue does not know for orgs is refused as setting it is ...
+    given(org_created()).fails("org.option_unset", BadRequest, "not an org option", org="acme", key="sentry:origins")
+    # ... unless it is stored (set before the catalogue refused it): then it can be removed
+    given(org_created(), event("OrgOptionSet", "acme", key="sentry:origins", value=["x"])).when(
+        "org.option_unset", org="acme", key="sentry:origins").then([("OrgOptionUnset", "acme", {"key": "sentry:origins"})])
     # a project's PII config refers to the org's rule being removed
     given(org_created(), project_created(), event("OrgOptionSet", "acme", key=PII_OPTION, value=TOKENS_PII),
           event("ProjectOptionSet", "acme", project="web", key=PII_OPTION, value=USES_TOK)).fails(
@@ -212,6 +217,8 @@ def test_project_option_unset_removes_a_set_option() -> None:
 def test_project_option_unset_errors() -> None:
     given().fails("project.option_unset", NotFound, "No organization", org="acme", project="web", key="sentry:origins")
     given(org_created()).fails("project.option_unset", NotFound, "No project", org="acme", project="web", key="sentry:origins")
+    given(*acme_web()).fails("project.option_unset", BadRequest, "unknown option", org="acme", project="web",
+                             key="sentry:nothing_like_it")
 
 
 def test_project_disable_enable_and_delete_change_its_status_once() -> None:
