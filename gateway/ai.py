@@ -38,10 +38,11 @@ from aiohttp import web
 
 from bus.client import request as bus_request
 from bus.streaming import Chunk, Final, stream_request
-from gateway.errors import error_response, json_response
-from messages.errors import Forbidden, RelayctlError, Unauthorized, Unavailable
+from gateway.errors import HTTPFailure, from_error, json_response
+from messages.errors import RelayctlError, Unauthorized, Unavailable
 
-__all__ = ["AI_LIMITER", "AI_PATH", "UserRateLimiter", "add_ai_routes", "ai_error_response"]
+__all__ = ["AI_LIMITER", "AI_PATH", "UserRateLimiter", "add_ai_routes"]
+BEARER = {"WWW-Authenticate": "Bearer"}
 
 log = structlog.get_logger(__name__)
 
@@ -99,20 +100,6 @@ def add_ai_routes(app: web.Application, limiter: UserRateLimiter | None = None) 
     app.router.add_get(AI_PATH, ai_fix_suggest)
 
 
-def ai_error_response(error: RelayctlError) -> web.Response:
-    """A wire error as the HTTP answer BEHAVIOUR.md promises (see the module docstring)."""
-    restriction = error.details.get("restriction")
-    if isinstance(error, Forbidden) and isinstance(restriction, str):
-        return json_response({"restriction": restriction}, 403)
-    status = error.details.get("status")
-    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
-        status = error.status if error.status != 500 else 503
-    if status == 429:
-        return json_response({"error": error.message, "detail": error.message}, 429,
-                             headers={"Retry-After": "1"})
-    return error_response(status, error.message)
-
-
 def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name) == "yes"
 
@@ -122,20 +109,12 @@ async def _authenticate(request: web.Request) -> str:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise _Refusal(json_response({"detail": "Authentication credentials were not provided."}, 401,
-                                     headers={"WWW-Authenticate": "Bearer"}))
+        raise HTTPFailure(401, "Authentication credentials were not provided.", headers=BEARER)
     try:
         user = await _ask(request, "user.authenticate", {"token": token}, AUTH_TIMEOUT, retries=1)
     except Unauthorized:
-        raise _Refusal(json_response({"detail": "Invalid token"}, 401,
-                                     headers={"WWW-Authenticate": "Bearer"})) from None
+        raise HTTPFailure(401, "Invalid token", headers=BEARER) from None
     return str(user["username"])
-
-
-class _Refusal(Exception):
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
 
 
 async def _ask(request: web.Request, message_type: str, payload: dict[str, Any], timeout: float, *,
@@ -152,10 +131,7 @@ def _correlation_id() -> str | None:
 
 
 async def ai_fix_suggest(request: web.Request) -> web.StreamResponse:
-    try:
-        username = await _authenticate(request)
-    except _Refusal as refusal:
-        return refusal.response
+    username = await _authenticate(request)
     wait = request.app[AI_LIMITER].acquire(username)
     if wait is not None:
         message = "You are making too many AI suggestion requests; slow down"
@@ -167,10 +143,8 @@ async def ai_fix_suggest(request: web.Request) -> web.StreamResponse:
                "pii_certified": _flag(request, "pii_certified")}
     actor = f"user:{username}"
     if not payload["stream"]:
-        try:
-            result = await _ask(request, "ai.suggest", payload, SUGGEST_TIMEOUT, actor=actor)
-        except RelayctlError as exc:
-            return ai_error_response(exc)
+        # A wire error goes to the one translation into HTTP (gateway/errors.py from_error).
+        result = await _ask(request, "ai.suggest", payload, SUGGEST_TIMEOUT, actor=actor)
         return json_response({"suggestion": result["suggestion"]})
     return await _stream(request, payload, actor)
 
@@ -182,7 +156,7 @@ async def _stream(request: web.Request, payload: dict[str, Any], actor: str) -> 
         try:
             first = await replies.next()
         except RelayctlError as exc:
-            return ai_error_response(exc)
+            return from_error(exc)
         if isinstance(first, Final):
             # Cached (or empty): the whole answer is here, there is nothing to stream.
             return web.Response(text=str(first.result["suggestion"]), content_type="text/plain")
@@ -199,7 +173,7 @@ async def _stream(request: web.Request, payload: dict[str, Any], actor: str) -> 
                     await response.write(sse_event("{}", event="done"))
         except RelayctlError as exc:
             log.warning("gateway.ai_stream_failed", error=exc.message)
-            status = ai_error_response(exc).status
+            status = from_error(exc).status
             await response.write(sse_event(json.dumps({"error": exc.message, "status": status}),
                                            event="error"))
         except (ConnectionResetError, OSError):

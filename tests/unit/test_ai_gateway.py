@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from gateway.ai import UserRateLimiter, ai_error_response, sse_event
+from gateway.ai import UserRateLimiter, sse_event
+from gateway.errors import from_error
 from messages.errors import Forbidden, NotFound, Overloaded, RelayctlError, Unavailable
 from tests.ai_helpers import parse_sse
 
@@ -52,6 +53,6 @@ def test_a_named_sse_event() -> None:
 ])
 def test_wire_errors_become_the_promised_statuses(error: RelayctlError, status: int, body: dict[str, str]) -> None:
     """The details' status wins when it is a real HTTP error status; restrictions are 403."""
-    response = ai_error_response(error)
+    response = from_error(error)
     assert response.status == status
     assert json.loads(response.body) == body  # type: ignore[arg-type]
