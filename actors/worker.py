@@ -23,6 +23,7 @@ from actors.supervision import Supervisor
 from bus import metrics
 from bus.cache import ConfigCache, RedisConfigCache
 from bus.eventstore import JetStreamEventStore
+from bus.metric_catalogue import ACTOR_COUNTERS
 from bus.process import instrument
 from bus.runtime import BUS_ERRORS, BusRuntime
 from bus.seams import NatsBus
@@ -129,7 +130,8 @@ class Worker:
         if self.instrument:
             instrument(runtime.nc, runtime.loop, f"worker:{self.process_name}")
             # At 0 from the start, so an alert on restarts has a series before the first one.
-            metrics.declare([("actor.restarts", {"actor": kind.name}) for kind in self.kinds])
+            metrics.declare([("actor.restarts", {"actor": kind.name}) for kind in self.kinds]
+                            + [c for kind in self.kinds for c in ACTOR_COUNTERS.get(kind.name, ())])
         bus = NatsBus(runtime.nc, JetStreamEventStore(
             runtime.nc, replicas=self.settings.value("RELAYCTL_STREAM_REPLICAS")))
         runtime.call(bus.events.ensure())

@@ -31,6 +31,8 @@ METRICS: Final[dict[str, MetricDoc]] = {
     "relay.keys": MetricDoc(COUNTER, "Project keys in relay config requests, by outcome (requested, served, "
                             "pending, unchanged)", ("outcome",)),
     "relay.cache": MetricDoc(COUNTER, "Project config cache lookups in Redis, by result (hit, miss)", ("result",)),
+    "gateway.dependency_up": MetricDoc(GAUGE, "1 while the gateway reaches this dependency (nats, redis), else 0",
+                                       ("dependency",)),
     "relay.cache_forged": MetricDoc(COUNTER, "Redis entries whose MAC did not verify, treated as misses",
                                     ("kind",)),
     # configs
@@ -83,11 +85,17 @@ METRICS: Final[dict[str, MetricDoc]] = {
 
 HELP: Final[dict[str, str]] = {name: doc.help for name, doc in METRICS.items()}
 
-# (name, tags) of the counters reported at 0 from the start: every process reconnects to NATS,
-# gateways look configs up in Redis; `actor.restarts` is declared by workers per actor.
+# (name, tags) of the counters reported at 0 from the start: every process reconnects to NATS
+# and may drop metric points, gateways look configs up in Redis, the command handlers may
+# lose an append race; `actor.restarts` is declared by workers per actor.
 Counters = tuple[tuple[str, dict[str, str]], ...]
-WATCHED_COUNTERS: Final[Counters] = (("nats.reconnects", {}),)
+WATCHED_COUNTERS: Final[Counters] = (
+    ("nats.reconnects", {}),
+    ("internal.metrics.dropped_points", {"reason": "queue_full"}),
+    ("internal.metrics.dropped_points", {"reason": "publish_failed"}),
+)
 GATEWAY_COUNTERS: Final[Counters] = (("relay.cache", {"result": "hit"}), ("relay.cache", {"result": "miss"}))
+ACTOR_COUNTERS: Final[dict[str, Counters]] = {"commands": (("events.append_conflicts", {}),)}
 
-__all__ = ["COUNTER", "DISTRIBUTION", "GATEWAY_COUNTERS", "GAUGE", "HELP", "METRICS", "TIMER",
+__all__ = ["ACTOR_COUNTERS", "COUNTER", "DISTRIBUTION", "GATEWAY_COUNTERS", "GAUGE", "HELP", "METRICS", "TIMER",
            "WATCHED_COUNTERS", "MetricDoc"]

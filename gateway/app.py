@@ -169,6 +169,22 @@ async def dependencies(app: web.Application) -> dict[str, str]:
     return state
 
 
+DEPENDENCY_EVERY = 5.0  # seconds between two `gateway.dependency_up` gauges
+
+
+async def report_dependencies(app: web.Application) -> None:
+    """Record NATS and Redis as this gateway sees them (`gateway.dependency_up`, 1 or 0),
+    so a dashboard shows an outage per gateway, not only the reconnects after it."""
+    while True:
+        try:
+            for name, state in (await dependencies(app)).items():
+                if state != "not configured":
+                    metrics.gauge("gateway.dependency_up", 1 if state == "ok" else 0, {"dependency": name})
+        except Exception:
+            log.debug("gateway.dependency_report_failed", exc_info=True)
+        await asyncio.sleep(DEPENDENCY_EVERY)
+
+
 async def health_live(request: web.Request) -> web.Response:
     """Liveness: the process runs and its event loop answers. Nothing else is checked, so a
     NATS or Redis outage never gets a gateway restarted (as Relay's own `/live/`)."""
@@ -282,8 +298,12 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
                 metrics.metrics.instance.add_tap(app["own_series"].tap)
         if redis_url:
             app["redis"] = aioredis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
+        app["dependency_reporter"] = asyncio.get_running_loop().create_task(report_dependencies(app))
 
     async def cleanup(app: web.Application) -> None:
+        reporter = app.get("dependency_reporter")
+        if reporter is not None:
+            reporter.cancel()
         if app["redis"] is not None:
             await app["redis"].aclose()
         nc = app["nc"]

@@ -221,7 +221,8 @@ def test_module_helpers_are_noops_until_configured(published: Published) -> None
         metrics_module.close()
 
     # configure() also reports the build and the watched counters at 0 (issue 16 item 14).
-    assert {point[1] for point in published.points} == {"counted", "timed", "build.info", "nats.reconnects"}
+    assert {point[1] for point in published.points} == {"counted", "timed", "build.info", "nats.reconnects",
+                                                        "internal.metrics.dropped_points"}
     assert [p[2] for p in published.named("nats.reconnects")] == [0.0]
     assert published.named("timed")[0][3] == {"result": "failure"}
 
