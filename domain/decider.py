@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from domain.access import checked_role, checked_scopes, org_token, user_token
 from domain.decisions import (
     Decision,
     IdDraw,
@@ -61,6 +62,8 @@ COMMAND_TYPES = frozenset({
     "key.rate_limit",
     "relay.allow", "relay.deny", "relay.register", "user.create", "user.token_create", "user.permission_add",
     "user.permission_remove", "import.org",
+    # the management API (gateway/api/, domain/access.py)
+    "token.create", "token.revoke", "org.member_add", "org.member_remove", "project.update", "key.update",
 })
 
 
@@ -295,6 +298,77 @@ class Decider:
             return Decision(USER, username, [], lambda s: {"removed": False})
         return Decision(USER, username, [self.event("PermissionRemoved", username, permission=permission)],
                         lambda s: {"removed": True})
+
+    # the management API: tokens sentry-cli recognizes, org members, project and key details
+
+    def token_create(self, username: str, scopes: list[Any] | None, org: str | None, url: str | None,
+                     name: str | None) -> Decision:
+        """A user token, or with `org` an org auth token naming `url` (the API's base URL);
+        only its hash is stored. Its scopes are bounded by the user's role in each org."""
+        require_user(self.state, username)
+        checked = checked_scopes(scopes)
+        if org is not None:
+            require_org(self.state, org)
+            if not url:
+                raise BadRequest("an org auth token needs the API's URL (--url)", {"url": ["required"]})
+            token = org_token(self.new_token(), url=url.rstrip("/"), org=org, issued=self.clock())
+        else:
+            token = user_token(self.new_token())
+        digest = token_hash(token)
+        token_id = digest[:12]
+        return Decision(USER, username, [self.event("TokenCreated", username, token_hash=digest, id=token_id,
+                                                    scopes=checked, org=org, name=name)],
+                        lambda s: {"token": token, "id": token_id, "scopes": checked, "org": org})
+
+    def token_revoke(self, token_id: str) -> Decision:
+        for user in self.state.users.values():
+            if any(info["id"] == token_id for info in user.tokens.values()) or any(
+                    digest[:12] == token_id for digest in user.token_hashes):
+                return Decision(USER, user.username, [self.event("TokenRevoked", user.username, token_id=token_id)],
+                                lambda s: {"id": token_id, "revoked": True})
+        raise NotFound(f"No token matching `{token_id}`")
+
+    def org_member_add(self, org: str, username: str, role: str) -> Decision:
+        found = require_org(self.state, org)
+        require_user(self.state, username)
+        role = checked_role(role)
+        result = lambda s: {"org": org, "username": username, "role": role}  # noqa: E731
+        if found.members.get(username) == role:
+            return Decision(ORG, org, [], result)
+        return Decision(ORG, org, [self.event("MemberAdded", org, username=username, role=role)], result)
+
+    def org_member_remove(self, org: str, username: str) -> Decision:
+        found = require_org(self.state, org)
+        if username not in found.members:
+            raise NotFound(f"`{username}` is not a member of `{org}`")
+        return Decision(ORG, org, [self.event("MemberRemoved", org, username=username)],
+                        lambda s: {"org": org, "username": username, "removed": True})
+
+    def project_update(self, org: str, project: str, name: str | None, slug: str | None,
+                       platform: str | None) -> Decision:
+        found = require_project(self.state, org, project)
+        changed: dict[str, Any] = {}
+        if name is not None and name != found.name:
+            changed["name"] = name
+        if platform is not None and platform != found.platform:
+            changed["platform"] = platform
+        if slug is not None and slug != found.slug:
+            if self.state.project(org, slug) is not None:
+                raise Conflict(f"Project `{org}/{slug}` already exists",
+                               {"slug": [f"The slug \"{slug}\" is already in use."]})
+            changed["slug"] = slug
+        final = changed.get("slug", project)
+        result = lambda s: {"org": org, "slug": final}  # noqa: E731
+        if not changed:
+            return Decision(ORG, org, [], result)
+        return Decision(ORG, org, [self.event("ProjectUpdated", org, project=project, **changed)], result)
+
+    def key_update(self, public_key: str, name: str | None) -> Decision:
+        key, org = require_key(self.state, public_key)
+        result = lambda s: {"publicKey": public_key, "name": name}  # noqa: E731
+        if key.name == name:
+            return Decision(ORG, org.slug, [], result)
+        return Decision(ORG, org.slug, [self.event("KeyUpdated", org.slug, public_key=public_key, name=name)], result)
 
     # bulk import: one commit per org, so an org is loaded whole or not at all
 

@@ -28,6 +28,9 @@ class Org:
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: float = 0.0
     last_change: float = 0.0
+    # username -> org role (member, admin, manager, owner): bounds the scopes of the
+    # user's tokens in this org (domain/access.py)
+    members: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Project:
     template: str | None = None
     created: float = 0.0
     last_change: float = 0.0
+    platform: str | None = None  # Sentry's project platform (management API), e.g. "python"
 
     @property
     def is_active(self) -> bool:
@@ -58,6 +62,7 @@ class ProjectKey:
     rate_limit: dict[str, int] | None = None
     created: float = 0.0
     last_change: float = 0.0
+    name: str | None = None  # the key's label in the management API (None: "Default")
 
     @property
     def is_active(self) -> bool:
@@ -90,3 +95,6 @@ class User:
     permissions: set[str] = field(default_factory=set)
     # sha256 hex digests of the user's API tokens; the tokens themselves are never stored.
     token_hashes: set[str] = field(default_factory=set)
+    # token hash -> what is known of it: {"id", "name", "scopes" (None: every scope),
+    # "org" (an org auth token's org, else None), "created"}
+    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)

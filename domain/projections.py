@@ -10,13 +10,13 @@ only when it decides, and takes from a snapshot only the parts it holds.
 
 A part names one kind of object or one property of it, with the event types that change it:
 
-- `ORGS`: orgs (id, slug, name) - `OrgCreated`
+- `ORGS`: orgs (id, slug, name, members) - `OrgCreated`, `MemberAdded`, `MemberRemoved`
 - `ORG_OPTIONS`: org options and project templates - `OrgOptionSet`, `OrgOptionUnset`, `ProjectTemplateSet`
-- `PROJECTS`: projects (id, slug, status, template) - `ProjectCreated`, `Project{Disabled,Enabled,Deleted}`
+- `PROJECTS`: projects (id, slug, status, template) - `ProjectCreated`, `Project{Disabled,Enabled,Deleted,Updated}`
 - `PROJECT_OPTIONS`: project options - `ProjectOptionSet`, `ProjectOptionUnset`
-- `KEYS`: project keys - `KeyCreated`, `Key{Disabled,Enabled,Deleted}`, `KeyRateLimitSet`
+- `KEYS`: project keys - `KeyCreated`, `Key{Disabled,Enabled,Deleted,Updated}`, `KeyRateLimitSet`
 - `RELAYS`: relays - `RelayAllowed`, `RelayDenied`, `RelayRegistered`, `RelaySeen`
-- `USERS`: users, tokens and permissions - `UserCreated`, `TokenCreated`, `Permission{Added,Removed}`
+- `USERS`: users, tokens and permissions - `UserCreated`, `Token{Created,Revoked}`, `Permission{Added,Removed}`
 - `IDS`: the id counters - `IdsClaimed` (implied by orgs, projects and keys: an event stored
   before ids were gets its id from them, and must get the same one in every projection)
 - `CLAIMS`: project keys claimed before an org commit - `KeysClaimed`
@@ -58,12 +58,17 @@ EVENT_PARTS: dict[str, str] = {
     "KeyEnabled": KEYS,
     "KeyDeleted": KEYS,
     "KeyRateLimitSet": KEYS,
+    "KeyUpdated": KEYS,
+    "MemberAdded": ORGS,
+    "MemberRemoved": ORGS,
+    "ProjectUpdated": PROJECTS,
     "RelayAllowed": RELAYS,
     "RelayDenied": RELAYS,
     "RelayRegistered": RELAYS,
     "RelaySeen": RELAYS,
     "UserCreated": USERS,
     "TokenCreated": USERS,
+    "TokenRevoked": USERS,
     "PermissionAdded": USERS,
     "PermissionRemoved": USERS,
     "IdsClaimed": IDS,

@@ -171,7 +171,14 @@ def _user_authenticate(state: DomainState, payload: dict[str, Any]) -> dict[str,
     digest = token_hash(payload["token"])
     for user in state.users.values():
         if digest in user.token_hashes:
-            return {"username": user.username, "superuser": user.superuser, "permissions": sorted(user.permissions)}
+            # what the management API decides access with (domain/access.py): the token's
+            # scopes (None: every scope) and org, the user's role in each org
+            token = user.tokens.get(digest) or {}
+            return {"username": user.username, "superuser": user.superuser, "permissions": sorted(user.permissions),
+                    "email": user.email, "tokenId": token.get("id") or digest[:12], "scopes": token.get("scopes"),
+                    "org": token.get("org"),
+                    "memberships": {o.slug: o.members[user.username] for o in state.orgs.values()
+                                    if user.username in o.members}}
     raise Unauthorized("invalid token")
 
 
@@ -207,3 +214,6 @@ def answer_query(state: DomainState, message_type: str, payload: dict[str, Any])
     if answer is None:
         raise BadRequest(f"unknown query {message_type}")
     return answer(state, payload)
+
+
+import domain.management  # noqa: E402,F401  (adds the management API's queries to QUERY_ANSWERS)

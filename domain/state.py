@@ -341,6 +341,37 @@ class DomainState:
         key.last_change = e.ts
         return Changes(public_keys={key.public_key})
 
+    def _on_KeyUpdated(self, e: DomainEvent, seq: int) -> None:
+        key = self.keys.get(e.payload["public_key"])
+        if key is not None:
+            key.name = e.payload.get("name")
+            key.last_change = e.ts
+
+    def _on_MemberAdded(self, e: DomainEvent, seq: int) -> None:
+        org = self.org(e.aggregate_id)
+        if org is not None:
+            org.members[str(e.payload["username"])] = str(e.payload["role"])
+
+    def _on_MemberRemoved(self, e: DomainEvent, seq: int) -> None:
+        org = self.org(e.aggregate_id)
+        if org is not None:
+            org.members.pop(str(e.payload["username"]), None)
+
+    def _on_ProjectUpdated(self, e: DomainEvent, seq: int) -> Changes | None:
+        project = self._project_event(e)
+        if project is None:
+            return None
+        if "name" in e.payload:
+            project.name = e.payload["name"]
+        if "platform" in e.payload:
+            project.platform = e.payload["platform"]
+        new_slug = e.payload.get("slug")
+        if isinstance(new_slug, str) and new_slug != project.slug:
+            self.project_by_slug.pop((project.org_id, project.slug), None)
+            project.slug = new_slug
+            self.project_by_slug[(project.org_id, new_slug)] = project.id
+        return self._project_changed(project, e.ts)
+
     def _relay(self, public_key: str) -> Relay:
         return self.relays.setdefault(public_key, Relay(public_key=public_key))
 
@@ -381,7 +412,20 @@ class DomainState:
     def _on_TokenCreated(self, e: DomainEvent, seq: int) -> None:
         user = self.users.get(e.aggregate_id)
         if user:
-            user.token_hashes.add(e.payload["token_hash"])
+            digest = e.payload["token_hash"]
+            user.token_hashes.add(digest)
+            scopes = e.payload.get("scopes")
+            user.tokens[digest] = {"id": e.payload.get("id") or digest[:12], "name": e.payload.get("name"),
+                                   "scopes": list(scopes) if isinstance(scopes, list) else None,
+                                   "org": e.payload.get("org"), "created": e.ts}
+
+    def _on_TokenRevoked(self, e: DomainEvent, seq: int) -> None:
+        user = self.users.get(e.aggregate_id)
+        if user:
+            for digest, info in list(user.tokens.items()):
+                if info["id"] == e.payload["token_id"]:
+                    user.tokens.pop(digest)
+                    user.token_hashes.discard(digest)
 
     def _on_PermissionAdded(self, e: DomainEvent, seq: int) -> None:
         user = self.users.get(e.aggregate_id)

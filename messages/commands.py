@@ -37,6 +37,8 @@ name = field(str, required=False)
 any_value = field(object, nullable=True)
 
 _org_project: Schema = {"org": slug, "project": slug}
+TOKEN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+_page: Schema = {"cursor": field(str, required=False), "per_page": field(int, required=False, default=100)}
 
 CONTROL: dict[str, Schema] = {
     "org.create": {"slug": slug, "name": name},
@@ -78,6 +80,27 @@ CONTROL: dict[str, Schema] = {
     "user.permission_remove": {"username": username, "permission": field(str)},
     "user.permission_list": {"username": username},
     "user.authenticate": {"token": field(str)},
+    # API tokens sentry-cli recognizes (domain/access.py): scopes None = every scope; with
+    # `org` an org auth token naming `url`, the API's base URL
+    "token.create": {"username": username, "scopes": field(list, required=False), "org": field(
+        str, required=False, check=_matches(SLUG_RE, "org slug")), "url": field(str, required=False), "name": name},
+    "token.list": {"username": username},
+    "token.revoke": {"token_id": field(str, check=_matches(TOKEN_ID_RE, "token id (12 hex characters)"))},
+    "org.member_add": {"org": slug, "username": username, "role": field(str)},
+    "org.member_remove": {"org": slug, "username": username},
+    "org.member_list": {"org": slug},
+    "project.update": {**_org_project, "name": name, "slug": field(
+        str, required=False, check=_matches(SLUG_RE, "slug (lowercase letters, digits, - and _)")),
+        "platform": field(str, required=False, check=lambda v: None if len(v) <= 64 else "at most 64 characters")},
+    "key.update": {"public_key": public_key, "name": field(
+        str, required=False, nullable=True, check=lambda v: None if len(v) <= 64 else "at most 64 characters")},
+    # the management API's reads (domain/management.py): Sentry's shapes, a page at a time
+    "api.orgs": {"slugs": field(list, required=False, nullable=True), **_page},
+    "api.org": {"org": slug},
+    "api.projects": {"org": slug, **_page},
+    "api.project": _org_project,
+    "api.keys": {**_org_project, "base_url": field(str), "status": field(str, required=False), **_page},
+    "api.key": {**_org_project, "key_id": field(str), "base_url": field(str)},
     "import.org": {"org": field(dict)},
     # Everything `import.org` reads, for every org: the answer is `{"orgs": [...]}`.
     "export.orgs": {},

@@ -153,6 +153,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # an API token of an AI request: on the read side (the key lookup actor), never queued
     # behind the command actor's writes
     _control("user.authenticate", query=True, callers=(GATEWAY,), actor=KEYS),
+    # API tokens, org members (the CLI) and the management API's reads (gateway/api/)
+    _control("token.create"),
+    _control("token.list", query=True),
+    _control("token.revoke"),
+    _control("org.member_add"),
+    _control("org.member_remove"),
+    _control("org.member_list", query=True, callers=(GATEWAY,)),
+    _control("project.update"),
+    _control("key.update"),
+    _control("api.orgs", query=True, callers=(GATEWAY,)),
+    _control("api.org", query=True, callers=(GATEWAY,)),
+    _control("api.projects", query=True, callers=(GATEWAY,)),
+    _control("api.project", query=True, callers=(GATEWAY,)),
+    _control("api.keys", query=True, callers=(GATEWAY,)),
+    _control("api.key", query=True, callers=(GATEWAY,)),
     _control("import.org"),
     _control("export.orgs", query=True),
     _control("stream.status", query=True, caught_up=False),  # answered at once, even when the store is down

@@ -63,6 +63,11 @@ EVENT_TYPES: dict[str, tuple[str, int]] = {
     "KeyEnabled": (ORG, 1),
     "KeyDeleted": (ORG, 1),
     "KeyRateLimitSet": (ORG, 1),  # rate_limit: {"count", "window"} or None (no limit)
+    # the management API (gateway/api/): org members, project and key details
+    "MemberAdded": (ORG, 1),  # username, role (also a new role of a member)
+    "MemberRemoved": (ORG, 1),  # username
+    "ProjectUpdated": (ORG, 1),  # project; the changed of name, slug (a new slug), platform
+    "KeyUpdated": (ORG, 1),  # public_key, name
     # relay aggregate (id: the relay's public key)
     "RelayAllowed": (RELAY, 1),
     "RelayDenied": (RELAY, 1),
@@ -70,7 +75,8 @@ EVENT_TYPES: dict[str, tuple[str, int]] = {
     "RelaySeen": (RELAY, 1),
     # user aggregate (id: username)
     "UserCreated": (USER, 1),
-    "TokenCreated": (USER, 1),
+    "TokenCreated": (USER, 1),  # token_hash; id, name, scopes, org (token.create; absent before it)
+    "TokenRevoked": (USER, 1),  # token_id
     "PermissionAdded": (USER, 1),
     "PermissionRemoved": (USER, 1),
     # ids aggregate: a block of integer ids [first, first + count) one command handler hands out

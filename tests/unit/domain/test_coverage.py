@@ -8,7 +8,7 @@ import inspect
 from domain.decider import COMMAND_TYPES, Decider
 from domain.queries import QUERY_ANSWERS
 from messages.commands import CONTROL, QUERIES
-from tests.unit.domain import test_decider, test_import, test_queries
+from tests.unit.domain import test_decider, test_import, test_management, test_queries
 
 # Control messages the domain does not answer, and who does.
 NOT_DOMAIN = {"stream.status": "the command actor's own view of the stream (actors/commands.py)"}
@@ -27,7 +27,7 @@ def _has_test(message_type: str, names: set[str]) -> bool:
 
 
 def test_every_command_and_every_domain_query_has_a_test() -> None:
-    names = _test_names(test_decider, test_import, test_queries)
+    names = _test_names(test_decider, test_import, test_queries, test_management)
     untested = sorted(t for t in COMMAND_TYPES | set(QUERY_ANSWERS) if not _has_test(t, names))
     assert not untested, f"no given/when/then test named test_<type>_... for {untested} (tests/unit/domain)"
 

@@ -94,8 +94,11 @@ def test_user_permission_list_lists_them_sorted() -> None:
 def test_user_authenticate_finds_the_tokens_user() -> None:
     g = given(ANN, event("TokenCreated", "ann", token_hash=token_hash("s3cret")),
               event("PermissionAdded", "ann", permission="ai.suggest"))
+    # a token made before token.create (no scopes: every scope) - what domain/access.py reads
     assert g.ask("user.authenticate", token="s3cret") == {"username": "ann", "superuser": True,
-                                                          "permissions": ["ai.suggest"]}
+                                                          "permissions": ["ai.suggest"], "email": None,
+                                                          "tokenId": token_hash("s3cret")[:12], "scopes": None,
+                                                          "org": None, "memberships": {}}
     g.ask_fails("user.authenticate", Unauthorized, "invalid token", token="guess")
 
 
