@@ -3,7 +3,8 @@
 The command handlers answer `export.orgs` from their projection (read-your-writes: it
 includes every change acknowledged before it was sent). Importing the file into an empty
 system serves the same configs; ids are handed out again in file order, which is the
-original id order.
+original id order: the same ids only in an empty system whose orgs were made one after
+another (ids are not carried - see `relayctl import --help`).
 """
 
 from __future__ import annotations

@@ -566,8 +566,13 @@ def import_(ctx: Context, file: Any, as_json: bool) -> None:
         }]                                     optional; a project without "keys" gets one
     }]}
 
-    Option keys and values as `relayctl option list` describes them. Ids (org, project,
-    numeric key ids) are handed out by this system in file order; public keys are kept.
+    Option keys and values as `relayctl option list` describes them.
+
+    Ids are not carried: orgs, projects and numeric key ids get this system's next free ids,
+    in file order; public keys are kept. Into an empty system, a file from `relayctl
+    export` gets the ids it had (export lists in id order, if they were made one after
+    another); otherwise project ids change, and a DSN names its project id
+    (https://KEY@HOST/PROJECT_ID): give SDKs the new DSNs, or import into an empty system.
     """
     try:
         data = json.load(file)
@@ -596,8 +601,10 @@ def import_(ctx: Context, file: Any, as_json: bool) -> None:
              "imported when it stopped is stored whole or not at all. Run the same `relayctl import` again "
              "to import the rest: what is stored already is skipped", 130, error_code="interrupted")
     summary = {**totals, "seconds": round(time.monotonic() - started, 3)}
+    note = ("\nIds are this system's own (public keys are kept): a project's id, which its DSNs name, may "
+            "differ from the source system's; see `relayctl import --help`" if totals["projects"] else "")
     emit(as_json, summary, f"Imported {summary['orgs']} orgs, {summary['projects']} projects, "
-                           f"{summary['keys']} keys ({summary['events']} events) in {summary['seconds']}s")
+                           f"{summary['keys']} keys ({summary['events']} events) in {summary['seconds']}s" + note)
 
 
 from cli import observe as _observe  # noqa: E402  (registers metrics/transport)

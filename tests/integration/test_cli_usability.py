@@ -198,3 +198,26 @@ def test_json_timestamps_are_rfc3339_utc(cli: Relayctl, system: SystemUnderTest)
     key = cli.ok("project", "create", org, "web", "--json")["publicKey"]
     events = cli.ok("config", "history", key, "--json")["events"]
     assert events and all(RFC3339_UTC.match(e["ts"]) for e in events), events
+
+
+# -- item 13: import does not carry ids, and says so ----------------------------------------------
+
+def test_import_gives_its_own_ids_and_says_so(cli: Relayctl, tmp_path: Path) -> None:
+    """An exported org imported again under another slug gets new project ids (public keys
+    kept); the import says ids are this system's own, and `import --help` explains DSNs."""
+    org = unique("exp")
+    cli.ok("org", "create", org)
+    original = cli.ok("project", "create", org, "web", "--json")
+    exported = json.loads(cli.ok("export", "-"))
+    [spec] = [o for o in exported["orgs"] if o["slug"] == org]
+    spec["slug"] = unique("imp")
+    spec["projects"][0]["keys"] = []  # new keys: the original one belongs to the first org
+    path = tmp_path / "orgs.json"
+    path.write_text(json.dumps({"orgs": [spec]}))
+    out = cli.ok("import", str(path))
+    assert "Ids are this system's own (public keys are kept)" in out
+    assert "Ids are this system's own" not in cli.ok("import", str(path))  # nothing new: no note
+    [key] = cli.ok("key", "list", f"{spec['slug']}/web", "--json")["keys"]
+    config = cli.ok("config", "get", key["publicKey"], "--json")
+    assert config["projectId"] != original["id"]
+    assert "DSN names its project id" in cli.ok("import", "--help")
