@@ -26,7 +26,8 @@ by `AIConfig.timeout` and by what is left of the caller's deadline, and a stream
 soon as the caller's deadline passes, so nothing hangs.
 
 The reply is `{"suggestion": str, "cached": bool, "model": str, "eventId": str,
-"groupingHash": str}`. Model failures become wire errors the gateway turns into statuses:
+"groupingHash": str}`. Model failures are wire errors (actors/ai_model.py), which the
+gateway turns into statuses:
 
     AINotConfigured -> NotFound "no AI backend configured"   (404)
     AIRateLimited   -> Overloaded, details {"status": 429}   (429)
@@ -61,8 +62,6 @@ from actors.ai_model import (
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
     AIError,
-    AINotConfigured,
-    AIRateLimited,
     AIUnavailable,
     ModelClient,
 )
@@ -467,7 +466,7 @@ class AISuggestionActor(ProjectionActor):
                 text = self._ask_model(job, stored, model, timeout)
         except AIError as exc:
             metrics.incr("ai.suggestions", tags={"result": type(exc).__name__})
-            raise _wire_error(self.ai_config.explain(exc)) from None
+            raise self.ai_config.explain(exc) from None  # a wire error as it is
         self.cache.set(key, text, CACHE_TTL)
         metrics.incr("ai.suggestions", tags={"result": "answered"})
         return {"suggestion": text, **answer}
@@ -505,17 +504,6 @@ def _answer(call: Call, error: RelayctlError | None, result: Any) -> None:
 
 def _looks_like_event_id(event_id: str) -> bool:
     return len(event_id) == 32 and all(c in "0123456789abcdef" for c in event_id)
-
-
-def _wire_error(error: AIError) -> RelayctlError:
-    """An AIError as the error the caller receives (see the module docstring)."""
-    if isinstance(error, AINotConfigured):
-        return NotFound("no AI backend configured", {"reason": "ai_not_configured"})
-    if isinstance(error, AIRateLimited):
-        return Overloaded(error.message, {"status": 429, "reason": "ai_rate_limited"})
-    if isinstance(error, AIUnavailable):
-        return Unavailable(error.message, {"status": error.status, "timedOut": error.timed_out})
-    return Unavailable(error.message, {"status": error.status})
 
 
 def ai_actor_factory(ai_config: AIConfig | None = None, **options: Any) -> Callable[[Any], pykka.ActorRef[Any]]:

@@ -28,6 +28,7 @@ from typing import Any, Self
 import openai
 
 from domain.ai_prompt import build_messages
+from messages.errors import NotFound, Overloaded, Unavailable
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -50,31 +51,36 @@ CONNECT_TIMEOUT = 5.0
 TEMPERATURE = 0.7
 
 
-class AIError(Exception):
-    """A suggestion could not be produced; `status` is the HTTP status to answer with."""
+class AIError(Unavailable):
+    """A suggestion could not be produced. A wire error (messages/errors.py) as it is:
+    `unavailable`, with the HTTP status to answer with in `status` and in its details, which
+    the gateway answers with (gateway/errors.py `from_error`)."""
 
     status = 502
+    reason = ""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, status: int | None = None, details: dict[str, Any] | None = None) -> None:
         if status is not None:
             self.status = status
+        extra = {"reason": self.reason} if self.reason else {}
+        super().__init__(message, {"status": self.status, **extra, **(details or {})})
 
 
-class AINotConfigured(AIError):
-    """Neither OPENAI_BASE_URL nor OPENAI_API_KEY is set."""
+class AINotConfigured(NotFound, AIError):
+    """Neither OPENAI_BASE_URL nor OPENAI_API_KEY is set: `not_found` (404)."""
 
     status = 404
+    reason = "ai_not_configured"
 
     def __init__(self, message: str = "no AI backend configured") -> None:
         super().__init__(message)
 
 
-class AIRateLimited(AIError):
-    """The backend refused the request under its rate limit."""
+class AIRateLimited(Overloaded, AIError):
+    """The backend refused the request under its rate limit: `overloaded` (429)."""
 
     status = 429
+    reason = "ai_rate_limited"
 
 
 class AIUnavailable(AIError):
@@ -83,7 +89,7 @@ class AIUnavailable(AIError):
     status = 503
 
     def __init__(self, message: str, *, status: int = 503, timed_out: bool = False) -> None:
-        super().__init__(message, status=status)
+        super().__init__(message, status=status, details={"timedOut": timed_out})
         self.timed_out = timed_out
 
 

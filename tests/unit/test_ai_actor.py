@@ -364,7 +364,7 @@ def test_no_backend_configured_is_not_found() -> None:
     (AIRateLimited("slow down"), Overloaded, 429),
     (AIUnavailable("the AI backend did not answer in time", timed_out=True), Unavailable, 503),
     (AIUnavailable("the AI backend failed with status 500", status=502), Unavailable, 502),
-    (AINotConfigured(), NotFound, None),
+    (AINotConfigured(), NotFound, 404),
 ])
 def test_model_failures_become_errors_carrying_the_http_status(
     ai: Harness, error: Exception, kind: type[RelayctlError], status: int | None
