@@ -11,8 +11,8 @@ Every envelope is decoded (aiohttp decodes `Content-Encoding` in bounded steps a
 the decompressed size is capped while reading, so a zip bomb stops at the cap), checked
 (gateway/envelopes.py), authenticated by its public key against the cached project
 config in Redis (sealed entries, as relays read them: no NATS hop unless the cache misses;
-a key read within the last second is not read again),
-rate limited when an SDK sent it directly (bus/rate_limits.py), and appended to
+a key read within the last second is not read again), rate limited when an SDK sent it
+directly (bus/rate_limits.py; refusals are reported as outcomes), and appended to
 `RC_INGEST` (bus/ingest_store.py). The answer is `200 {"id": ...}` only after JetStream
 acknowledged; when it cannot be stored the answer is 503 with `Retry-After`, which Relay
 retries - every other 4xx makes Relay drop the envelope, so a 4xx is kept for envelopes
