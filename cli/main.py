@@ -446,12 +446,22 @@ def token() -> None:
 
 @token.command("create")
 @click.argument("username")
+@click.option("--scope", "scopes", multiple=True, help="A scope the token has (repeatable; default: every "
+              "scope). The user's role in each org bounds it: org:read, project:write, member:admin, ...")
+@click.option("--org", "org_slug", help="An org auth token (sntrys_...) for this org only, naming --url.")
+@click.option("--url", envvar="RELAYCTL_PUBLIC_URL", default="http://127.0.0.1:3000", show_default=True,
+              help="The API's base URL an org auth token names (sentry-cli configures itself from it).")
+@click.option("--name", help="What the token is for (shown by `token list`).")
 @json_option
 @pass_ctx
-def token_create(ctx: Context, username: str, as_json: bool) -> None:
-    """Create an API token for USERNAME (printed once; only its hash is stored)."""
-    result = ctx.request("user.token_create", {"username": username})
-    emit(as_json, result, result["token"])
+def token_create(ctx: Context, username: str, scopes: tuple[str, ...], org_slug: str | None, url: str,
+                 name: str | None, as_json: bool) -> None:
+    """Create an API token for USERNAME, in a format sentry-cli recognizes (printed once;
+    only its hash is stored)."""
+    result = ctx.request("token.create", {"username": username, "scopes": list(scopes) or None, "org": org_slug,
+                                          "url": url if org_slug else None, "name": name})
+    # INTERFACE.md: {"token": str}; `token list` names its id
+    emit(as_json, {"token": result["token"]}, result["token"])
 
 
 @main.group()
@@ -624,3 +634,6 @@ _ingest.register(main)
 from cli import relay_status as _relay_status  # noqa: E402  (registers relay status)
 
 _relay_status.register(relay, RELAY_KEY_COMMAND)
+from cli import access as _access  # noqa: E402  (registers token list/revoke, org member)
+
+_access.register(main)

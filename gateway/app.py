@@ -35,12 +35,14 @@ from bus.process import instrument
 from bus.runtime import connect
 from domain.metrics_store import MetricsStore
 from gateway.ai import add_ai_routes
+from gateway.api import add_management_routes
 from gateway.binding import PortLock, port_problem
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
 from gateway.ingest import add_ingest_routes
 from gateway.limits import HttpLimits, limits_middleware, serve
 from gateway.relay_activity import RelayActivity
 from gateway.relays import BodyCache, RelayAuthCache, RelayEndpoints
+from messages import tracing
 from messages.errors import RelayctlError
 from messages.subjects import GATEWAY_BUCKET, RELAY_CHANGED
 
@@ -86,7 +88,12 @@ def log_access(request: web.Request, route: str, status: int, seconds: float, ra
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     cid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(correlation_id=cid, path=request.path)
+    # This request's span: a child of the caller's W3C traceparent, or a new trace. Every log
+    # line of it (the access log too) and every NATS request it makes carry the trace on.
+    incoming = request.headers.get(tracing.HEADER)
+    span = tracing.start(incoming)
+    structlog.contextvars.bind_contextvars(correlation_id=cid, path=request.path,
+                                           **tracing.fields(span, tracing.parse(incoming)))
     started = time.perf_counter()
     try:
         response = await handler(request)

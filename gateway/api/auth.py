@@ -1,0 +1,112 @@
+"""Who is asking: the bearer token of a management API request, checked on the read side.
+
+`principal(request)` answers what `user.authenticate` (the key lookup actor) says of the
+token - user, superuser, permissions, the token's scopes and org, the user's org roles -
+or refuses with 401. Nothing is cached: a revoked token is refused by the next request
+(`user.authenticate` is CAUGHT_UP, so it sees a revocation stored before it).
+
+Failed checks are limited per client address (`FailureLimiter`): a client that sent
+`burst` bad tokens waits (429 with `Retry-After`) before it may try again, so tokens
+cannot be guessed at network speed. The address is the TCP peer, as for registration
+(gateway/limits.py): `X-Forwarded-For` is never trusted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from aiohttp import web
+
+from bus.client import request as bus_request
+from gateway.errors import HTTPFailure
+from messages.errors import Unauthorized, Unavailable
+
+AUTH_TIMEOUT = 4.0
+FAILURE_BURST = 10  # bad tokens a client address may send at once
+FAILURE_RATE = 0.2  # then one more every 5 s
+
+
+class FailureLimiter:
+    """A token bucket per client address, spent only by failed token checks."""
+
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, rate: float = FAILURE_RATE, burst: int = FAILURE_BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, updated = self._buckets.get(client, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - updated) * self.rate)
+
+    def wait(self, client: str, now: float | None = None) -> float | None:
+        """None when `client` may try a token now, else the seconds until it may."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens = self._tokens(client, now)
+        return None if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._buckets[client] = (max(0.0, self._tokens(client, now) - 1.0), now)
+            if len(self._buckets) > self.MAX_CLIENTS:
+                self._buckets = {c: (t, u) for c, (t, u) in self._buckets.items()
+                                 if t + (now - u) * self.rate < self.burst}
+
+
+FAILURES = web.AppKey("api_auth_failures", FailureLimiter)
+
+
+def failure_limiter() -> FailureLimiter:
+    """`RELAYCTL_API_AUTH_FAILURES`: bad tokens a client address may send at once (default 10)."""
+    try:
+        burst = int(os.environ.get("RELAYCTL_API_AUTH_FAILURES", FAILURE_BURST))
+    except ValueError:
+        burst = FAILURE_BURST
+    return FailureLimiter(burst=max(1, burst))
+
+
+def bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def unauthorized(detail: str) -> HTTPFailure:
+    return HTTPFailure(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def ask(request: web.Request, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
+              actor: str = "gateway", after: int = 0, retries: int = 1) -> Any:
+    nc = request.app["nc"]
+    if nc is None or not nc.is_connected:
+        raise Unavailable("the control plane (NATS) is unavailable")
+    return await bus_request(nc, message_type, payload, timeout=timeout, retries=retries, actor=actor,
+                             after=after)
+
+
+async def principal(request: web.Request, *, required: bool = True) -> dict[str, Any] | None:
+    """The `user.authenticate` answer for the request's token (None: no token, when not
+    `required`); 401 for a missing or unknown token, 429 past the failure limit."""
+    token = bearer(request)
+    if token is None:
+        if not required:
+            return None
+        raise unauthorized("Authentication credentials were not provided.")
+    limiter = request.app[FAILURES]
+    client = request.remote or "unknown"
+    wait = limiter.wait(client)
+    if wait is not None:
+        raise HTTPFailure(429, "Too many failed authentication attempts; slow down",
+                          headers={"Retry-After": str(max(1, round(wait)))})
+    try:
+        answer: dict[str, Any] = await ask(request, "user.authenticate", {"token": token}, timeout=AUTH_TIMEOUT)
+    except Unauthorized:
+        limiter.failed(client)
+        raise unauthorized("Invalid token") from None
+    return answer

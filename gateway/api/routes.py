@@ -1,0 +1,203 @@
+"""The management API's routes: Sentry's endpoints for orgs, teams, projects and keys.
+
+Each handler is a thin layer: it checks the token (gateway/api/auth.py), decides from the
+principal whether the org is visible and the scope granted (domain/access.py: an org the
+caller may not see is 404, as Sentry answers, so existence does not leak; a visible org
+without the scope is 403), then sends the same control messages and queries as the CLI
+(`api.*`, domain/management.py). A write's reply carries its stream sequence; the read
+that answers it passes that as `after`, so the answer shows the write.
+
+Lists are paginated as Sentry's: `?cursor=` and a `Link` header with a `previous` and a
+`next` link, each with `results="true|false"` and its `cursor`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from domain.access import org_scopes, token_scopes, visible_orgs
+from gateway.api.auth import FAILURES, ask, failure_limiter, principal
+from gateway.errors import HTTPFailure, json_response
+from messages.commands import SLUG_RE
+from messages.errors import BadRequest, NotFound
+
+PREFIX = "/api/0"
+NOT_FOUND = "The requested resource does not exist"
+NO_PERMISSION = "You do not have permission to perform this action."
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def public_url(request: web.Request) -> str:
+    """`RELAYCTL_PUBLIC_URL`, else where this request came in: what keys' DSNs point at."""
+    configured = os.environ.get("RELAYCTL_PUBLIC_URL")
+    return (configured or f"{request.scheme}://{request.host}").rstrip("/")
+
+
+def _slug(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not SLUG_RE.fullmatch(value):
+        raise HTTPFailure(404, NOT_FOUND)
+    return value
+
+
+async def org_access(request: web.Request, scope: str) -> tuple[dict[str, Any], str]:
+    """The principal and the org of the path, once `scope` is granted there (404: not visible)."""
+    who = await principal(request)
+    assert who is not None
+    org = _slug(request, "org")
+    scopes = org_scopes(who, org)
+    if scopes is None:
+        raise HTTPFailure(404, NOT_FOUND)
+    if scope not in scopes:
+        raise HTTPFailure(403, NO_PERMISSION)
+    return who, org
+
+
+async def read(request: web.Request, message_type: str, payload: dict[str, Any], after: int = 0) -> Any:
+    try:
+        return await ask(request, message_type, payload, after=after)
+    except NotFound:
+        raise HTTPFailure(404, NOT_FOUND) from None
+    except BadRequest as exc:
+        fields = exc.details.get("fields")
+        if isinstance(fields, dict):
+            raise HTTPFailure(400, {k: [str(v)] for k, v in fields.items()}) from None
+        raise
+
+
+def paging(request: web.Request) -> dict[str, Any]:
+    try:
+        per_page = int(request.query.get("per_page", "100"))
+    except ValueError:
+        raise HTTPFailure(400, {"per_page": ["A valid integer is required."]}) from None
+    cursor = request.query.get("cursor") or None
+    return {"cursor": cursor, "per_page": per_page}
+
+
+def link_header(request: web.Request, answer: dict[str, Any]) -> str:
+    offset, per_page = answer["offset"], answer["perPage"]
+    links = []
+    for rel, cursor, results in (("previous", answer["prev"] or f"0:{offset}:1", answer["prev"] is not None),
+                                 ("next", answer["next"] or f"0:{offset + per_page}:0", answer["next"] is not None)):
+        url = request.url.update_query({"cursor": cursor})
+        links.append(f'<{url}>; rel="{rel}"; results="{"true" if results else "false"}"; cursor="{cursor}"')
+    return ", ".join(links)
+
+
+def listed(request: web.Request, answer: dict[str, Any]) -> web.Response:
+    return json_response(answer["items"], headers={"Link": link_header(request, answer)})
+
+
+def one_page(request: web.Request, items: list[Any]) -> web.Response:
+    """A list that is always whole (members, teams): one page, the same `Link` header."""
+    return listed(request, {"items": items, "offset": 0, "perPage": max(1, len(items)), "next": None, "prev": None})
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+async def api_index(request: web.Request) -> web.Response:
+    """`GET /api/0/`: the token's user and scopes (what `sentry-cli info` prints)."""
+    who = await principal(request, required=False)
+    if who is None:
+        return json_response({"version": "0", "auth": None, "user": None})
+    username = who["username"]
+    user = {"id": username, "username": username, "name": username, "email": who.get("email") or "",
+            "isSuperuser": bool(who.get("superuser")), "isStaff": False}
+    return json_response({"version": "0", "user": user,
+                          "auth": {"scopes": sorted(token_scopes(who)), "org": who.get("org")}})
+
+
+async def internal_health(request: web.Request) -> web.Response:
+    """`GET /api/0/internal/health/`: 200 when the API can serve (the Terraform provider's
+    first call; anything else fails its whole run)."""
+    nc = request.app["nc"]
+    if nc is None or not nc.is_connected:
+        return json_response({"healthy": {"nats": False}, "problems": [{"message": "NATS is unavailable"}]}, 503)
+    return json_response({"healthy": {"nats": True}, "problems": []})
+
+
+async def organizations(request: web.Request) -> web.Response:
+    who = await principal(request)
+    assert who is not None
+    slugs = visible_orgs(who)
+    answer = await read(request, "api.orgs", {"slugs": slugs, **paging(request)})
+    return listed(request, answer)
+
+
+async def organization(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "org:read")
+    return json_response(await read(request, "api.org", {"org": org}))
+
+
+async def org_projects(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "project:read")
+    return listed(request, await read(request, "api.projects", {"org": org, **paging(request)}))
+
+
+async def org_teams(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "team:read")
+    detail = await read(request, "api.org", {"org": org})
+    return one_page(request, detail["teams"])
+
+
+async def team(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "team:read")
+    detail = await read(request, "api.org", {"org": org})
+    found = [t for t in detail["teams"] if t["slug"] == request.match_info["team"]]
+    if not found:
+        raise HTTPFailure(404, NOT_FOUND)
+    return json_response({**found[0], "organization": {k: detail[k] for k in ("id", "slug", "name")},
+                          "projects": detail["projects"]})
+
+
+async def org_members(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "member:read")
+    return one_page(request, (await read(request, "org.member_list", {"org": org}))["members"])
+
+
+async def project(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "project:read")
+    return json_response(await read(request, "api.project", {"org": org, "project": _slug(request, "project")}))
+
+
+async def project_keys(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "project:read")
+    payload = {"org": org, "project": _slug(request, "project"), "base_url": public_url(request),
+               "status": request.query.get("status") or None, **paging(request)}
+    return listed(request, await read(request, "api.keys", payload))
+
+
+async def project_key(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "project:read")
+    payload = {"org": org, "project": _slug(request, "project"), "key_id": request.match_info["key_id"],
+               "base_url": public_url(request)}
+    return json_response(await read(request, "api.key", payload))
+
+
+ORG = PREFIX + "/organizations/{org}"
+PROJECT = PREFIX + "/projects/{org}/{project}"
+
+# (method, path, handler): every route of the management API (the OpenAPI test checks it)
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", PREFIX + "/", api_index),
+    ("GET", PREFIX + "/internal/health/", internal_health),
+    ("GET", PREFIX + "/organizations/", organizations),
+    ("GET", ORG + "/", organization),
+    ("GET", ORG + "/projects/", org_projects),
+    ("GET", ORG + "/teams/", org_teams),
+    ("GET", ORG + "/members/", org_members),
+    ("GET", PREFIX + "/teams/{org}/{team}/", team),
+    ("GET", PROJECT + "/", project),
+    ("GET", PROJECT + "/keys/", project_keys),
+    ("GET", PROJECT + "/keys/{key_id}/", project_key),
+]
+
+
+def add_management_routes(app: web.Application) -> None:
+    app[FAILURES] = failure_limiter()
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)

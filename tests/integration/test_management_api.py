@@ -1,0 +1,146 @@
+"""The management API with Sentry's own client: the real sentry-cli binary (PyPI package
+`sentry-cli`) against a running system, with tokens from `relayctl token create`; the read
+endpoints' shapes, pagination and who sees what."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.system import SystemUnderTest, http_request
+
+SENTRY_CLI = shutil.which("sentry-cli") or str(Path(sys.executable).parent / "sentry-cli")
+
+
+@pytest.fixture(scope="module")
+def world(system: SystemUnderTest) -> Iterator[dict[str, Any]]:
+    """Two orgs: ann owns `acme-*` (with two projects), bob is a member of `other-*` only."""
+    tag = uuid.uuid4().hex[:6]
+    acme, other = f"acme-{tag}", f"other-{tag}"
+    ann, bob = f"ann-{tag}", f"bob-{tag}"
+    system.cli_ok("user", "create", ann, "--email", f"{ann}@example.com")
+    system.cli_ok("user", "create", bob)
+    for org in (acme, other):
+        system.cli_ok("org", "create", org, "--name", org.capitalize())
+    system.cli_ok("org", "member", "add", acme, ann, "--role", "owner")
+    system.cli_ok("org", "member", "add", other, bob, "--role", "member")
+    web = system.cli_ok("project", "create", acme, "web", "--name", "Web", "--json")
+    system.cli_ok("project", "create", acme, "api", "--json")
+    system.cli_ok("project", "create", other, "secret", "--json")
+    yield {"acme": acme, "other": other, "ann": ann, "bob": bob, "web": web,
+           "ann_token": system.cli_ok("token", "create", ann, "--json")["token"],
+           "bob_token": system.cli_ok("token", "create", bob, "--json")["token"]}
+
+
+def sentry_cli(system: SystemUnderTest, token: str, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "SENTRY_URL": system.url + "/",
+           "SENTRY_AUTH_TOKEN": token, "SENTRY_DISABLE_UPDATE_CHECK": "1", "SENTRY_LOG_LEVEL": "warn"}
+    return subprocess.run([SENTRY_CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def get(system: SystemUnderTest, path: str, token: str | None) -> tuple[int, dict[str, str], Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    status, hdrs, body = http_request(system.url + path, headers=headers)
+    return status, hdrs, json.loads(body) if body else None
+
+
+def test_sentry_cli_info_organizations_and_projects(system: SystemUnderTest, world: dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    token = world["ann_token"]
+    info = sentry_cli(system, token, "info", home=tmp_path)
+    assert info.returncode == 0, info.stderr
+    assert f"{world['ann']}@example.com" in info.stdout and "project:write" in info.stdout
+    orgs = sentry_cli(system, token, "organizations", "list", home=tmp_path)
+    assert orgs.returncode == 0, orgs.stderr
+    assert world["acme"] in orgs.stdout and world["other"] not in orgs.stdout
+    projects = sentry_cli(system, token, "projects", "list", "-o", world["acme"], home=tmp_path)
+    assert projects.returncode == 0, projects.stderr
+    assert "web" in projects.stdout and "api" in projects.stdout and "Web" in projects.stdout
+    for result in (info, orgs, projects):
+        assert "WARN" not in result.stderr and "Unrecognized" not in result.stderr, result.stderr
+
+
+def test_sentry_cli_configures_itself_from_an_org_auth_token(system: SystemUnderTest, world: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    token = system.cli_ok("token", "create", world["ann"], "--org", world["acme"], "--url", system.url,
+                          "--json")["token"]
+    assert token.startswith("sntrys_")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "SENTRY_AUTH_TOKEN": token,
+           "SENTRY_DISABLE_UPDATE_CHECK": "1"}
+    # no SENTRY_URL, no -o: both come from the token
+    result = subprocess.run([SENTRY_CLI, "projects", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "web" in result.stdout and "WARN" not in result.stderr, result.stderr
+    # it sees its own org only
+    assert get(system, f"/api/0/organizations/{world['other']}/", token)[0] == 404
+    status, _, orgs = get(system, "/api/0/organizations/", token)
+    assert status == 200 and [o["slug"] for o in orgs] == [world["acme"]]
+
+
+def test_index_and_health(system: SystemUnderTest, world: dict[str, Any]) -> None:
+    status, _, body = get(system, "/api/0/", world["bob_token"])
+    assert status == 200 and body["user"]["username"] == world["bob"] and "org:read" in body["auth"]["scopes"]
+    assert get(system, "/api/0/", None)[2] == {"version": "0", "auth": None, "user": None}
+    assert get(system, "/api/0/internal/health/", None)[0] == 200
+    status, headers, body = get(system, "/api/0/organizations/", "sntryu_" + "0" * 64)
+    assert status == 401 and body["detail"] == "Invalid token" and headers["www-authenticate"] == "Bearer"
+    assert get(system, "/api/0/organizations/", None)[0] == 401
+
+
+def test_shapes_sentry_tools_read(system: SystemUnderTest, world: dict[str, Any]) -> None:
+    token, acme = world["ann_token"], world["acme"]
+    status, _, org = get(system, f"/api/0/organizations/{acme}/", token)
+    assert status == 200
+    assert {"id", "slug", "name", "dateCreated", "isEarlyAdopter", "require2FA", "features", "orgRoleList",
+            "teamRoleList"} <= set(org) and org["dateCreated"].endswith("Z") and isinstance(org["id"], str)
+    status, _, project = get(system, f"/api/0/projects/{acme}/web/", token)
+    assert status == 200 and project["name"] == "Web" and project["organization"]["slug"] == acme
+    assert project["teams"] == [{"id": org["id"], "slug": acme, "name": org["name"]}]
+    status, _, keys = get(system, f"/api/0/projects/{acme}/web/keys/", token)
+    assert status == 200 and [k["public"] for k in keys] == [world["web"]["publicKey"]]
+    key = keys[0]
+    assert key["isActive"] is True and key["rateLimit"] is None and key["projectId"] == world["web"]["id"]
+    assert key["dsn"]["public"] == (f"http://{key['public']}@{system.url.split('://')[1]}/{world['web']['id']}")
+    assert {"id", "name", "label", "secret", "browserSdkVersion", "dynamicSdkLoaderOptions", "dateCreated"} <= set(key)
+    assert get(system, f"/api/0/projects/{acme}/web/keys/{key['id']}/", token)[2] == key
+    status, _, teams = get(system, f"/api/0/organizations/{acme}/teams/", token)
+    assert status == 200 and [t["slug"] for t in teams] == [acme]
+    status, _, members = get(system, f"/api/0/organizations/{acme}/members/", token)
+    assert [(m["user"]["username"], m["role"]) for m in members] == [(world["ann"], "owner")]
+
+
+def test_every_list_pages_with_a_link_header(system: SystemUnderTest, world: dict[str, Any]) -> None:
+    token, acme = world["ann_token"], world["acme"]
+    status, headers, first = get(system, f"/api/0/organizations/{acme}/projects/?per_page=1", token)
+    assert status == 200 and len(first) == 1
+    links = headers["link"]
+    assert 'rel="previous"; results="false"' in links and 'rel="next"; results="true"; cursor="0:1:0"' in links
+    status, headers, second = get(system, f"/api/0/organizations/{acme}/projects/?per_page=1&cursor=0:1:0", token)
+    assert status == 200 and len(second) == 1 and second[0]["slug"] != first[0]["slug"]
+    assert 'rel="next"; results="false"' in headers["link"]
+    for path in ("/api/0/organizations/", f"/api/0/projects/{acme}/web/keys/", f"/api/0/organizations/{acme}/teams/",
+                 f"/api/0/organizations/{acme}/members/"):
+        assert 'rel="next"' in get(system, path, token)[1]["link"], path
+    assert get(system, f"/api/0/organizations/{acme}/projects/?cursor=bogus", token)[0] == 400
+
+
+def test_a_member_of_one_org_sees_nothing_of_another(system: SystemUnderTest, world: dict[str, Any]) -> None:
+    bob, acme, other = world["bob_token"], world["acme"], world["other"]
+    status, _, orgs = get(system, "/api/0/organizations/", bob)
+    assert [o["slug"] for o in orgs] == [other]
+    for path in (f"/api/0/organizations/{acme}/", f"/api/0/organizations/{acme}/projects/",
+                 f"/api/0/projects/{acme}/web/", f"/api/0/projects/{acme}/web/keys/",
+                 "/api/0/organizations/no-such-org/", f"/api/0/projects/{other}/no-such-project/"):
+        status, _, body = get(system, path, bob)
+        assert status == 404 and body == {"detail": "The requested resource does not exist"}, path
+    # a member may read the projects of its own org, not its members' admin side
+    assert get(system, f"/api/0/projects/{other}/secret/", bob)[0] == 200
