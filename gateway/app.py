@@ -337,6 +337,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app.router.add_get("/_health/ready", health_ready)
     add_ai_routes(app)
     add_ingest_routes(app)
+    add_management_routes(app)
     app.router.add_get("/metrics", prometheus)
     return app
 
