@@ -39,6 +39,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -72,6 +73,7 @@ from domain.ingest import (
     forward_body,
     parse_items,
     relay_outcomes,
+    scrub_configs,
 )
 from domain.model import ACTIVE, DELETED, ProjectKey
 from domain.options import get_option, get_org_option
@@ -265,7 +267,8 @@ class ForwarderActor(ProjectionActor):
         self._closed = False
         self._tasks: list[Any] = []
         self._session: aiohttp.ClientSession | None = None
-        self._scrub_cache: dict[int, tuple[tuple[float, float], Any, Any]] = {}
+        self._scrub_cache: dict[int, tuple[tuple[float, float], list[dict[str, Any]]]] = {}
+        self._pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="forwarder-scrub")
         if nc is not None:
             self.js = nc.jetstream(timeout=5.0)
             self.events = JetStreamErrorEventStore(nc)
@@ -287,6 +290,7 @@ class ForwarderActor(ProjectionActor):
         self._closed = True
         for task in self._tasks:
             task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         if self.nc is not None:
             try:
                 self.runtime.call(self._close(), timeout=5)
@@ -507,8 +511,10 @@ class ForwarderActor(ProjectionActor):
 
     # -- error events --------------------------------------------------------------------------
 
-    def _scrub_settings(self, project_id: int) -> tuple[Any, Any] | None:
-        """The project's piiConfig and datascrubbingSettings as its Relay config carries them."""
+    def _scrub_settings(self, project_id: int) -> list[dict[str, Any]] | None:
+        """Actor thread: the PII configs of the project's piiConfig and datascrubbingSettings as
+        its Relay config carries them (domain/ingest.py `scrub_configs`), None for no project.
+        Made again only when the project or its org changed."""
         project = self.state.projects.get(project_id)
         org = self.state.orgs.get(project.org_id) if project is not None else None
         if project is None or org is None:
@@ -516,26 +522,24 @@ class ForwarderActor(ProjectionActor):
         version = (project.last_change, org.last_change)
         cached = self._scrub_cache.get(project_id)
         if cached is not None and cached[0] == version:
-            return cached[1], cached[2]
+            return cached[1]
         key = ProjectKey("0" * 32, 0, project.id)
         config = build_project_config(org, replace(project, status=ACTIVE), key)["config"]
-        pii, scrubbing = config.get("piiConfig"), config.get("datascrubbingSettings")
-        self._scrub_cache[project_id] = (version, pii, scrubbing)
-        return pii, scrubbing
+        configs = scrub_configs(config.get("piiConfig"), config.get("datascrubbingSettings"))
+        self._scrub_cache[project_id] = (version, configs)
+        return configs
 
-    def _prepare(self, project_id: int, data: bytes, headers: dict[str, str], received: float) -> list[StoredEvent]:
-        """Actor thread: the envelope's error events, normalized, scrubbed and validated."""
-        settings = self._scrub_settings(project_id)
-        if settings is None:
-            metrics.incr("ingest.error_events", tags={"result": "unknown_project"})
-            return []
+    @staticmethod
+    def _prepare(project_id: int, data: bytes, headers: dict[str, str], received: float,
+                 scrubbing: list[dict[str, Any]]) -> list[StoredEvent]:
+        """The envelope's error events, normalized, scrubbed and validated. Pure and mostly in
+        Relay's code (which releases the GIL), so it runs on the pool, not the actor thread."""
         items = parse_items(data)
         if not any(item.type == "event" for item in items):
             return []
         event_id = headers.get(HEADER_EVENT_ID) or envelope_header(data).get("event_id")
         stored: list[StoredEvent] = []
-        for event in error_events(items, project_id, client_ip=headers.get(HEADER_CLIENT_IP),
-                                  pii_config=settings[0], datascrubbing=settings[1],
+        for event in error_events(items, project_id, client_ip=headers.get(HEADER_CLIENT_IP), scrubbing=scrubbing,
                                   event_id=event_id if isinstance(event_id, str) else None):
             try:
                 stored.append(prepare_event(project_id, event, received=received))
@@ -551,8 +555,14 @@ class ForwarderActor(ProjectionActor):
             return
         data = await read_envelope(self.js, msg)
         headers = dict(msg.headers or {})
+        scrubbing = await self._on_actor(lambda: self._scrub_settings(project_id))
+        if scrubbing is None:
+            metrics.incr("ingest.error_events", tags={"result": "unknown_project"})
+            await msg.ack()
+            return
         try:
-            stored = await self._on_actor(lambda: self._prepare(project_id, data, headers, _received_at(msg)))
+            stored = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._prepare, project_id, data, headers, _received_at(msg), scrubbing)
         except InvalidEnvelope as exc:
             log.warning("forwarder.envelope_unreadable", project_id=project_id, error=str(exc))
             metrics.incr("ingest.error_events", tags={"result": "invalid"})

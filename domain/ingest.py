@@ -43,6 +43,7 @@ __all__ = [
     "parse_items",
     "reason_label",
     "relay_outcomes",
+    "scrub_configs",
     "scrub_event",
 ]
 
@@ -158,25 +159,35 @@ def parse_items(data: bytes) -> list[EnvelopeItem]:
 
 # -- error events ------------------------------------------------------------------------
 
-def scrub_event(event: dict[str, Any], pii_config: Mapping[str, Any] | None,
-                datascrubbing: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The event scrubbed as Relay scrubs it: the project's PII rules, then its datascrubbing
-    settings (passwords, card numbers, sensitive fields, IPs become `[Filtered]`)."""
+def scrub_configs(pii_config: Mapping[str, Any] | None,
+                  datascrubbing: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The PII configs a project's events are scrubbed with, in Relay's order: its PII rules,
+    then its datascrubbing settings (passwords, card numbers, sensitive fields and IPs become
+    `[Filtered]`) as `convert_datascrubbing_config` turns them into rules. Made once per
+    project and change (the conversion costs about as much as scrubbing one event)."""
+    configs: list[dict[str, Any]] = []
     if pii_config and (pii_config.get("rules") or pii_config.get("applications")):
-        event = sentry_relay.pii_strip_event(dict(pii_config), event)
+        configs.append(dict(pii_config))
     if datascrubbing is not None:
         converted = sentry_relay.convert_datascrubbing_config(dict(datascrubbing))
         if converted:
-            event = sentry_relay.pii_strip_event(converted, event)
+            configs.append(converted)
+    return configs
+
+
+def scrub_event(event: dict[str, Any], configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The event scrubbed as Relay scrubs it (`scrub_configs`)."""
+    for config in configs:
+        event = sentry_relay.pii_strip_event(config, event)
     return event
 
 
 def error_events(items: list[EnvelopeItem], project_id: int, *, client_ip: str | None = None,
-                 pii_config: Mapping[str, Any] | None = None,
-                 datascrubbing: Mapping[str, Any] | None = None,
+                 scrubbing: list[dict[str, Any]] | None = None,
                  event_id: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every `event` item that is an error, normalized and scrubbed. An item that is not a
-    JSON object raises `InvalidEnvelope`."""
+    """Every `event` item that is an error, normalized and scrubbed with `scrubbing` (the
+    project's `scrub_configs`). An item that is not a JSON object raises `InvalidEnvelope`.
+    Relay's code releases the GIL: callers may run this on a thread pool."""
     normalizer = sentry_relay.StoreNormalizer(project_id=project_id, client_ip=client_ip,
                                               normalize_user_agent=True)
     for index, item in enumerate(items):
@@ -193,7 +204,7 @@ def error_events(items: list[EnvelopeItem], project_id: int, *, client_ip: str |
         normalized = normalizer.normalize_event(raw)
         if normalized.get("type") not in ("error", "default"):
             continue
-        yield scrub_event(normalized, pii_config, datascrubbing)
+        yield scrub_event(normalized, scrubbing or [])
 
 
 def event_title(event: Mapping[str, Any]) -> str:

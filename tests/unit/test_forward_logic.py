@@ -17,6 +17,7 @@ from domain.ingest import (
     forward_body,
     parse_items,
     relay_outcomes,
+    scrub_configs,
 )
 from domain.options import InvalidOption, validate_option
 
@@ -109,7 +110,7 @@ def test_error_events_are_normalized_and_scrubbed_and_others_skipped() -> None:
                     ({"type": "transaction"}, b'{"type":"transaction"}'))
     scrubbing = {"scrubData": True, "scrubDefaults": True, "scrubIpAddresses": False,
                  "sensitiveFields": [], "excludeFields": []}
-    [got] = list(error_events(parse_items(data), 3, datascrubbing=scrubbing, event_id="b" * 32))
+    [got] = list(error_events(parse_items(data), 3, scrubbing=scrub_configs(None, scrubbing), event_id="b" * 32))
     assert got["event_id"] == "b" * 32 and got["type"] == "error" and got["project"] == 3
     assert got["extra"] == {"password": "[Filtered]", "ok": 1}
     assert event_title(got) == "E: v"
