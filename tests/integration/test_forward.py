@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -311,3 +312,45 @@ def test_an_envelope_over_the_nats_message_limit_is_forwarded_whole(system: Syst
     [received] = [r for r in stub.accepted if r.event_id == event_id]
     assert received.body.split(b"\n", 1)[1] == body.split(b"\n", 1)[1]
     assert received.envelope.items[1].payload.get_bytes() == attachment
+
+
+def test_the_forwarder_carries_on_after_nats_restarts(tmp_path: Path, env: None) -> None:
+    """NATS (file storage) stopped and started on the same port: the forwarder reconnects,
+    its durable consumer is still there, and envelopes from before and after all arrive."""
+    nats = start_nats(tmp_path / "nats", log_path=tmp_path / "nats.log")
+    redis = start_redis(tmp_path / "redis", log_path=tmp_path / "redis.log")
+    stub = SentryStub().start()
+    sut = SystemUnderTest(nats.url, redis.url, actors=["commands"]).start(with_gateway=False)
+    fwd = forwarder(sut, "fwd-restart")
+    appender = Appender(sut.nats_url)
+    try:
+        project = forwarding_project(sut, stub)
+        before = [uuid.uuid4().hex for _ in range(5)]
+        for event_id in before:
+            appender.append(project, envelope(project, event_id), event_id)
+        stub.wait(lambda: stub.accepted_ids() >= set(before), what="the envelopes before")
+        stub.mode = "down"  # some are in retry when NATS goes
+        held = [uuid.uuid4().hex for _ in range(3)]
+        for event_id in held:
+            appender.append(project, envelope(project, event_id), event_id)
+        stub.wait(lambda: len(stub.attempts) >= len(before) + len(held), what="attempts while down")
+        nats.stop()
+        nats = start_nats(tmp_path / "nats", port=nats.port, log_path=tmp_path / "nats-2.log")
+        stub.mode = "ok"
+        after = [uuid.uuid4().hex for _ in range(5)]
+        for event_id in after:
+            for _ in range(100):  # the appender's connection comes back too
+                try:
+                    appender.append(project, envelope(project, event_id), event_id)
+                    break
+                except Exception:
+                    time.sleep(0.1)
+        stub.wait(lambda: stub.accepted_ids() >= set(before + held + after), timeout=40,
+                  what="every envelope after the restart")
+    finally:
+        appender.close()
+        fwd.stop()
+        sut.stop()
+        stub.stop()
+        nats.stop()
+        redis.stop()
