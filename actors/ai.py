@@ -8,9 +8,10 @@ It is a `ProjectionActor`, so it knows orgs (their `ai:policy` option) and proje
 this order:
 
 1. read-your-writes: the projection catches up first, so a policy set just before is seen;
-2. the policy (`effective_policy`, then `check_policy`): a refusal is `Forbidden` with
-   details `{"restriction": <policy>}`, before the cache or the event is looked at;
-3. the project, then the stored event (`NotFound` for either);
+2. the project, then the stored event (`NotFound` for either: as Sentry, an unknown event
+   is 404 before the org's policy is consulted);
+3. the policy (`effective_policy`, then `check_policy`, decided on the actor thread): a
+   refusal is `Forbidden` with details `{"restriction": <policy>}`, before the cache;
 4. the cache: Redis key `ai:suggestion:<project_id>:<grouping_hash>` (plus `:<model>`
    when the request names a model other than the configured one), 300 s TTL. A hit
    answers at once, with no chunks and `"cached": true`;
@@ -263,6 +264,8 @@ class _Suggestion:
     event_id: str
     stream: bool
     model: str | None
+    # the org's policy refusal, decided on the actor thread; raised once the event is found
+    refusal: Forbidden | None = None
 
 
 class AISuggestionActor(ProjectionActor):
@@ -407,9 +410,13 @@ class AISuggestionActor(ProjectionActor):
             raise NotFound(f"No organization matching `{payload['org']}`")
         policy = effective_policy(org.options.get(AI_POLICY_OPTION, DEFAULT_POLICY),
                                   pii_certified=payload["pii_certified"])
-        check_policy(policy, consent=payload["consent"])
+        refusal = None
+        try:
+            check_policy(policy, consent=payload["consent"])
+        except Forbidden as exc:
+            refusal = exc  # Sentry's order: an unknown project or event is 404 before the policy
         project_id = self._project_id(payload["org"], payload["project"])
-        job = _Suggestion(call, project_id, payload["event_id"], payload["stream"], payload.get("model"))
+        job = _Suggestion(call, project_id, payload["event_id"], payload["stream"], payload.get("model"), refusal)
         self._submit(call, lambda: self._suggest(job))
         return DEFERRED
 
@@ -448,6 +455,8 @@ class AISuggestionActor(ProjectionActor):
     def _suggest(self, job: _Suggestion) -> dict[str, Any]:
         """Blocking: the event, the cache, then the model. Runs on a pool thread."""
         stored = self._stored_event(job.project_id, job.event_id, job.call)
+        if job.refusal is not None:
+            raise job.refusal
         model = job.model or self.ai_config.model
         key = cache_key(job.project_id, stored.grouping_hash,
                         model if model != self.ai_config.model else None)

@@ -5,7 +5,8 @@
     Authorization: Bearer <user token>
 
 In order: the token is checked with the `user.authenticate` control message (missing ->
-401 with `WWW-Authenticate: Bearer`, unknown -> 401); the user's token bucket in this
+401 with `WWW-Authenticate: Bearer`, unknown -> 401); the user must be a member of the
+event's org or a superuser (else 404, as for any org it may not see); the user's token bucket in this
 gateway process is charged (`UserRateLimiter`: `USER_BURST` requests at once, refilled
 at `USER_RATE` per second; empty -> 429 with `Retry-After`); then `ai.suggest` goes to
 the AI actor (actors/ai.py), which checks the org's policy before its cache.
@@ -38,6 +39,7 @@ from aiohttp import web
 
 from bus.client import request as bus_request
 from bus.streaming import Chunk, Final, stream_request
+from domain.access import org_scopes
 from gateway.errors import HTTPFailure, from_error, json_response
 from messages.errors import RelayctlError, Unauthorized, Unavailable
 
@@ -104,7 +106,7 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name) == "yes"
 
 
-async def _authenticate(request: web.Request) -> str:
+async def _authenticate(request: web.Request) -> dict[str, Any]:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -114,7 +116,7 @@ async def _authenticate(request: web.Request) -> str:
         user = await _ask(request, "user.authenticate", {"token": token}, AUTH_TIMEOUT, retries=1)
     except Unauthorized:
         raise HTTPFailure(401, "Invalid token", headers=BEARER) from None
-    return str(user["username"])
+    return dict(user)
 
 
 async def _ask(request: web.Request, message_type: str, payload: dict[str, Any], timeout: float, *,
@@ -131,7 +133,13 @@ def _correlation_id() -> str | None:
 
 
 async def ai_fix_suggest(request: web.Request) -> web.StreamResponse:
-    username = await _authenticate(request)
+    principal = await _authenticate(request)
+    username = str(principal["username"])
+    # Only members of the event's org (or superusers) may ask; to anyone else the org does
+    # not exist (404, as the management API answers: domain/access.py)
+    scopes = org_scopes(principal, request.match_info["org"])
+    if scopes is None or "event:read" not in scopes:
+        raise HTTPFailure(404, "The requested resource does not exist")
     wait = request.app[AI_LIMITER].acquire(username)
     if wait is not None:
         message = "You are making too many AI suggestion requests; slow down"

@@ -45,7 +45,7 @@ class AISystem:
         limiter.rate, limiter.burst = 1000.0, 1000
         self.ai: Worker | None = start_ai_worker(nats_url, redis_url, self.config)
         username = "ai-user-" + uuid.uuid4().hex[:8]
-        self.sut.cli_ok("user", "create", username)
+        self.sut.cli_ok("user", "create", username, "--superuser")
         self.token = self.sut.cli_ok("token", "create", username, "--json")["token"]
 
     def restart_ai(self, config: AIConfig) -> None:
@@ -283,7 +283,7 @@ def test_a_users_own_rate_limit_is_429(ai_system: AISystem) -> None:
     limiter.rate, limiter.burst = 0.01, 2
     try:
         username = "limited-" + uuid.uuid4().hex[:8]
-        ai_system.sut.cli_ok("user", "create", username)
+        ai_system.sut.cli_ok("user", "create", username, "--superuser")
         token = ai_system.sut.cli_ok("token", "create", username, "--json")["token"]
         statuses = [ai_system.get(org, project, event_id, token=token)[0] for _ in range(3)]
         status, headers, body = ai_system.get(org, project, event_id, token=token)

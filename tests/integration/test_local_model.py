@@ -68,7 +68,7 @@ def test_streamed_suggestion_from_the_real_model_through_the_gateway(
         assert sut.gateway is not None
         sut.gateway.app[AI_LIMITER].rate = 1000.0
         created = sut.new_project()
-        sut.cli_ok("user", "create", "local-model-user")
+        sut.cli_ok("user", "create", "local-model-user", "--superuser")
         token = sut.cli_ok("token", "create", "local-model-user", "--json")["token"]
         event_file = tmp_path / "event.json"
         event_file.write_text(json.dumps(error_event()))

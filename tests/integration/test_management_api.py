@@ -144,3 +144,66 @@ def test_a_member_of_one_org_sees_nothing_of_another(system: SystemUnderTest, wo
         assert status == 404 and body == {"detail": "The requested resource does not exist"}, path
     # a member may read the projects of its own org, not its members' admin side
     assert get(system, f"/api/0/projects/{other}/secret/", bob)[0] == 200
+
+
+def test_a_token_scope_the_role_bounds_is_refused_with_403(system: SystemUnderTest, world: dict[str, Any]) -> None:
+    """A visible org without the scope: 403 (the org exists for this caller); the token's
+    scopes and the user's role both bound what it may do."""
+    acme = world["acme"]
+    narrow = system.cli_ok("token", "create", world["ann"], "--scope", "org:read", "--json")["token"]
+    assert get(system, f"/api/0/organizations/{acme}/", narrow)[0] == 200
+    status, _, body = get(system, f"/api/0/organizations/{acme}/projects/", narrow)
+    assert status == 403 and body == {"detail": "You do not have permission to perform this action."}
+    # bob is a member of `other`: member:read yes, but his role grants no member:admin
+    assert get(system, f"/api/0/organizations/{world['other']}/members/", world["bob_token"])[0] == 200
+    assert system.cli("token", "create", world["ann"], "--scope", "org:everything").exit_code == 1
+
+
+def test_a_revoked_token_is_refused_at_once(system: SystemUnderTest, world: dict[str, Any]) -> None:
+    token = system.cli_ok("token", "create", world["ann"], "--name", "short-lived", "--json")["token"]
+    assert get(system, "/api/0/organizations/", token)[0] == 200
+    listed = system.cli_ok("token", "list", world["ann"], "--json")["tokens"]
+    mine = [t for t in listed if t["name"] == "short-lived"]
+    assert len(mine) == 1 and token not in json.dumps(listed)
+    system.cli_ok("token", "revoke", mine[0]["id"])
+    assert get(system, "/api/0/organizations/", token)[0] == 401
+    assert mine[0]["id"] not in {t["id"] for t in system.cli_ok("token", "list", world["ann"], "--json")["tokens"]}
+    assert system.cli("token", "revoke", mine[0]["id"]).exit_code == 1  # no such token any more
+
+
+def test_members_from_the_cli(system: SystemUnderTest, world: dict[str, Any]) -> None:
+    other, ann = world["other"], world["ann"]
+    system.cli_ok("org", "member", "add", other, ann, "--role", "admin")
+    assert {"username": ann, "role": "admin", "email": f"{ann}@example.com"} in system.cli_ok(
+        "org", "member", "list", other, "--json")["members"]
+    assert get(system, f"/api/0/organizations/{other}/", world["ann_token"])[0] == 200
+    system.cli_ok("org", "member", "remove", other, ann)
+    assert get(system, f"/api/0/organizations/{other}/", world["ann_token"])[0] == 404
+    assert system.cli("org", "member", "remove", other, ann).exit_code == 1
+    assert system.cli("org", "member", "add", other, ann, "--role", "king").exit_code == 2
+
+
+def test_ai_suggestions_need_membership_and_an_unknown_event_is_404_before_the_policy(
+        system: SystemUnderTest, world: dict[str, Any], tmp_path: Path) -> None:
+    acme = world["acme"]
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps({"event_id": uuid.uuid4().hex, "platform": "python", "level": "error",
+                                      "exception": {"values": [{"type": "ValueError", "value": "boom"}]}}))
+    event_id = system.cli_ok("event", "store", str(event_file), "--project", f"{acme}/web", "--json")["eventId"]
+    system.cli_ok("org", "option", "set", acme, "ai:policy", '"denied"')
+    path = f"/api/0/projects/{acme}/web/events/{{}}/ai-fix-suggest/"
+    # bob is no member of acme: nothing of it exists for him
+    assert get(system, path.format(event_id), world["bob_token"])[0] == 404
+    # ann is: an unknown event is 404 before the org's policy, a known one meets the policy
+    assert get(system, path.format(uuid.uuid4().hex), world["ann_token"])[0] == 404
+    status, _, body = get(system, path.format(event_id), world["ann_token"])
+    assert status == 403 and body == {"restriction": "denied"}
+
+
+def test_failed_token_checks_are_limited_per_client_address(system: SystemUnderTest) -> None:
+    """Last in the module: it uses up this address's failures."""
+    statuses = [get(system, "/api/0/organizations/", "sntryu_" + f"{n:064x}")[0] for n in range(12)]
+    refused = statuses.index(429)  # earlier tests of the module sent a bad token or two
+    assert 5 <= refused <= 10 and statuses[:refused] == [401] * refused and set(statuses[refused:]) == {429}
+    status, headers, _ = get(system, "/api/0/organizations/", "sntryu_" + "f" * 64)
+    assert status == 429 and int(headers["retry-after"]) >= 1

@@ -264,7 +264,7 @@ def test_an_ai_suggestion_streams_its_chunks_to_the_gateway_role(up: UpSystem, t
     org, project = new_project(up)  # a new project: no cached answer
     event_id = store_event(up, org, project, tmp_path)
     username = "streamer-" + uuid.uuid4().hex[:8]
-    up.ok("user", "create", username)
+    up.ok("user", "create", username, "--superuser")
     token = up.ok("token", "create", username, "--json")["token"]
     status, headers, sse = http_request(
         f"{up.out['gateway']}/api/0/projects/{org}/{project}/events/{event_id}/ai-fix-suggest/?stream=yes",

@@ -239,7 +239,7 @@ def test_a_failing_optional_llm_is_reported_and_everything_else_runs(other: Up, 
 
     org = other.ok("org", "create", "ai-org", "--json")["slug"]
     other.ok("project", "create", org, "web")
-    other.ok("user", "create", "ai-user")
+    other.ok("user", "create", "ai-user", "--superuser")
     token = other.ok("token", "create", "ai-user", "--json")["token"]
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(error_event()))
