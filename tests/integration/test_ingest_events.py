@@ -221,3 +221,25 @@ def test_outcomes_and_client_reports_make_the_project_stats(events: EventsSystem
     lines = eventually(prometheus, "the Prometheus counters")
     assert any('outcome="client_discard"' in line and 'reason="other"' in line for line in lines)
     assert not any(str(project["id"]) in line.split("}")[0] for line in lines)  # no project label
+
+
+def test_envelopes_the_gateway_rate_limits_count_as_rate_limited(events: EventsSystem) -> None:
+    project = events.sut.new_project()
+    ref = f"{project['org']}/{project['slug']}"
+    events.sut.cli_ok("key", "rate-limit", project["publicKey"], "1", "3600")
+
+    def send() -> int:
+        body = json.dumps({"event_id": uuid.uuid4().hex}).encode() + b'\n{"type":"event"}\n{"message":"m"}\n'
+        status, _, _ = http_request(f"{events.sut.url}/api/{project['id']}/envelope/", "POST", body,
+                                    {"X-Sentry-Auth": f"Sentry sentry_key={project['publicKey']}, sentry_version=7"})
+        return status
+
+    eventually(lambda: send() == 429, "the limit applied")  # once the limited config reached the cache
+    assert [send() for _ in range(3)] == [429, 429, 429]
+
+    def counted() -> Any:
+        hour = events.sut.cli_ok("project", "stats", ref, "--json")["lastHour"]
+        return hour if hour["rate_limited"] >= 4 else None
+
+    hour = eventually(counted, "the gateway's rate-limited outcomes")
+    assert hour["byCategory"]["error"]["rate_limited"] == hour["rate_limited"]
