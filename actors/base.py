@@ -19,10 +19,12 @@ before its handler runs (at the request's `after` sequence when it names one).
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,7 @@ from bus.service import Call
 from bus.snapshots import SnapshotSigner
 from domain.projections import EVERYTHING, Projection
 from domain.state import Changes, DomainState
+from messages import tracing
 from messages.endpoints import CAUGHT_UP, consistency
 from messages.errors import RelayctlError, Unavailable
 from messages.events import DomainEvent, UndecodableCommit
@@ -114,7 +117,8 @@ class ServiceActor(pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 pass
 
-        self.runtime.submit(coro).add_done_callback(done)
+        # In this actor's log context: the request it makes carries the trace being served.
+        self.runtime.submit(_in_context(contextvars.copy_context(), coro)).add_done_callback(done)
 
     def on_other(self, message: Any) -> Any:
         raise TypeError(f"{self.name} got an unexpected message {type(message).__name__}")
@@ -145,8 +149,10 @@ class ServiceActor(pykka.ThreadingActor):
     def run_handler(self, call: Call, handler: Callable[[Call], Any] | None) -> None:
         if call.expired:
             return  # the caller has already given up; its loop side answered
-        # Every log line made while serving this call carries the caller's correlation id.
-        with structlog.contextvars.bound_contextvars(correlation_id=call.request.id):
+        # Every log line made while serving this call carries the caller's correlation id
+        # and its trace (a span of its own, child of the caller's: messages/tracing.py);
+        # requests made from here carry the trace on.
+        with call_log_context(call):
             self._run_handler(call, handler)
 
     def _run_handler(self, call: Call, handler: Callable[[Call], Any] | None) -> None:
@@ -376,3 +382,15 @@ def wait_ready(ref: pykka.ActorRef[Any], timeout: float = 30.0) -> None:
     raise TimeoutError("actor did not finish replay in time")
 
 
+async def _in_context(context: contextvars.Context, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Await `coro` with the context variables of `context` (another thread's, say) set."""
+    for var, value in context.items():
+        var.set(value)
+    return await coro
+
+
+def call_log_context(call: Call) -> AbstractContextManager[None]:
+    """The log context of serving `call`: its correlation id and its span of the caller's
+    trace (messages/tracing.py). Requests made inside carry the trace on."""
+    return structlog.contextvars.bound_contextvars(
+        correlation_id=call.request.id, **tracing.serving(call.request.id, call.request.traceparent))

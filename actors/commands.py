@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from actors.base import ProjectionActor
+from actors.base import ProjectionActor, call_log_context
 from bus import metrics
 from bus.eventstore import CommitTooLarge
 from bus.runtime import BUS_ERRORS, BusRuntime
@@ -85,7 +85,7 @@ class CommandActor(ProjectionActor):
             return
         # One command's boundary: a bug deciding it is that command's internal error; the
         # actor (and every command queued behind it) goes on.
-        with structlog.contextvars.bound_contextvars(correlation_id=call.request.id):
+        with call_log_context(call):
             try:
                 self._decide_and_store(call, attempt, synced)
             except RelayctlError as exc:

@@ -19,6 +19,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from bus.retry import Backoff, retry
+from messages import tracing
 from messages.endpoints import endpoint_for
 from messages.envelope import Request, decode_reply_sequence
 from messages.errors import BadRequest, DeadlineExceeded, Unavailable
@@ -51,7 +52,8 @@ async def request_sequence(nc: NATS, message_type: str, payload: dict[str, Any],
                            after: int = 0) -> tuple[Any, int]:
     """`request`, with the stream sequence the reply names (a stored write's; else 0)."""
     deadline = time.time() + timeout
-    envelope = Request(type=message_type, payload=payload, deadline=deadline, actor=actor, after=after)
+    envelope = Request(type=message_type, payload=payload, deadline=deadline, actor=actor, after=after,
+                       traceparent=tracing.outgoing())
     if correlation_id:
         envelope.id = correlation_id
     data = envelope.encode()

@@ -30,6 +30,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 
 from bus.client import subject_for
+from messages import tracing
 from messages.envelope import Request, unpack
 from messages.errors import BadMessage, DeadlineExceeded, Unavailable, from_wire
 
@@ -146,7 +147,8 @@ def stream_request(nc: NATS, message_type: str, payload: dict[str, Any], *, time
     """
     if nc is None or not nc.is_connected:
         raise Unavailable("the control plane (NATS) is unavailable")
-    envelope = Request(type=message_type, payload=payload, deadline=time.time() + timeout, actor=actor)
+    envelope = Request(type=message_type, payload=payload, deadline=time.time() + timeout, actor=actor,
+                       traceparent=tracing.outgoing())
     if correlation_id:
         envelope.id = correlation_id
     return ReplyStream(nc, subject or subject_for(message_type), envelope, idle_timeout)

@@ -3,7 +3,11 @@
 Request (a msgpack map):
 
     {"type": str, "v": int, "id": str (correlation id), "deadline": float (unix time),
-     "actor": str (optional: who asks), "after": int (optional), "payload": map}
+     "actor": str (optional: who asks), "after": int (optional), "tp": str (optional),
+     "payload": map}
+
+`tp` is the W3C `traceparent` of the caller's span (messages/tracing.py): the actor that
+serves the request logs under the same trace id. An invalid one is ignored.
 
 `after` asks for a read served at or after that event stream sequence: a caller passes the
 `sequence` of its last write's reply to read its own writes (messages/endpoints.py).
@@ -44,6 +48,7 @@ class Request:
     v: int = ENVELOPE_VERSION
     actor: str = ""  # who is asking (a user, "cli", a service name); recorded on events
     after: int = 0  # serve a read once the event stream is folded up to here (0: no such wish)
+    traceparent: str = ""  # the caller's W3C trace context (messages/tracing.py), "" for none
 
     def remaining(self) -> float:
         return self.deadline - time.time()
@@ -53,6 +58,8 @@ class Request:
                "deadline": self.deadline, "payload": self.payload}
         if self.after:
             raw["after"] = self.after
+        if self.traceparent:
+            raw["tp"] = self.traceparent
         return pack(raw)
 
 
@@ -97,12 +104,14 @@ def decode_request(data: bytes) -> Request:
         raise BadMessage("invalid envelope: " + "; ".join(problems))
     actor = raw.get("actor")
     after = raw.get("after")
+    traceparent = raw.get("tp")
     # Every field was checked above; the asserts tell the type checker so.
     assert isinstance(kind, str) and isinstance(payload, dict) and isinstance(cid, str)
     assert isinstance(deadline, (int, float)) and isinstance(version, int)
     return Request(type=kind, payload=payload, id=cid, deadline=float(deadline), v=version,
                    actor=actor if isinstance(actor, str) else "",
-                   after=after if isinstance(after, int) and not isinstance(after, bool) and after > 0 else 0)
+                   after=after if isinstance(after, int) and not isinstance(after, bool) and after > 0 else 0,
+                   traceparent=traceparent if isinstance(traceparent, str) and len(traceparent) <= 128 else "")
 
 
 def encode_result(result: Any, sequence: int | None = None) -> bytes:

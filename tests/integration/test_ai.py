@@ -106,13 +106,16 @@ def test_event_store_prints_the_event_id(ai_system: AISystem) -> None:
 
 
 def test_event_store_refuses_an_invalid_event_with_the_reason(ai_system: AISystem, tmp_path: Path) -> None:
-    """A malformed event exits 1 with the reason on stderr."""
+    """A malformed event exits 1 with the reason on stderr (with --json: the JSON error on stdout)."""
     org, project = ai_system.project()
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"exception": {"values": "nope"}}))
-    result = ai_system.sut.cli("event", "store", str(path), "--project", f"{org}/{project}", "--json")
+    result = ai_system.sut.cli("event", "store", str(path), "--project", f"{org}/{project}")
     assert result.exit_code == 1
     assert "exception.values must be a list" in result.stderr
+    result = ai_system.sut.cli("event", "store", str(path), "--project", f"{org}/{project}", "--json")
+    assert result.exit_code == 1 and result.json()["error"]["code"] == "bad_request"
+    assert "exception.values must be a list" in result.json()["error"]["message"]
 
 
 def test_events_published_on_the_ingest_subject_are_stored(ai_system: AISystem) -> None:
