@@ -2,9 +2,10 @@
 
 The domain is pure, so its specification reads as a table of cases::
 
-    given(org_created("acme")).when("org.create", slug="acme", name=None).fails(Conflict, "already exists")
     given().when("org.create", slug="acme", name=None).then(
         [("OrgCreated", "acme", {"name": "acme", "id": 1})], reply={"id": 1, "slug": "acme"})
+    given(org_created("acme")).fails("org.create", Conflict, "already exists", slug="acme", name=None)
+    given(org_created("acme")).ask("org.option_get", org="acme", key="sentry:event_retention")
 
 Each given event is its own commit (sequence 1, 2, ...). The decider runs with a fixed clock,
 numbered keys and tokens and a pool of ids past everything given, so a decision is the same
