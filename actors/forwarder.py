@@ -100,6 +100,7 @@ FORWARD_CONSUMER, EVENTS_CONSUMER, OUTCOMES_CONSUMER = "forwarder", "error-event
 CLIENT = "relayctl-forwarder/0.1"
 _ABSENT: Any = object()
 MAX_LIST = 200
+ON_ACTOR_TIMEOUT = 30.0
 MAX_SCAN = 20_000
 
 
@@ -212,6 +213,7 @@ class _OnActor:
     fn: Callable[[], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    caught_up: bool = True
 
 
 @dataclass(frozen=True)
@@ -305,8 +307,13 @@ class ForwarderActor(ProjectionActor):
 
     def on_other(self, message: Any) -> Any:
         if isinstance(message, _OnActor):
-            # A project created just before its first envelope must not look unknown.
-            self.after(self.live_from, lambda: self._run_on_actor(message))
+            if message.caught_up:
+                # The projection follows the stream on its own and may lag behind the command
+                # that made a project (or set its DSN) just before the envelope came: catch up
+                # first (one question to the store for all that arrive meanwhile).
+                self.catch_up(lambda: self._run_on_actor(message))
+            else:
+                self.after(self.live_from, lambda: self._run_on_actor(message))
             return None
         return super().on_other(message)
 
@@ -317,14 +324,20 @@ class ForwarderActor(ProjectionActor):
             result, error = None, exc
         work.loop.call_soon_threadsafe(_settle, work.future, error, result)
 
-    async def _on_actor(self, fn: Callable[[], Any]) -> Any:
+    async def _on_actor(self, fn: Callable[[], Any], *, caught_up: bool = True) -> Any:
+        """`fn()` on the actor thread, once the projection has caught up with the stream
+        (`caught_up`) or at least replayed it. Unavailable when that takes too long (the
+        store does not answer): the message it is for is retried."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         try:
-            self.actor_ref.tell(_OnActor(fn, future, loop))
+            self.actor_ref.tell(_OnActor(fn, future, loop, caught_up))
         except pykka.ActorDeadError:
             raise Unavailable("the forwarder stopped") from None
-        return await future
+        try:
+            return await asyncio.wait_for(future, ON_ACTOR_TIMEOUT)
+        except TimeoutError:
+            raise Unavailable("the forwarder's projection did not catch up in time") from None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -667,7 +680,7 @@ class ForwarderActor(ProjectionActor):
             stored = await self.events.get(project_id, event_id) if project_id is not None else None
             if stored is None:
                 raise NotFound(f"No event matching `{event_id}`")
-            slugs = await self._on_actor(lambda: self._slugs(stored.project_id))
+            slugs = await self._on_actor(lambda: self._slugs(stored.project_id), caught_up=False)
             return {**slugs, **_summary(stored), "event": stored.event}
 
         return self.serve_caught_up(call, lambda: self._answer_async(call, run()))
@@ -696,7 +709,7 @@ class ForwarderActor(ProjectionActor):
                                "ackFloor": c.ack_floor.stream_seq if c.ack_floor else 0}
         floor = consumers.get(FORWARD_CONSUMER, {}).get("ackFloor", 0)
         backlog, scanned_all = await self._backlog(floor, state.last_seq)
-        rows = await self._on_actor(lambda: [
+        rows = await self._on_actor(caught_up=False, fn=lambda: [
             {**self._slugs(pid), "envelopes": n, "forwarding": self._target(pid) is not None}
             for pid, n in sorted(backlog.items())])
         letters = await self._letters()

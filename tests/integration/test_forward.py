@@ -354,3 +354,49 @@ def test_the_forwarder_carries_on_after_nats_restarts(tmp_path: Path, env: None)
         stub.stop()
         nats.stop()
         redis.stop()
+
+
+def test_an_envelope_right_after_its_project_is_not_missed_by_a_lagging_forwarder(
+        system: SystemUnderTest, appender: Appender, stub: SentryStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forwarder follows the event stream on its own; one whose deliveries lag (a slow
+    consumer, a reconnect) and has not yet folded the project or its forward DSN when the
+    first envelope comes catches up first, instead of taking the project for unknown."""
+    import asyncio
+
+    from actors.forwarder import ForwarderActor
+
+    start = ForwarderActor.on_start
+    lagging = {"on": False}
+
+    def on_start(self: Any) -> None:
+        real = self.store
+
+        class LaggingStore:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            async def follow(self, callback: Any, *args: Any, **kwargs: Any) -> Any:
+                loop = asyncio.get_running_loop()
+
+                def later(*delivered: Any) -> None:
+                    loop.call_later(0.5 if lagging["on"] else 0.0, callback, *delivered)
+
+                return await real.follow(later, *args, **kwargs)
+
+        self.store = LaggingStore()
+        start(self)
+
+    monkeypatch.setattr(ForwarderActor, "on_start", on_start)
+    fwd = forwarder(system)
+    try:
+        lagging["on"] = True
+        project = forwarding_project(system, stub)
+        event_id = uuid.uuid4().hex
+        appender.append(project, envelope(project, event_id), event_id)
+        stub.wait(lambda: event_id in stub.accepted_ids(), what="the envelope")
+        ref = f"{project['org']}/{project['slug']}"
+        stub.wait(lambda: [e for e in system.cli_ok("event", "list", ref, "--json") if e["eventId"] == event_id],
+                  what="its error event")
+    finally:
+        lagging["on"] = False
+        fwd.stop()
