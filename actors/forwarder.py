@@ -192,9 +192,12 @@ def classify(status: int, headers: Any, attempt: int, settings: ForwardSettings,
 
 
 async def deliver(session: aiohttp.ClientSession, target: Dsn, body: bytes, attempt: int,
-                  settings: ForwardSettings) -> Result:
+                  settings: ForwardSettings, client_ip: str | None = None) -> Result:
     headers = {"Content-Type": "application/x-sentry-envelope", "X-Sentry-Auth": target.auth_header(CLIENT),
                "User-Agent": CLIENT}
+    if client_ip:
+        # as Relay does: the target infers user IPs (`{{auto}}`) from the SDK's address, not ours
+        headers["X-Forwarded-For"] = client_ip
     try:
         async with session.post(target.envelope_url, data=body, headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=settings.timeout)) as response:
@@ -449,7 +452,7 @@ class ForwarderActor(ProjectionActor):
         attempt = msg.metadata.num_delivered
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
-            result = await self._send(await read_envelope(self.js, msg), target, attempt)
+            result = await self._send(await read_envelope(self.js, msg), target, attempt, msg.headers)
         finally:
             keepalive.cancel()
         sequence = msg.metadata.sequence.stream
@@ -465,12 +468,13 @@ class ForwarderActor(ProjectionActor):
             await msg.ack()
             metrics.incr("forward.envelopes", tags={"result": "dead_letter"})
 
-    async def _send(self, data: bytes, target: Dsn, attempt: int) -> Result:
+    async def _send(self, data: bytes, target: Dsn, attempt: int, headers: Any) -> Result:
         try:
             body = forward_body(data, target)
         except InvalidEnvelope as exc:
             return Permanent(0, str(exc))
-        return await deliver(self._http(), target, body, attempt, self.settings)
+        return await deliver(self._http(), target, body, attempt, self.settings,
+                             (headers or {}).get(HEADER_CLIENT_IP))
 
     async def _keep_alive(self, msg: Any) -> None:
         """A slow target must not make the stream hand the envelope to another puller."""
@@ -779,7 +783,7 @@ class ForwarderActor(ProjectionActor):
             if target is None:
                 failed.append({"projectId": pid, "sequence": seq, "detail": "the project forwards nowhere now"})
                 continue
-            result = await self._send(data, target, int(letter.get("attempts") or 1) + 1)
+            result = await self._send(data, target, int(letter.get("attempts") or 1) + 1, msg.headers)
             if isinstance(result, Delivered):
                 await kv.delete(key)
                 replayed.append({"projectId": pid, "sequence": seq, "eventId": letter.get("eventId")})

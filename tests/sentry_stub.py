@@ -30,6 +30,7 @@ class Received:
     header: dict[str, Any]
     body: bytes
     at: float  # time.monotonic()
+    forwarded_for: str | None = None
 
     @property
     def event_id(self) -> str | None:
@@ -100,7 +101,8 @@ class SentryStub:
         body = await request.read()
         line = body.split(b"\n", 1)[0]
         received = Received(int(request.match_info["project_id"]), request.headers.get("X-Sentry-Auth", ""),
-                            json.loads(line) if line.strip() else {}, body, time.monotonic())
+                            json.loads(line) if line.strip() else {}, body, time.monotonic(),
+                            request.headers.get("X-Forwarded-For"))
         self._note(self.attempts, received)
         if self.mode == "hold":
             assert self._release is not None

@@ -141,6 +141,7 @@ def test_an_envelope_goes_to_the_target_with_its_key_and_dsn(system: SystemUnder
     assert received.project_id == 42
     assert "sentry_key=" + "f" * 32 in received.auth and project["publicKey"] not in received.auth
     assert received.header["dsn"] == stub.dsn()  # the stale relayctl dsn would make Sentry refuse it
+    assert received.forwarded_for == "127.0.0.1"  # the SDK's address (Rc-Client-Ip), as Relay forwards it
     assert received.event_id == event_id
     # every item byte for byte as stored
     assert received.body.split(b"\n", 1)[1] == body.split(b"\n", 1)[1]
