@@ -37,11 +37,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from bus.client import request as bus_request
 from bus.streaming import Chunk, Final, stream_request
 from domain.access import org_scopes
+from gateway.ask import ask
 from gateway.errors import HTTPFailure, from_error, json_response
-from messages.errors import RelayctlError, Unauthorized, Unavailable
+from messages.errors import RelayctlError, Unauthorized
 
 __all__ = ["AI_LIMITER", "AI_PATH", "UserRateLimiter", "add_ai_routes"]
 BEARER = {"WWW-Authenticate": "Bearer"}
@@ -121,11 +121,7 @@ async def _authenticate(request: web.Request) -> dict[str, Any]:
 
 async def _ask(request: web.Request, message_type: str, payload: dict[str, Any], timeout: float, *,
                retries: int = 0, actor: str = "gateway") -> Any:
-    nc = request.app["nc"]
-    if nc is None or not nc.is_connected:
-        raise Unavailable("the control plane (NATS) is unavailable")
-    return await bus_request(nc, message_type, payload, timeout=timeout, retries=retries, actor=actor,
-                             correlation_id=_correlation_id())
+    return await ask(request.app, message_type, payload, timeout=timeout, retries=retries, actor=actor)
 
 
 def _correlation_id() -> str | None:

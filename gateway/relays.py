@@ -30,7 +30,6 @@ from aiohttp import web
 
 from bus import metrics
 from bus.cache_keys import CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET, reader_key
-from bus.client import request as bus_request
 from bus.config_cache import (
     DISABLED_BODY,
     GLOBAL_KEY,
@@ -41,6 +40,7 @@ from bus.config_cache import (
     unseal,
     verify,
 )
+from gateway.ask import ask as gateway_ask
 from gateway.errors import HTTPFailure, from_error, json_response
 from messages.commands import PUBLIC_KEY_RE  # the one definition; re-exported for gateway/ingest.py
 from messages.errors import BadRequest, Forbidden, RelayctlError, Unavailable
@@ -196,26 +196,8 @@ class RelayEndpoints:
 
     async def ask(self, message_type: str, payload: dict[str, Any], timeout: float = ASK_TIMEOUT,
                   retries: int = 1) -> Any:
-        """Ask an actor; a query (retries > 0) gets an equal share of `timeout` per try, so a
-        try lost with an instance that died is retried on another within Relay's 5 s."""
-        if self.nc is None or not self.nc.is_connected:
-            raise Unavailable("the control plane (NATS) is unavailable")
-        asked = asyncio.ensure_future(bus_request(
-            self.nc, message_type, payload, timeout=timeout, retries=retries, actor="gateway",
-            attempt_timeout=timeout / (retries + 1) if retries else None,
-            correlation_id=structlog.contextvars.get_contextvars().get("correlation_id")))
-        lost: asyncio.Future[None] | None = self.app.get("nats_lost")
-        if lost is None:  # an app that was not started by create_app's startup (unit tests)
-            return await asked
-        try:
-            done, _ = await asyncio.wait({asked, lost}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            asked.cancel()
-            raise
-        if asked in done:
-            return asked.result()
-        asked.cancel()  # the connection dropped: no answer can come on it
-        raise Unavailable("the control plane (NATS) is unavailable")
+        """Ask an actor (gateway/ask.py); a query retries once within Relay's 5 s."""
+        return await gateway_ask(self.app, message_type, payload, timeout=timeout, retries=retries)
 
     # -- registration ----------------------------------------------------------------------
 

@@ -1,0 +1,45 @@
+"""The gateway's one way to ask the system over NATS.
+
+Every route asks through `ask`: it fails at once with `Unavailable` when the gateway has
+no NATS connection, and as soon as the connection drops while it waits (the app's
+`nats_lost` future, set by gateway/app.py's connection watch) instead of at the deadline;
+a retry-safe request (`retries` > 0) gets an equal share of the timeout per try, so a try
+lost with an instance that died is retried on another within the caller's deadline. Its
+errors are wire errors, which the errors middleware answers (gateway/errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from bus.client import request as bus_request
+from messages.errors import Unavailable
+
+NATS_DOWN = "the control plane (NATS) is unavailable"
+
+
+async def ask(app: web.Application, message_type: str, payload: dict[str, Any], *, timeout: float,
+              retries: int = 0, actor: str = "gateway") -> Any:
+    nc = app.get("nc")
+    if nc is None or not nc.is_connected:
+        raise Unavailable(NATS_DOWN)
+    asked = asyncio.ensure_future(bus_request(
+        nc, message_type, payload, timeout=timeout, retries=retries, actor=actor,
+        attempt_timeout=timeout / (retries + 1) if retries else None,
+        correlation_id=structlog.contextvars.get_contextvars().get("correlation_id")))
+    lost: asyncio.Future[None] | None = app.get("nats_lost")
+    if lost is None:  # an app whose startup (the connection watch) has not run
+        return await asked
+    try:
+        done, _ = await asyncio.wait({asked, lost}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        asked.cancel()
+        raise
+    if asked in done:
+        return asked.result()
+    asked.cancel()  # the connection dropped: no answer can come on it
+    raise Unavailable(NATS_DOWN)
