@@ -63,7 +63,7 @@ COMMAND_TYPES = frozenset({
     "relay.allow", "relay.deny", "relay.register", "user.create", "user.token_create", "user.permission_add",
     "user.permission_remove", "import.org",
     # the management API (gateway/api/, domain/access.py)
-    "token.create", "token.revoke", "org.member_add", "org.member_remove", "project.update", "key.update",
+    "token.create", "token.revoke", "org.update", "org.member_add", "org.member_remove", "project.update", "key.update",
 })
 
 
@@ -327,6 +327,13 @@ class Decider:
                 return Decision(USER, user.username, [self.event("TokenRevoked", user.username, token_id=token_id)],
                                 lambda s: {"id": token_id, "revoked": True})
         raise NotFound(f"No token matching `{token_id}`")
+
+    def org_update(self, org: str, name: str | None) -> Decision:
+        found = require_org(self.state, org)
+        result = lambda s: {"org": org, "name": s.org(org).name}  # noqa: E731
+        if name is None or name == found.name:
+            return Decision(ORG, org, [], result)
+        return Decision(ORG, org, [self.event("OrgUpdated", org, name=name)], result)
 
     def org_member_add(self, org: str, username: str, role: str) -> Decision:
         found = require_org(self.state, org)

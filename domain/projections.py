@@ -10,7 +10,7 @@ only when it decides, and takes from a snapshot only the parts it holds.
 
 A part names one kind of object or one property of it, with the event types that change it:
 
-- `ORGS`: orgs (id, slug, name, members) - `OrgCreated`, `MemberAdded`, `MemberRemoved`
+- `ORGS`: orgs (id, slug, name, members) - `Org{Created,Updated}`, `MemberAdded`, `MemberRemoved`
 - `ORG_OPTIONS`: org options and project templates - `OrgOptionSet`, `OrgOptionUnset`, `ProjectTemplateSet`
 - `PROJECTS`: projects (id, slug, status, template) - `ProjectCreated`, `Project{Disabled,Enabled,Deleted,Updated}`
 - `PROJECT_OPTIONS`: project options - `ProjectOptionSet`, `ProjectOptionUnset`
@@ -59,6 +59,7 @@ EVENT_PARTS: dict[str, str] = {
     "KeyDeleted": KEYS,
     "KeyRateLimitSet": KEYS,
     "KeyUpdated": KEYS,
+    "OrgUpdated": ORGS,
     "MemberAdded": ORGS,
     "MemberRemoved": ORGS,
     "ProjectUpdated": PROJECTS,

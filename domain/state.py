@@ -347,6 +347,12 @@ class DomainState:
             key.name = e.payload.get("name")
             key.last_change = e.ts
 
+    def _on_OrgUpdated(self, e: DomainEvent, seq: int) -> None:
+        org = self.org(e.aggregate_id)
+        if org is not None and isinstance(e.payload.get("name"), str):
+            org.name = e.payload["name"]
+            org.last_change = e.ts
+
     def _on_MemberAdded(self, e: DomainEvent, seq: int) -> None:
         org = self.org(e.aggregate_id)
         if org is not None:

@@ -86,6 +86,8 @@ CONTROL: dict[str, Schema] = {
         str, required=False, check=_matches(SLUG_RE, "org slug")), "url": field(str, required=False), "name": name},
     "token.list": {"username": username},
     "token.revoke": {"token_id": field(str, check=_matches(TOKEN_ID_RE, "token id (12 hex characters)"))},
+    "org.update": {"org": slug, "name": field(str, required=False, check=lambda v: None if 0 < len(v) <= 64
+                                              else "1 to 64 characters")},
     "org.member_add": {"org": slug, "username": username, "role": field(str)},
     "org.member_remove": {"org": slug, "username": username},
     "org.member_list": {"org": slug},

@@ -117,27 +117,32 @@ def _control(message_type: str, *, query: bool = False, callers: tuple[str, ...]
                     caught_up=types if query and caught_up else (), idempotent=types if idempotent else ())
 
 
+# The writes the management API (gateway/api/) sends on behalf of a user whose token and
+# scopes it checked, the user named as the request's actor. Relay access, users and tokens
+# stay the operator's.
+_API = (GATEWAY,)
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     # control messages: the command handlers
-    _control("org.create"),
-    _control("org.option_set"),
+    _control("org.create", callers=_API),
+    _control("org.option_set", callers=_API),
     _control("org.option_get", query=True),
-    _control("org.option_unset"),
+    _control("org.option_unset", callers=_API),
     _control("org.trust_relay"),
     _control("org.untrust_relay"),
     _control("org.template_set"),
-    _control("project.create"),
-    _control("project.option_set"),
+    _control("project.create", callers=_API),
+    _control("project.option_set", callers=_API),
     _control("project.option_get", query=True),
-    _control("project.option_unset"),
+    _control("project.option_unset", callers=_API),
     _control("project.disable"),
     _control("project.enable"),
-    _control("project.delete"),
-    _control("key.create"),
-    _control("key.disable"),
-    _control("key.enable"),
-    _control("key.delete"),
-    _control("key.rate_limit"),
+    _control("project.delete", callers=_API),
+    _control("key.create", callers=_API),
+    _control("key.disable", callers=_API),
+    _control("key.enable", callers=_API),
+    _control("key.delete", callers=_API),
+    _control("key.rate_limit", callers=_API),
     _control("key.list", query=True),
     _control("relay.allow"),
     _control("relay.deny"),
@@ -157,11 +162,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("token.create"),
     _control("token.list", query=True),
     _control("token.revoke"),
-    _control("org.member_add"),
-    _control("org.member_remove"),
+    _control("org.update", callers=_API),
+    _control("org.member_add", callers=_API),
+    _control("org.member_remove", callers=_API),
     _control("org.member_list", query=True, callers=(GATEWAY,)),
-    _control("project.update"),
-    _control("key.update"),
+    _control("project.update", callers=_API),
+    _control("key.update", callers=_API),
     _control("api.orgs", query=True, callers=(GATEWAY,)),
     _control("api.org", query=True, callers=(GATEWAY,)),
     _control("api.projects", query=True, callers=(GATEWAY,)),

@@ -64,6 +64,7 @@ EVENT_TYPES: dict[str, tuple[str, int]] = {
     "KeyDeleted": (ORG, 1),
     "KeyRateLimitSet": (ORG, 1),  # rate_limit: {"count", "window"} or None (no limit)
     # the management API (gateway/api/): org members, project and key details
+    "OrgUpdated": (ORG, 1),  # name
     "MemberAdded": (ORG, 1),  # username, role (also a new role of a member)
     "MemberRemoved": (ORG, 1),  # username
     "ProjectUpdated": (ORG, 1),  # project; the changed of name, slug (a new slug), platform

@@ -3,6 +3,6 @@ Terraform provider and any HTTP client (gateway/api/routes.py)."""
 
 from __future__ import annotations
 
-from gateway.api.routes import add_management_routes
+from gateway.api.table import add_management_routes
 
 __all__ = ["add_management_routes"]

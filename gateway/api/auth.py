@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from bus.client import request as bus_request
-from gateway.errors import HTTPFailure
+from gateway.errors import HTTPFailure, json_response
 from messages.errors import Unauthorized, Unavailable
 
 AUTH_TIMEOUT = 4.0
@@ -75,6 +75,16 @@ def bearer(request: web.Request) -> str | None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+class FieldErrors(HTTPFailure):
+    """400 with Sentry's body for invalid input: `{"field": ["message", ...]}`."""
+
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        super().__init__(400, fields)
+
+    def response(self) -> web.Response:
+        return json_response(self.detail, 400)
 
 
 def unauthorized(detail: str) -> HTTPFailure:

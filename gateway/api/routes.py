@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from domain.access import org_scopes, token_scopes, visible_orgs
-from gateway.api.auth import FAILURES, ask, failure_limiter, principal
+from gateway.api.auth import FieldErrors, ask, principal
 from gateway.errors import HTTPFailure, json_response
 from messages.commands import SLUG_RE
 from messages.errors import BadRequest, NotFound
@@ -65,7 +65,7 @@ async def read(request: web.Request, message_type: str, payload: dict[str, Any],
     except BadRequest as exc:
         fields = exc.details.get("fields")
         if isinstance(fields, dict):
-            raise HTTPFailure(400, {k: [str(v)] for k, v in fields.items()}) from None
+            raise FieldErrors({k: [str(v)] for k, v in fields.items()}) from None
         raise
 
 
@@ -73,7 +73,7 @@ def paging(request: web.Request) -> dict[str, Any]:
     try:
         per_page = int(request.query.get("per_page", "100"))
     except ValueError:
-        raise HTTPFailure(400, {"per_page": ["A valid integer is required."]}) from None
+        raise FieldErrors({"per_page": ["A valid integer is required."]}) from None
     cursor = request.query.get("cursor") or None
     return {"cursor": cursor, "per_page": per_page}
 
@@ -176,28 +176,3 @@ async def project_key(request: web.Request) -> web.Response:
     payload = {"org": org, "project": _slug(request, "project"), "key_id": request.match_info["key_id"],
                "base_url": public_url(request)}
     return json_response(await read(request, "api.key", payload))
-
-
-ORG = PREFIX + "/organizations/{org}"
-PROJECT = PREFIX + "/projects/{org}/{project}"
-
-# (method, path, handler): every route of the management API (the OpenAPI test checks it)
-ROUTES: list[tuple[str, str, Handler]] = [
-    ("GET", PREFIX + "/", api_index),
-    ("GET", PREFIX + "/internal/health/", internal_health),
-    ("GET", PREFIX + "/organizations/", organizations),
-    ("GET", ORG + "/", organization),
-    ("GET", ORG + "/projects/", org_projects),
-    ("GET", ORG + "/teams/", org_teams),
-    ("GET", ORG + "/members/", org_members),
-    ("GET", PREFIX + "/teams/{org}/{team}/", team),
-    ("GET", PROJECT + "/", project),
-    ("GET", PROJECT + "/keys/", project_keys),
-    ("GET", PROJECT + "/keys/{key_id}/", project_key),
-]
-
-
-def add_management_routes(app: web.Application) -> None:
-    app[FAILURES] = failure_limiter()
-    for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)

@@ -80,6 +80,14 @@ def test_token_list_names_tokens_but_never_their_hash() -> None:
 
 # -- members and access -----------------------------------------------------------------------
 
+def test_org_update_renames_the_org() -> None:
+    outcome = given(org_created()).when("org.update", org="acme", name="Acme Inc")
+    assert outcome.events == [("OrgUpdated", "acme", {"name": "Acme Inc"})]
+    assert outcome.reply == {"org": "acme", "name": "Acme Inc"}
+    given(org_created()).when("org.update", org="acme", name="acme").then_nothing()
+    given().fails("org.update", NotFound, "No organization", org="acme", name="x")
+
+
 def test_org_member_add_gives_a_role_and_a_new_role_replaces_it() -> None:
     given(org_created(), ANN).when("org.member_add", org="acme", username="ann", role="member").then(
         [("MemberAdded", "acme", {"username": "ann", "role": "member"})],

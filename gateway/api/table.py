@@ -1,0 +1,54 @@
+"""Every route of the management API, in one table (the OpenAPI document is checked
+against it: tests/integration/test_management_api_writes.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.api import routes as r
+from gateway.api import writes as w
+from gateway.api.auth import FAILURES, failure_limiter
+from gateway.api.openapi import OPENAPI_PATH, openapi_handler
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+P = r.PREFIX
+ORG = P + "/organizations/{org}"
+PROJECT = P + "/projects/{org}/{project}"
+TEAM = P + "/teams/{org}/{team}"
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", P + "/", r.api_index),
+    ("GET", P + "/internal/health/", r.internal_health),
+    ("GET", P + "/organizations/", r.organizations),
+    ("POST", P + "/organizations/", w.create_organization),
+    ("GET", ORG + "/", r.organization),
+    ("PUT", ORG + "/", w.update_organization),
+    ("GET", ORG + "/projects/", r.org_projects),
+    ("GET", ORG + "/teams/", r.org_teams),
+    ("POST", ORG + "/teams/", w.create_team),
+    ("GET", ORG + "/members/", r.org_members),
+    ("POST", ORG + "/members/", w.add_member),
+    ("PUT", ORG + "/members/{member_id}/", w.update_member),
+    ("DELETE", ORG + "/members/{member_id}/", w.remove_member),
+    ("GET", TEAM + "/", r.team),
+    ("POST", TEAM + "/projects/", w.create_project),
+    ("GET", PROJECT + "/", r.project),
+    ("PUT", PROJECT + "/", w.update_project),
+    ("DELETE", PROJECT + "/", w.delete_project),
+    ("POST", PROJECT + "/teams/{team}/", w.add_project_team),
+    ("DELETE", PROJECT + "/teams/{team}/", w.remove_project_team),
+    ("GET", PROJECT + "/keys/", r.project_keys),
+    ("POST", PROJECT + "/keys/", w.create_key),
+    ("GET", PROJECT + "/keys/{key_id}/", r.project_key),
+    ("PUT", PROJECT + "/keys/{key_id}/", w.update_key),
+    ("DELETE", PROJECT + "/keys/{key_id}/", w.delete_key),
+]
+
+
+def add_management_routes(app: web.Application) -> None:
+    app[FAILURES] = failure_limiter()
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.router.add_get(OPENAPI_PATH, openapi_handler(ROUTES))

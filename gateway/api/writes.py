@@ -1,0 +1,346 @@
+"""The management API's writes: each a thin layer over the control commands the CLI sends.
+
+A handler checks the scope (gateway/api/routes.py `org_access`), validates the body the way
+Sentry answers it (400 `{"field": ["message"]}`, option values through the option
+catalogue before anything is stored), sends the commands with the token's user as the
+actor (so `relayctl config history` names who did it), and answers with the object read
+back at the last write's sequence (`after=`): the answer shows the write. Statuses as
+Sentry's: 201 on create, 204 on delete, 409 for a slug in use, 404 for what does not exist
+or is not visible.
+
+A change that takes several commands (a project's name and its options) is stored one
+command at a time; all of its input is checked first, so a bad field changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from bus.client import request_sequence
+from domain import options as option_catalogue
+from domain.access import spans_orgs
+from domain.management import FILTER_LIST_OPTIONS
+from gateway.api.auth import FieldErrors, principal
+from gateway.api.routes import NO_PERMISSION, NOT_FOUND, _slug, org_access, public_url, read
+from gateway.errors import HTTPFailure, json_response
+from messages.commands import SLUG_RE
+from messages.errors import BadRequest, Conflict, NotFound, Unavailable
+
+WRITE_TIMEOUT = 10.0
+MAX_NAME = 64
+
+
+async def body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPFailure(400, "Malformed JSON in the request body") from None
+    if not isinstance(data, dict):
+        raise HTTPFailure(400, "The request body must be a JSON object")
+    return data
+
+
+def slugify(name: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_")[:50] or "project"
+
+
+def _name(data: dict[str, Any], field: str = "name", required: bool = False) -> str | None:
+    value = data.get(field)
+    if value is None:
+        if required:
+            raise FieldErrors({field: ["This field is required."]})
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+        raise FieldErrors({field: [f"Ensure this field is a non-empty string of at most {MAX_NAME} characters."]})
+    return value.strip()
+
+
+def _slug_field(data: dict[str, Any], field: str = "slug") -> str | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not SLUG_RE.fullmatch(value):
+        raise FieldErrors({field: ["Enter a valid slug consisting of lowercase letters, numbers, "
+                                        "underscores or hyphens."]})
+    return value
+
+
+async def write(request: web.Request, who: dict[str, Any], message_type: str,
+                payload: dict[str, Any]) -> tuple[Any, int]:
+    """One control command on behalf of `who`: its result and the stream sequence it is at."""
+    nc = request.app["nc"]
+    if nc is None or not nc.is_connected:
+        raise Unavailable("the control plane (NATS) is unavailable")
+    try:
+        return await request_sequence(nc, message_type, payload, timeout=WRITE_TIMEOUT,
+                                      actor=f"user:{who['username']}")
+    except NotFound:
+        raise HTTPFailure(404, NOT_FOUND) from None
+    except Conflict as exc:
+        raise HTTPFailure(409, exc.message) from None
+    except BadRequest as exc:
+        raise FieldErrors(_fields(exc)) from None
+
+
+def _fields(exc: BadRequest) -> dict[str, list[str]]:
+    fields = exc.details.get("fields")
+    if isinstance(fields, dict):
+        return {str(k): [str(v)] for k, v in fields.items()}
+    key = exc.details.get("key")
+    return {str(key) if key else "detail": [exc.message]}
+
+
+# -- orgs -------------------------------------------------------------------------------------
+
+async def create_organization(request: web.Request) -> web.Response:
+    """`POST /api/0/organizations/` {name, slug?}: superusers and `relayctl.admin` only;
+    the creator is the org's owner."""
+    who = await principal(request)
+    assert who is not None
+    if not spans_orgs(who):
+        raise HTTPFailure(403, NO_PERMISSION)
+    data = await body(request)
+    name = _name(data, required=True)
+    assert name is not None
+    slug = _slug_field(data) or slugify(name)
+    await write(request, who, "org.create", {"slug": slug, "name": name})
+    _, sequence = await write(request, who, "org.member_add", {"org": slug, "username": who["username"],
+                                                                "role": "owner"})
+    return json_response(await read(request, "api.org", {"org": slug}, after=sequence), 201)
+
+
+async def update_organization(request: web.Request) -> web.Response:
+    who, org = await org_access(request, "org:write")
+    data = await body(request)
+    slug = _slug_field(data)
+    if slug is not None and slug != org:
+        raise FieldErrors({"slug": ["An organization's slug cannot be changed here."]})
+    _, sequence = await write(request, who, "org.update", {"org": org, "name": _name(data)})
+    return json_response(await read(request, "api.org", {"org": org}, after=sequence))
+
+
+# -- members ----------------------------------------------------------------------------------
+
+def _role(data: dict[str, Any]) -> str:
+    role = data.get("role") or data.get("orgRole") or "member"
+    if not isinstance(role, str):
+        raise FieldErrors({"role": ["Invalid role."]})
+    return role
+
+
+async def add_member(request: web.Request) -> web.Response:
+    """`POST /api/0/organizations/{org}/members/` {username or email, role}: a user of this
+    system (relayctl sends no invitations)."""
+    who, org = await org_access(request, "member:write")
+    data = await body(request)
+    username = data.get("username") or data.get("email")
+    if not isinstance(username, str) or not username:
+        raise FieldErrors({"email": ["This field is required."]})
+    _, sequence = await write(request, who, "org.member_add", {"org": org, "username": username,
+                                                                "role": _role(data)})
+    return json_response(await _member(request, org, username, sequence), 201)
+
+
+async def _member(request: web.Request, org: str, username: str, after: int) -> dict[str, Any]:
+    members = (await read(request, "org.member_list", {"org": org}, after=after))["members"]
+    found = [m for m in members if m["id"] == username]
+    if not found:
+        raise HTTPFailure(404, NOT_FOUND)
+    return found[0]  # type: ignore[no-any-return]
+
+
+async def update_member(request: web.Request) -> web.Response:
+    who, org = await org_access(request, "member:write")
+    username = request.match_info["member_id"]
+    await _member(request, org, username, 0)
+    data = await body(request)
+    _, sequence = await write(request, who, "org.member_add", {"org": org, "username": username,
+                                                                "role": _role(data)})
+    return json_response(await _member(request, org, username, sequence))
+
+
+async def remove_member(request: web.Request) -> web.Response:
+    who, org = await org_access(request, "member:admin")
+    await write(request, who, "org.member_remove", {"org": org, "username": request.match_info["member_id"]})
+    return web.Response(status=204)
+
+
+# -- teams (every org has one: its default team) ------------------------------------------------
+
+def _default_team(request: web.Request, org: str) -> None:
+    if request.match_info["team"] != org:
+        raise HTTPFailure(404, NOT_FOUND)
+
+
+async def create_team(request: web.Request) -> web.Response:
+    await org_access(request, "team:write")
+    raise FieldErrors({"detail": ["relayctl has one team per organization, its default team (the "
+                                       "organization's slug); projects are created in it"]})
+
+
+async def add_project_team(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "project:write")
+    _default_team(request, org)
+    project = _slug(request, "project")
+    return json_response(await read(request, "api.project", {"org": org, "project": project}), 201)
+
+
+async def remove_project_team(request: web.Request) -> web.Response:
+    _, org = await org_access(request, "project:write")
+    _default_team(request, org)
+    project = _slug(request, "project")
+    return json_response(await read(request, "api.project", {"org": org, "project": project}))
+
+
+# -- projects ---------------------------------------------------------------------------------
+
+def _options(data: dict[str, Any]) -> dict[str, Any]:
+    """The option changes a project PUT asks for, checked by the option catalogue (a value
+    of None unsets): Sentry's filter strings map to the list options they stand for."""
+    wanted: dict[str, Any] = {}
+    sent_as: dict[str, str] = {}  # stored key -> the name the client used (errors name that)
+    options = data.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise FieldErrors({"options": ["Expected a JSON object."]})
+    for name, value in (options or {}).items():
+        key = FILTER_LIST_OPTIONS.get(str(name), str(name))
+        wanted[key], sent_as[key] = value, str(name)
+    if "allowedDomains" in data:
+        wanted["sentry:origins"], sent_as["sentry:origins"] = data["allowedDomains"], "allowedDomains"
+    problems: dict[str, list[str]] = {}
+    checked: dict[str, Any] = {}
+    for key, value in wanted.items():
+        try:
+            if value is None:
+                option_catalogue.check_option_key("project", key)
+                checked[key] = None
+            else:
+                checked[key] = option_catalogue.validate_option("project", key, value)
+        except option_catalogue.InvalidOption as exc:
+            problems[sent_as[key]] = [exc.message]
+    if problems:
+        raise FieldErrors(problems)
+    return checked
+
+
+async def create_project(request: web.Request) -> web.Response:
+    """`POST /api/0/teams/{org}/{team}/projects/` {name, slug?, platform?}: 201 and the project."""
+    who, org = await org_access(request, "project:write")
+    _default_team(request, org)
+    data = await body(request)
+    name = _name(data, required=True)
+    assert name is not None
+    slug = _slug_field(data) or slugify(name)
+    platform = data.get("platform")
+    if platform is not None and (not isinstance(platform, str) or len(platform) > MAX_NAME):
+        raise FieldErrors({"platform": ["Invalid platform."]})
+    _, sequence = await write(request, who, "project.create", {"org": org, "project": slug, "name": name})
+    if platform:
+        _, sequence = await write(request, who, "project.update", {"org": org, "project": slug, "platform": platform})
+    return json_response(await read(request, "api.project", {"org": org, "project": slug}, after=sequence), 201)
+
+
+async def update_project(request: web.Request) -> web.Response:
+    """`PUT /api/0/projects/{org}/{project}/` {name, slug, platform, options, allowedDomains}."""
+    who, org = await org_access(request, "project:write")
+    project = _slug(request, "project")
+    data = await body(request)
+    name, slug, options = _name(data), _slug_field(data), _options(data)
+    platform = data.get("platform")
+    if platform is not None and (not isinstance(platform, str) or len(platform) > MAX_NAME):
+        raise FieldErrors({"platform": ["Invalid platform."]})
+    await read(request, "api.project", {"org": org, "project": project})  # 404 before anything is stored
+    sequence = 0
+    for key, value in options.items():
+        if value is None:
+            _, sequence = await write(request, who, "project.option_unset",
+                                      {"org": org, "project": project, "key": key})
+        else:
+            _, sequence = await write(request, who, "project.option_set",
+                                      {"org": org, "project": project, "key": key, "value": value})
+    if name is not None or slug is not None or platform is not None:
+        result, sequence = await write(request, who, "project.update", {"org": org, "project": project, "name": name,
+                                                                          "slug": slug, "platform": platform})
+        project = result["slug"]
+    return json_response(await read(request, "api.project", {"org": org, "project": project}, after=sequence))
+
+
+async def delete_project(request: web.Request) -> web.Response:
+    who, org = await org_access(request, "project:admin")
+    project = _slug(request, "project")
+    await write(request, who, "project.delete", {"org": org, "project": project})
+    return web.Response(status=204)
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+def _rate_limit(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The key.rate_limit payload a body asks for (None: leave it as it is)."""
+    if "rateLimit" not in data:
+        return None
+    limit = data["rateLimit"]
+    if limit is None or (isinstance(limit, dict) and not limit.get("count") and not limit.get("window")):
+        return {"count": None, "window": None, "clear": True}
+    if not isinstance(limit, dict):
+        raise FieldErrors({"rateLimit": ["Expected {\"window\": seconds, \"count\": n} or null."]})
+    count, window = limit.get("count"), limit.get("window")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (count, window)):
+        raise FieldErrors({"rateLimit": ["window and count must be integers."]})
+    return {"count": count, "window": window, "clear": False}
+
+
+async def _key_of(request: web.Request, org: str, project: str) -> dict[str, Any]:
+    """The path's key, 404 unless it is a key of the path's project."""
+    payload = {"org": org, "project": project, "key_id": request.match_info["key_id"],
+               "base_url": public_url(request)}
+    return await read(request, "api.key", payload)  # type: ignore[no-any-return]
+
+
+async def _set_key(request: web.Request, who: dict[str, Any], public_key: str, data: dict[str, Any]) -> int:
+    sequence = 0
+    name = _name(data)
+    limit = _rate_limit(data)
+    active = data.get("isActive")
+    if active is not None and not isinstance(active, bool):
+        raise FieldErrors({"isActive": ["Must be a valid boolean."]})
+    if name is not None:
+        _, sequence = await write(request, who, "key.update", {"public_key": public_key, "name": name})
+    if limit is not None:
+        _, sequence = await write(request, who, "key.rate_limit", {"public_key": public_key, **limit})
+    if active is not None:
+        _, sequence = await write(request, who, "key.enable" if active else "key.disable", {"public_key": public_key})
+    return sequence
+
+
+async def create_key(request: web.Request) -> web.Response:
+    """`POST /api/0/projects/{org}/{project}/keys/` {name, rateLimit?}: 201 and the key."""
+    who, org = await org_access(request, "project:write")
+    project = _slug(request, "project")
+    data = await body(request)
+    _name(data), _rate_limit(data)  # checked before the key exists
+    created, sequence = await write(request, who, "key.create", {"org": org, "project": project})
+    public_key = created["publicKey"]
+    sequence = await _set_key(request, who, public_key, data) or sequence
+    payload = {"org": org, "project": project, "key_id": public_key, "base_url": public_url(request)}
+    return json_response(await read(request, "api.key", payload, after=sequence), 201)
+
+
+async def update_key(request: web.Request) -> web.Response:
+    who, org = await org_access(request, "project:write")
+    project = _slug(request, "project")
+    key = await _key_of(request, org, project)
+    data = await body(request)
+    sequence = await _set_key(request, who, key["id"], data)
+    payload = {"org": org, "project": project, "key_id": key["id"], "base_url": public_url(request)}
+    return json_response(await read(request, "api.key", payload, after=sequence))
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    who, org = await org_access(request, "project:write")
+    key = await _key_of(request, org, _slug(request, "project"))
+    await write(request, who, "key.delete", {"public_key": key["id"]})
+    return web.Response(status=204)

@@ -1,0 +1,171 @@
+"""The management API's writes, replayed as the Terraform provider for Sentry makes them
+(jianyuan/terraform-provider-sentry: every status and field it reads), read-your-writes,
+the actor of every write in `relayctl config history`, and the OpenAPI document checked
+against the routes that exist."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.api.table import ROUTES
+from tests.system import SystemUnderTest, http_request
+
+
+@pytest.fixture(scope="module")
+def people(system: SystemUnderTest) -> Iterator[dict[str, str]]:
+    """An admin (relayctl.admin: may create orgs) and a user who is a member nowhere yet."""
+    tag = uuid.uuid4().hex[:6]
+    admin, member = f"tf-{tag}", f"member-{tag}"
+    system.cli_ok("user", "create", admin)
+    system.cli_ok("permissions", "add", "-u", admin, "-p", "relayctl.admin")
+    system.cli_ok("user", "create", member)
+    yield {"admin": admin, "member": member, "tag": tag,
+           "admin_token": system.cli_ok("token", "create", admin, "--json")["token"],
+           "member_token": system.cli_ok("token", "create", member, "--json")["token"]}
+
+
+def call(system: SystemUnderTest, method: str, path: str, token: str | None, body: Any = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    raw = None
+    if body is not None:
+        raw = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    status, _, data = http_request(system.url + path, method, raw, headers)
+    return status, json.loads(data) if data else None
+
+
+def test_terraform_provider_replay(system: SystemUnderTest, people: dict[str, str]) -> None:
+    token, tag = people["admin_token"], people["tag"]
+    org = f"tf-org-{tag}"
+    # provider setup
+    assert call(system, "GET", "/api/0/internal/health/", token)[0] == 200
+    # sentry_organization
+    status, created = call(system, "POST", "/api/0/organizations/", token, {"name": "TF Org", "slug": org,
+                                                                             "agreeTerms": True})
+    assert status == 201 and created["slug"] == org and created["name"] == "TF Org"
+    assert call(system, "POST", "/api/0/organizations/", token, {"name": "TF Org", "slug": org})[0] == 409
+    status, renamed = call(system, "PUT", f"/api/0/organizations/{org}/", token, {"name": "TF Org 2"})
+    assert status == 200 and renamed["name"] == "TF Org 2"
+    # sentry_team: the org's default team
+    status, teams = call(system, "GET", f"/api/0/organizations/{org}/teams/", token)
+    assert status == 200 and [t["slug"] for t in teams] == [org]
+    team = teams[0]["slug"]
+    assert call(system, "GET", f"/api/0/teams/{org}/{team}/", token)[0] == 200
+    # sentry_project create, then the update the provider sends right after
+    status, project = call(system, "POST", f"/api/0/teams/{org}/{team}/projects/", token,
+                           {"name": "Web App", "slug": "web-app", "platform": "python", "default_rules": True})
+    assert status == 201, project
+    assert (project["slug"], project["name"], project["platform"]) == ("web-app", "Web App", "python")
+    assert project["teams"][0]["slug"] == team and project["organization"]["slug"] == org
+    for field in ("id", "dateCreated", "features", "options", "allowedDomains", "resolveAge", "scrapeJavaScript",
+                  "securityToken", "securityTokenHeader", "verifySSL", "fingerprintingRules",
+                  "groupingEnhancements", "subjectTemplate", "color", "isPublic", "digestsMinDelay",
+                  "digestsMaxDelay"):
+        assert field in project, field
+    assert call(system, "POST", f"/api/0/teams/{org}/{team}/projects/", token, {"name": "x", "slug": "web-app"})[0] \
+        == 409
+    filters = {"filters:blacklisted_ips": "10.0.0.1\n10.0.0.0/8", "filters:releases": "1.*\n2.0",
+               "filters:error_messages": "TypeError*"}
+    status, updated = call(system, "PUT", f"/api/0/projects/{org}/web-app/", token,
+                           {"name": "Web App", "slug": "web-app", "platform": "python", "options": filters,
+                            "allowedDomains": ["example.com"], "resolveAge": 0})
+    assert status == 200, updated
+    assert {k: updated["options"][k] for k in filters} == filters and updated["allowedDomains"] == ["example.com"]
+    status, read = call(system, "GET", f"/api/0/projects/{org}/web-app/", token)
+    assert status == 200 and {k: read["options"][k] for k in filters} == filters
+    # an invalid option: 400 naming it, nothing stored
+    status, body = call(system, "PUT", f"/api/0/projects/{org}/web-app/", token,
+                        {"name": "Changed", "options": {"filters:blacklisted_ips": "not-an-ip"}})
+    assert status == 400 and list(body) == ["filters:blacklisted_ips"] and isinstance(body["filters:blacklisted_ips"],
+                                                                                        list)
+    assert call(system, "GET", f"/api/0/projects/{org}/web-app/", token)[1]["name"] == "Web App"
+    # sentry_project team add / remove
+    assert call(system, "POST", f"/api/0/projects/{org}/web-app/teams/{team}/", token)[0] == 201
+    assert call(system, "DELETE", f"/api/0/projects/{org}/web-app/teams/{team}/", token)[0] == 200
+    # sentry_key with a rate limit
+    status, key = call(system, "POST", f"/api/0/projects/{org}/web-app/keys/", token,
+                       {"name": "tf-key", "rateLimit": {"window": 60, "count": 100}})
+    assert status == 201, key
+    assert key["name"] == "tf-key" and key["label"] == "tf-key" and key["rateLimit"] == {"window": 60, "count": 100}
+    assert key["projectId"] == int(project["id"]) and key["isActive"] is True and key["public"] == key["id"]
+    for field in ("secret", "browserSdkVersion", "dateCreated"):
+        assert field in key
+    assert set(key["dsn"]) >= {"public", "secret", "csp", "security", "minidump", "cdn"}
+    assert set(key["dynamicSdkLoaderOptions"]) == {"hasDebug", "hasPerformance", "hasReplay"}
+    key_path = f"/api/0/projects/{org}/web-app/keys/{key['id']}/"
+    assert call(system, "GET", key_path, token) == (200, key)
+    status, changed = call(system, "PUT", key_path, token, {"name": "tf-key-2", "rateLimit": {"window": 3600,
+                                                                                              "count": 5}})
+    assert status == 200 and changed["name"] == "tf-key-2" and changed["rateLimit"] == {"window": 3600, "count": 5}
+    status, keys = call(system, "GET", f"/api/0/projects/{org}/web-app/keys/?cursor=&status=active", token)
+    assert status == 200 and key["id"] in [k["id"] for k in keys] and len(keys) == 2  # and the project's first key
+    status, off = call(system, "PUT", key_path, token, {"isActive": False, "rateLimit": None})
+    assert status == 200 and off["isActive"] is False and off["rateLimit"] is None
+    # every write is an event with its actor, in the config history of the key
+    history = system.cli_ok("config", "history", key["id"], "--json")["events"]
+    mine = [e for e in history if e["type"] in ("KeyCreated", "KeyUpdated", "KeyRateLimitSet", "KeyDisabled",
+                                                "ProjectOptionSet", "ProjectUpdated", "ProjectCreated")]
+    assert mine and {e["actor"] for e in mine} == {f"user:{people['admin']}"}
+    assert {"KeyCreated", "KeyUpdated", "KeyRateLimitSet", "KeyDisabled", "ProjectOptionSet"} <= {e["type"]
+                                                                                                    for e in mine}
+    # key deletion
+    assert call(system, "DELETE", key_path, token)[0] == 204
+    assert call(system, "GET", key_path, token)[0] == 404
+    assert call(system, "DELETE", key_path, token)[0] == 404
+    # project deletion
+    assert call(system, "DELETE", f"/api/0/projects/{org}/web-app/", token)[0] == 204
+    assert call(system, "GET", f"/api/0/projects/{org}/web-app/", token)[0] == 404
+    assert call(system, "DELETE", f"/api/0/projects/{org}/web-app/", token)[0] == 404
+
+
+def test_writes_follow_scopes_and_roles(system: SystemUnderTest, people: dict[str, str]) -> None:
+    admin, member, tag = people["admin_token"], people["member_token"], people["tag"]
+    org = f"roles-{tag}"
+    assert call(system, "POST", "/api/0/organizations/", admin, {"name": org})[0] == 201
+    # not a member: the org does not exist for them; creating orgs needs relayctl.admin
+    assert call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", member, {"name": "p"})[0] == 404
+    assert call(system, "POST", "/api/0/organizations/", member, {"name": "mine"})[0] == 403
+    # the owner adds them as a member: they may read, not create projects
+    status, added = call(system, "POST", f"/api/0/organizations/{org}/members/", admin,
+                         {"email": people["member"], "role": "member"})
+    assert status == 201 and added["role"] == "member"
+    assert call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", member, {"name": "p"})[0] == 403
+    assert call(system, "GET", f"/api/0/organizations/{org}/projects/", member)[0] == 200
+    # as admin, they may
+    status, _ = call(system, "PUT", f"/api/0/organizations/{org}/members/{people['member']}/", admin, {"role": "admin"})
+    assert status == 200
+    assert call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", member, {"name": "p"})[0] == 201
+    assert call(system, "PUT", f"/api/0/organizations/{org}/", member, {"name": "renamed"})[0] == 403  # no org:write
+    assert call(system, "DELETE", f"/api/0/organizations/{org}/members/{people['member']}/", admin)[0] == 204
+    assert call(system, "GET", f"/api/0/projects/{org}/p/", member)[0] == 404
+    # bad input: clear 400s, never a 500
+    assert call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", admin, {"slug": "no-name"})[1] == {
+        "name": ["This field is required."]}
+    status, _, _ = http_request(system.url + f"/api/0/teams/{org}/{org}/projects/", "POST", b"{not json",
+                                {"Authorization": f"Bearer {admin}"})
+    assert status == 400
+    assert call(system, "POST", f"/api/0/projects/{org}/p/keys/", admin, {"rateLimit": {"window": "x"}})[0] == 400
+    assert call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", admin, {"name": "Bad", "slug": "Bad Slug"})[0] \
+        == 400
+
+
+def test_the_openapi_document_describes_exactly_the_routes_that_exist(system: SystemUnderTest) -> None:
+    status, doc = call(system, "GET", "/api/0/openapi.json", None)
+    assert status == 200 and doc["openapi"].startswith("3.")
+    described = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    served = {(r.method, r.resource.canonical) for r in system.gateway.app.router.routes()  # type: ignore[union-attr]
+              if r.resource is not None and r.method != "HEAD" and r.resource.canonical.startswith("/api/0/")
+              and not r.resource.canonical.startswith("/api/0/relays/") and "ai-fix-suggest" not in
+              r.resource.canonical}
+    assert described == served
+    assert {(m, p) for m, p, _ in ROUTES} <= described
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert op["summary"] and op["responses"], (method, path)
+            assert {p["name"] for p in op["parameters"] if p["in"] == "path"} == set(
+                part[1:-1] for part in path.split("/") if part.startswith("{")), (method, path)
