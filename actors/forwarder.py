@@ -450,9 +450,11 @@ class ForwarderActor(ProjectionActor):
             await msg.ack()
             return
         attempt = msg.metadata.num_delivered
+        data = await self._envelope(msg)
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
-            result = await self._send(await read_envelope(self.js, msg), target, attempt, msg.headers)
+            result = (Permanent(0, "the envelope is gone from the blob bucket") if data is None
+                      else await self._send(data, target, attempt, msg.headers))
         finally:
             keepalive.cancel()
         sequence = msg.metadata.sequence.stream
@@ -467,6 +469,16 @@ class ForwarderActor(ProjectionActor):
             await self._dead_letter(project_id, sequence, msg, target, result, attempt)
             await msg.ack()
             metrics.incr("forward.envelopes", tags={"result": "dead_letter"})
+
+    async def _envelope(self, msg: Any) -> bytes | None:
+        """The stored envelope; None when its blob is gone (aged out or deleted): retrying
+        could never read it, so each consumer settles it at once."""
+        try:
+            return await read_envelope(self.js, msg)
+        except NotFoundError:
+            log.warning("forwarder.blob_missing", subject=msg.subject, sequence=msg.metadata.sequence.stream)
+            metrics.incr("ingest.blob_missing")
+            return None
 
     async def _send(self, data: bytes, target: Dsn, attempt: int, headers: Any) -> Result:
         try:
@@ -570,10 +582,10 @@ class ForwarderActor(ProjectionActor):
         if project_id is None:
             await msg.ack()
             return
-        data = await read_envelope(self.js, msg)
+        data = await self._envelope(msg)
         headers = dict(msg.headers or {})
         scrubbing = await self._on_actor(lambda: self._scrub_settings(project_id))
-        if scrubbing is None:
+        if scrubbing is None or data is None:
             metrics.incr("ingest.error_events", tags={"result": "unknown_project"})
             await msg.ack()
             return
@@ -594,15 +606,19 @@ class ForwarderActor(ProjectionActor):
     # -- outcomes ------------------------------------------------------------------------------
 
     async def _count(self, msg: Any) -> None:
-        if msg.subject == INGEST_OUTCOMES:
-            outcomes = relay_outcomes(await read_envelope(self.js, msg))
+        project_id = _project_id(msg)
+        if msg.subject != INGEST_OUTCOMES and (project_id is None or msg.subject.count(".") != 2):
+            await msg.ack()  # relay metrics and anything else not counted here
+            return
+        data = await self._envelope(msg)
+        if data is None:
+            outcomes: list[Outcome] = []
+        elif msg.subject == INGEST_OUTCOMES:
+            outcomes = relay_outcomes(data)
         else:
-            project_id = _project_id(msg)
-            if project_id is None or msg.subject.count(".") != 2:
-                await msg.ack()  # relay metrics and anything else not counted here
-                return
+            assert project_id is not None
             try:
-                outcomes = envelope_outcomes(parse_items(await read_envelope(self.js, msg)), project_id)
+                outcomes = envelope_outcomes(parse_items(data), project_id)
             except InvalidEnvelope:
                 outcomes = [Outcome("accepted", "unknown", "none", 1, project_id)]
         for outcome in outcomes:

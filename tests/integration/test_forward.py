@@ -301,12 +301,23 @@ def test_an_envelope_over_the_nats_message_limit_is_forwarded_whole(system: Syst
                                                                      stub: SentryStub) -> None:
     project = forwarding_project(system, stub)
     event_id = uuid.uuid4().hex
-    attachment = os.urandom(1024 * 1024).hex().encode()  # 2 MiB: over the 1 MiB NATS message limit
+    assert appender.runtime.nc is not None
+    limit = appender.runtime.nc.max_payload  # the server's (8 MB in nats.conf)
+    attachment = os.urandom(limit // 2 + 1000).hex().encode()  # over the NATS message limit: a blob
     body = envelope(project, event_id) + json.dumps(
         {"type": "attachment", "length": len(attachment), "filename": "big.txt"}).encode() + b"\n" + attachment + b"\n"
     fwd = forwarder(system)
     try:
         appender.append(project, body, event_id)
+
+        async def blob_size() -> int:
+            from bus.ingest_store import blob_store
+
+            assert appender.runtime.nc is not None
+            store = await blob_store(appender.runtime.nc.jetstream())
+            return int((await store.get_info(f"{project['id']}:{event_id}")).size)
+
+        assert appender.runtime.call(blob_size()) == len(body)
         stub.wait(lambda: event_id in stub.accepted_ids(), what="the large envelope")
     finally:
         fwd.stop()
@@ -400,4 +411,36 @@ def test_an_envelope_right_after_its_project_is_not_missed_by_a_lagging_forwarde
                   what="its error event")
     finally:
         lagging["on"] = False
+        fwd.stop()
+
+
+def test_an_envelope_whose_blob_is_gone_is_a_dead_letter_not_retried_forever(
+        system: SystemUnderTest, appender: Appender, stub: SentryStub) -> None:
+    project = forwarding_project(system, stub)
+    event_id = uuid.uuid4().hex
+    assert appender.runtime.nc is not None
+    size = appender.runtime.nc.max_payload + 1000  # a blob
+    big = envelope(project, event_id) + b'{"type":"attachment","length":%d}\n' % size + b"a" * size + b"\n"
+    sequence = appender.append(project, big, event_id)
+
+    async def delete_blob() -> None:
+        from bus.ingest_store import blob_store
+
+        assert appender.runtime.nc is not None
+        store = await blob_store(appender.runtime.nc.jetstream())
+        await store.delete(f"{project['id']}:{event_id}")
+
+    appender.runtime.call(delete_blob())
+    fwd = forwarder(system)
+    try:
+        def letter() -> Any:
+            letters = system.cli_ok("ingest", "status", "--json")["deadLetters"]["letters"]
+            return [x for x in letters if x["sequence"] == sequence]
+
+        stub.wait(letter, what="the dead letter")
+        stub.wait(lambda: settled(system), what="the consumer settled")
+        assert "gone" in letter()[0]["detail"] and not stub.attempts
+        consumers = system.cli_ok("ingest", "status", "--json")["consumers"]
+        assert all(c["pending"] == 0 and c["ackPending"] == 0 for c in consumers.values()), consumers
+    finally:
         fwd.stop()
