@@ -71,9 +71,6 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("RELAYCTL_INGEST_PUBLISH_TIMEOUT", FLOAT, "3", "seconds to wait for RC_INGEST's ack before a 503"),
     _s("RELAYCTL_INGEST_KEY_CACHE_SECONDS", FLOAT, "1", "how long ingest uses a key's config read from Redis"),
     _s("RELAYCTL_INGEST_MAX_IN_FLIGHT", INT, None, "decompressed bytes a gateway's ingest requests may hold (800 MiB)"),
-    # the management API (gateway/api/)
-    _s("RELAYCTL_PUBLIC_URL", TEXT, None, "where keys' DSNs point (default: where the request came in)"),
-    _s("RELAYCTL_API_AUTH_FAILURES", INT, "10", "bad API tokens a client address may send at once"),
     _s("RELAYCTL_FORWARD_ACK_WAIT", FLOAT, "30", "seconds before an unacknowledged delivery goes to another"),
     _s("RELAYCTL_FORWARD_TIMEOUT", FLOAT, "10", "seconds per forwarded request"),
     _s("RELAYCTL_FORWARD_CONCURRENCY", INT, "32", "envelopes in flight per forwarder instance"),
