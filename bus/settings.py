@@ -63,6 +63,9 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("RELAYCTL_HTTP_REGISTER_RATE", FLOAT, "5", "relay registrations per second and address"),
     _s("RELAYCTL_HTTP_REGISTER_BURST", INT, "100", "registration burst per address"),
     _s("RELAYCTL_HTTP_MAX_CONNECTIONS_PER_IP", INT, "256", "open connections per client address"),
+    # the management API (gateway/api/)
+    _s("RELAYCTL_PUBLIC_URL", TEXT, None, "the gateway's public URL: keys' DSNs, org auth tokens"),
+    _s("RELAYCTL_API_AUTH_FAILURES", INT, "10", "bad API tokens one client address may send at once"),
     # ingest (gateway/ingest.py, bus/ingest_store.py) and forwarding (actors/forwarder.py)
     _s("RELAYCTL_INGEST_MAX_ENVELOPE_SIZE", INT, None, "decompressed envelope cap (200 MiB)"),
     _s("RELAYCTL_INGEST_BODY_TIMEOUT", FLOAT, "60", "seconds to receive an envelope body"),
