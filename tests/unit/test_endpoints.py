@@ -122,14 +122,26 @@ def test_a_role_may_call_exactly_the_endpoints_the_table_gives_it() -> None:
             assert may(role, "subscribe", endpoint.subject) == serves, (role, endpoint.subject)
 
 
+# What the management API (gateway/api/) sends on a user's behalf: its reads and the writes
+# of orgs, members, projects and keys - never users, tokens nor relay access.
+MANAGEMENT_API = {f"rc.ctl.{t}" for t in (
+    "api.orgs", "api.org", "api.projects", "api.project", "api.keys", "api.key", "org.member_list",
+    "org.create", "org.update", "org.option_set", "org.option_unset", "org.member_add", "org.member_remove",
+    "project.create", "project.update", "project.option_set", "project.option_unset", "project.delete",
+    "key.create", "key.update", "key.disable", "key.enable", "key.delete", "key.rate_limit")}
+
+
 def test_the_gateway_may_send_only_its_queries_and_two_control_messages() -> None:
     """The internet-facing gateway: relay.register and user.authenticate, the actor queries its
-    endpoints ask, its metrics and error reports, and the envelopes it appends to the ingest
-    stream. Nothing else of rc.*, no consumer on any stream: it reads nothing back."""
+    endpoints ask, its metrics and error reports, the envelopes it appends to the ingest
+    stream, and the management API's messages. Nothing else of rc.*, no consumer on any
+    stream: it reads nothing back."""
     assert rc_publishes("gateway") == {
         "rc.ctl.relay.register", "rc.ctl.user.authenticate", "rc.keys.lookup", "rc.org.access", "rc.config.get",
         "rc.config.build", "rc.ai.suggest", "rc.metrics.query", "rc.metrics.record", "rc.transport.envelope",
-        "rc.in.>"}
+        "rc.in.>"} | MANAGEMENT_API
+    assert not rc_publishes("gateway") & {"rc.ctl.user.create", "rc.ctl.token.create", "rc.ctl.relay.allow",
+                                          "rc.ctl.user.permission_add", "rc.ctl.import.org"}
     assert not any(s.startswith("$JS.API.CONSUMER") for s in NATS_ROLES["gateway"]["publish"]["allow"])
     assert not any(s.startswith("$JS.API.STREAM.CREATE.RC_EVENTS") or "PURGE.RC_" in s
                    for s in NATS_ROLES["gateway"]["publish"]["allow"])
