@@ -22,16 +22,16 @@ from __future__ import annotations
 import contextvars
 import queue
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 import structlog
 
-from bus import metrics
+from bus import metrics, otel
 from bus.runtime import BUS_ERRORS, BusRuntime
 from bus.seams import Bus, Message
 from bus.service import Call
@@ -152,7 +152,7 @@ class ServiceActor(pykka.ThreadingActor):
         # Every log line made while serving this call carries the caller's correlation id
         # and its trace (a span of its own, child of the caller's: messages/tracing.py);
         # requests made from here carry the trace on.
-        with call_log_context(call):
+        with call_log_context(call, f"{self.name} {call.request.type}"):
             self._run_handler(call, handler)
 
     def _run_handler(self, call: Call, handler: Callable[[Call], Any] | None) -> None:
@@ -389,8 +389,16 @@ async def _in_context(context: contextvars.Context, coro: Coroutine[Any, Any, An
     return await coro
 
 
-def call_log_context(call: Call) -> AbstractContextManager[None]:
+@contextmanager
+def call_log_context(call: Call, span_name: str | None = None) -> Iterator[None]:
     """The log context of serving `call`: its correlation id and its span of the caller's
-    trace (messages/tracing.py). Requests made inside carry the trace on."""
-    return structlog.contextvars.bound_contextvars(
-        correlation_id=call.request.id, **tracing.serving(call.request.id, call.request.traceparent))
+    trace (messages/tracing.py). Requests made inside carry the trace on. With `span_name`
+    the span is also exported (bus/otel.py: only with the `otel` extra and an endpoint)."""
+    fields = tracing.serving(call.request.id, call.request.traceparent)
+    with structlog.contextvars.bound_contextvars(correlation_id=call.request.id, **fields):
+        if span_name is None or not otel.enabled():
+            yield
+            return
+        with otel.span(span_name, fields["trace_id"], fields["span_id"], fields.get("parent_span_id"),
+                       {"relayctl.message_type": call.request.type}):
+            yield

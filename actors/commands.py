@@ -85,7 +85,7 @@ class CommandActor(ProjectionActor):
             return
         # One command's boundary: a bug deciding it is that command's internal error; the
         # actor (and every command queued behind it) goes on.
-        with call_log_context(call):
+        with call_log_context(call, f"commands {call.request.type}" if attempt == 0 else None):
             try:
                 self._decide_and_store(call, attempt, synced)
             except RelayctlError as exc:

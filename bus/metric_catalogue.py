@@ -73,6 +73,7 @@ METRICS: Final[dict[str, MetricDoc]] = {
     "ingest.error_events": MetricDoc(COUNTER, "Error events taken from the ingest stream, by result",
                                      ("result",)),
     "ingest.consumer_errors": MetricDoc(COUNTER, "Failures of an ingest stream consumer", ("consumer",)),
+    "ingest.blob_missing": MetricDoc(COUNTER, "Stored envelopes whose blob (too large for one message) was gone"),
     "forward.envelopes": MetricDoc(COUNTER, "Envelopes forwarded downstream, by result", ("result",)),
     # the system's own error reports
     "internal.captured.envelopes": MetricDoc(COUNTER, "Envelopes of the system's own errors submitted"),

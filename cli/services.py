@@ -695,6 +695,9 @@ def register(main: click.Group) -> None:
         if unknown:
             fail(f"unknown actor {', '.join(unknown)}; known: {', '.join(ACTOR_NAMES)}", 2)
         setup_logging(process="worker:" + ",".join(names))
+        from bus import otel
+
+        otel.configure("relayctl-worker")  # spans exported only with the `otel` extra and an endpoint
         if nats_url:
             ctx.nats_url_option = nats_url
         exit_code = []
@@ -726,6 +729,9 @@ def register(main: click.Group) -> None:
         from gateway.app import PortInUse, run_gateway
 
         setup_logging(process="gateway")
+        from bus import otel
+
+        otel.configure("relayctl-gateway")
         if nats_url:
             ctx.nats_url_option = nats_url
         host, port = _parse_bind(bind)

@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from bus import metrics
+from bus import metrics, otel
 from bus.client import request as bus_request
 from bus.metric_catalogue import GATEWAY_COUNTERS, HELP
 from bus.process import instrument
@@ -91,9 +91,20 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     # This request's span: a child of the caller's W3C traceparent, or a new trace. Every log
     # line of it (the access log too) and every NATS request it makes carry the trace on.
     incoming = request.headers.get(tracing.HEADER)
-    span = tracing.start(incoming)
-    structlog.contextvars.bind_contextvars(correlation_id=cid, path=request.path,
-                                           **tracing.fields(span, tracing.parse(incoming)))
+    span, parent = tracing.start(incoming), tracing.parse(incoming)
+    structlog.contextvars.bind_contextvars(correlation_id=cid, path=request.path, **tracing.fields(span, parent))
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    # Exported only with the `otel` extra and an OTLP endpoint (bus/otel.py).
+    with otel.span(f"{request.method} {route}", span.trace_id, span.span_id, parent and parent.span_id,
+                   {"http.request.method": request.method, "http.route": route}) as exported:
+        response = await _answer(request, handler, cid, route)
+        if exported is not None:
+            exported.set_attribute("http.response.status_code", response.status)
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler, cid: str, route: str) -> web.StreamResponse:
+    """The handler's response, any error turned into its HTTP answer; metrics and logs."""
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -113,7 +124,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("gateway.unhandled")
         response = error_response(503, "Temporary failure; retry")
     response.headers["X-Request-Id"] = cid
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     tags = {"route": route, "status": str(response.status)}
     if route.endswith("/projectconfigs/"):
         # Never the raw query value: any client could mint one series per request.

@@ -10,7 +10,8 @@ each actor it reached - and, with the `otel` extra, the spans of a tracing backe
     traceparent = "00-" trace_id (32 hex) "-" span_id (16 hex) "-" flags (2 hex)
 
 The log context (structlog contextvars) carries `trace_id` and `span_id` (and
-`parent_span_id`); `outgoing()` makes the next hop's header from them: same trace, new span.
+`parent_span_id`); `outgoing()` makes the next hop's header from them: the span being
+served is the parent of the span that serves the request it makes.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def current() -> str | None:
 
 
 def outgoing() -> str:
-    """The `traceparent` for a request made now: a child of the current span (same trace,
-    new span id), or the root of a new trace when nothing is being traced."""
-    return start(current()).header()
+    """The `traceparent` for a request made now: the span being served (the request's
+    server makes its span a child of it, so the trace stays one tree), or the root of a new
+    trace when nothing is being traced."""
+    return current() or start(None).header()

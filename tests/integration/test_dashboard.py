@@ -85,7 +85,7 @@ def exercise(sut: SystemUnderTest, downstream: SentryStub, tmp: Path) -> None:
     sut.cli_ok("project", "option", "set", ref, "sentry:origins", '["example.com"]')  # an append, a propagation
     # an AI suggestion, answered by the model
     user = "dash-" + uuid.uuid4().hex[:8]
-    sut.cli_ok("user", "create", user)
+    sut.cli_ok("user", "create", user, "--superuser")
     token = sut.cli_ok("token", "create", user, "--json")["token"]
     event = error_event()
     (tmp / "event.json").write_text(json.dumps(event))

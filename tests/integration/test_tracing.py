@@ -86,8 +86,8 @@ def test_a_relay_registration_is_one_trace_in_the_gateway_and_the_actor(processe
     assert stored, processes["worker_log"].read_text()[-2000:]
     actor = stored[-1]
     assert actor["trace_id"] == caller.trace_id
-    assert actor["parent_span_id"] not in (caller.span_id, line["span_id"])  # the gateway's request span
-    assert actor["span_id"] != line["span_id"]
+    assert actor["parent_span_id"] == line["span_id"]  # one tree: the gateway's span is the parent
+    assert actor["span_id"] not in (line["span_id"], caller.span_id)
 
     # Without a traceparent the gateway starts a trace, and the actor's lines are in it.
     before = len(lines(processes["worker_log"]))
