@@ -274,6 +274,31 @@ def test_an_ai_suggestion_streams_its_chunks_to_the_gateway_role(up: UpSystem, t
     assert "Violation" not in up.nats_log()
 
 
+def test_the_management_api_works_as_the_gateway_role(up: UpSystem) -> None:
+    """Through `up`'s own gateway (the gateway role): a project created, its key given a rate
+    limit and read back, the project deleted - no permissions violation."""
+    tag = uuid.uuid4().hex[:8]
+    admin = f"api-{tag}"
+    up.ok("user", "create", admin)
+    up.ok("permissions", "add", "-u", admin, "-p", "relayctl.admin")
+    token = up.ok("token", "create", admin, "--json")["token"]
+    base, auth = up.out["gateway"], {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        status, _, data = http_request(base + path, method, json.dumps(body).encode() if body is not None else None,
+                                       auth)
+        return status, json.loads(data) if data else None
+    org = f"api-org-{tag}"
+    assert call("POST", "/api/0/organizations/", {"name": org, "slug": org})[0] == 201
+    assert call("POST", f"/api/0/teams/{org}/{org}/projects/", {"name": "web"})[0] == 201
+    status, key = call("POST", f"/api/0/projects/{org}/web/keys/", {"name": "k", "rateLimit": {"window": 60,
+                                                                                               "count": 10}})
+    assert status == 201 and key["rateLimit"] == {"window": 60, "count": 10}
+    assert [k["id"] for k in call("GET", f"/api/0/projects/{org}/web/keys/")[1]].count(key["id"]) == 1
+    assert call("DELETE", f"/api/0/projects/{org}/web/")[0] == 204
+    assert "Violation" not in up.nats_log()
+
+
 # -- what the roles may not do ----------------------------------------------------------------------
 
 def test_the_gateway_cannot_append_domain_events(up: UpSystem) -> None:
