@@ -67,7 +67,8 @@ def register(main: click.Group) -> None:
 
     @event.command("list")
     @click.argument("ref", metavar="ORG/PROJECT")
-    @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 200))
+    @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 200),
+                  help="How many of the newest events.")
     @json_option
     @pass_ctx
     def event_list(ctx: Context, ref: str, limit: int, as_json: bool) -> None:
