@@ -40,9 +40,9 @@ class ActorHarness:
     """An event loop, an in-memory bus (with its event store) and config cache, and the
     actors started on them, each serving its endpoints from the endpoint table."""
 
-    def __init__(self, name: str = "test") -> None:
+    def __init__(self, name: str = "test", store: InMemoryEventStore | None = None) -> None:
         self.runtime = BusRuntime("memory://", name=name)  # a loop; never connected
-        self.store = InMemoryEventStore()
+        self.store = store if store is not None else InMemoryEventStore()
         self.bus = InMemoryBus(self.store)
         self.cache = InMemoryConfigCache()
         self.refs: list[pykka.ActorRef[Any]] = []
@@ -64,9 +64,10 @@ class ActorHarness:
             self.runtime.call(self.bus.serve(ActorService(name, ref, served_by(name))))
         return ref
 
-    def ask(self, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0, actor: str = "test") -> Any:
+    def ask(self, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0, actor: str = "test",
+            after: int = 0) -> Any:
         """Send one request as a client would; its result, or raise the error it carries."""
-        return self.runtime.call(self.bus.request(message_type, payload, timeout=timeout, actor=actor),
+        return self.runtime.call(self.bus.request(message_type, payload, timeout=timeout, actor=actor, after=after),
                                  timeout=timeout + 1)
 
     def send(self, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
