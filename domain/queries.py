@@ -177,8 +177,7 @@ def _user_authenticate(state: DomainState, payload: dict[str, Any]) -> dict[str,
             return {"username": user.username, "superuser": user.superuser, "permissions": sorted(user.permissions),
                     "email": user.email, "tokenId": token.get("id") or digest[:12], "scopes": token.get("scopes"),
                     "org": token.get("org"),
-                    "memberships": {o.slug: o.members[user.username] for o in state.orgs.values()
-                                    if user.username in o.members}}
+                    "memberships": dict(state.member_orgs.get(user.username, {}))}
     raise Unauthorized("invalid token")
 
 

@@ -109,6 +109,8 @@ class DomainState:
         self.relays: dict[str, Relay] = {}
         self.relay_key_by_id: dict[str, str] = {}
         self.users: dict[str, User] = {}
+        # username -> {org slug: role}: the orgs a user is a member of (Org.members, by user)
+        self.member_orgs: dict[str, dict[str, str]] = {}
         self.aggregate_sequence: dict[tuple[str, str], int] = {}
         # The next id of each kind that no stored id and no claimed block has used.
         self.next_ids = {kind: 1 for kind in ID_KINDS}
@@ -356,12 +358,16 @@ class DomainState:
     def _on_MemberAdded(self, e: DomainEvent, seq: int) -> None:
         org = self.org(e.aggregate_id)
         if org is not None:
-            org.members[str(e.payload["username"])] = str(e.payload["role"])
+            username, role = str(e.payload["username"]), str(e.payload["role"])
+            org.members[username] = role
+            self.member_orgs.setdefault(username, {})[org.slug] = role
 
     def _on_MemberRemoved(self, e: DomainEvent, seq: int) -> None:
         org = self.org(e.aggregate_id)
         if org is not None:
-            org.members.pop(str(e.payload["username"]), None)
+            username = str(e.payload["username"])
+            org.members.pop(username, None)
+            self.member_orgs.get(username, {}).pop(org.slug, None)
 
     def _on_ProjectUpdated(self, e: DomainEvent, seq: int) -> Changes | None:
         project = self._project_event(e)
@@ -493,6 +499,8 @@ class DomainState:
             state.orgs[org.id] = org
             state.org_by_slug[org.slug] = org.id
             state.projects_of_org[org.id] = []
+            for username, role in org.members.items():
+                state.member_orgs.setdefault(username, {})[org.slug] = role
         for p in data["projects"] if holds(PROJECTS) else ():
             project = Project(**p) if holds(PROJECT_OPTIONS) else Project(**{**p, "options": {}})
             state.projects[project.id] = project

@@ -221,3 +221,18 @@ def test_api_key_reads_one_key_of_the_project() -> None:
     one = given(*events).ask("api.key", org="acme", project="web", key_id=key(100), base_url="http://h:3000")
     assert one["id"] == key(100) and one["rateLimit"] == {"window": 60, "count": 5}
     given(*events).ask_fails("api.key", NotFound, org="acme", project="web", key_id=key(5), base_url="http://h")
+
+
+def test_user_authenticate_memberships_survive_a_snapshot() -> None:
+    from domain.state import DomainState
+
+    made = given(ANN).when("token.create", username="ann", scopes=None, org=None, url=None, name=None)
+    g = given(org_created(), org_created("beta", id=2), ANN, made.decision.events[0],
+              event("MemberAdded", "acme", username="ann", role="admin"),
+              event("MemberAdded", "beta", username="ann", role="member"),
+              event("MemberRemoved", "beta", username="ann"))
+    state = g.state()
+    restored = DomainState.from_snapshot(state.to_snapshot())
+    from domain.queries import answer_query
+    for s in (state, restored):
+        assert answer_query(s, "user.authenticate", {"token": made.reply["token"]})["memberships"] == {"acme": "admin"}
