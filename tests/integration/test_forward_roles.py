@@ -63,6 +63,17 @@ def system(roles: Roles) -> Iterator[SystemUnderTest]:
     sut.stop()
 
 
+def test_status_before_any_gateway_made_the_stream_says_so(roles: Roles, system: SystemUnderTest) -> None:
+    fwd = Worker(["forwarder"], roles.nats_url("forwarder"), roles.redis_url("forwarder"),
+                 process_name="fwd-early").start()
+    try:
+        result = system.cli("ingest", "status")
+        assert result.exit_code == 1 and "RC_INGEST does not exist yet" in result.stderr
+        assert system.cli_ok("ingest", "replay", "--json") == {"replayed": [], "failed": [], "gone": []}
+    finally:
+        fwd.stop()
+
+
 def test_the_forwarder_works_with_its_own_roles_only(roles: Roles, system: SystemUnderTest) -> None:
     appender = Appender(roles.nats_url("gateway"))  # the gateway's rights: create the stream, append
     stub = SentryStub().start()

@@ -126,3 +126,18 @@ def test_what_an_answer_means() -> None:
     assert classify(408, {}, 1, SETTINGS) == Retry(1.0, "HTTP 408")
     assert classify(400, {}, 1, SETTINGS, "bad envelope") == Permanent(400, "bad envelope")
     assert classify(413, {}, 1, SETTINGS) == Permanent(413, "")
+
+
+def test_stats_windows_count_the_last_hour_and_day() -> None:
+    from actors.ingest_stats import summarize
+
+    now = 1_000_000 * 60.0
+    minutes = [(1_000_000, {"accepted|error": 2, "filtered|error": 1}), (1_000_000 - 59, {"invalid|span": 4}),
+               (1_000_000 - 60, {"rate_limited|error": 8}), (1_000_000 - 1439, {"accepted|attachment": 1}),
+               (1_000_000 - 1440, {"accepted|error": 100})]
+    stats = summarize(minutes, now)
+    assert {k: v for k, v in stats["lastHour"].items() if k != "byCategory"} == {
+        "accepted": 2, "filtered": 1, "rate_limited": 0, "invalid": 4}
+    assert stats["last24h"]["rate_limited"] == 8 and stats["last24h"]["accepted"] == 3
+    assert stats["last24h"]["byCategory"] == {"attachment": {"accepted": 1}, "error": {
+        "accepted": 2, "filtered": 1, "rate_limited": 8}, "span": {"invalid": 4}}
