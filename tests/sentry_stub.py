@@ -103,8 +103,11 @@ class SentryStub:
         received = Received(int(request.match_info["project_id"]), request.headers.get("X-Sentry-Auth", ""),
                             json.loads(line) if line.strip() else {}, body, time.monotonic(),
                             request.headers.get("X-Forwarded-For"))
+        # The answer is decided before the attempt is seen (a test may change the mode as soon
+        # as it sees it), except in "hold" mode, where it is decided once released.
+        status = None if self.mode == "hold" else self._status(received)
         self._note(self.attempts, received)
-        if self.mode == "hold":
+        if status is None:
             assert self._release is not None
             release = self._release
             with self._changed:
@@ -118,14 +121,16 @@ class SentryStub:
                     self.held -= 1
             if request.transport is None or request.transport.is_closing():
                 return web.Response(status=499)  # the client went away: nothing was answered
-        status = self.refuse.get(received.event_id or "")
-        if status is None:
-            status = {"ok": 200, "hold": 200, "down": 503, "429": 429, "400": 400}[self.mode]
+            status = self._status(received)
         if status == 200:
             self._note(self.accepted, received)
             return web.json_response({"id": received.event_id})
         headers = {"Retry-After": str(self.retry_after)} if status == 429 else {}
         return web.json_response({"detail": f"stub answers {status}"}, status=status, headers=headers)
+
+    def _status(self, received: Received) -> int:
+        status = self.refuse.get(received.event_id or "")
+        return status if status is not None else {"ok": 200, "hold": 200, "down": 503, "429": 429, "400": 400}[self.mode]
 
     def _note(self, where: list[Received], received: Received) -> None:
         with self._changed:
