@@ -10,25 +10,30 @@ and a forwarder killed mid-way loses nothing: what it held unacked is delivered 
   downstream Sentry, when one is configured - project option `relayctl:forward_dsn`, else
   the org's (a project set to null opts out). The body is the stored envelope with its
   header `dsn` naming the target (domain/ingest.py `forward_body`), `X-Sentry-Auth` carries
-  the target's key, `event_id` is kept so the target deduplicates our retries. 2xx: acked.
+  the target's key, `X-Forwarded-For` the SDK's address, `event_id` is kept so the target
+  deduplicates our retries. 2xx: acked.
   429, 5xx, 408 and network errors: negatively acked with a delay (Retry-After when the
   target sent one, else exponential backoff by delivery count), so the stream redelivers it,
   to whichever instance pulls next. Any other 4xx is permanent: counted
   (`forward.envelopes{result=dead_letter}`) and recorded in the KV bucket `rc_forward_dead`
   (key `<project id>.<stream sequence>`), then acked. `ingest.replay` sends dead letters
   again (the envelope is read back from the stream by its sequence, so a letter can be
-  replayed while the stream still holds it: `RELAYCTL_INGEST_MAX_AGE`, 7 days).
+  replayed while the stream still holds it: `RELAYCTL_INGEST_MAX_AGE`, 7 days). An envelope
+  whose blob is gone is a dead letter at once (no retry could read it).
 - `error-events` (envelopes): every `event` item that is an error is normalized and
   scrubbed with the project's own PII and datascrubbing settings (the ones its Relay config
-  carries, domain/project_config.py) and stored in `rc_error_events` for the AI flow.
+  carries, domain/project_config.py) on a small thread pool (Relay's code; the actor thread
+  stays free for queries), stored in `rc_error_events` for the AI flow and indexed for
+  `relayctl event list/show` (actors/ingest_stats.py).
 - `outcomes` (`rc.in.>`: envelopes and the outcome batches relays post): counted into the
   Prometheus counter `ingest.outcomes` (labels outcome, reason, category: never a project)
   and the per-project minute counts of actors/ingest_stats.py for `relayctl project stats`.
 
 The actor is a projection (it needs projects, orgs and their options); the pull loops run
 on the process's asyncio loop and ask the actor thread what needs the projection
-(`_on_actor`). Queries: `ingest.status`, `ingest.replay`, `events.list`, `events.show`,
-`ingest.stats`.
+(`_on_actor`), once it has caught up with the stream: its own deliveries of the event stream
+may lag behind the command that made a project or set its DSN just before the envelope came.
+Queries: `ingest.status`, `ingest.replay`, `events.list`, `events.show`, `ingest.stats`.
 """
 
 from __future__ import annotations
