@@ -53,7 +53,7 @@ import platform
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -224,7 +224,7 @@ class Metrics:
             self._beat()
         self._flusher.start()
 
-    def declare(self, counters: list[tuple[str, Tags]] | tuple[tuple[str, Tags], ...]) -> None:
+    def declare(self, counters: Sequence[tuple[str, Tags]]) -> None:
         """Report these counters (name, tags) at 0 now and with every heartbeat, so they
         exist before their first increment."""
         for name, tags in counters:
@@ -450,7 +450,7 @@ def configure(
     return metrics.instance
 
 
-def declare(counters: list[tuple[str, Tags]] | tuple[tuple[str, Tags], ...]) -> None:
+def declare(counters: Sequence[tuple[str, Tags]]) -> None:
     """`Metrics.declare` on the process-wide instance (nothing before `configure`)."""
     if metrics.instance is not None:
         metrics.instance.declare(counters)
