@@ -63,7 +63,8 @@ COMMAND_TYPES = frozenset({
     "relay.allow", "relay.deny", "relay.register", "user.create", "user.token_create", "user.permission_add",
     "user.permission_remove", "import.org",
     # the management API (gateway/api/, domain/access.py)
-    "token.create", "token.revoke", "org.update", "org.member_add", "org.member_remove", "project.update", "key.update",
+    "token.create", "token.revoke", "org.update", "org.member_add", "team.create", "team.delete",
+    "project.team_add", "project.team_remove", "org.member_remove", "project.update", "key.update",
 })
 
 
@@ -350,6 +351,41 @@ class Decider:
             raise NotFound(f"`{username}` is not a member of `{org}`")
         return Decision(ORG, org, [self.event("MemberRemoved", org, username=username)],
                         lambda s: {"org": org, "username": username, "removed": True})
+
+    def team_create(self, org: str, team: str, name: str | None) -> Decision:
+        found = require_org(self.state, org)
+        if team == org or team in found.teams:
+            raise Conflict(f"Team `{org}/{team}` already exists", {"slug": ["A team with this slug already exists."]})
+        return Decision(ORG, org, [self.event("TeamCreated", org, team=team, name=name or team)],
+                        lambda s: {"org": org, "slug": team})
+
+    def team_delete(self, org: str, team: str) -> Decision:
+        found = require_org(self.state, org)
+        if team == org:
+            raise BadRequest(f"`{team}` is the default team of `{org}`: it cannot be deleted")
+        if team not in found.teams:
+            raise NotFound(f"No team matching `{org}/{team}`")
+        return Decision(ORG, org, [self.event("TeamDeleted", org, team=team)])
+
+    def _team_of(self, org: str, team: str) -> None:
+        if team != org and team not in require_org(self.state, org).teams:
+            raise NotFound(f"No team matching `{org}/{team}`")
+
+    def project_team_add(self, org: str, project: str, team: str) -> Decision:
+        """A project with no team is in its org's default team; adding the default team to
+        such a project changes nothing."""
+        found = require_project(self.state, org, project)
+        self._team_of(org, team)
+        if team in found.teams or (team == org and not found.teams):
+            return Decision(ORG, org)
+        return Decision(ORG, org, [self.event("ProjectTeamAdded", org, project=project, team=team)])
+
+    def project_team_remove(self, org: str, project: str, team: str) -> Decision:
+        found = require_project(self.state, org, project)
+        self._team_of(org, team)
+        if team not in found.teams:
+            return Decision(ORG, org)  # not in it (a project without teams stays in the default team)
+        return Decision(ORG, org, [self.event("ProjectTeamRemoved", org, project=project, team=team)])
 
     def project_update(self, org: str, project: str, name: str | None, slug: str | None,
                        platform: str | None) -> Decision:

@@ -75,14 +75,27 @@ def org_detail(state: DomainState, org: Org) -> dict[str, Any]:
              for role, scopes in ROLE_SCOPES.items()]
     return {**org_view(org), "orgRoleList": roles,
             "teamRoleList": [{"id": "contributor", "name": "Contributor"}, {"id": "admin", "name": "Team Admin"}],
-            "teams": [team_view(state, org)],
+            "teams": [team_view(state, org, slug) for slug in [org.slug, *sorted(org.teams)]],
             "projects": [project_summary(state, p) for p in active_projects(state, org)],
             "defaultRole": "member", "isDefault": False, "access": []}
 
 
-def team_view(state: DomainState, org: Org) -> dict[str, Any]:
-    """The org's default team."""
-    return {"id": str(org.id), "slug": org.slug, "name": org.name, "dateCreated": rfc3339(org.created),
+def team_ref(org: Org, slug: str) -> dict[str, Any]:
+    """A team as a project names it: the default team's id is the org's, another's
+    `<org id>-<slug>`."""
+    if slug == org.slug:
+        return {"id": str(org.id), "slug": org.slug, "name": org.name}
+    return {"id": f"{org.id}-{slug}", "slug": slug, "name": org.teams.get(slug, slug)}
+
+
+def project_teams(org: Org, project: Project) -> list[str]:
+    """The teams a project is in: its own, else its org's default team."""
+    return list(project.teams) or [org.slug]
+
+
+def team_view(state: DomainState, org: Org, slug: str | None = None) -> dict[str, Any]:
+    """One of the org's teams (default: its default team)."""
+    return {**team_ref(org, slug or org.slug), "dateCreated": rfc3339(org.created),
             "isMember": True, "memberCount": len(org.members), "hasAccess": True, "isPending": False,
             "avatar": {"avatarType": "letter_avatar", "avatarUuid": None}}
 
@@ -94,11 +107,11 @@ def active_projects(state: DomainState, org: Org) -> list[Project]:
 
 def project_summary(state: DomainState, project: Project) -> dict[str, Any]:
     org = state.orgs[project.org_id]
-    team = {"id": str(org.id), "slug": org.slug, "name": org.name}
+    teams = [team_ref(org, slug) for slug in project_teams(org, project)]
     return {"id": str(project.id), "slug": project.slug, "name": project.name, "platform": project.platform,
             "dateCreated": rfc3339(project.created), "isBookmarked": False, "isMember": True,
             "hasAccess": True, "status": "active" if project.is_active else project.status,
-            "team": team, "teams": [team], "features": [],
+            "team": teams[0], "teams": teams, "features": [],
             "organization": {"id": str(org.id), "slug": org.slug, "name": org.name}}
 
 

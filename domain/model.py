@@ -31,6 +31,8 @@ class Org:
     # username -> org role (member, admin, manager, owner): bounds the scopes of the
     # user's tokens in this org (domain/access.py)
     members: dict[str, str] = field(default_factory=dict)
+    # team slug -> name: the org's teams besides its default team (slug and name of the org)
+    teams: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Project:
     created: float = 0.0
     last_change: float = 0.0
     platform: str | None = None  # Sentry's project platform (management API), e.g. "python"
+    # the teams it belongs to; none: its org's default team
+    teams: list[str] = field(default_factory=list)
 
     @property
     def is_active(self) -> bool:

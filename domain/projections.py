@@ -10,9 +10,11 @@ only when it decides, and takes from a snapshot only the parts it holds.
 
 A part names one kind of object or one property of it, with the event types that change it:
 
-- `ORGS`: orgs (id, slug, name, members) - `Org{Created,Updated}`, `MemberAdded`, `MemberRemoved`
+- `ORGS`: orgs (id, slug, name, members, teams) - `Org{Created,Updated}`, `Team{Created,Deleted}`,
+  `Member{Added,Removed}`
 - `ORG_OPTIONS`: org options and project templates - `OrgOptionSet`, `OrgOptionUnset`, `ProjectTemplateSet`
-- `PROJECTS`: projects (id, slug, status, template) - `ProjectCreated`, `Project{Disabled,Enabled,Deleted,Updated}`
+- `PROJECTS`: projects (id, slug, status, template, teams) - `ProjectCreated`,
+  `Project{Disabled,Enabled,Deleted,Updated}`, `ProjectTeam{Added,Removed}`
 - `PROJECT_OPTIONS`: project options - `ProjectOptionSet`, `ProjectOptionUnset`
 - `KEYS`: project keys - `KeyCreated`, `Key{Disabled,Enabled,Deleted,Updated}`, `KeyRateLimitSet`
 - `RELAYS`: relays - `RelayAllowed`, `RelayDenied`, `RelayRegistered`, `RelaySeen`
@@ -60,6 +62,10 @@ EVENT_PARTS: dict[str, str] = {
     "KeyRateLimitSet": KEYS,
     "KeyUpdated": KEYS,
     "OrgUpdated": ORGS,
+    "TeamCreated": ORGS,
+    "TeamDeleted": ORGS,
+    "ProjectTeamAdded": PROJECTS,
+    "ProjectTeamRemoved": PROJECTS,
     "MemberAdded": ORGS,
     "MemberRemoved": ORGS,
     "ProjectUpdated": PROJECTS,

@@ -355,6 +355,32 @@ class DomainState:
             org.name = e.payload["name"]
             org.last_change = e.ts
 
+    def _on_TeamCreated(self, e: DomainEvent, seq: int) -> None:
+        org = self.org(e.aggregate_id)
+        if org is not None:
+            org.teams[str(e.payload["team"])] = str(e.payload.get("name") or e.payload["team"])
+
+    def _on_TeamDeleted(self, e: DomainEvent, seq: int) -> None:
+        org = self.org(e.aggregate_id)
+        if org is None:
+            return
+        team = str(e.payload["team"])
+        org.teams.pop(team, None)
+        for project_id in self.projects_of_org.get(org.id, []):
+            project = self.projects.get(project_id)
+            if project is not None and team in project.teams:
+                project.teams.remove(team)
+
+    def _on_ProjectTeamAdded(self, e: DomainEvent, seq: int) -> None:
+        project = self._project_event(e)
+        if project is not None and e.payload["team"] not in project.teams:
+            project.teams.append(str(e.payload["team"]))
+
+    def _on_ProjectTeamRemoved(self, e: DomainEvent, seq: int) -> None:
+        project = self._project_event(e)
+        if project is not None and e.payload["team"] in project.teams:
+            project.teams.remove(str(e.payload["team"]))
+
     def _on_MemberAdded(self, e: DomainEvent, seq: int) -> None:
         org = self.org(e.aggregate_id)
         if org is not None:

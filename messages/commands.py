@@ -89,6 +89,10 @@ CONTROL: dict[str, Schema] = {
     "org.update": {"org": slug, "name": field(str, required=False, check=lambda v: None if 0 < len(v) <= 64
                                               else "1 to 64 characters")},
     "org.member_add": {"org": slug, "username": username, "role": field(str)},
+    "team.create": {"org": slug, "team": slug, "name": name},
+    "team.delete": {"org": slug, "team": slug},
+    "project.team_add": {**_org_project, "team": slug},
+    "project.team_remove": {**_org_project, "team": slug},
     "org.member_remove": {"org": slug, "username": username},
     "org.member_list": {"org": slug},
     "project.update": {**_org_project, "name": name, "slug": field(

@@ -69,6 +69,10 @@ EVENT_TYPES: dict[str, tuple[str, int]] = {
     "MemberRemoved": (ORG, 1),  # username
     "ProjectUpdated": (ORG, 1),  # project; the changed of name, slug (a new slug), platform
     "KeyUpdated": (ORG, 1),  # public_key, name
+    "TeamCreated": (ORG, 1),  # team, name
+    "TeamDeleted": (ORG, 1),  # team (its projects leave it)
+    "ProjectTeamAdded": (ORG, 1),  # project, team
+    "ProjectTeamRemoved": (ORG, 1),  # project, team
     # relay aggregate (id: the relay's public key)
     "RelayAllowed": (RELAY, 1),
     "RelayDenied": (RELAY, 1),

@@ -150,8 +150,9 @@ async def team(request: web.Request) -> web.Response:
     found = [t for t in detail["teams"] if t["slug"] == request.match_info["team"]]
     if not found:
         raise HTTPFailure(404, NOT_FOUND)
+    slug = found[0]["slug"]
     return json_response({**found[0], "organization": {k: detail[k] for k in ("id", "slug", "name")},
-                          "projects": detail["projects"]})
+                          "projects": [p for p in detail["projects"] if slug in {t["slug"] for t in p["teams"]}]})
 
 
 async def org_members(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("PUT", ORG + "/members/{member_id}/", w.update_member),
     ("DELETE", ORG + "/members/{member_id}/", w.remove_member),
     ("GET", TEAM + "/", r.team),
+    ("DELETE", TEAM + "/", w.delete_team),
     ("POST", TEAM + "/projects/", w.create_project),
     ("GET", PROJECT + "/", r.project),
     ("PUT", PROJECT + "/", w.update_project),

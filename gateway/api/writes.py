@@ -169,31 +169,52 @@ async def remove_member(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-# -- teams (every org has one: its default team) ------------------------------------------------
+# -- teams (every org has its default team: the org's slug and name) ----------------------------
 
-def _default_team(request: web.Request, org: str) -> None:
-    if request.match_info["team"] != org:
+async def _team(request: web.Request, org: str, after: int = 0) -> dict[str, Any]:
+    """The path's team (404 when the org has none of that slug)."""
+    team = _slug(request, "team")
+    found = [t for t in (await read(request, "api.org", {"org": org}, after=after))["teams"] if t["slug"] == team]
+    if not found:
         raise HTTPFailure(404, NOT_FOUND)
+    return found[0]  # type: ignore[no-any-return]
 
 
 async def create_team(request: web.Request) -> web.Response:
-    await org_access(request, "team:write")
-    raise FieldErrors({"detail": ["relayctl has one team per organization, its default team (the "
-                                       "organization's slug); projects are created in it"]})
+    """`POST /api/0/organizations/{org}/teams/` {name, slug?}: 201 and the team."""
+    who, org = await org_access(request, "team:write")
+    data = await body(request)
+    name = _name(data, required=data.get("slug") is None)
+    slug = _slug_field(data) or slugify(name or "")
+    _, sequence = await write(request, who, "team.create", {"org": org, "team": slug, "name": name})
+    found = [t for t in (await read(request, "api.org", {"org": org}, after=sequence))["teams"] if t["slug"] == slug]
+    return json_response(found[0], 201)
+
+
+async def delete_team(request: web.Request) -> web.Response:
+    who, org = await org_access(request, "team:admin")
+    await _team(request, org)
+    await write(request, who, "team.delete", {"org": org, "team": request.match_info["team"]})
+    return web.Response(status=204)
 
 
 async def add_project_team(request: web.Request) -> web.Response:
-    _, org = await org_access(request, "project:write")
-    _default_team(request, org)
+    """`POST /api/0/projects/{org}/{project}/teams/{team}/`: 201 and the project."""
+    who, org = await org_access(request, "project:write")
     project = _slug(request, "project")
-    return json_response(await read(request, "api.project", {"org": org, "project": project}), 201)
+    _, sequence = await write(request, who, "project.team_add", {"org": org, "project": project,
+                                                                  "team": _slug(request, "team")})
+    return json_response(await read(request, "api.project", {"org": org, "project": project}, after=sequence), 201)
 
 
 async def remove_project_team(request: web.Request) -> web.Response:
-    _, org = await org_access(request, "project:write")
-    _default_team(request, org)
+    """`DELETE /api/0/projects/{org}/{project}/teams/{team}/`: 200 and the project (with no
+    team left it is in the org's default team)."""
+    who, org = await org_access(request, "project:write")
     project = _slug(request, "project")
-    return json_response(await read(request, "api.project", {"org": org, "project": project}))
+    _, sequence = await write(request, who, "project.team_remove", {"org": org, "project": project,
+                                                                     "team": _slug(request, "team")})
+    return json_response(await read(request, "api.project", {"org": org, "project": project}, after=sequence))
 
 
 # -- projects ---------------------------------------------------------------------------------
@@ -228,9 +249,10 @@ def _options(data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create_project(request: web.Request) -> web.Response:
-    """`POST /api/0/teams/{org}/{team}/projects/` {name, slug?, platform?}: 201 and the project."""
+    """`POST /api/0/teams/{org}/{team}/projects/` {name, slug?, platform?}: 201 and the
+    project, in that team."""
     who, org = await org_access(request, "project:write")
-    _default_team(request, org)
+    team = (await _team(request, org))["slug"]
     data = await body(request)
     name = _name(data, required=True)
     assert name is not None
@@ -239,6 +261,8 @@ async def create_project(request: web.Request) -> web.Response:
     if platform is not None and (not isinstance(platform, str) or len(platform) > MAX_NAME):
         raise FieldErrors({"platform": ["Invalid platform."]})
     _, sequence = await write(request, who, "project.create", {"org": org, "project": slug, "name": name})
+    if team != org:
+        _, sequence = await write(request, who, "project.team_add", {"org": org, "project": slug, "team": team})
     if platform:
         _, sequence = await write(request, who, "project.update", {"org": org, "project": slug, "platform": platform})
     return json_response(await read(request, "api.project", {"org": org, "project": slug}, after=sequence), 201)

@@ -51,17 +51,24 @@ def test_terraform_provider_replay(system: SystemUnderTest, people: dict[str, st
     assert call(system, "POST", "/api/0/organizations/", token, {"name": "TF Org", "slug": org})[0] == 409
     status, renamed = call(system, "PUT", f"/api/0/organizations/{org}/", token, {"name": "TF Org 2"})
     assert status == 200 and renamed["name"] == "TF Org 2"
-    # sentry_team: the org's default team
+    # sentry_team (every org also has its default team)
+    status, made = call(system, "POST", f"/api/0/organizations/{org}/teams/", token, {"name": "Backend",
+                                                                                        "slug": "backend"})
+    assert status == 201 and (made["slug"], made["name"]) == ("backend", "Backend") and isinstance(made["id"], str)
+    assert call(system, "POST", f"/api/0/organizations/{org}/teams/", token, {"slug": "backend"})[0] == 409
     status, teams = call(system, "GET", f"/api/0/organizations/{org}/teams/", token)
-    assert status == 200 and [t["slug"] for t in teams] == [org]
-    team = teams[0]["slug"]
+    assert status == 200 and [t["slug"] for t in teams] == [org, "backend"]
+    team = "backend"
     assert call(system, "GET", f"/api/0/teams/{org}/{team}/", token)[0] == 200
+    assert call(system, "GET", f"/api/0/teams/{org}/nope/", token)[0] == 404
     # sentry_project create, then the update the provider sends right after
     status, project = call(system, "POST", f"/api/0/teams/{org}/{team}/projects/", token,
                            {"name": "Web App", "slug": "web-app", "platform": "python", "default_rules": True})
     assert status == 201, project
     assert (project["slug"], project["name"], project["platform"]) == ("web-app", "Web App", "python")
-    assert project["teams"][0]["slug"] == team and project["organization"]["slug"] == org
+    assert [t["slug"] for t in project["teams"]] == [team] and project["organization"]["slug"] == org
+    assert [p["slug"] for p in call(system, "GET", f"/api/0/teams/{org}/{team}/", token)[1]["projects"]] == \
+        ["web-app"]
     for field in ("id", "dateCreated", "features", "options", "allowedDomains", "resolveAge", "scrapeJavaScript",
                   "securityToken", "securityTokenHeader", "verifySSL", "fingerprintingRules",
                   "groupingEnhancements", "subjectTemplate", "color", "isPublic", "digestsMinDelay",
@@ -85,8 +92,11 @@ def test_terraform_provider_replay(system: SystemUnderTest, people: dict[str, st
                                                                                         list)
     assert call(system, "GET", f"/api/0/projects/{org}/web-app/", token)[1]["name"] == "Web App"
     # sentry_project team add / remove
-    assert call(system, "POST", f"/api/0/projects/{org}/web-app/teams/{team}/", token)[0] == 201
-    assert call(system, "DELETE", f"/api/0/projects/{org}/web-app/teams/{team}/", token)[0] == 200
+    status, both = call(system, "POST", f"/api/0/projects/{org}/web-app/teams/{org}/", token)
+    assert status == 201 and [t["slug"] for t in both["teams"]] == [team, org]
+    status, one = call(system, "DELETE", f"/api/0/projects/{org}/web-app/teams/{org}/", token)
+    assert status == 200 and [t["slug"] for t in one["teams"]] == [team]
+    assert call(system, "POST", f"/api/0/projects/{org}/web-app/teams/nope/", token)[0] == 404
     # sentry_key with a rate limit
     status, key = call(system, "POST", f"/api/0/projects/{org}/web-app/keys/", token,
                        {"name": "tf-key", "rateLimit": {"window": 60, "count": 100}})
@@ -117,10 +127,13 @@ def test_terraform_provider_replay(system: SystemUnderTest, people: dict[str, st
     assert call(system, "DELETE", key_path, token)[0] == 204
     assert call(system, "GET", key_path, token)[0] == 404
     assert call(system, "DELETE", key_path, token)[0] == 404
-    # project deletion
+    # project deletion, then the team's
     assert call(system, "DELETE", f"/api/0/projects/{org}/web-app/", token)[0] == 204
     assert call(system, "GET", f"/api/0/projects/{org}/web-app/", token)[0] == 404
     assert call(system, "DELETE", f"/api/0/projects/{org}/web-app/", token)[0] == 404
+    assert call(system, "DELETE", f"/api/0/teams/{org}/{team}/", token)[0] == 204
+    assert call(system, "GET", f"/api/0/teams/{org}/{team}/", token)[0] == 404
+    assert call(system, "DELETE", f"/api/0/teams/{org}/{org}/", token)[0] == 400  # the default team stays
 
 
 def test_writes_follow_scopes_and_roles(system: SystemUnderTest, people: dict[str, str]) -> None:

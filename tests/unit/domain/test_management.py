@@ -236,3 +236,45 @@ def test_user_authenticate_memberships_survive_a_snapshot() -> None:
     from domain.queries import answer_query
     for s in (state, restored):
         assert answer_query(s, "user.authenticate", {"token": made.reply["token"]})["memberships"] == {"acme": "admin"}
+
+
+# -- teams ------------------------------------------------------------------------------------
+
+TEAM = event("TeamCreated", "acme", team="backend", name="Backend")
+
+
+def test_team_create_adds_a_team_beside_the_default_one() -> None:
+    given(org_created()).when("team.create", org="acme", team="backend", name="Backend").then(
+        [("TeamCreated", "acme", {"team": "backend", "name": "Backend"})], reply={"org": "acme", "slug": "backend"})
+    given(org_created(), TEAM).fails("team.create", Conflict, "already exists", org="acme", team="backend", name=None)
+    given(org_created()).fails("team.create", Conflict, "already exists", org="acme", team="acme", name=None)
+    teams = given(org_created(), TEAM).ask("api.org", org="acme")["teams"]
+    assert [(t["slug"], t["name"]) for t in teams] == [("acme", "acme"), ("backend", "Backend")]
+
+
+def test_team_delete_takes_it_from_its_projects_and_the_default_team_stays() -> None:
+    added = event("ProjectTeamAdded", "acme", project="web", team="backend")
+    outcome = given(*acme_web(), TEAM, added).when("team.delete", org="acme", team="backend")
+    assert outcome.events == [("TeamDeleted", "acme", {"team": "backend"})]
+    assert outcome.state.project("acme", "web").teams == []  # type: ignore[union-attr]
+    given(org_created()).fails("team.delete", BadRequest, "default team", org="acme", team="acme")
+    given(org_created()).fails("team.delete", NotFound, "No team", org="acme", team="nope")
+
+
+def test_project_team_add_and_a_project_without_teams_is_in_the_default_team() -> None:
+    state_events = [*acme_web(), TEAM]
+    assert [t["slug"] for t in given(*state_events).ask("api.project", org="acme", project="web")["teams"]] == ["acme"]
+    given(*state_events).when("project.team_add", org="acme", project="web", team="acme").then_nothing()
+    outcome = given(*state_events).when("project.team_add", org="acme", project="web", team="backend")
+    assert outcome.events == [("ProjectTeamAdded", "acme", {"project": "web", "team": "backend"})]
+    added = outcome.decision.events[0]
+    teams = given(*state_events, added).ask("api.project", org="acme", project="web")["teams"]
+    assert [t["slug"] for t in teams] == ["backend"]
+    given(*state_events).fails("project.team_add", NotFound, "No team", org="acme", project="web", team="nope")
+
+
+def test_project_team_remove_leaves_the_project_in_the_default_team() -> None:
+    added = event("ProjectTeamAdded", "acme", project="web", team="backend")
+    outcome = given(*acme_web(), TEAM, added).when("project.team_remove", org="acme", project="web", team="backend")
+    assert outcome.events == [("ProjectTeamRemoved", "acme", {"project": "web", "team": "backend"})]
+    given(*acme_web(), TEAM).when("project.team_remove", org="acme", project="web", team="acme").then_nothing()
