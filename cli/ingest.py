@@ -14,6 +14,7 @@ Every command takes `--json` (one JSON document on stdout).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -83,8 +84,6 @@ def register(main: click.Group) -> None:
     @pass_ctx
     def event_show(ctx: Context, event_id: str, as_json: bool) -> None:
         """One stored error event, as scrubbed."""
-        import json
-
         result = ctx.request("events.show", {"event_id": event_id})
         text = (f"{result['eventId']} in {result.get('org')}/{result.get('project')}, received "
                 f"{result.get('received')}\n{result.get('title')}\n"
