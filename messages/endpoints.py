@@ -146,7 +146,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("key.list", query=True),
     _control("relay.allow"),
     _control("relay.deny"),
-    _control("relay.list", query=True),
+    _control("relay.list", query=True, callers=(GATEWAY,)),  # the management API's relay list
     _control("relay.status", query=True),
     # a relay that completed the signed registration handshake (the handler refuses banned ones)
     _control("relay.register", callers=(GATEWAY,), idempotent=True),

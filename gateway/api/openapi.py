@@ -43,9 +43,17 @@ SCHEMAS: dict[str, Any] = {
                                       "public", "secret", "csp", "security", "minidump", "cdn")}},
                                   "dateCreated": {**_STR, "format": "date-time"}}},
     "Member": {"type": "object", "properties": {"id": _STR, "email": _STR, "role": _STR}},
+    "ProjectConfig": {"type": "object", "description": "The project config Relay fetches for the key"},
+    "HistoryEvent": {"type": "object", "properties": {"sequence": _INT, "type": _STR, "actor": _STR,
+                                                      "dateCreated": {**_STR, "format": "date-time"},
+                                                      "payload": {"type": "object"}}},
+    "Relay": {"type": "object", "properties": {"publicKey": _STR, "relayId": _STR, "internal": _BOOL,
+                                               "banned": _BOOL, "version": _STR, "firstSeen": _STR,
+                                               "lastSeen": _STR}},
 }
 _RESULT = {"organizations": "Organization", "teams": "Team", "projects": "Project", "keys": "ProjectKey",
-           "members": "Member"}
+           "members": "Member", "config": "ProjectConfig", "history": "HistoryEvent", "relays": "Relay"}
+_LISTS = ("organizations/", "projects/", "keys/", "teams/", "members/", "history/", "relays/")
 
 
 def _schema_for(path: str) -> str | None:
@@ -63,7 +71,7 @@ def _operation(method: str, path: str, handler: Handler) -> dict[str, Any]:
     params = [{"name": name, "in": "path", "required": True, "schema": _STR}
               for name in re.findall(r"{(\w+)}", path)]
     schema = _schema_for(path)
-    lists = method == "GET" and path.endswith(("organizations/", "projects/", "keys/", "teams/", "members/")) \
+    lists = method == "GET" and path.endswith(_LISTS) \
         and not re.search(r"/teams/{org}/{team}/$", path)
     content: dict[str, Any] = {}
     if schema:

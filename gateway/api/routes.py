@@ -13,13 +13,15 @@ Lists are paginated as Sentry's: `?cursor=` and a `Link` header with a `previous
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from domain.access import org_scopes, token_scopes, visible_orgs
+from domain.access import org_scopes, spans_orgs, token_scopes, visible_orgs
+from domain.management import rfc3339
 from gateway.api.auth import FieldErrors, ask, principal
 from gateway.errors import HTTPFailure, json_response
 from messages.commands import SLUG_RE
@@ -177,3 +179,43 @@ async def project_key(request: web.Request) -> web.Response:
     payload = {"org": org, "project": _slug(request, "project"), "key_id": request.match_info["key_id"],
                "base_url": public_url(request)}
     return json_response(await read(request, "api.key", payload))
+
+
+# -- relayctl's own ---------------------------------------------------------------------------
+
+async def _key_path(request: web.Request) -> tuple[str, str]:
+    """The org and the public key of a key path, once the key is known to be the project's."""
+    _, org = await org_access(request, "project:read")
+    payload = {"org": org, "project": _slug(request, "project"), "key_id": request.match_info["key_id"],
+               "base_url": public_url(request)}
+    return org, str((await read(request, "api.key", payload))["id"])
+
+
+async def key_config(request: web.Request) -> web.Response:
+    """The project config a relay gets now for this key (relayctl's own)."""
+    _, public_key = await _key_path(request)
+    result = await read(request, "config.get", {"public_keys": [public_key], "version": 3})
+    return json_response(json.loads(result["entries"][public_key][2]))
+
+
+async def key_history(request: web.Request) -> web.Response:
+    """The events that shaped this key's config, oldest first, each with who did it (relayctl's own)."""
+    _, public_key = await _key_path(request)
+    result = await read(request, "config.history", {"public_key": public_key})
+    events = [{"sequence": e["sequence"], "type": e["type"], "actor": e["actor"], "dateCreated": rfc3339(e["ts"]),
+               "payload": e["payload"]} for e in result["events"]]
+    return one_page(request, events)
+
+
+async def relays(request: web.Request) -> web.Response:
+    """The relays allowed or registered, with versions and first/last seen (relayctl's own;
+    superusers and `relayctl.admin`)."""
+    who = await principal(request)
+    assert who is not None
+    if not spans_orgs(who):
+        raise HTTPFailure(403, NO_PERMISSION)
+    listed_relays = (await read(request, "relay.list", {}))["relays"]
+    for relay in listed_relays:
+        for field in ("firstSeen", "lastSeen"):
+            relay[field] = rfc3339(relay[field]) if relay.get(field) else None
+    return one_page(request, listed_relays)

@@ -45,6 +45,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", PROJECT + "/keys/{key_id}/", r.project_key),
     ("PUT", PROJECT + "/keys/{key_id}/", w.update_key),
     ("DELETE", PROJECT + "/keys/{key_id}/", w.delete_key),
+    # relayctl's own
+    ("GET", PROJECT + "/keys/{key_id}/config/", r.key_config),
+    ("GET", PROJECT + "/keys/{key_id}/history/", r.key_history),
+    ("GET", P + "/relayctl/relays/", r.relays),
 ]
 
 

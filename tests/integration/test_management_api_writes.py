@@ -182,3 +182,24 @@ def test_the_openapi_document_describes_exactly_the_routes_that_exist(system: Sy
             assert op["summary"] and op["responses"], (method, path)
             assert {p["name"] for p in op["parameters"] if p["in"] == "path"} == set(
                 part[1:-1] for part in path.split("/") if part.startswith("{")), (method, path)
+
+
+def test_relayctls_own_reads(system: SystemUnderTest, people: dict[str, str]) -> None:
+    """A key's config and history (who did what) and the relays, over the same API."""
+    token, tag = people["admin_token"], people["tag"]
+    org = f"own-{tag}"
+    assert call(system, "POST", "/api/0/organizations/", token, {"name": org})[0] == 201
+    assert call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", token, {"name": "web"})[0] == 201
+    status, key = call(system, "POST", f"/api/0/projects/{org}/web/keys/", token, {"name": "k"})
+    assert status == 201
+    base = f"/api/0/projects/{org}/web/keys/{key['id']}"
+    status, config = call(system, "GET", base + "/config/", token)
+    assert status == 200 and config["publicKeys"][0]["publicKey"] == key["id"], config
+    status, history = call(system, "GET", base + "/history/", token)
+    assert status == 200 and {"KeyCreated", "KeyUpdated"} <= {e["type"] for e in history}
+    assert {e["actor"] for e in history if e["type"].startswith("Key")} == {f"user:{people['admin']}"}
+    relay = system.registered_relay()
+    status, relays = call(system, "GET", "/api/0/relayctl/relays/", token)
+    assert status == 200 and relay.public_key_str in {r["publicKey"] for r in relays}
+    assert call(system, "GET", "/api/0/relayctl/relays/", people["member_token"])[0] == 403
+    assert call(system, "GET", f"/api/0/projects/{org}/web/keys/{'0' * 32}/config/", token)[0] == 404

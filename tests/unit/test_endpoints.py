@@ -125,7 +125,7 @@ def test_a_role_may_call_exactly_the_endpoints_the_table_gives_it() -> None:
 # What the management API (gateway/api/) sends on a user's behalf: its reads and the writes
 # of orgs, members, projects and keys - never users, tokens nor relay access.
 MANAGEMENT_API = {f"rc.ctl.{t}" for t in (
-    "api.orgs", "api.org", "api.projects", "api.project", "api.keys", "api.key", "org.member_list",
+    "api.orgs", "api.org", "api.projects", "api.project", "api.keys", "api.key", "org.member_list", "relay.list",
     "org.create", "org.update", "org.option_set", "org.option_unset", "org.member_add", "org.member_remove",
     "project.create", "project.update", "project.option_set", "project.option_unset", "project.delete",
     "key.create", "key.update", "key.disable", "key.enable", "key.delete", "key.rate_limit", "team.create",
