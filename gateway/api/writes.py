@@ -22,7 +22,7 @@ from aiohttp import web
 
 from bus.client import request_sequence
 from domain import options as option_catalogue
-from domain.access import spans_orgs
+from domain.access import ROLE_SCOPES, org_scopes, spans_orgs
 from domain.management import FILTER_LIST_OPTIONS
 from gateway.api.auth import FieldErrors, principal
 from gateway.api.routes import NO_PERMISSION, NOT_FOUND, _slug, org_access, public_url, read
@@ -125,10 +125,14 @@ async def update_organization(request: web.Request) -> web.Response:
 
 # -- members ----------------------------------------------------------------------------------
 
-def _role(data: dict[str, Any]) -> str:
+def _role(data: dict[str, Any], who: dict[str, Any], org: str) -> str:
+    """The role a member write asks for: one that grants no scope the caller lacks in the
+    org (a manager cannot make an owner), as Sentry allows."""
     role = data.get("role") or data.get("orgRole") or "member"
-    if not isinstance(role, str):
-        raise FieldErrors({"role": ["Invalid role."]})
+    if not isinstance(role, str) or role not in ROLE_SCOPES:
+        raise FieldErrors({"role": [f"Invalid role (one of {', '.join(ROLE_SCOPES)})."]})
+    if not ROLE_SCOPES[role] <= (org_scopes(who, org) or frozenset()):
+        raise HTTPFailure(403, f"You may not give the role {role!r}: it grants more than yours.")
     return role
 
 
@@ -141,7 +145,7 @@ async def add_member(request: web.Request) -> web.Response:
     if not isinstance(username, str) or not username:
         raise FieldErrors({"email": ["This field is required."]})
     _, sequence = await write(request, who, "org.member_add", {"org": org, "username": username,
-                                                                "role": _role(data)})
+                                                                "role": _role(data, who, org)})
     return json_response(await _member(request, org, username, sequence), 201)
 
 
@@ -159,7 +163,7 @@ async def update_member(request: web.Request) -> web.Response:
     await _member(request, org, username, 0)
     data = await body(request)
     _, sequence = await write(request, who, "org.member_add", {"org": org, "username": username,
-                                                                "role": _role(data)})
+                                                                "role": _role(data, who, org)})
     return json_response(await _member(request, org, username, sequence))
 
 

@@ -203,3 +203,47 @@ def test_relayctls_own_reads(system: SystemUnderTest, people: dict[str, str]) ->
     assert status == 200 and relay.public_key_str in {r["publicKey"] for r in relays}
     assert call(system, "GET", "/api/0/relayctl/relays/", people["member_token"])[0] == 403
     assert call(system, "GET", f"/api/0/projects/{org}/web/keys/{'0' * 32}/config/", token)[0] == 404
+
+
+def test_a_member_write_cannot_grant_more_than_the_callers_role(system: SystemUnderTest,
+                                                                 people: dict[str, str]) -> None:
+    admin, tag = people["admin_token"], people["tag"]
+    org, manager = f"grant-{tag}", f"manager-{tag}"
+    assert call(system, "POST", "/api/0/organizations/", admin, {"name": org})[0] == 201
+    system.cli_ok("user", "create", manager)
+    system.cli_ok("org", "member", "add", org, manager, "--role", "manager")
+    token = system.cli_ok("token", "create", manager, "--json")["token"]
+    assert call(system, "POST", f"/api/0/organizations/{org}/members/", token,
+                {"email": people["member"], "role": "owner"})[0] == 403
+    assert call(system, "POST", f"/api/0/organizations/{org}/members/", token,
+                {"email": people["member"], "role": "admin"})[0] == 201
+    assert call(system, "POST", f"/api/0/organizations/{org}/members/", token,
+                {"email": people["member"], "role": "king"})[1] == {"role": [
+                    "Invalid role (one of member, admin, manager, owner)."]}
+
+
+GARBAGE: list[tuple[str, str, Any]] = [
+    ("POST", "/api/0/organizations/", ["a list"]), ("POST", "/api/0/organizations/", {"name": 7}),
+    ("POST", "/api/0/organizations/", {"name": "x" * 500}), ("PUT", "/api/0/organizations/Not_A_Slug!/", {}),
+    ("GET", "/api/0/organizations/?per_page=lots", None), ("GET", "/api/0/organizations/?cursor=1:2", None),
+    ("GET", "/api/0/projects/a/b/keys/%00/", None), ("PUT", "/api/0/projects/{org}/p/", {"options": []}),
+    ("PUT", "/api/0/projects/{org}/p/", {"options": {"sentry:origins": {"deep": [1, {"x": None}]}}}),
+    ("PUT", "/api/0/projects/{org}/p/", {"options": {"no:such-option": "1"}}),
+    ("PUT", "/api/0/projects/{org}/p/", {"platform": ["python"]}), ("PUT", "/api/0/projects/{org}/p/", {"slug": 5}),
+    ("POST", "/api/0/projects/{org}/p/keys/", {"rateLimit": {"window": 0, "count": 10}}),
+    ("POST", "/api/0/projects/{org}/p/keys/", {"rateLimit": {"window": True, "count": 10}}),
+    ("PUT", "/api/0/projects/{org}/p/keys/nope/", {"isActive": "yes"}),
+    ("POST", "/api/0/organizations/{org}/members/", {"email": "no-such-user"}),
+    ("DELETE", "/api/0/organizations/{org}/members/no..such/", None),
+    ("POST", "/api/0/organizations/{org}/teams/", {"slug": "UPPER"}),
+]
+
+
+def test_bad_input_is_a_clear_4xx_never_a_500(system: SystemUnderTest, people: dict[str, str]) -> None:
+    admin, tag = people["admin_token"], people["tag"]
+    org = f"bad-{tag}"
+    assert call(system, "POST", "/api/0/organizations/", admin, {"name": org})[0] == 201
+    assert call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", admin, {"name": "p"})[0] == 201
+    for method, path, body in GARBAGE:
+        status, answer = call(system, method, path.replace("{org}", org), admin, body)
+        assert 400 <= status < 500 and isinstance(answer, dict), (method, path, body, status, answer)
