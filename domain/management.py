@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from domain import options as option_catalogue
 from domain.access import ROLE_SCOPES
-from domain.model import DELETED, Org, Project, ProjectKey
+from domain.model import DELETED, TRUSTED_RELAYS, Org, Project, ProjectKey
 from domain.queries import QUERY_ANSWERS, require_org, require_project, require_user
 from domain.state import DomainState
 from messages.errors import BadRequest, NotFound
@@ -77,7 +77,11 @@ def org_detail(state: DomainState, org: Org) -> dict[str, Any]:
             "teamRoleList": [{"id": "contributor", "name": "Contributor"}, {"id": "admin", "name": "Team Admin"}],
             "teams": [team_view(state, org, slug) for slug in [org.slug, *sorted(org.teams)]],
             "projects": [project_summary(state, p) for p in active_projects(state, org)],
-            "defaultRole": "member", "isDefault": False, "access": []}
+            "defaultRole": "member", "isDefault": False, "access": [],
+            "trustedRelays": [{"publicKey": e["public_key"], "name": e.get("name"),
+                               "description": e.get("description") or "", "created": e.get("created"),
+                               "lastModified": e.get("created")}
+                              for e in org.options.get(TRUSTED_RELAYS) or [] if isinstance(e, dict)]}
 
 
 def team_ref(org: Org, slug: str) -> dict[str, Any]:

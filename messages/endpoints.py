@@ -128,8 +128,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("org.option_set", callers=_API),
     _control("org.option_get", query=True),
     _control("org.option_unset", callers=_API),
-    _control("org.trust_relay"),
-    _control("org.untrust_relay"),
+    _control("org.trust_relay", callers=_API),  # an org's own trusted relays (Sentry's org PUT)
+    _control("org.untrust_relay", callers=_API),
     _control("org.template_set"),
     _control("project.create", callers=_API),
     _control("project.option_set", callers=_API),

@@ -24,6 +24,7 @@ from bus.client import request_sequence
 from domain import options as option_catalogue
 from domain.access import ROLE_SCOPES, org_scopes, spans_orgs
 from domain.management import FILTER_LIST_OPTIONS
+from domain.model import TRUSTED_RELAYS
 from gateway.api.auth import FieldErrors, principal
 from gateway.api.routes import NO_PERMISSION, NOT_FOUND, _slug, org_access, public_url, read
 from gateway.errors import HTTPFailure, json_response
@@ -114,13 +115,42 @@ async def create_organization(request: web.Request) -> web.Response:
 
 
 async def update_organization(request: web.Request) -> web.Response:
+    """`PUT /api/0/organizations/{org}/` {name, trustedRelays?: [{publicKey, name, description?}]}."""
     who, org = await org_access(request, "org:write")
     data = await body(request)
     slug = _slug_field(data)
     if slug is not None and slug != org:
         raise FieldErrors({"slug": ["An organization's slug cannot be changed here."]})
+    wanted = _trusted_relays(data)
     _, sequence = await write(request, who, "org.update", {"org": org, "name": _name(data)})
+    if wanted is not None:
+        current = {r["publicKey"]: r for r in (await read(request, "api.org", {"org": org}))["trustedRelays"]}
+        for public_key in current.keys() - wanted.keys():
+            _, sequence = await write(request, who, "org.untrust_relay", {"org": org, "public_key": public_key})
+        for public_key, relay in wanted.items():
+            old = current.get(public_key)
+            if old is None or (old["name"], old["description"]) != (relay["name"], relay.get("description") or ""):
+                _, sequence = await write(request, who, "org.trust_relay", {"org": org, "public_key": public_key,
+                                                                            "name": relay["name"],
+                                                                            "description": relay.get("description")})
     return json_response(await read(request, "api.org", {"org": org}, after=sequence))
+
+
+def _trusted_relays(data: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Sentry's `trustedRelays` as the catalogue checks `sentry:trusted-relays` (None: not
+    asked to change), by public key."""
+    if "trustedRelays" not in data:
+        return None
+    relays = data["trustedRelays"]
+    if not isinstance(relays, list) or not all(isinstance(r, dict) for r in relays):
+        raise FieldErrors({"trustedRelays": ["Expected a list of {publicKey, name, description}."]})
+    entries = [{"public_key": r.get("publicKey"), "name": r.get("name"),
+                **({"description": r["description"]} if r.get("description") else {})} for r in relays]
+    try:
+        checked = option_catalogue.validate_option("org", TRUSTED_RELAYS, entries)
+    except option_catalogue.InvalidOption as exc:
+        raise FieldErrors({"trustedRelays": [exc.message]}) from None
+    return {e["public_key"]: e for e in checked}
 
 
 # -- members ----------------------------------------------------------------------------------

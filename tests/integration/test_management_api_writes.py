@@ -247,3 +247,28 @@ def test_bad_input_is_a_clear_4xx_never_a_500(system: SystemUnderTest, people: d
     for method, path, body in GARBAGE:
         status, answer = call(system, method, path.replace("{org}", org), admin, body)
         assert 400 <= status < 500 and isinstance(answer, dict), (method, path, body, status, answer)
+
+
+def test_an_org_trusts_a_relay_through_the_api(system: SystemUnderTest, people: dict[str, str]) -> None:
+    """Sentry's org PUT `trustedRelays`: the relay then gets the org's configs at once (the
+    write returns once relay access is applied); removed, it is refused."""
+    admin, tag = people["admin_token"], people["tag"]
+    org = f"trust-{tag}"
+    assert call(system, "POST", "/api/0/organizations/", admin, {"name": org})[0] == 201
+    status, project = call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", admin, {"name": "web"})
+    key = call(system, "GET", f"/api/0/projects/{org}/web/keys/", admin)[1][0]["id"]
+    relay = system.registered_relay(internal=False)
+    status, detail = call(system, "PUT", f"/api/0/organizations/{org}/", admin,
+                          {"trustedRelays": [{"publicKey": relay.public_key_str, "name": "edge",
+                                              "description": "our edge"}]})
+    assert status == 200, detail
+    assert [(r["publicKey"], r["name"], r["description"]) for r in detail["trustedRelays"]] == [
+        (relay.public_key_str, "edge", "our edge")]
+    status, answer = relay.configs([key])
+    assert status == 200 and answer["configs"][key]["config"]["trustedRelays"] == [relay.public_key_str]
+    status, detail = call(system, "PUT", f"/api/0/organizations/{org}/", admin, {"trustedRelays": []})
+    assert status == 200 and detail["trustedRelays"] == []
+    assert relay.configs([key]) == (403, "Relay unauthorized for config information")
+    status, errors = call(system, "PUT", f"/api/0/organizations/{org}/", admin,
+                          {"trustedRelays": [{"publicKey": "not-a-key", "name": "x"}]})
+    assert status == 400 and list(errors) == ["trustedRelays"]

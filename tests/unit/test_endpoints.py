@@ -129,7 +129,7 @@ MANAGEMENT_API = {f"rc.ctl.{t}" for t in (
     "org.create", "org.update", "org.option_set", "org.option_unset", "org.member_add", "org.member_remove",
     "project.create", "project.update", "project.option_set", "project.option_unset", "project.delete",
     "key.create", "key.update", "key.disable", "key.enable", "key.delete", "key.rate_limit", "team.create",
-    "team.delete", "project.team_add", "project.team_remove")}
+    "team.delete", "project.team_add", "project.team_remove", "org.trust_relay", "org.untrust_relay")}
 
 
 def test_the_gateway_may_send_only_its_queries_and_two_control_messages() -> None:
