@@ -14,7 +14,9 @@ and a forwarder killed mid-way loses nothing: what it held unacked is delivered 
   deduplicates our retries. 2xx: acked.
   429, 5xx, 408 and network errors: negatively acked with a delay (Retry-After when the
   target sent one, else exponential backoff by delivery count), so the stream redelivers it,
-  to whichever instance pulls next. Any other 4xx is permanent: counted
+  to whichever instance pulls next; until that delay is over the instance sends nothing
+  else to that target either (Relay applies a Retry-After to later envelopes too, and a
+  target that is down is probed by one envelope, not all). Any other 4xx is permanent: counted
   (`forward.envelopes{result=dead_letter}`) and recorded in the KV bucket `rc_forward_dead`
   (key `<project id>.<stream sequence>`), then acked. `ingest.replay` sends dead letters
   again (the envelope is read back from the stream by its sequence, so a letter can be
@@ -278,6 +280,9 @@ class ForwarderActor(ProjectionActor):
         self._tasks: list[Any] = []
         self._session: aiohttp.ClientSession | None = None
         self._scrub_cache: dict[int, tuple[tuple[float, float], list[dict[str, Any]]]] = {}
+        # target URL -> monotonic time before which nothing is sent there (its Retry-After,
+        # or the backoff after it failed): per instance, so each probes on its own
+        self._held_back: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="forwarder-scrub")
         if nc is not None:
             self.js = nc.jetstream(timeout=5.0)
@@ -455,6 +460,13 @@ class ForwarderActor(ProjectionActor):
             await msg.ack()
             return
         attempt = msg.metadata.num_delivered
+        wait = self._held_back.get(target.envelope_url, 0.0) - time.monotonic()
+        if wait > 0:
+            # The target said wait (or is down): this envelope waits too, untried, as Relay
+            # applies a Retry-After to every later envelope.
+            metrics.incr("forward.envelopes", tags={"result": "held_back"})
+            await msg.nak(delay=wait)
+            return
         data = await self._envelope(msg)
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
@@ -464,9 +476,12 @@ class ForwarderActor(ProjectionActor):
             keepalive.cancel()
         sequence = msg.metadata.sequence.stream
         if isinstance(result, Delivered):
+            self._held_back.pop(target.envelope_url, None)
             await msg.ack()
             metrics.incr("forward.envelopes", tags={"result": "delivered"})
         elif isinstance(result, Retry):
+            until = time.monotonic() + result.delay
+            self._held_back[target.envelope_url] = max(self._held_back.get(target.envelope_url, 0.0), until)
             metrics.incr("forward.envelopes", tags={"result": "retried"})
             log.info("forwarder.retry", sequence=sequence, attempt=attempt, delay=result.delay, reason=result.reason)
             await msg.nak(delay=result.delay)

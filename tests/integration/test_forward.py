@@ -187,8 +187,8 @@ def test_every_envelope_arrives_after_the_target_comes_back(system: SystemUnderT
     try:
         for event_id in ids:
             appender.append(project, envelope(project, event_id), event_id)
-        # every envelope tried and refused, most of them more than once
-        stub.wait(lambda: len(stub.attempts) >= 3 * len(ids), what="retries while down")
+        # tried and refused again and again (one probe at a time: the rest are held back)
+        stub.wait(lambda: len(stub.attempts) >= 5, what="retries while down")
         assert not stub.accepted
         status = system.cli_ok("ingest", "status", "--json")
         [row] = [r for r in status["backlog"] if r["projectId"] == project["id"]]
@@ -444,3 +444,25 @@ def test_an_envelope_whose_blob_is_gone_is_a_dead_letter_not_retried_forever(
         assert all(c["pending"] == 0 and c["ackPending"] == 0 for c in consumers.values()), consumers
     finally:
         fwd.stop()
+
+
+def test_a_429_holds_back_the_targets_other_envelopes_too(system: SystemUnderTest, appender: Appender,
+                                                          stub: SentryStub) -> None:
+    """Like Relay applying a Retry-After to later envelopes: none goes to a target that said
+    wait, until the time is up (a lower bound only); then every one arrives."""
+    project = forwarding_project(system, stub)
+    stub.mode, stub.retry_after = "429", 2
+    first = uuid.uuid4().hex
+    fwd = forwarder(system)
+    try:
+        appender.append(project, envelope(project, first), first)
+        stub.wait(lambda: stub.attempts, what="the first attempt")
+        later = [uuid.uuid4().hex for _ in range(5)]
+        for event_id in later:
+            appender.append(project, envelope(project, event_id), event_id)
+        stub.mode = "ok"
+        stub.wait(lambda: stub.accepted_ids() >= {first, *later}, what="every envelope")
+    finally:
+        fwd.stop()
+    start = stub.attempts[0].at
+    assert all(a.at - start >= 1.9 for a in stub.attempts[1:]), [round(a.at - start, 2) for a in stub.attempts]
