@@ -113,7 +113,7 @@ MAX_SCAN = 20_000
 
 @dataclass(frozen=True)
 class ForwardSettings:
-    """RELAYCTL_FORWARD_ACK_WAIT, _TIMEOUT, _CONCURRENCY, _BACKOFF_BASE, _BACKOFF_MAX."""
+    """RELAYCTL_FORWARD_ACK_WAIT, _TIMEOUT, _CONCURRENCY, _BACKOFF_BASE, _BACKOFF_MAX, _MAX_ACK_PENDING."""
 
     ack_wait: float = 30.0  # an unacked delivery goes to another puller after this
     timeout: float = 10.0  # one HTTP request to the target
@@ -121,6 +121,9 @@ class ForwardSettings:
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     retry_after_max: float = 3600.0
+    # Envelopes delivered and not yet acked, per consumer and for all instances: those of a
+    # target that is down wait here, so past this many the other projects wait behind them.
+    max_ack_pending: int = 10_000
     dead_letter_ttl: float = 7 * 24 * 3600.0
 
     @classmethod
@@ -133,7 +136,8 @@ class ForwardSettings:
 
         return cls(ack_wait=number("ACK_WAIT", 30.0), timeout=number("TIMEOUT", 10.0),
                    concurrency=int(number("CONCURRENCY", 32)), backoff_base=number("BACKOFF_BASE", 1.0),
-                   backoff_max=number("BACKOFF_MAX", 60.0))
+                   backoff_max=number("BACKOFF_MAX", 60.0),
+                   max_ack_pending=int(number("MAX_ACK_PENDING", 10_000)))
 
     def backoff(self, attempt: int) -> float:
         return float(min(self.backoff_max, self.backoff_base * 2 ** max(0, min(attempt - 1, 20))))
@@ -363,7 +367,8 @@ class ForwarderActor(ProjectionActor):
         config = api.ConsumerConfig(
             durable_name=consumer.name, name=consumer.name, filter_subject=consumer.filter,
             ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.settings.ack_wait, max_deliver=-1,
-            max_ack_pending=max(1000, self.settings.concurrency * 8), deliver_policy=api.DeliverPolicy.ALL)
+            max_ack_pending=max(self.settings.max_ack_pending, self.settings.concurrency * 8),
+            deliver_policy=api.DeliverPolicy.ALL)
         # Create, or update one made with other settings (ack_wait is editable).
         await self.js.add_consumer(INGEST_STREAM, config=config)
         return await self.js.pull_subscribe_bind(durable=consumer.name, stream=INGEST_STREAM)
