@@ -84,3 +84,45 @@ def test_metrics_answers_with_the_gateways_own_series_without_nats(
     finally:
         gateway.stop()
         sut.stop()
+
+
+def test_the_metrics_actor_forgets_a_process_that_went_silent(
+        fresh_servers: tuple[ServerProcess, ServerProcess], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that stops sending (not even build.info) leaves the exposition after
+    RELAYCTL_METRICS_TTL seconds; one that keeps sending stays."""
+    from bus.client import request as bus_request
+    from bus.metrics import encode_batch
+    from bus.runtime import BusRuntime
+    from messages.subjects import METRICS_RECORD
+
+    nats, redis = fresh_servers
+    monkeypatch.setenv("RELAYCTL_METRICS_TTL", "1")
+    sut = SystemUnderTest(nats.url, redis.url, actors=["metrics"]).start(with_gateway=False)
+    runtime = BusRuntime(nats.url, name="test-publisher").start()
+    try:
+        assert runtime.nc is not None
+        nc = runtime.nc
+
+        def send(process: str) -> None:
+            point = ["gauge", "build.info", 1.0, {"version": "x", "python": "y"}, time.time()]
+            runtime.call(nc.publish(METRICS_RECORD, encode_batch(process, [point])))
+            runtime.call(nc.flush())
+
+        def processes() -> set[str]:
+            snapshot = runtime.call(bus_request(nc, "metrics.snapshot", {"format": "json"}, timeout=5))
+            return set(snapshot["processes"])
+
+        send("ghost")
+        send("alive")
+        deadline = time.monotonic() + 5
+        while not {"ghost", "alive"} <= processes():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for _ in range(6):  # 1.5 s: past the ttl for the ghost, never for the one that sends
+            send("alive")
+            time.sleep(0.25)
+        left = processes()
+        assert "ghost" not in left and "alive" in left, left
+    finally:
+        runtime.close()
+        sut.stop()
