@@ -104,6 +104,7 @@ log = structlog.get_logger(__name__)
 FORWARD_DSN_OPTION = "relayctl:forward_dsn"
 DEAD_LETTER_BUCKET = FORWARD_DEAD_LETTER_BUCKET
 FORWARD_CONSUMER, EVENTS_CONSUMER, OUTCOMES_CONSUMER = "forwarder", "error-events", "outcomes"
+CONSUMERS = (FORWARD_CONSUMER, EVENTS_CONSUMER, OUTCOMES_CONSUMER)
 CLIENT = "relayctl-forwarder/0.1"
 _ABSENT: Any = object()
 MAX_LIST = 200
@@ -113,7 +114,8 @@ MAX_SCAN = 20_000
 
 @dataclass(frozen=True)
 class ForwardSettings:
-    """RELAYCTL_FORWARD_ACK_WAIT, _TIMEOUT, _CONCURRENCY, _BACKOFF_BASE, _BACKOFF_MAX, _MAX_ACK_PENDING."""
+    """RELAYCTL_FORWARD_ACK_WAIT, _TIMEOUT, _CONCURRENCY, _BACKOFF_BASE, _BACKOFF_MAX, _MAX_ACK_PENDING,
+    _CONSUMERS."""
 
     ack_wait: float = 30.0  # an unacked delivery goes to another puller after this
     timeout: float = 10.0  # one HTTP request to the target
@@ -124,6 +126,9 @@ class ForwardSettings:
     # Envelopes delivered and not yet acked, per consumer and for all instances: those of a
     # target that is down wait here, so past this many the other projects wait behind them.
     max_ack_pending: int = 10_000
+    # which of the three consumers this instance pulls for (RELAYCTL_FORWARD_CONSUMERS, comma
+    # separated): instances may be given one job each, e.g. to scale error events apart
+    consumers: frozenset[str] = frozenset(CONSUMERS)
     dead_letter_ttl: float = 7 * 24 * 3600.0
 
     @classmethod
@@ -134,7 +139,13 @@ class ForwardSettings:
             value = env.get(f"RELAYCTL_FORWARD_{name}")
             return float(value) if value else default
 
-        return cls(ack_wait=number("ACK_WAIT", 30.0), timeout=number("TIMEOUT", 10.0),
+        names = frozenset(n.strip() for n in (env.get("RELAYCTL_FORWARD_CONSUMERS") or ",".join(CONSUMERS)).split(",")
+                          if n.strip())
+        unknown = sorted(names - set(CONSUMERS))
+        if unknown or not names:
+            raise ValueError(f"RELAYCTL_FORWARD_CONSUMERS: unknown consumer {', '.join(unknown) or '(none given)'}; "
+                             f"known: {', '.join(CONSUMERS)}")
+        return cls(consumers=names, ack_wait=number("ACK_WAIT", 30.0), timeout=number("TIMEOUT", 10.0),
                    concurrency=int(number("CONCURRENCY", 32)), backoff_base=number("BACKOFF_BASE", 1.0),
                    backoff_max=number("BACKOFF_MAX", 60.0),
                    max_ack_pending=int(number("MAX_ACK_PENDING", 10_000)))
@@ -303,7 +314,7 @@ class ForwarderActor(ProjectionActor):
             _Consumer(EVENTS_CONSUMER, INGEST_ENVELOPES, self._store_events),
             _Consumer(OUTCOMES_CONSUMER, INGEST_SUBJECTS, self._count),
         )
-        self._tasks = [self.runtime.submit(self._consume(c)) for c in consumers]
+        self._tasks = [self.runtime.submit(self._consume(c)) for c in consumers if c.name in self.settings.consumers]
 
     def on_stop(self) -> None:
         self._closed = True

@@ -7,7 +7,8 @@ Sentry (a bare aiohttp server answering 200) as its own process. For each run a 
 project with `relayctl:forward_dsn` gets N envelopes appended to RC_INGEST first (as the
 gateway appends them), then the forwarders start and the time until the receiver has seen
 every event id is measured: one forwarder, then two (each in its own process, `relayctl
-worker forwarder`). Beside them, a floor measured in the same run: a bare loop pulling the
+worker forwarder`), then one running the forwarding consumer only
+(`RELAYCTL_FORWARD_CONSUMERS=forwarder`). Beside them, a floor measured in the same run: a bare loop pulling the
 same envelopes from a JetStream pull consumer, POSTing them with the same concurrency and
 acking - what any durable forwarder must do at least. A forwarder process also runs its two
 other consumers on the same envelopes (error events normalized, scrubbed and stored; outcome
@@ -138,8 +139,11 @@ async def project(nats_url: str, port: int, name: str, forward: bool) -> int:
     return int(created["id"])
 
 
-def start_forwarders(nats_url: str, redis_url: str, count: int, data_dir: Path) -> list[subprocess.Popen[bytes]]:
+def start_forwarders(nats_url: str, redis_url: str, count: int, data_dir: Path,
+                     only: str | None = None) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "RELAYCTL_SENTRY": "0", "RELAYCTL_REDIS_URL": redis_url}
+    if only:
+        env["RELAYCTL_FORWARD_CONSUMERS"] = only
     return [subprocess.Popen([RELAYCTL, "--data-dir", str(data_dir), "--nats-url", nats_url, "worker", "forwarder"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
 
@@ -165,11 +169,13 @@ def main() -> None:
             try:
                 total = 0
                 rows = []
-                for label, instances in (("floor (pull, POST, ack)", 0), ("1 forwarder", 1), ("2 forwarders", 2)):
+                for label, instances, only in (("floor (pull, POST, ack)", 0, None), ("1 forwarder", 1, None),
+                                               ("2 forwarders", 2, None),
+                                               ("1 forwarder, forwarding only", 1, "forwarder")):
                     pid = asyncio.run(project(nats_server.url, port, "p" + uuid.uuid4().hex[:6], instances > 0))
                     asyncio.run(fill(nats_server.url, pid, args.envelopes, args.size))
                     before, total = total, total + args.envelopes
-                    procs = start_forwarders(nats_server.url, redis_server.url, instances, data_dir)
+                    procs = start_forwarders(nats_server.url, redis_server.url, instances, data_dir, only)
                     try:
                         if instances == 0:
                             async def run_floor() -> float:
@@ -186,10 +192,10 @@ def main() -> None:
                             proc.terminate()
                             proc.wait(10)
                     rows.append((label, args.envelopes / seconds))
-                    print(f"{label:26} {args.envelopes} x {args.size} B envelopes: {seconds:.2f} s, "
+                    print(f"{label:30} {args.envelopes} x {args.size} B envelopes: {seconds:.2f} s, "
                           f"{args.envelopes / seconds:.0f}/s", flush=True)
                 print(f"1 forwarder / floor: {rows[1][1] / rows[0][1]:.2f}; 2 forwarders / floor: "
-                      f"{rows[2][1] / rows[0][1]:.2f}")
+                      f"{rows[2][1] / rows[0][1]:.2f}; forwarding only / floor: {rows[3][1] / rows[0][1]:.2f}")
             finally:
                 worker.stop()
     finally:

@@ -466,3 +466,26 @@ def test_a_429_holds_back_the_targets_other_envelopes_too(system: SystemUnderTes
         fwd.stop()
     start = stub.attempts[0].at
     assert all(a.at - start >= 1.9 for a in stub.attempts[1:]), [round(a.at - start, 2) for a in stub.attempts]
+
+
+def test_instances_with_one_job_each_share_the_consumers(system: SystemUnderTest, appender: Appender,
+                                                         stub: SentryStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RELAYCTL_FORWARD_CONSUMERS: a forwarding-only instance forwards and stores no event;
+    the error events wait in their consumer until an instance that stores them runs."""
+    project = forwarding_project(system, stub)
+    ref = f"{project['org']}/{project['slug']}"
+    event_id = uuid.uuid4().hex
+    monkeypatch.setenv("RELAYCTL_FORWARD_CONSUMERS", "forwarder")
+    only_forwarding = forwarder(system, "fwd-only")
+    try:
+        appender.append(project, envelope(project, event_id), event_id)
+        stub.wait(lambda: event_id in stub.accepted_ids(), what="the envelope forwarded")
+        assert system.cli_ok("event", "list", ref, "--json") == []
+        monkeypatch.setenv("RELAYCTL_FORWARD_CONSUMERS", "error-events,outcomes")
+        events_only = forwarder(system, "events-only")
+        try:
+            stub.wait(lambda: system.cli_ok("event", "list", ref, "--json"), what="the event stored")
+        finally:
+            events_only.stop()
+    finally:
+        only_forwarding.stop()

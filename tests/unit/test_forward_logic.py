@@ -141,3 +141,13 @@ def test_stats_windows_count_the_last_hour_and_day() -> None:
     assert stats["last24h"]["rate_limited"] == 8 and stats["last24h"]["accepted"] == 3
     assert stats["last24h"]["byCategory"] == {"attachment": {"accepted": 1}, "error": {
         "accepted": 2, "filtered": 1, "rate_limited": 8}, "span": {"invalid": 4}}
+
+
+def test_an_instance_may_run_some_consumers_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAYCTL_FORWARD_CONSUMERS", "forwarder, outcomes")
+    assert ForwardSettings.from_env().consumers == {"forwarder", "outcomes"}
+    monkeypatch.setenv("RELAYCTL_FORWARD_CONSUMERS", "forwarder,nope")
+    with pytest.raises(ValueError, match="unknown consumer nope; known: forwarder, error-events, outcomes"):
+        ForwardSettings.from_env()
+    monkeypatch.delenv("RELAYCTL_FORWARD_CONSUMERS")
+    assert ForwardSettings.from_env().consumers == {"forwarder", "error-events", "outcomes"}
