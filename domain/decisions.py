@@ -114,8 +114,10 @@ def new_public_key() -> str:
 
 
 def new_token() -> str:
-    """An API token: shown once to its user, stored only as its `token_hash`."""
-    return secrets.token_urlsafe(32)
+    """An API token: shown once to its user, stored only as its `token_hash`. A user token in
+    the format sentry-cli recognizes (`sntryu_` and 64 hex characters, domain/access.py); it
+    is also the random secret `token.create` makes its tokens from."""
+    return "sntryu_" + secrets.token_hex(32)
 
 
 def checked_option(scope: str, key: str, value: Any) -> Any:

@@ -272,3 +272,54 @@ def test_an_org_trusts_a_relay_through_the_api(system: SystemUnderTest, people: 
     status, errors = call(system, "PUT", f"/api/0/organizations/{org}/", admin,
                           {"trustedRelays": [{"publicKey": "not-a-key", "name": "x"}]})
     assert status == 400 and list(errors) == ["trustedRelays"]
+
+
+# What each role may do in its org (Sentry's: member reads, admin writes projects and
+# keys, manager also the org and its members, owner everything), and a token limited to
+# `project:read` by its scopes whatever the role.
+ROLE_CASES: list[tuple[str, str, str, Any, dict[str, int]]] = [
+    ("read the org", "GET", "/api/0/organizations/{org}/", None,
+     {"member": 200, "admin": 200, "manager": 200, "owner": 200, "narrow": 403}),
+    ("list projects", "GET", "/api/0/organizations/{org}/projects/", None,
+     {"member": 200, "admin": 200, "manager": 200, "owner": 200, "narrow": 200}),
+    ("create a project", "POST", "/api/0/teams/{org}/{org}/projects/", {"name": "p-{role}"},
+     {"member": 403, "admin": 201, "manager": 201, "owner": 201, "narrow": 403}),
+    ("create a key", "POST", "/api/0/projects/{org}/base/keys/", {"name": "k"},
+     {"member": 403, "admin": 201, "manager": 201, "owner": 201, "narrow": 403}),
+    ("rename the org", "PUT", "/api/0/organizations/{org}/", {"name": "Renamed"},
+     {"member": 403, "admin": 403, "manager": 200, "owner": 200, "narrow": 403}),
+    ("list members", "GET", "/api/0/organizations/{org}/members/", None,
+     {"member": 200, "admin": 200, "manager": 200, "owner": 200, "narrow": 403}),
+    ("add a member", "POST", "/api/0/organizations/{org}/members/", {"email": "{extra}", "role": "member"},
+     {"member": 403, "admin": 403, "manager": 201, "owner": 201, "narrow": 403}),
+    ("delete a project", "DELETE", "/api/0/projects/{org}/doomed-{role}/", None,
+     {"member": 403, "admin": 204, "manager": 204, "owner": 204, "narrow": 403}),
+]
+
+
+def test_each_role_and_scope_is_allowed_and_refused_where_it_should_be(system: SystemUnderTest,
+                                                                       people: dict[str, str]) -> None:
+    admin, tag = people["admin_token"], people["tag"]
+    org, outsider_org = f"rbac-{tag}", f"rbac-other-{tag}"
+    for slug in (org, outsider_org):
+        assert call(system, "POST", "/api/0/organizations/", admin, {"name": slug})[0] == 201
+    assert call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", admin, {"name": "base"})[0] == 201
+    extra = f"extra-{tag}"
+    system.cli_ok("user", "create", extra)
+    tokens = {}
+    for role in ("member", "admin", "manager", "owner", "narrow"):
+        user = f"rbac-{role}-{tag}"
+        system.cli_ok("user", "create", user)
+        system.cli_ok("org", "member", "add", org, user, "--role", "owner" if role == "narrow" else role)
+        scopes = ["--scope", "project:read"] if role == "narrow" else []
+        tokens[role] = system.cli_ok("token", "create", user, *scopes, "--json")["token"]
+        assert call(system, "POST", f"/api/0/teams/{org}/{org}/projects/", admin, {"name": f"doomed-{role}"})[0] == 201
+    for what, method, path, body, expected in ROLE_CASES:
+        for role, status in expected.items():
+            fill = {"org": org, "role": role, "extra": extra}
+            payload = json.loads(json.dumps(body).replace("{role}", role).replace("{extra}", extra)) if body else None
+            got = call(system, method, path.format(**fill), tokens[role], payload)[0]
+            assert got == status, (what, role, got)
+            # in an org it is no member of, every one of them is 404
+            assert call(system, method, path.format(**{**fill, "org": outsider_org}), tokens[role],
+                        payload)[0] == 404, (what, role)
