@@ -106,14 +106,14 @@ def error_document(code: str, message: str) -> str:
 
 
 def fail(message: str, code: int = 1, error_code: str | None = None) -> NoReturn:
-    """Print `message` and exit with `code`: on stderr, or with `--json` as
+    """Print `message` on stderr and exit with `code`; with `--json` also as
     `{"error": {"code", "message"}}` on stdout (`error_code` names the kind: the wire
     error's code, else "usage" for exit 2 and "error" otherwise)."""
     # Every error the CLI prints passes here; none may show a URL's password.
     if json_requested():
         click.echo(error_document(error_code or ("usage" if code == 2 else "error"), message))
-    else:
-        click.echo(f"error: {redact_url(message)}", err=True)
+    # Always on stderr too (INTERFACE.md: errors go to stderr), also beside the JSON document.
+    click.echo(f"error: {redact_url(message)}", err=True)
     sys.exit(code)
 
 

@@ -53,7 +53,8 @@ RELAY_KEY_COMMAND: dict[str, Any] = {"cls": RelayKeyCommand, "context_settings":
 
 class RelayctlGroup(click.Group):
     """The root command: with `--json` anywhere among the arguments, an error click itself
-    raises (a usage error, a missing argument) is one JSON document on stdout as well."""
+    raises (a usage error, a missing argument) is also one JSON document on stdout (stdout
+    holds nothing else; the usual message still goes to stderr)."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -65,9 +66,11 @@ class RelayctlGroup(click.Group):
         except click.ClickException as exc:
             kind = "usage" if isinstance(exc, click.UsageError) else "error"
             click.echo(error_document(kind, exc.format_message()))
+            exc.show()  # on stderr too, as without --json
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo(error_document("aborted", "interrupted"))
+            click.echo("error: interrupted", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
 

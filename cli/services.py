@@ -571,11 +571,12 @@ def register(main: click.Group) -> None:
         orch.state["up"] = {"bind": bind, "services": [n for n in SERVICES if n in meant]}
         orch.save()
         credentials = orch.save_operator_credentials()
-        # No password on screen (or in a CI log): the URLs without credentials, and the file
-        # (0600) holding the operator's own.
-        out = {"gateway": orch.state.get("gateway"), "nats": without_credentials(orch.state.get("nats")),
-               "redis": without_credentials(orch.state.get("redis")), "credentials": str(credentials),
-               "services": report}
+        # `--json` is for programs (INTERFACE.md): its `nats` and `redis` URLs are the
+        # operator's own, credentials included, so any client can connect with them. The
+        # text on screen (or in a CI log) shows no password: the URLs without credentials,
+        # and the file (0600) holding the operator's own.
+        out = {"gateway": orch.state.get("gateway"), "nats": orch.state.get("nats"),
+               "redis": orch.state.get("redis"), "credentials": str(credentials), "services": report}
         if orch.state.get("llm"):
             out["llm"] = orch.state["llm"]
         if skipped:
@@ -586,7 +587,8 @@ def register(main: click.Group) -> None:
         lines = {**report, **skipped, **{n: f"FAILED: {reason}" for n, reason in failed.items()}}
         text = ("Nothing to do: every service is already running\n" if not started and not failed else "") + \
             "\n".join(f"  {n:<9} {s}" for n, s in lines.items()) + \
-            f"\nGateway: {out['gateway']}\nNATS:    {out['nats']}\nRedis:   {out['redis']}" + \
+            f"\nGateway: {out['gateway']}\nNATS:    {without_credentials(out['nats'])}" + \
+            f"\nRedis:   {without_credentials(out['redis'])}" + \
             f"\nCredentials (the operator's NATS and Redis URLs): {credentials}"
         if failed:
             text += ("\nOptional service(s) failed: " + ", ".join(failed) + "; everything else runs, and the AI "
@@ -709,9 +711,15 @@ def register(main: click.Group) -> None:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
+        from bus.settings import InvalidSetting, Settings
+
+        try:  # the process's settings, once: its flags over its environment (bus/settings.py)
+            settings = Settings.load(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url)
+        except InvalidSetting as exc:
+            fail(exc.message)
         try:
-            running = Worker(names, ctx.nats_url, redis_url or ctx.redis_url, process_name=",".join(names),
-                             on_give_up=give_up).start()
+            running = Worker(names, settings.value("RELAYCTL_NATS_URL"), settings.value("RELAYCTL_REDIS_URL"),
+                             process_name=",".join(names), on_give_up=give_up, settings=settings).start()
         except Exception as exc:
             fail(f"worker failed to start: {exc}")
         stop.wait()

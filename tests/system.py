@@ -249,8 +249,9 @@ class Relayctl:
         """The command failed with `exit_code` and printed exactly one JSON error document."""
         result = self.run(*args)
         assert result.returncode == exit_code, (args, result.returncode, result.stdout, result.stderr)
-        assert result.stderr == "", result.stderr
         doc = json.loads(result.stdout)
         assert set(doc) == {"error"} and set(doc["error"]) == {"code", "message"}, doc
         assert isinstance(doc["error"]["code"], str) and doc["error"]["message"]
+        # the same message on stderr, as without --json (INTERFACE.md: errors go to stderr)
+        assert doc["error"]["message"] in result.stderr, result.stderr
         return doc["error"]  # type: ignore[no-any-return]

@@ -341,7 +341,7 @@ def test_import_is_all_or_nothing_per_org(system: SystemUnderTest, tmp_path: Pat
     fails(result, f"imp-b-{suffix}.projects[1].options.sentry:scrub_data")
     # With --json the same error is the JSON error document on stdout (issue 16 item 11).
     result = system.cli("import", write(tmp_path, "bad.json", spec), "--json")
-    assert result.exit_code == 1 and result.stderr == ""
+    assert result.exit_code == 1 and result.stderr.startswith("error: ")
     assert f"imp-b-{suffix}.projects[1].options.sentry:scrub_data" in result.json()["error"]["message"]
     fails(system.cli("key", "list", f"imp-b-{suffix}/mobile"), f"No organization matching `imp-b-{suffix}`")
     assert len(system.cli_ok("key", "list", f"imp-a-{suffix}/web", "--json")["keys"]) == 2

@@ -175,8 +175,8 @@ def test_every_change_takes_json(cli: Relayctl, system: SystemUnderTest, tmp_pat
 
 
 def test_errors_with_json_are_one_json_document(cli: Relayctl) -> None:
-    """With --json an error is {"error": {"code", "message"}} on stdout, nothing on stderr,
-    and the exit status of the text form: 1 for a refused command, 2 for a usage error."""
+    """With --json an error is {"error": {"code", "message"}} on stdout (the message also on
+    stderr, as without --json), and the exit status of the text form: 1 for a refused command, 2 for a usage error."""
     org = unique("err")
     cli.ok("org", "create", org)
     assert cli.json_error("org", "create", org, "--json") == \
