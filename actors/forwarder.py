@@ -471,7 +471,11 @@ class ForwarderActor(ProjectionActor):
         if project_id is None:
             await msg.ack()
             return
-        target = await self._on_actor(lambda: self._target(project_id))
+        # What the projection holds now, and only when that says "nowhere" once caught up with
+        # the stream (a DSN set just before): the common case costs no question to the store.
+        target = await self._on_actor(lambda: self._target(project_id), caught_up=False)
+        if target is None:
+            target = await self._on_actor(lambda: self._target(project_id))
         if target is None:
             await msg.ack()
             return
@@ -620,6 +624,7 @@ class ForwarderActor(ProjectionActor):
             return
         data = await self._envelope(msg)
         headers = dict(msg.headers or {})
+        # Always caught up: a sensitive field set just before must scrub this event already.
         scrubbing = await self._on_actor(lambda: self._scrub_settings(project_id))
         if scrubbing is None or data is None:
             metrics.incr("ingest.error_events", tags={"result": "unknown_project"})
