@@ -278,6 +278,22 @@ def served_by(actor: str) -> dict[str, dict[str, Schema]]:
 _SCHEMAS: dict[str, Schema] = {**CONTROL, **QUERIES}
 
 
+def describe() -> str:
+    """The table as markdown, one row per endpoint (docs/architecture.md holds it, checked by
+    tests/unit/test_endpoints.py; `python -m messages.endpoints` prints it)."""
+
+    def types(e: Endpoint) -> str:
+        out = [f"`{t}`" + (" (idempotent)" if t in e.idempotent else "") for t in e.commands]
+        out += [f"`{t}` ({CAUGHT_UP if t in e.caught_up else LATEST})" for t in e.queries]
+        return ", ".join(out)
+
+    rows = ["| subject | actor | commands, queries (consistency) | callers besides the operator |",
+            "|---|---|---|---|"]
+    rows += [f"| `{e.subject}` | {e.actor} | {types(e)}{' (streamed)' if e.streamed else ''} | "
+             f"{', '.join(e.callers) or '-'} |" for e in ENDPOINTS]
+    return "\n".join(rows) + "\n"
+
+
 def _check() -> None:
     """The table is whole and consistent: every message type has exactly one endpoint, every
     subject one row, every role named exists. A mistake fails at import, not in production."""
@@ -302,3 +318,7 @@ def _check() -> None:
 
 
 _check()
+
+
+if __name__ == "__main__":
+    print(describe(), end="")

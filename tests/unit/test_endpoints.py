@@ -236,3 +236,14 @@ def test_the_permissions_are_valid_nats_server_config() -> None:
     for role, permissions in NATS_ROLES.items():
         assert permissions["publish"]["allow"] and permissions["subscribe"]["allow"], role
         assert all(s and "" not in s.split(".") and " " not in s for s in subjects(permissions)), role
+
+
+def test_the_architecture_document_holds_the_table_as_it_is() -> None:
+    """docs/architecture.md shows the endpoint table; it is the table's own rendering."""
+    from pathlib import Path
+
+    from messages.endpoints import describe
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    shown = text.split("<!-- endpoints:begin -->\n", 1)[1].split("<!-- endpoints:end -->", 1)[0]
+    assert shown == describe(), "run `python -m messages.endpoints` and paste it into docs/architecture.md"
