@@ -743,7 +743,14 @@ def register(main: click.Group) -> None:
         if nats_url:
             ctx.nats_url_option = nats_url
         host, port = _parse_bind(bind)
+        from bus.settings import InvalidSetting, Settings
+
+        try:  # the process's settings, once: its flags over its environment (bus/settings.py)
+            settings = Settings.load(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url)
+        except InvalidSetting as exc:
+            fail(exc.message)
         try:
-            run_gateway(host, port, ctx.nats_url, redis_url or ctx.redis_url, data_dir=ctx.data_dir)
+            run_gateway(host, port, settings.value("RELAYCTL_NATS_URL"), settings.value("RELAYCTL_REDIS_URL"),
+                        data_dir=ctx.data_dir, settings=settings)
         except PortInUse as exc:
             fail(str(exc))

@@ -12,7 +12,6 @@ port only with gateways of the same system (gateway/binding.py).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import secrets
 import signal
@@ -33,6 +32,7 @@ from bus.client import request as bus_request
 from bus.metric_catalogue import GATEWAY_COUNTERS, HELP
 from bus.process import instrument
 from bus.runtime import connect
+from bus.settings import Settings
 from domain.metrics_store import MetricsStore
 from gateway.ai import add_ai_routes
 from gateway.api import add_management_routes
@@ -60,13 +60,10 @@ MAX_LOGGED_RELAY_ID = 64
 SLOW_REQUEST = 1.0  # seconds: a request this slow is logged whatever the sample rate
 
 
-def access_sample_rate() -> float:
+def access_sample_rate(settings: Settings) -> float:
     """`RELAYCTL_ACCESS_LOG_SAMPLE`: the share of successful, fast requests the access log
     records (0-1, default 1: all). Relays poll every 100 ms; a busy gateway samples."""
-    try:
-        return min(1.0, max(0.0, float(os.environ.get("RELAYCTL_ACCESS_LOG_SAMPLE", "1"))))
-    except ValueError:
-        return 1.0
+    return min(1.0, max(0.0, float(settings.value("RELAYCTL_ACCESS_LOG_SAMPLE"))))
 
 
 def log_access(request: web.Request, route: str, status: int, seconds: float, rate: float) -> None:
@@ -269,14 +266,17 @@ async def live(request: web.Request) -> web.Response:
 
 
 def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool = True,
-               limits: HttpLimits | None = None) -> web.Application:
-    limits = limits or HttpLimits.from_env()
+               limits: HttpLimits | None = None, settings: Settings | None = None) -> web.Application:
+    """`settings`: the process's (bus/settings.py), built where it starts; by default from
+    its environment."""
+    settings = settings or Settings.load()
+    limits = limits or HttpLimits.from_settings(settings)
     # handler_args carries the header limits to whichever runner serves the app.
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware, limits_middleware(limits)],
                           handler_args=limits.handler_args())
     app["nc"] = None
     app["redis"] = None
-    app["access_sample_rate"] = access_sample_rate()
+    app["access_sample_rate"] = access_sample_rate(settings)
     app["own_series"] = OwnSeries()
     app["relay_activity"] = RelayActivity()
     app["relay_auth"] = RelayAuthCache()
@@ -356,10 +356,12 @@ class PortInUse(Exception):
     """The gateway may not listen where it was told to (gateway/binding.py says why)."""
 
 
-def run_gateway(host: str, port: int, nats_url: str, redis_url: str | None, *, data_dir: Path | None = None) -> None:
+def run_gateway(host: str, port: int, nats_url: str, redis_url: str | None, *, data_dir: Path | None = None,
+                settings: Settings | None = None) -> None:
     """Serve until SIGTERM/SIGINT; raises `PortInUse` when host:port belongs to another system."""
-    limits = HttpLimits.from_env()
-    app = create_app(nats_url, redis_url, limits=limits)
+    settings = settings or Settings.load()
+    limits = HttpLimits.from_settings(settings)
+    app = create_app(nats_url, redis_url, limits=limits, settings=settings)
     lock = PortLock(port)
 
     async def claim_port(app: web.Application) -> None:

@@ -23,7 +23,8 @@ registration per client IP.
   A real Relay registers once at start and every 10 minutes: the defaults leave room for
   a fleet behind one NAT address restarting at once.
 
-Every value can be set in the environment (`RELAYCTL_HTTP_*`), see `HttpLimits.from_env`.
+Every value can be set in the environment (`RELAYCTL_HTTP_*`, bus/settings.py), see
+`HttpLimits.from_settings`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from bus.settings import Settings
 from gateway.errors import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,23 +62,27 @@ class HttpLimits:
     max_connections_per_ip: int = 256
 
     @classmethod
-    def from_env(cls) -> HttpLimits:
-        def number(name: str, default: float) -> float:
-            raw = os.environ.get(f"RELAYCTL_HTTP_{name}")
-            try:
-                return float(raw) if raw else default
-            except ValueError:
-                return default
-
+    def from_settings(cls, settings: Settings) -> HttpLimits:
+        """The limits of the process's settings (bus/settings.py: `RELAYCTL_HTTP_*`)."""
         d = cls()
-        return cls(max_line_size=int(number("MAX_LINE_SIZE", d.max_line_size)),
-                   max_field_size=int(number("MAX_FIELD_SIZE", d.max_field_size)),
-                   max_headers=int(number("MAX_HEADERS", d.max_headers)),
-                   body_timeout=number("BODY_TIMEOUT", d.body_timeout),
-                   header_timeout=number("HEADER_TIMEOUT", d.header_timeout),
-                   register_rate=number("REGISTER_RATE", d.register_rate),
-                   register_burst=int(number("REGISTER_BURST", d.register_burst)),
-                   max_connections_per_ip=int(number("MAX_CONNECTIONS_PER_IP", d.max_connections_per_ip)))
+
+        def value(name: str, default: float) -> float:
+            found = settings.value(f"RELAYCTL_HTTP_{name}")
+            return float(found) if found is not None else default
+
+        return cls(max_line_size=int(value("MAX_LINE_SIZE", d.max_line_size)),
+                   max_field_size=int(value("MAX_FIELD_SIZE", d.max_field_size)),
+                   max_headers=int(value("MAX_HEADERS", d.max_headers)),
+                   body_timeout=value("BODY_TIMEOUT", d.body_timeout),
+                   header_timeout=value("HEADER_TIMEOUT", d.header_timeout),
+                   register_rate=value("REGISTER_RATE", d.register_rate),
+                   register_burst=int(value("REGISTER_BURST", d.register_burst)),
+                   max_connections_per_ip=int(value("MAX_CONNECTIONS_PER_IP", d.max_connections_per_ip)))
+
+    @classmethod
+    def from_env(cls) -> HttpLimits:
+        """`from_settings` of this process's environment."""
+        return cls.from_settings(Settings.load())
 
     def handler_args(self) -> dict[str, Any]:
         """Keyword arguments of aiohttp's request handler (the HTTP parser's limits)."""

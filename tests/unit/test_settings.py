@@ -67,3 +67,11 @@ def test_only_catalogued_settings_can_be_read() -> None:
         Settings.load({}).value("RELAYCTL_MADE_UP")
     with pytest.raises(KeyError):
         Settings.load({}, RELAYCTL_MADE_UP="1")
+
+
+def test_the_catalogue_defaults_are_the_gateways_own() -> None:
+    """The HTTP limits' defaults are written twice (the dataclass and the catalogue): equal."""
+    from gateway.limits import HttpLimits
+
+    assert HttpLimits.from_settings(Settings.load({})) == HttpLimits()
+    assert HttpLimits.from_settings(Settings.load({"RELAYCTL_HTTP_MAX_HEADERS": "7"})).max_headers == 7
