@@ -13,7 +13,6 @@ the exposition shows the processes that run. HELP texts come from bus/metric_cat
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from bus.metrics import MalformedBatch, decode_batch
 from bus.runtime import BusRuntime
 from bus.seams import Bus
 from bus.service import Call
+from bus.settings import Settings
 from domain.metrics_store import MetricsStore
 from messages.errors import BadRequest
 from messages.subjects import METRICS_RECORD
@@ -37,12 +37,9 @@ REPLY_OVERHEAD = 4096
 
 def metrics_ttl(ttl: float | None = None) -> float:
     """How long a silent process keeps its series (`RELAYCTL_METRICS_TTL`, seconds)."""
-    if ttl is not None:
-        return max(1.0, float(ttl))
-    try:
-        return max(1.0, float(os.environ.get("RELAYCTL_METRICS_TTL", "120")))
-    except ValueError:
-        return 120.0
+    if ttl is None:
+        ttl = Settings.load().value("RELAYCTL_METRICS_TTL")
+    return max(1.0, float(ttl))
 
 
 class MetricsBatch:

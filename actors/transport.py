@@ -13,7 +13,6 @@ this project never go to relay).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +41,8 @@ class TransportConfig:
 
     @classmethod
     def from_env(cls) -> TransportConfig:
-        project = os.environ.get("RELAYCTL_INTERNAL_PROJECT_ID", "")
-        return cls(upstream=os.environ.get("RELAYCTL_DSN_UPSTREAM") or None,
-                   relay=os.environ.get("RELAYCTL_DSN_RELAY") or None,
-                   upstream_metrics_enabled=os.environ.get("RELAYCTL_UPSTREAM_METRICS", "") in ("1", "true"),
-                   internal_project_id=int(project) if project.isdigit() else None)
+        """`from_settings` of this process's environment."""
+        return cls.from_settings(Settings.load())
 
 
 class EnvelopeArrived:

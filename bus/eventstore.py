@@ -28,7 +28,6 @@ that does not answer at all.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from nats.js import api
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from bus.retry import Backoff, retry
+from bus.settings import Settings
 from messages.errors import BadRequest, Conflict, Unavailable
 from messages.events import (
     DomainEvent,
@@ -142,7 +142,7 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 def stream_replicas() -> int:
     """Copies of the event stream: `RELAYCTL_STREAM_REPLICAS` (3 on a three-node cluster), else 1."""
-    return int(os.environ.get("RELAYCTL_STREAM_REPLICAS") or 1)
+    return int(Settings.load().value("RELAYCTL_STREAM_REPLICAS"))
 
 
 class JetStreamEventStore:
