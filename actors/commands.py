@@ -5,6 +5,12 @@ decision's events expecting the aggregate's last sequence, and replies once they
 folded. On a conflict it catches up and decides again, up to `MAX_ATTEMPTS` times; an
 error that might come from stale state (unknown or duplicate names) is re-checked once
 after catching up. Ids and key claims: see domain/decider.py.
+
+The management API's writes arrive on their own subjects (`rc.api.*`, messages/endpoints.py
+`on_behalf`) with the bearer token of the user they are sent for. Such a write is decided
+only once everything stored before it arrived is folded (a token revoked just before is
+refused) and `domain.authorization.authorize` found the token live and its user allowed the
+command in that org; that user is the actor of its events. The token goes no further.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from bus.eventstore import CommitTooLarge
 from bus.runtime import BUS_ERRORS, BusRuntime
 from bus.seams import Bus
 from bus.service import Call
+from domain.authorization import authorize
 from domain.decider import Decider
 from domain.decisions import Decision, IdDraw, IdPool
 from domain.projections import EVERYTHING
 from domain.queries import answer_query
-from messages.endpoints import COMMANDS, queries_of
+from messages.endpoints import COMMANDS, TOKEN_FIELD, on_behalf, queries_of
 from messages.errors import Conflict, NotFound, RelayctlError, Unavailable
 from messages.events import RELAY
 
@@ -73,6 +80,10 @@ class CommandActor(ProjectionActor):
             # Every query of this actor is CAUGHT_UP (messages/endpoints.py), but stream.status.
             self.serve_caught_up(call, lambda: answer_query(self.state, message_type, call.payload))
             return
+        if on_behalf(call.subject):
+            # decided on everything stored before it arrived, so a revoked token is refused at once
+            self.catch_up(lambda: self._attempt(call, attempt=0, synced=True), call)
+            return
         self._attempt(call, attempt=0, synced=False)
 
     def stream_status(self) -> dict[str, Any]:
@@ -95,10 +106,21 @@ class CommandActor(ProjectionActor):
                 call.error(RelayctlError(f"internal error in {self.name}: {type(exc).__name__}"))
 
     def _decide_and_store(self, call: Call, attempt: int, synced: bool) -> None:
+        actor, payload = call.request.actor, call.payload
+        if on_behalf(call.subject):
+            # checked again on every attempt: what a retry decides on may have changed
+            payload = {k: v for k, v in payload.items() if k != TOKEN_FIELD}
+            try:
+                actor = "user:" + authorize(self.state, call.request.type, payload, call.payload[TOKEN_FIELD])
+            except RelayctlError as exc:
+                metrics.incr("commands.refused", tags={"reason": exc.code})
+                log.info("commands.refused", type=call.request.type, reason=exc.code, correlation_id=call.request.id)
+                call.error(exc)
+                return
         draw = IdDraw(self.ids)
-        decider = Decider(self.state, call.request.actor, draw)
+        decider = Decider(self.state, actor, draw)
         try:
-            decision = decider.decide(call.request.type, call.payload)
+            decision = decider.decide(call.request.type, payload)
             if decision.explicit_keys and not synced:
                 # A key named explicitly may be one another handler has just stored: see it first.
                 self.catch_up(lambda: self._attempt(call, attempt, True), call)

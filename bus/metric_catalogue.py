@@ -45,6 +45,8 @@ METRICS: Final[dict[str, MetricDoc]] = {
                                ("command", "result")),
     "events.append_conflicts": MetricDoc(COUNTER, "Appends refused because another writer was first (retried)"),
     "events.append_failed": MetricDoc(COUNTER, "Appends that failed, by exception", ("reason",)),
+    "commands.refused": MetricDoc(COUNTER, "Management API writes the command handlers refused for their "
+                                  "token, org or scope, by error code", ("reason",)),
     "events.folded": MetricDoc(COUNTER, "Events folded into an actor's state", ("actor",)),
     "events.undecodable": MetricDoc(COUNTER, "Stored events an actor could not decode and skipped", ("actor",)),
     "snapshots.rejected": MetricDoc(COUNTER, "State snapshots refused (bad signature or format)", ("name",)),

@@ -50,6 +50,7 @@ class Call:
     stream: Callable[[str], None] | None = None
     received: float = field(default_factory=time.monotonic)
     sequence: int = 0  # set by a write before it replies: where the stream holds its commit
+    subject: str = ""  # where it arrived (an actor serving several endpoints tells them apart)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -150,7 +151,7 @@ class ActorService:
         def send_chunk(chunk: str) -> None:
             loop.call_soon_threadsafe(stream, chunk)
 
-        call = Call(request, resolve, send_chunk)
+        call = Call(request, resolve, send_chunk, subject=subject)
         try:
             self.target.tell(call)
             result = await asyncio.wait_for(future, request.remaining())

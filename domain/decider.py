@@ -93,10 +93,17 @@ class Decider:
 
     # orgs
 
-    def org_create(self, slug: str, name: str | None) -> Decision:
+    def org_create(self, slug: str, name: str | None, owner: str | None = None) -> Decision:
+        """`owner`: a user who owns the org from its first commit (whoever creates an org
+        through the management API), so no moment exists where the new org has no one who
+        may manage it."""
         if self.state.org(slug) is not None:
             raise Conflict(f"Organization `{slug}` already exists")
-        return Decision(ORG, slug, [self.event("OrgCreated", slug, name=name or slug, id=self.ids.take("org"))],
+        events = [self.event("OrgCreated", slug, name=name or slug, id=self.ids.take("org"))]
+        if owner is not None:
+            require_user(self.state, owner)
+            events.append(self.event("MemberAdded", slug, username=owner, role="owner"))
+        return Decision(ORG, slug, events,
                         lambda s: {"id": s.org(slug).id, "slug": slug})  # type: ignore[union-attr]
 
     def _org_option(self, slug: str, key: str, value: Any) -> Decision:

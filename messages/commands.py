@@ -41,7 +41,9 @@ TOKEN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _page: Schema = {"cursor": field(str, required=False), "per_page": field(int, required=False, default=100)}
 
 CONTROL: dict[str, Schema] = {
-    "org.create": {"slug": slug, "name": name},
+    # owner: a user made the org's owner in the same commit (the management API's creator)
+    "org.create": {"slug": slug, "name": name, "owner": field(
+        str, required=False, check=_matches(USERNAME_RE, "username"))},
     "org.option_set": {"org": slug, "key": option_key, "value": any_value},
     "org.option_get": {"org": slug, "key": option_key},
     "org.option_unset": {"org": slug, "key": option_key},

@@ -5,6 +5,12 @@
   query only reads - and may be called by the roles in `callers` (the operator may call
   everything). Every control message has an endpoint of its own,
   `rc.ctl.<aggregate>.<command>`, so a subject a role may call never carries another type.
+  The management API's writes have endpoints of their own too, `rc.api.<aggregate>.<command>`
+  (`on_behalf`): the same command, sent by the gateway for a user, each request carrying that
+  user's bearer token (`token`), which the serving actor checks - the user, the org, the
+  scope the command needs (domain/authorization.py) - before it decides anything; the user
+  is the actor its events record. The gateway may call none of the operator's `rc.ctl.`
+  writes, so its NATS credentials alone change nothing.
   Each row says, per message type, what a caller and the serving actor need to know:
   - retry safety (`retry_safe`): every query, and the commands listed `idempotent` - those
     a second copy can never make do more, nor undo a change someone made in between. A
@@ -32,12 +38,13 @@ from dataclasses import dataclass
 
 from messages import subjects
 from messages.commands import CONTROL, QUERIES
-from messages.schema import Schema
+from messages.schema import Schema, field
 
 __all__ = [
     "ACTORS", "ENDPOINTS", "GATEWAY", "OBJECT", "OPERATOR", "REPLY_WINDOW", "ROLES", "STORES",
     "STREAM", "TOPICS", "KV", "Endpoint", "Store", "Topic", "endpoint_for", "retry_safe", "served_by",
-    "CAUGHT_UP", "LATEST", "consistency", "is_query", "queries_of",
+    "CAUGHT_UP", "LATEST", "consistency", "is_query", "queries_of", "API_WRITES", "TOKEN_FIELD", "api_subject",
+    "on_behalf",
 ]
 
 OPERATOR = "operator"
@@ -64,6 +71,9 @@ class Endpoint:
     streamed: bool = False  # answers with a series of chunk replies, then the result
     idempotent: tuple[str, ...] = ()  # commands safe to send again (see the module docstring)
     caught_up: tuple[str, ...] = ()  # queries answered CAUGHT_UP; the others are LATEST
+    # sent on behalf of a user: each request carries the user's token (`TOKEN_FIELD`), checked
+    # by the serving actor, and the user it names is the request's actor
+    on_behalf: bool = False
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -117,32 +127,46 @@ def _control(message_type: str, *, query: bool = False, callers: tuple[str, ...]
                     caught_up=types if query and caught_up else (), idempotent=types if idempotent else ())
 
 
-# The writes the management API (gateway/api/) sends on behalf of a user whose token and
-# scopes it checked, the user named as the request's actor. Relay access, users and tokens
-# stay the operator's.
-_API = (GATEWAY,)
+def _api(message_type: str) -> Endpoint:
+    """The management API's endpoint of the command `message_type`: the gateway sends it for
+    the user whose token the request carries; the command handlers check that token."""
+    return Endpoint(subjects.api(message_type), COMMANDS, commands=(message_type,), callers=(GATEWAY,),
+                    on_behalf=True)
+
+
+# The field of an `on_behalf` request that carries the user's bearer token, as the client sent it.
+TOKEN_FIELD = "token"
+
+# The writes of the management API (gateway/api/writes.py): orgs, their trusted relays,
+# members, teams, projects and keys. Users, tokens and relay access stay the operator's.
+API_WRITES = (
+    "org.create", "org.update", "org.trust_relay", "org.untrust_relay", "org.member_add", "org.member_remove",
+    "team.create", "team.delete", "project.create", "project.update", "project.option_set",
+    "project.option_unset", "project.team_add", "project.team_remove", "project.delete",
+    "key.create", "key.update", "key.rate_limit", "key.enable", "key.disable", "key.delete",
+)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     # control messages: the command handlers
-    _control("org.create", callers=_API),
-    _control("org.option_set", callers=_API),
+    _control("org.create"),
+    _control("org.option_set"),
     _control("org.option_get", query=True),
-    _control("org.option_unset", callers=_API),
-    _control("org.trust_relay", callers=_API),  # an org's own trusted relays (Sentry's org PUT)
-    _control("org.untrust_relay", callers=_API),
+    _control("org.option_unset"),
+    _control("org.trust_relay"),  # an org's own trusted relays (Sentry's org PUT)
+    _control("org.untrust_relay"),
     _control("org.template_set"),
-    _control("project.create", callers=_API),
-    _control("project.option_set", callers=_API),
+    _control("project.create"),
+    _control("project.option_set"),
     _control("project.option_get", query=True),
-    _control("project.option_unset", callers=_API),
+    _control("project.option_unset"),
     _control("project.disable"),
     _control("project.enable"),
-    _control("project.delete", callers=_API),
-    _control("key.create", callers=_API),
-    _control("key.disable", callers=_API),
-    _control("key.enable", callers=_API),
-    _control("key.delete", callers=_API),
-    _control("key.rate_limit", callers=_API),
+    _control("project.delete"),
+    _control("key.create"),
+    _control("key.disable"),
+    _control("key.enable"),
+    _control("key.delete"),
+    _control("key.rate_limit"),
     _control("key.list", query=True),
     _control("relay.allow"),
     _control("relay.deny"),
@@ -162,16 +186,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("token.create"),
     _control("token.list", query=True),
     _control("token.revoke"),
-    _control("org.update", callers=_API),
-    _control("org.member_add", callers=_API),
-    _control("org.member_remove", callers=_API),
+    _control("org.update"),
+    _control("org.member_add"),
+    _control("org.member_remove"),
     _control("org.member_list", query=True, callers=(GATEWAY,)),
-    _control("project.update", callers=_API),
-    _control("team.create", callers=_API),
-    _control("team.delete", callers=_API),
-    _control("project.team_add", callers=_API),
-    _control("project.team_remove", callers=_API),
-    _control("key.update", callers=_API),
+    _control("project.update"),
+    _control("team.create"),
+    _control("team.delete"),
+    _control("project.team_add"),
+    _control("project.team_remove"),
+    _control("key.update"),
     _control("api.orgs", query=True, callers=(GATEWAY,)),
     _control("api.org", query=True, callers=(GATEWAY,)),
     _control("api.projects", query=True, callers=(GATEWAY,)),
@@ -198,6 +222,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # the consumers of the ingest stream (actors/forwarder.py)
     Endpoint(subjects.INGEST_QUERY, FORWARDER, queries=("ingest.status", "ingest.stats", "events.list", "events.show")),
     Endpoint(subjects.INGEST_REPLAY, FORWARDER, commands=("ingest.replay",)),
+    # the management API's writes, each checked against the token it carries
+    *(_api(t) for t in API_WRITES),
 )
 
 _EVERY_PROCESS = (*ACTORS, GATEWAY)
@@ -238,12 +264,30 @@ STORES: tuple[Store, ...] = (
     Store(subjects.FORWARD_DEAD_LETTER_BUCKET, KV, readers=(FORWARDER,), writers=(FORWARDER,)),
 )
 
-_BY_TYPE: dict[str, Endpoint] = {t: endpoint for endpoint in ENDPOINTS for t in endpoint.types}
+# A type's endpoint is the one the operator's CLI and the services send it to; the management
+# API's copies of some commands (`on_behalf`) are found by `api_subject`.
+_BY_TYPE: dict[str, Endpoint] = {t: endpoint for endpoint in ENDPOINTS if not endpoint.on_behalf
+                                 for t in endpoint.types}
+_ON_BEHALF: dict[str, Endpoint] = {e.subject: e for e in ENDPOINTS if e.on_behalf}
 
 
 def endpoint_for(message_type: str) -> Endpoint:
     """The endpoint that accepts `message_type`; KeyError for a type nobody serves."""
     return _BY_TYPE[message_type]
+
+
+def api_subject(message_type: str) -> str:
+    """Where the gateway sends the management API's write `message_type` for a user;
+    KeyError for a command the API may not send."""
+    subject = subjects.api(message_type)
+    if subject not in _ON_BEHALF:
+        raise KeyError(message_type)
+    return subject
+
+
+def on_behalf(subject: str) -> bool:
+    """Whether requests on `subject` are sent for a user, with the user's token to check."""
+    return subject in _ON_BEHALF
 
 
 def retry_safe(message_type: str) -> bool:
@@ -271,8 +315,14 @@ def queries_of(actor: str) -> frozenset[str]:
 
 
 def served_by(actor: str) -> dict[str, dict[str, Schema]]:
-    """The endpoints `actor` serves: each subject with the schemas of the types it accepts."""
-    return {e.subject: {t: _SCHEMAS[t] for t in e.types} for e in ENDPOINTS if e.actor == actor}
+    """The endpoints `actor` serves: each subject with the schemas of the types it accepts
+    (on an `on_behalf` endpoint, the command's and the user's token)."""
+    return {e.subject: {t: _schema(e, t) for t in e.types} for e in ENDPOINTS if e.actor == actor}
+
+
+def _schema(endpoint: Endpoint, message_type: str) -> Schema:
+    schema = _SCHEMAS[message_type]
+    return {**schema, TOKEN_FIELD: field(str)} if endpoint.on_behalf else schema
 
 
 _SCHEMAS: dict[str, Schema] = {**CONTROL, **QUERIES}
@@ -289,18 +339,25 @@ def describe() -> str:
 
     rows = ["| subject | actor | commands, queries (consistency) | callers besides the operator |",
             "|---|---|---|---|"]
+    def callers(e: Endpoint) -> str:
+        return (", ".join(e.callers) or "-") + (" (for a user: its token checked by the actor)" if e.on_behalf else "")
+
     rows += [f"| `{e.subject}` | {e.actor} | {types(e)}{' (streamed)' if e.streamed else ''} | "
-             f"{', '.join(e.callers) or '-'} |" for e in ENDPOINTS]
+             f"{callers(e)} |" for e in ENDPOINTS]
     return "\n".join(rows) + "\n"
 
 
 def _check() -> None:
     """The table is whole and consistent: every message type has exactly one endpoint, every
     subject one row, every role named exists. A mistake fails at import, not in production."""
-    types = [t for e in ENDPOINTS for t in e.types]
+    types = [t for e in ENDPOINTS if not e.on_behalf for t in e.types]
+    api_types = [t for e in ENDPOINTS if e.on_behalf for t in e.types]
     duplicated = sorted({t for t in types if types.count(t) > 1})
     missing = sorted(set(_SCHEMAS) - set(types))
     unknown = sorted(set(types) - set(_SCHEMAS))
+    # a write of the API is a command of its own type, whose schema has no field of the token's name
+    misfiled_api = sorted({t for t in api_types if t not in CONTROL or api_types.count(t) > 1
+                           or t not in _BY_TYPE or t not in _BY_TYPE[t].commands or TOKEN_FIELD in CONTROL[t]})
     subject_list = [e.subject for e in ENDPOINTS] + [t.subject for t in TOPICS]
     repeated = sorted({s for s in subject_list if subject_list.count(s) > 1})
     misfiled = sorted({t for e in ENDPOINTS for t in e.idempotent if t not in e.commands} | {
@@ -311,6 +368,7 @@ def _check() -> None:
     problems = [f"{what}: {', '.join(items)}" for what, items in (
         ("types with two endpoints", duplicated), ("types without an endpoint", missing),
         ("types without a schema", unknown), ("subjects listed twice", repeated),
+        ("API writes that are no single control command (or have a token field)", misfiled_api),
         ("idempotent types that are no command, or caught-up ones no query", misfiled),
         ("unknown roles", sorted(roles - set(ROLES)))) if items]
     if problems:

@@ -33,6 +33,9 @@ FORWARD_DEAD_LETTER_BUCKET = "rc_forward_dead"
 
 # request/reply: `rc.ctl.<aggregate>.<command>` for every control message, and the queries
 CONTROL_PREFIX = "rc.ctl"
+# the management API's writes, sent by the gateway on behalf of the user whose bearer token
+# each request carries: `rc.api.<aggregate>.<command>` (the command handlers check the token)
+API_PREFIX = "rc.api"
 KEYS_LOOKUP = "rc.keys.lookup"
 ORG_ACCESS = "rc.org.access"
 CONFIG_GET = "rc.config.get"
@@ -61,6 +64,12 @@ def control(message_type: str) -> str:
     """The subject of the control message `<aggregate>.<command>`."""
     aggregate, _, command = message_type.partition(".")
     return f"{CONTROL_PREFIX}.{aggregate}.{command}"
+
+
+def api(message_type: str) -> str:
+    """The subject of the management API's write `<aggregate>.<command>`."""
+    aggregate, _, command = message_type.partition(".")
+    return f"{API_PREFIX}.{aggregate}.{command}"
 
 
 def ingest_subject(project_id: int | str) -> str:

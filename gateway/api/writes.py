@@ -2,8 +2,12 @@
 
 A handler checks the scope (gateway/api/routes.py `org_access`), validates the body the way
 Sentry answers it (400 `{"field": ["message"]}`, option values through the option
-catalogue before anything is stored), sends the commands with the token's user as the
-actor (so `relayctl config history` names who did it), and answers with the object read
+catalogue before anything is stored), sends the commands on the API's own subjects
+(`rc.api.*`) with the client's bearer token, and answers with the object read back. The
+gateway's check is the early answer; the command handlers check the token, the org and
+the scope again on their own state (domain/authorization.py) and record the token's user
+as the actor (so `relayctl config history` names who did it): the gateway's NATS
+credentials alone can change nothing. The object is read
 back at the last write's sequence (`after=`): the answer shows the write. Statuses as
 Sentry's: 201 on create, 204 on delete, 409 for a slug in use, 404 for what does not exist
 or is not visible.
@@ -25,11 +29,12 @@ from domain import options as option_catalogue
 from domain.access import ROLE_SCOPES, org_scopes, spans_orgs
 from domain.management import FILTER_LIST_OPTIONS
 from domain.model import TRUSTED_RELAYS
-from gateway.api.auth import FieldErrors, principal
+from gateway.api.auth import FieldErrors, bearer, principal, unauthorized
 from gateway.api.routes import NO_PERMISSION, NOT_FOUND, _slug, org_access, public_url, read
 from gateway.errors import HTTPFailure, json_response
 from messages.commands import SLUG_RE
-from messages.errors import BadRequest, Conflict, NotFound, Unavailable
+from messages.endpoints import TOKEN_FIELD, api_subject
+from messages.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
 
 WRITE_TIMEOUT = 10.0
 MAX_NAME = 64
@@ -72,13 +77,21 @@ def _slug_field(data: dict[str, Any], field: str = "slug") -> str | None:
 
 async def write(request: web.Request, who: dict[str, Any], message_type: str,
                 payload: dict[str, Any]) -> tuple[Any, int]:
-    """One control command on behalf of `who`: its result and the stream sequence it is at."""
+    """One command on behalf of the request's token (`who`: what it authenticated as): its
+    result and the stream sequence it is at."""
     nc = request.app["nc"]
     if nc is None or not nc.is_connected:
         raise Unavailable("the control plane (NATS) is unavailable")
+    token = bearer(request)
+    if token is None:
+        raise unauthorized("Authentication credentials were not provided.")
     try:
-        return await request_sequence(nc, message_type, payload, timeout=WRITE_TIMEOUT,
-                                      actor=f"user:{who['username']}")
+        return await request_sequence(nc, message_type, {**payload, TOKEN_FIELD: token}, timeout=WRITE_TIMEOUT,
+                                      subject=api_subject(message_type), actor=f"user:{who['username']}")
+    except Unauthorized:
+        raise unauthorized("Invalid token") from None
+    except Forbidden as exc:
+        raise HTTPFailure(403, exc.message) from None
     except NotFound:
         raise HTTPFailure(404, NOT_FOUND) from None
     except Conflict as exc:
@@ -108,9 +121,7 @@ async def create_organization(request: web.Request) -> web.Response:
     name = _name(data, required=True)
     assert name is not None
     slug = _slug_field(data) or slugify(name)
-    await write(request, who, "org.create", {"slug": slug, "name": name})
-    _, sequence = await write(request, who, "org.member_add", {"org": slug, "username": who["username"],
-                                                                "role": "owner"})
+    _, sequence = await write(request, who, "org.create", {"slug": slug, "name": name, "owner": who["username"]})
     return json_response(await read(request, "api.org", {"org": slug}, after=sequence), 201)
 
 

@@ -30,7 +30,7 @@ from bus.streaming import Chunk, Final, stream_request
 from cli.services import ACTORS, SERVICES
 from gateway.app import GATEWAY_BUCKET, registration_secret
 from messages.envelope import Request
-from messages.errors import BadRequest, DeadlineExceeded, RelayctlError
+from messages.errors import BadRequest, DeadlineExceeded, Forbidden, NotFound, RelayctlError, Unauthorized
 from messages.subjects import EVENT_STREAM, SNAPSHOT_BUCKET, inbox_prefix
 from tests.ai_helpers import error_event, sse_text
 from tests.openai_stub import OpenAIStub
@@ -339,26 +339,133 @@ def test_only_the_commands_role_may_publish_events(up: UpSystem, role: str) -> N
 
 def test_the_gateway_cannot_send_control_commands(up: UpSystem) -> None:
     """A control request from the gateway gets no reply (the server drops it and reports a
-    permissions violation) and changes nothing. (The management API's writes - orgs,
-    projects, keys, members - are the gateway's to send: messages/endpoints.py `_API`;
-    users, tokens and relay access stay the operator's.)"""
+    permissions violation) and changes nothing: users, tokens, relay access, imports,
+    exports and trusted relays are the operator's."""
     slug = "gw-" + uuid.uuid4().hex[:8]
+    up.ok("org", "create", slug)
+    key = relay_key()
     before = last_sequence(up)
+    attempts = (("user.create", {"username": slug, "superuser": True}),
+                ("user.token_create", {"username": slug}),
+                ("relay.allow", {"public_key": key, "internal": True}),
+                ("import.org", {"org": {"slug": f"imported-{slug}"}}),
+                ("export.orgs", {}),
+                ("org.trust_relay", {"org": slug, "public_key": key, "name": "intruder"}))
 
-    async def body(nc: NATS, conn: Connection) -> tuple[type[BaseException], list[str]]:
-        for message_type, payload in (("user.create", {"username": slug, "superuser": True}),
-                                      ("token.create", {"username": slug}),
-                                      ("relay.allow", {"public_key": "A" * 43, "internal": True}),
-                                      ("relay.deny", {"public_key": "A" * 43})):
-            with pytest.raises(RelayctlError) as caught:
-                await bus_request(nc, message_type, payload, timeout=1)
-            assert isinstance(caught.value, DeadlineExceeded), caught.value
+    async def body(nc: NATS, conn: Connection) -> tuple[list[Any], list[str]]:
+        answers = await asyncio.gather(*(bus_request(nc, t, p, timeout=1) for t, p in attempts),
+                                       return_exceptions=True)
         await nc.flush()
-        return type(caught.value), conn.violations()
-    _, violations = as_role(up, "gateway", body)
-    assert any("rc.ctl.user.create" in v for v in violations)
+        return answers, conn.violations()
+    answers, violations = as_role(up, "gateway", body)
+    for (message_type, _), answer in zip(attempts, answers):
+        assert isinstance(answer, DeadlineExceeded), (message_type, answer)
+        assert any(f"rc.ctl.{message_type}" in v for v in violations), (message_type, violations)
     assert last_sequence(up) == before
     assert up.run("permissions", "list", "-u", slug).returncode == 1  # no such user
+    assert key not in relay_keys(up)
+
+
+# The management API's writes: the gateway may send them only on rc.api.*, each with a user's token.
+API_ATTEMPTS = ("org.trust_relay", "org.create", "project.delete", "key.create", "org.member_add")
+
+
+def api_payloads(org: str, username: str, key: str) -> dict[str, dict[str, Any]]:
+    return {"org.trust_relay": {"org": org, "public_key": key, "name": "intruder"},
+            "org.create": {"slug": f"{org}-new", "name": None, "owner": username},
+            "project.delete": {"org": org, "project": "web"},
+            "key.create": {"org": org, "project": "web"},
+            "org.member_add": {"org": org, "username": username, "role": "owner"}}
+
+
+def test_the_gateway_cannot_send_the_management_apis_writes_as_control_commands(up: UpSystem) -> None:
+    """The writes the management API makes are refused by the server on the operator's
+    control subjects: the gateway's credentials alone trust no relay, create no org, delete
+    no project, make no key, add no member."""
+    tag = uuid.uuid4().hex[:8]
+    org, user, key = f"victim-{tag}", f"intruder-{tag}", relay_key()
+    up.ok("org", "create", org)
+    up.ok("project", "create", org, "web")
+    up.ok("user", "create", user)
+    payloads = api_payloads(org, user, key)
+    before = last_sequence(up)
+
+    async def body(nc: NATS, conn: Connection) -> tuple[list[Any], list[str]]:
+        answers = await asyncio.gather(*(bus_request(nc, t, payloads[t], timeout=1, actor="user:root")
+                                         for t in API_ATTEMPTS), return_exceptions=True)
+        await nc.flush()
+        return answers, conn.violations()
+    answers, violations = as_role(up, "gateway", body)
+    for message_type, answer in zip(API_ATTEMPTS, answers):
+        assert isinstance(answer, DeadlineExceeded), (message_type, answer)
+        assert any(f"rc.ctl.{message_type}" in v for v in violations), (message_type, violations)
+    assert last_sequence(up) == before
+    assert key not in relay_keys(up)
+    assert up.run("key", "list", f"{org}/web").returncode == 0  # the project is still there
+
+
+def test_the_management_apis_writes_are_authorized_by_the_command_handlers(up: UpSystem) -> None:
+    """On rc.api.* each write carries the caller's bearer token and the command handlers
+    decide who that is: no token, an unknown or revoked token, a user who is no member of
+    the org (not found, as for an org that does not exist) and a member lacking the scope
+    are refused with an error reply, and nothing is stored. A good token's write is decided
+    for the token's user, whatever actor the envelope names."""
+    tag = uuid.uuid4().hex[:8]
+    org, key = f"victim-{tag}", relay_key()
+    outsider, member, revoked, owner = (f"{who}-{tag}" for who in ("outsider", "member", "revoked", "owner"))
+    up.ok("org", "create", org)
+    up.ok("project", "create", org, "web")
+    tokens: dict[str, str] = {}
+    for username in (outsider, member, revoked, owner):
+        up.ok("user", "create", username)
+        made = up.ok("token", "create", username, "--json")
+        tokens[username] = made["token"]
+        if username != outsider:
+            up.ok("org", "member", "add", org, username, "--role", "owner" if username == owner else "member")
+    # an owner and creator of orgs, but for the revocation of its token
+    up.ok("org", "member", "add", org, revoked, "--role", "owner")
+    up.ok("permissions", "add", "-u", revoked, "-p", "relayctl.admin")
+    up.ok("token", "revoke", token_id(up, revoked))
+    payloads = api_payloads(org, outsider, key)
+    cases: list[tuple[str, dict[str, str], type[RelayctlError]]] = [
+        ("no token", {}, BadRequest),
+        ("unknown token", {"token": "sntryu_" + "0" * 64}, Unauthorized),
+        ("revoked token", {"token": tokens[revoked]}, Unauthorized),
+        ("no member", {"token": tokens[outsider]}, NotFound),
+        ("no scope", {"token": tokens[member]}, Forbidden),
+    ]
+    before = last_sequence(up)
+
+    async def body(nc: NATS, conn: Connection) -> tuple[list[Any], Any, list[str]]:
+        answers = await asyncio.gather(*(
+            bus_request(nc, t, {**payloads[t], **token}, subject=f"rc.api.{t}", timeout=10, actor=f"user:{owner}")
+            for _, token, _ in cases for t in API_ATTEMPTS), return_exceptions=True)
+        created = await bus_request(nc, "key.create", {"org": org, "project": "web", "token": tokens[owner]},
+                                    subject="rc.api.key.create", timeout=10, actor=f"user:{outsider}")
+        await nc.flush()
+        return answers, created, conn.violations()
+    answers, created, violations = as_role(up, "gateway", body)
+    expected = [(name, t, error) for name, _, error in cases for t in API_ATTEMPTS]
+    for (name, message_type, error), answer in zip(expected, answers):
+        wanted = Forbidden if message_type == "org.create" and error is NotFound else error  # no org to see
+        assert type(answer) is wanted, (name, message_type, answer)
+    assert violations == []
+    after = last_sequence(up)
+    assert after == before + 1  # the owner's key alone
+    assert key not in relay_keys(up)
+    assert up.run("key", "list", f"{org}/web").returncode == 0  # the project is still there
+    assert up.run("org", "member", "list", f"{org}-new").returncode != 0  # no such org
+    members = {m["username"]: m["role"] for m in up.ok("org", "member", "list", org, "--json")["members"]}
+    assert outsider not in members and members[member] == "member"
+    history = up.ok("config", "history", created["publicKey"], "--json")["events"]
+    assert [e["actor"] for e in history if e["type"] == "KeyCreated"] == [f"user:{owner}"]
+
+
+def token_id(up: UpSystem, username: str) -> str:
+    """The id of `username`'s only token."""
+    tokens = up.ok("token", "list", username, "--json")["tokens"]
+    assert len(tokens) == 1, tokens
+    return str(tokens[0]["id"])
 
 
 def test_the_gateway_cannot_touch_the_stream_api(up: UpSystem) -> None:

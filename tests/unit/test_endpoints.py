@@ -14,14 +14,18 @@ from bus.runtime import role_of
 from messages.commands import CONTROL, QUERIES
 from messages.endpoints import (
     ACTORS,
+    API_WRITES,
     CAUGHT_UP,
     ENDPOINTS,
     LATEST,
     OPERATOR,
     ROLES,
     STORES,
+    TOKEN_FIELD,
     TOPICS,
+    api_subject,
     consistency,
+    on_behalf,
     queries_of,
     retry_safe,
     served_by,
@@ -65,7 +69,7 @@ def test_every_control_message_has_an_endpoint_of_its_own() -> None:
 
 def test_every_query_is_served_by_one_actor_and_no_subject_is_a_wildcard() -> None:
     """Each query type is on exactly one endpoint; endpoints are literal subjects."""
-    served = [t for e in ENDPOINTS for t in e.types]
+    served = [t for e in ENDPOINTS if not e.on_behalf for t in e.types]
     assert sorted(served) == sorted({*CONTROL, *QUERIES})
     assert not any("*" in e.subject or ">" in e.subject for e in ENDPOINTS)
 
@@ -122,14 +126,17 @@ def test_a_role_may_call_exactly_the_endpoints_the_table_gives_it() -> None:
             assert may(role, "subscribe", endpoint.subject) == serves, (role, endpoint.subject)
 
 
-# What the management API (gateway/api/) sends on a user's behalf: its reads and the writes
-# of orgs, members, projects and keys - never users, tokens nor relay access.
-MANAGEMENT_API = {f"rc.ctl.{t}" for t in (
-    "api.orgs", "api.org", "api.projects", "api.project", "api.keys", "api.key", "org.member_list", "relay.list",
-    "org.create", "org.update", "org.option_set", "org.option_unset", "org.member_add", "org.member_remove",
+# What the management API (gateway/api/) sends: its reads on the control subjects, and the
+# writes of orgs, members, teams, projects and keys on their own `rc.api.` subjects only,
+# each carrying the user's token - never users, tokens nor relay access.
+MANAGEMENT_API_WRITES = (
+    "org.create", "org.update", "org.member_add", "org.member_remove",
     "project.create", "project.update", "project.option_set", "project.option_unset", "project.delete",
     "key.create", "key.update", "key.disable", "key.enable", "key.delete", "key.rate_limit", "team.create",
-    "team.delete", "project.team_add", "project.team_remove", "org.trust_relay", "org.untrust_relay")}
+    "team.delete", "project.team_add", "project.team_remove", "org.trust_relay", "org.untrust_relay")
+MANAGEMENT_API = {f"rc.ctl.{t}" for t in (
+    "api.orgs", "api.org", "api.projects", "api.project", "api.keys", "api.key", "org.member_list", "relay.list",
+)} | {f"rc.api.{t}" for t in MANAGEMENT_API_WRITES}
 
 
 def test_the_gateway_may_send_only_its_queries_and_two_control_messages() -> None:
@@ -143,11 +150,35 @@ def test_the_gateway_may_send_only_its_queries_and_two_control_messages() -> Non
         "rc.in.>"} | MANAGEMENT_API
     assert not rc_publishes("gateway") & {"rc.ctl.user.create", "rc.ctl.token.create", "rc.ctl.relay.allow",
                                           "rc.ctl.user.permission_add", "rc.ctl.import.org"}
+    # none of the operator's writes: the gateway's credentials alone change nothing
+    assert not {f"rc.ctl.{t}" for t in MANAGEMENT_API_WRITES} & rc_publishes("gateway")
+    assert not may("gateway", "publish", "rc.ctl.org.trust_relay")
     assert not any(s.startswith("$JS.API.CONSUMER") for s in NATS_ROLES["gateway"]["publish"]["allow"])
     assert not any(s.startswith("$JS.API.STREAM.CREATE.RC_EVENTS") or "PURGE.RC_" in s
                    for s in NATS_ROLES["gateway"]["publish"]["allow"])
     assert set(NATS_ROLES["gateway"]["subscribe"]["allow"]) == {"_INBOX.gateway.>", "rc.relay.changed"}
     assert "allow_responses" not in NATS_ROLES["gateway"]  # it serves nothing
+
+
+def test_the_management_api_writes_have_their_own_subjects_and_carry_a_token() -> None:
+    """Each write of the API is the same command on `rc.api.<aggregate>.<command>`, served by
+    the command handlers with the command's schema plus the user's token, and every one has
+    a scope in domain/authorization.py (what the command handlers check)."""
+    from domain.authorization import WRITE_SCOPES
+
+    assert set(API_WRITES) == set(MANAGEMENT_API_WRITES) == set(WRITE_SCOPES)
+    served = served_by("commands")
+    for message_type in API_WRITES:
+        subject = api_subject(message_type)
+        assert subject == f"rc.api.{message_type}" and on_behalf(subject)
+        assert served[subject] == {message_type: {**CONTROL[message_type], TOKEN_FIELD: served[subject][
+            message_type][TOKEN_FIELD]}}
+        assert served[subject][message_type][TOKEN_FIELD].required
+        # the operator's own endpoint of the command is where the client sends the type
+        assert subject_for(message_type) == f"rc.ctl.{message_type}" and not on_behalf(subject_for(message_type))
+    with pytest.raises(KeyError):
+        api_subject("relay.allow")  # relay access, users and tokens have no API endpoint
+    assert not any(e.on_behalf for e in ENDPOINTS if e.subject.startswith("rc.ctl."))
 
 
 def test_only_the_command_handlers_append_events_and_only_they_serve_control_subjects() -> None:

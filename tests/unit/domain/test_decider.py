@@ -44,6 +44,14 @@ def test_org_create_creates_it_with_the_next_id() -> None:
         [("OrgCreated", "acme", {"name": "acme", "id": 8})], reply={"id": 8, "slug": "acme"})
 
 
+def test_org_create_with_an_owner_makes_them_its_owner_in_the_same_commit() -> None:
+    ann = event("UserCreated", "ann", email=None, superuser=False)
+    given(ann).when("org.create", slug="acme", name=None, owner="ann").then(
+        [("OrgCreated", "acme", {"name": "acme", "id": 1}), ("MemberAdded", "acme", {"username": "ann", "role": "owner"})],
+        reply={"id": 1, "slug": "acme"})
+    given().fails("org.create", NotFound, "No user matching `ann`", slug="acme", name=None, owner="ann")
+
+
 def test_org_create_of_an_existing_slug_is_a_conflict() -> None:
     given(org_created()).fails("org.create", Conflict, "Organization `acme` already exists", slug="acme", name=None)
 
