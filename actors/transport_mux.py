@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
+from bus.retry import Backoff, retry_blocking
 from bus.sentry_transport import PROCESSING_PROJECT_TAG, UNSAFE_ENVELOPE_HEADER, UNSAFE_TAG
 
 __all__ = [
@@ -76,6 +77,10 @@ _EVENT_ITEM_TYPES: Final = frozenset({"event", "transaction"})
 _TRUE_VALUES: Final = frozenset({"1", "true", "yes"})
 
 CLIENT_NAME: Final = "relayctl-transport/0.1"
+
+
+class _TryAgain(Exception):
+    """One send got no answer or one worth trying again (5xx, 429)."""
 
 
 class MalformedEnvelope(ValueError):
@@ -337,26 +342,28 @@ class _DsnWorker:
                 self._queue.task_done()
 
     def _deliver(self, body: bytes) -> None:
-        delay = self._backoff_initial
-        for attempt in range(1, self._max_attempts + 1):
+        def attempt(n: int) -> None:
             self._metrics.incr("internal.sent_requests", tags={"dsn": self.name})
             try:
                 status = self._send(self.dsn, body)
-            except Exception as exc:  # any failure to get an answer is worth a retry
-                log.info("transport %s: attempt %d failed: %s", self.name, attempt, exc)
-            else:
-                if 200 <= status < 300:
-                    return
-                if 400 <= status < 500 and status != 429:
-                    # The DSN understood and refused; sending again cannot help.
-                    log.warning("transport %s: envelope rejected with %d", self.name, status)
-                    self._drop("rejected")
-                    return
-                log.info("transport %s: attempt %d got %d", self.name, attempt, status)
-            if attempt == self._max_attempts or self._stop.wait(delay):
-                break
-            delay = min(delay * 2, self._backoff_max)
-        self._drop("retries_exhausted")
+            except Exception as exc:  # the boundary of a send: any failure to get an answer is worth a retry
+                log.info("transport %s: attempt %d failed: %s", self.name, n + 1, exc)
+                raise _TryAgain from exc
+            if 200 <= status < 300:
+                return
+            if 400 <= status < 500 and status != 429:
+                # The DSN understood and refused; sending again cannot help.
+                log.warning("transport %s: envelope rejected with %d", self.name, status)
+                self._drop("rejected")
+                return
+            log.info("transport %s: attempt %d got %d", self.name, n + 1, status)
+            raise _TryAgain
+
+        try:
+            retry_blocking(attempt, retry_on=(_TryAgain,), attempts=self._max_attempts, stop=self._stop,
+                           backoff=Backoff(self._backoff_initial, 2.0, self._backoff_max))
+        except _TryAgain:
+            self._drop("retries_exhausted")
 
 
 class TransportMultiplexer:
