@@ -148,7 +148,7 @@ def test_a_valid_payload_gets_defaults_for_missing_optional_fields() -> None:
     """Optional fields are filled with their defaults; the result holds exactly the schema's fields."""
     assert validate(CONTROL["relay.allow"], {"public_key": "a" * 43}) == {
         "public_key": "a" * 43, "internal": False}
-    assert validate(CONTROL["org.create"], {"slug": "acme"}) == {"slug": "acme", "name": None}
+    assert validate(CONTROL["org.create"], {"slug": "acme"}) == {"slug": "acme", "name": None, "owner": None}
 
 
 def test_schema_errors_name_every_wrong_field() -> None:
