@@ -249,7 +249,9 @@ def role_permissions(role: str) -> dict[str, Any]:
 # role -> nats-server permissions. A role is named after the service `up` runs with it: the
 # operator (the CLI) may do everything; only the command handlers may append domain events
 # (rc.ev.>); the internet-facing gateway asks the actor queries, sends the two control
-# messages its endpoints need (relay.register, user.authenticate) and keeps its KV bucket.
+# messages its endpoints need (relay.register, user.authenticate), the management API's
+# writes on rc.api.* only (each checked by the command handlers against the user's token it
+# carries) and keeps its KV bucket.
 NATS_ROLES: dict[str, dict[str, Any]] = {role: role_permissions(role) for role in ROLES}
 
 

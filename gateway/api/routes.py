@@ -3,8 +3,10 @@
 Each handler is a thin layer: it checks the token (gateway/api/auth.py), decides from the
 principal whether the org is visible and the scope granted (domain/access.py: an org the
 caller may not see is 404, as Sentry answers, so existence does not leak; a visible org
-without the scope is 403), then sends the same control messages and queries as the CLI
-(`api.*`, domain/management.py). A write's reply carries its stream sequence; the read
+without the scope is 403), then sends the same queries as the CLI (`api.*`,
+domain/management.py) and the same commands, on the API's own subjects with the client's
+token (gateway/api/writes.py: the command handlers check it again, authoritatively). A
+write's reply carries its stream sequence; the read
 that answers it passes that as `after`, so the answer shows the write.
 
 Lists are paginated as Sentry's: `?cursor=` and a `Link` header with a `previous` and a
