@@ -79,6 +79,7 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("RELAYCTL_FORWARD_CONCURRENCY", INT, "32", "envelopes in flight per forwarder instance"),
     _s("RELAYCTL_FORWARD_BACKOFF_BASE", FLOAT, "1", "first wait before forwarding again"),
     _s("RELAYCTL_FORWARD_BACKOFF_MAX", FLOAT, "60", "longest wait before forwarding again"),
+    _s("RELAYCTL_FORWARD_CONSUMERS", TEXT, None, "which of the forwarder's consumers an instance pulls for (all)"),
     # AI suggestions
     _s("OPENAI_BASE_URL", TEXT, None, "the AI backend (any OpenAI-compatible server)"),
     _s("OPENAI_API_KEY", TEXT, None, "its API key"),
