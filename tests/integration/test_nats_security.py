@@ -345,7 +345,7 @@ def test_the_gateway_cannot_send_control_commands(up: UpSystem) -> None:
     up.ok("org", "create", slug)
     key = relay_key()
     before = last_sequence(up)
-    attempts = (("user.create", {"username": slug, "superuser": True}),
+    attempts: tuple[tuple[str, dict[str, Any]], ...] = (("user.create", {"username": slug, "superuser": True}),
                 ("user.token_create", {"username": slug}),
                 ("relay.allow", {"public_key": key, "internal": True}),
                 ("import.org", {"org": {"slug": f"imported-{slug}"}}),
@@ -522,7 +522,7 @@ def test_a_control_subject_accepts_only_its_own_message_type(up: UpSystem) -> No
     org, user, key = f"victim-{tag}", f"victim-{tag}", relay_key()
     up.ok("org", "create", org)
     up.ok("user", "create", user)
-    attempts = [
+    attempts: list[tuple[str, str, dict[str, Any]]] = [
         ("rc.ctl.relay.register", "relay.allow", {"public_key": key, "internal": True}),
         ("rc.ctl.relay.register", "user.create", {"username": f"intruder-{tag}", "superuser": True}),
         ("rc.ctl.relay.register", "user.token_create", {"username": user}),
