@@ -168,8 +168,10 @@ class InMemoryBus:
         return SnapshotStore(None, self._events, objects=self._objects)
 
     async def request(self, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
-                      actor: str = "", after: int = 0, stream: Callable[[str], None] | None = None) -> Any:
-        subject = subject_for(message_type)
+                      actor: str = "", after: int = 0, stream: Callable[[str], None] | None = None,
+                      subject: str | None = None) -> Any:
+        """`subject`: another endpoint than the type's own (the management API's `rc.api.*`)."""
+        subject = subject or subject_for(message_type)
         service = self._services.get(subject)
         if service is None:
             raise Unavailable(f"no service is answering on {subject}")

@@ -65,10 +65,11 @@ class ActorHarness:
         return ref
 
     def ask(self, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0, actor: str = "test",
-            after: int = 0) -> Any:
-        """Send one request as a client would; its result, or raise the error it carries."""
-        return self.runtime.call(self.bus.request(message_type, payload, timeout=timeout, actor=actor, after=after),
-                                 timeout=timeout + 1)
+            after: int = 0, subject: str | None = None) -> Any:
+        """Send one request as a client would (on `subject`, else the type's own endpoint);
+        its result, or raise the error it carries."""
+        return self.runtime.call(self.bus.request(message_type, payload, timeout=timeout, actor=actor, after=after,
+                                                  subject=subject), timeout=timeout + 1)
 
     def send(self, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
              actor: str = "test") -> Future[Any]:

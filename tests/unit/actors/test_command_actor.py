@@ -104,3 +104,37 @@ def test_a_bug_in_a_validator_is_an_internal_error_not_a_bad_request(harness: Ac
     with pytest.raises(RelayctlError) as failed:
         harness.ask("project.option_set", option)
     assert failed.value.code == "internal" and "ValueError" in failed.value.message
+
+
+def test_a_management_api_write_is_decided_for_the_user_of_the_token_it_carries(harness: ActorHarness) -> None:
+    """On `rc.api.*` the command actor checks the request's token on its own state: the
+    token's user is the events' actor whatever the envelope names; a member without the
+    scope, a stranger to the org and a bad token are refused and nothing is stored."""
+    from domain.access import user_token
+    from domain.decisions import token_hash
+    from messages.endpoints import api_subject
+    from messages.errors import Forbidden, Unauthorized
+
+    tokens = {name: user_token(f"secret-{name}") for name in ("ann", "bob", "eve")}
+    harness.given("OrgCreated", ORG, name="Acme", id=1)
+    harness.given("ProjectCreated", ORG, project=PROJECT, id=10)
+    for name, token in tokens.items():
+        harness.given("UserCreated", name, email=None, superuser=False)
+        digest = token_hash(token)
+        harness.given("TokenCreated", name, token_hash=digest, id=digest[:12], scopes=None, org=None, name=None)
+    harness.given("MemberAdded", ORG, username="ann", role="admin")
+    harness.given("MemberAdded", ORG, username="bob", role="member")
+    harness.start(CommandActor)
+    subject = api_subject("project.delete")
+    payload = {"org": ORG, "project": PROJECT}
+    before = harness.runtime.call(harness.store.last_sequence())
+    for token, error in ((tokens["bob"], Forbidden), (tokens["eve"], NotFound), ("sntryu_" + "0" * 64, Unauthorized)):
+        with pytest.raises(error):
+            harness.ask("project.delete", {**payload, "token": token}, subject=subject, actor="user:ann")
+    with pytest.raises(BadRequest, match="token"):
+        harness.ask("project.delete", payload, subject=subject, actor="user:ann")
+    assert harness.runtime.call(harness.store.last_sequence()) == before
+    harness.ask("project.delete", {**payload, "token": tokens["ann"]}, subject=subject, actor="user:eve")
+    (_, commit), = [c for c in harness.runtime.call(harness.store.read()) if c[0] > before]
+    assert [(e.type, e.actor) for e in commit] == [("ProjectDeleted", "user:ann")]
+    assert "secret" not in repr(commit) and tokens["ann"] not in repr(commit)
