@@ -1,14 +1,16 @@
 """Benchmark of the relay hot path and of change propagation.
 
-    python -m bench.bench_relay [--requests N] [--concurrency C]
+    python -m bench.bench_relay [--seconds 3] [--projects 2000] [--rounds 40]
 
-Starts nats-server, redis-server, every actor (in this process), the gateway and the
-floor server (bench/floor_server.py) as separate processes; imports 500 projects; then
-8 concurrent relays send v3 requests of 100 and of 500 cached keys to each server in
-turn. Prints keys/s and p50/p99 latency for the gateway beside the floor, and the
-gateway's throughput as a fraction of the floor's. Then measures propagation: the time
-from a change being acknowledged (key disable/enable, project option) to a polling relay
-being served the new config.
+Starts nats-server, redis-server, every actor (in this process), the gateway and the two
+floor servers (bench/floor_server.py: `decompress` and `minimal`) as separate processes on
+the same Redis values; imports `--projects` projects; then `wrk -t2 -c8 --latency` sends
+v3 requests of 100 and of 500 cached keys to each server in turn, rotating 64 pre-signed
+bodies (each its own random draw of keys, signed with sentry_relay as a Relay signs).
+Prints keys/s, p50 and p99 for the gateway beside both floors, and the gateway's
+throughput as a fraction of each. Then measures propagation while wrk keeps the gateway's
+hot path loaded: the time from a change being acknowledged (key disable/enable, project
+option, org option) to a polling relay being served the new config.
 """
 
 from __future__ import annotations
@@ -16,17 +18,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import nats
+import structlog
 
 from actors.worker import Worker
-from bench._servers import percentile, servers
+from bench import _wrk
+from bench._servers import import_keys, percentile, servers
 from bus.client import request
 from bus.embedded import free_port, port_open
 from tests.system import RelayClient
@@ -82,6 +91,7 @@ async def propagation(url: str, nats_url: str, relay: RelayClient, org: str, pro
 
         for i in range(rounds):
             kind = i % 4
+            check: Callable[[Any], bool]
             if kind == 0:
                 await request(nc, "key.disable", {"public_key": key})
                 check = lambda doc: doc == {"disabled": True}  # noqa: E731
@@ -89,21 +99,22 @@ async def propagation(url: str, nats_url: str, relay: RelayClient, org: str, pro
                 await request(nc, "key.enable", {"public_key": key})
                 check = lambda doc: doc.get("disabled") is False  # noqa: E731
             elif kind == 3:
-                # An org option: every project of the org (500 configs) is rebuilt.
+                # An org option: every project of the org is rebuilt.
                 field = f"field{i}"
                 await request(nc, "org.option_set", {"org": org, "key": "sentry:safe_fields", "value": [field]})
-                check = lambda doc, f=field: f in doc.get("config", {}).get(  # noqa: E731
+                check = lambda doc, f=field: f in doc.get("config", {}).get(  # type: ignore[misc] # noqa: E731
                     "datascrubbingSettings", {}).get("excludeFields", [])
             else:
                 origin = f"h{i}.example.com"
                 await request(nc, "project.option_set", {"org": org, "project": project, "key": "sentry:origins",
                                                          "value": [origin]})
-                check = lambda doc, o=origin: o in doc.get("config", {}).get("allowedDomains", [])  # noqa: E731
+                check = lambda doc, o=origin: o in doc.get(  # type: ignore[misc] # noqa: E731
+                    "config", {}).get("allowedDomains", [])
             acked = time.perf_counter()
             while not check(await served()):
                 await asyncio.sleep(0.002)
             times.append(time.perf_counter() - acked)
-            kinds.append(("key disable", "key enable", "project option", "org option (500 configs)")[kind])
+            kinds.append(("key disable", "key enable", "project option", "org option (all configs)")[kind])
     await nc.close()
     for name in dict.fromkeys(kinds):
         mine = [t for t, k in zip(times, kinds) if k == name]
@@ -113,61 +124,85 @@ async def propagation(url: str, nats_url: str, relay: RelayClient, org: str, pro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=120)
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per server and batch size")
+    parser.add_argument("--projects", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=40, help="changes in the propagation part")
+    parser.add_argument("--batches", default="100,500")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    # The actors run in this process: their info lines (an import logs every event) are not the figures.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with servers() as (nats_server, redis_server):
         worker = Worker(["commands", "keys", "orgs", "configs"], nats_server.url, redis_server.url,
                         instrument=False).start()
-        gw_port, floor_port = free_port(), free_port()
+        gw_port, floor_port, minimal_port = free_port(), free_port(), free_port()
         gateway = spawn(["cli", "gateway", "--bind", f"127.0.0.1:{gw_port}", "--nats-url", nats_server.url,
                          "--redis-url", redis_server.url], gw_port)
-        floor = spawn(["bench.floor_server", "--port", str(floor_port), "--redis-url", redis_server.url], floor_port)
+        floors = [spawn(["bench.floor_server", "--port", str(port), "--redis-url", redis_server.url, "--kind", kind],
+                        port) for port, kind in ((floor_port, "decompress"), (minimal_port, "minimal"))]
         try:
             org = "bench-" + uuid.uuid4().hex[:6]
-            projects = [{"slug": f"p{i}"} for i in range(500)]
-
-            async def setup() -> None:
-                nc = await nats.connect(nats_server.url)
-                await request(nc, "import.org", {"org": {"slug": org, "projects": projects}}, timeout=60)
-                await nc.close()
-            asyncio.run(setup())
-            gw_url, floor_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{floor_port}"
+            gw_url = f"http://127.0.0.1:{gw_port}"
             relay = RelayClient(gw_url)
-
-            async def keys_and_allow() -> list[str]:
-                nc = await nats.connect(nats_server.url)
-                await request(nc, "relay.allow", {"public_key": relay.public_key_str, "internal": True})
-                found = await request(nc, "key.list", {"org": org, "project": "p0"})
-                keys = [found["keys"][0]["publicKey"]]
-                for i in range(1, 500):
-                    keys.append((await request(nc, "key.list", {"org": org, "project": f"p{i}"}))["keys"][0]["publicKey"])
-                await nc.close()
-                return keys
-            keys = asyncio.run(keys_and_allow())
+            keys = asyncio.run(import_keys(nats_server.url, org, args.projects, relay.public_key_str))
             relay.register()
-            relay.poll(keys, lambda r: not r["pending"] and len(r["configs"]) == len(keys), timeout=60)
-            print(f"v3 hot path, {args.concurrency} concurrent relays, cached configs")
-            for batch in (100, 500):
-                n = max(10, args.requests * 100 // batch)
-                asyncio.run(load(gw_url, relay, keys[:batch], 20, args.concurrency))  # warm-up
-                ours, our_lat = asyncio.run(load(gw_url, relay, keys[:batch], n, args.concurrency))
-                floor_rate, floor_lat = asyncio.run(load(floor_url, relay, keys[:batch], n, args.concurrency))
-                print(f"  {batch:>3} keys/request  gateway {ours:9.0f} keys/s  p50 {percentile(our_lat, 50)*1e3:6.1f} ms"
-                      f"  p99 {percentile(our_lat, 99)*1e3:6.1f} ms | floor {floor_rate:9.0f} keys/s"
-                      f"  p50 {percentile(floor_lat, 50)*1e3:6.1f} ms  p99 {percentile(floor_lat, 99)*1e3:6.1f} ms"
-                      f" | ratio {ours / floor_rate:.2f}")
-            print("propagation by kind of change")
-            times = asyncio.run(propagation(gw_url, nats_server.url, relay, org, "p0", keys[0], args.rounds))
-            print(f"propagation, change acknowledged -> served ({len(times)} changes: key disable/enable,"
-                  " project option, org option over 500 projects)")
+            for i in range(0, len(keys), 500):
+                relay.poll(keys[i:i + 500], served_all(len(keys[i:i + 500])), timeout=60)
+            urls = {"gateway": gw_url, "minimal floor": f"http://127.0.0.1:{minimal_port}",
+                    "decompress floor": f"http://127.0.0.1:{floor_port}"}
+            print(f"v3 hot path: {args.projects} projects, wrk -t2 -c8 -d{args.seconds:g}s, 64 pre-signed bodies;"
+                  f" load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
+            for batch in batches:
+                bodies = _wrk.signed_bodies(relay, keys, batch)
+                lua = _wrk.script(relay.relay_id, bodies)
+                results = {}
+                for name, url in urls.items():
+                    asyncio.run(warm(url, relay, bodies, batch))
+                    results[name] = _wrk.run(url + _wrk.PATH, lua, args.seconds)
+                    if results[name].errors:  # run again, printing what they were
+                        _wrk.run(url + _wrk.PATH, _wrk.script(relay.relay_id, bodies, debug=True), 1)
+                        raise RuntimeError(f"{name}: {results[name].errors} errors under load")
+                gw = results["gateway"]
+                for name, res in results.items():
+                    ratio = "" if name == "gateway" else f" | gateway/this {gw.requests_per_s / res.requests_per_s:.2f}"
+                    print(f"  {batch:>3} keys  {name:<16} {res.keys_per_s(batch):9.0f} keys/s"
+                          f"  p50 {res.p50 * 1e3:6.2f} ms  p99 {res.p99 * 1e3:6.2f} ms{ratio}")
+            print(f"load average after: {os.getloadavg()[0]:.2f}")
+            bodies = _wrk.signed_bodies(relay, keys, 100)
+            proc, lua_file = _wrk.start(gw_url + _wrk.PATH, _wrk.script(relay.relay_id, bodies), 600)
+            try:
+                print("propagation by kind of change, while wrk -t2 -c8 polls the gateway (100 keys/request)")
+                times = asyncio.run(propagation(gw_url, nats_server.url, relay, org, "p0", keys[0], args.rounds))
+            finally:
+                proc.send_signal(signal.SIGINT)  # wrk prints its figures on SIGINT
+                out = proc.communicate()[0]
+                os.unlink(lua_file)
+            rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+            print(f"propagation, change acknowledged -> served ({len(times)} changes), hot path meanwhile"
+                  f" {float(rate.group(1)) * 100 if rate else float('nan'):.0f} keys/s")
             print(f"  p50 {percentile(times, 50)*1e3:6.1f} ms   p99 {percentile(times, 99)*1e3:6.1f} ms"
                   f"   max {max(times)*1e3:6.1f} ms")
         finally:
             gateway.terminate()
-            floor.terminate()
+            for floor in floors:
+                floor.terminate()
             worker.stop()
+
+
+def served_all(count: int) -> Callable[[Any], bool]:
+    return lambda r: not r["pending"] and len(r["configs"]) == count
+
+
+async def warm(url: str, relay: RelayClient, bodies: list[tuple[bytes, str]], batch: int) -> None:
+    """Send every body once and check the answer is whole (the floors too)."""
+    async with aiohttp.ClientSession() as session:
+        for body, signature in bodies:
+            headers = {"Content-Type": "application/json", "X-Sentry-Relay-Id": relay.relay_id,
+                       "X-Sentry-Relay-Signature": signature}
+            async with session.post(url + _wrk.PATH, data=body, headers=headers) as resp:
+                data = await resp.json()
+                assert resp.status == 200 and len(data["configs"]) == batch and not data["pending"], \
+                    (url, resp.status, str(data)[:200])
 
 
 if __name__ == "__main__":

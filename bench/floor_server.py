@@ -1,12 +1,18 @@
-"""The floor for the v3 hot path: what any upstream must do at least, and nothing more.
+"""The floors for the v3 hot path: what any upstream must do at least, and nothing more.
 
-An aiohttp handler that parses the JSON body, does one Redis MGET of the requested
-`relayconfig:<key>` values, decompresses them and splices the JSON documents into the
-response. No signature check, no access check, no revisions. `bench_relay.py` runs it
-beside the real gateway on the same Redis and reports the gateway's throughput as a
-fraction of this one's.
+Two aiohttp handlers on the same Redis values as the gateway (`relayconfig:<key>`):
 
-    python -m bench.floor_server --port 3100 --redis-url redis://127.0.0.1:6379/0
+- `decompress` (the first floor): parse the JSON body, one Redis MGET of the requested
+  keys, decompress every value's document and splice the documents into the response.
+- `minimal` (issue 17's floor): parse the body, one MGET, concatenate the cached JSON.
+  The documents are stored compressed, so this floor keeps each value's JSON once it has
+  seen that value (a dict keyed by the raw Redis bytes): per request it does one dict
+  lookup per key and a join - the response bytes are the gateway's.
+
+Neither checks a signature, access, MAC or revision. `bench_relay.py` runs both beside the
+real gateway on the same Redis and reports the gateway's throughput as a fraction of each.
+
+    python -m bench.floor_server --port 3100 --redis-url redis://127.0.0.1:6379/0 [--kind minimal]
 """
 
 from __future__ import annotations
@@ -20,19 +26,34 @@ from aiohttp import web
 from bus.config_cache import cache_key, decode_entry
 
 
-def make_app(redis_url: str) -> web.Application:
+def make_app(redis_url: str, kind: str = "decompress") -> web.Application:
     app = web.Application()
     client = aioredis.Redis.from_url(redis_url)
+    known: dict[bytes, bytes] = {}
 
     async def configs(request: web.Request) -> web.Response:
         data = json.loads(await request.read())
         keys = data["publicKeys"]
-        values = await client.mget([cache_key(k) for k in keys])
+        values: list[bytes | None] = await client.mget([cache_key(k) for k in keys])  # type: ignore[assignment]
         parts = [b'"' + k.encode() + b'":' + decode_entry(v).body for k, v in zip(keys, values) if v is not None]
         return web.Response(body=b'{"configs":{' + b",".join(parts) + b'},"pending":[]}',
                             content_type="application/json")
 
-    app.router.add_post("/api/0/relays/projectconfigs/", configs)
+    async def minimal(request: web.Request) -> web.Response:
+        keys = json.loads(await request.read())["publicKeys"]
+        values: list[bytes | None] = await client.mget(["relayconfig:" + k for k in keys])  # type: ignore[assignment]
+        parts = []
+        for k, v in zip(keys, values):
+            if v is None:
+                continue
+            body = known.get(v)
+            if body is None:
+                body = known[v] = decode_entry(v).body
+            parts.append(b'"%s":%s' % (k.encode(), body))
+        return web.Response(body=b'{"configs":{' + b",".join(parts) + b'},"pending":[]}',
+                            content_type="application/json")
+
+    app.router.add_post("/api/0/relays/projectconfigs/", minimal if kind == "minimal" else configs)
     return app
 
 
@@ -40,9 +61,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--kind", choices=("decompress", "minimal"), default="decompress")
     args = parser.parse_args()
-    web.run_app(make_app(args.redis_url), host="127.0.0.1", port=args.port, print=None, access_log=None,
-                reuse_port=True)
+    web.run_app(make_app(args.redis_url, args.kind), host="127.0.0.1", port=args.port, print=None,
+                access_log=None, reuse_port=True)
 
 
 if __name__ == "__main__":
