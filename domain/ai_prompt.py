@@ -20,6 +20,8 @@ import re
 import uuid
 from typing import Any
 
+from messages.errors import BadRequest
+
 __all__ = [
     "DEFAULT_FINGERPRINT",
     "MAX_EXCEPTIONS",
@@ -61,11 +63,12 @@ sure, say what you assume.\
 """
 
 
-class InvalidEvent(ValueError):
-    """An event that is not a well-formed Sentry error event; `reason` says what is wrong."""
+class InvalidEvent(BadRequest):
+    """An event that is not a well-formed Sentry error event; `reason` says what is wrong.
+    A domain error is a wire error: `bad_request` with the reason in its details."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"invalid event: {reason}")
+        super().__init__(f"invalid event: {reason}", {"reason": reason})
         self.reason = reason
 
 

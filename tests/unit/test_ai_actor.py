@@ -29,7 +29,7 @@ from bus.eventstore import InMemoryEventStore
 from bus.runtime import BusRuntime
 from bus.seams import InMemoryBus
 from bus.service import Call
-from domain.ai_prompt import describe_event_for_ai
+from domain.ai_prompt import InvalidEvent, describe_event_for_ai
 from messages.commands import QUERIES
 from messages.envelope import Request, pack
 from messages.errors import BadRequest, Forbidden, NotFound, Overloaded, RelayctlError, Unavailable
@@ -269,7 +269,7 @@ def test_bad_published_events_are_dropped_and_counted_with_a_reason(ai: Harness)
 
 def test_an_envelope_of_another_type_is_not_taken_for_an_event() -> None:
     """The ingest decoder refuses an envelope whose type is not events.ingest."""
-    with pytest.raises(ValueError, match="unexpected message type"):
+    with pytest.raises(InvalidEvent, match="unexpected message type"):
         decode_ingest(Request(type="events.store", payload={"event": {}}).encode())
 
 

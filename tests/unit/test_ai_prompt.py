@@ -18,6 +18,7 @@ from domain.ai_prompt import (
     trim_frames,
     validate_error_event,
 )
+from messages.errors import BadRequest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FIXTURE_NAMES = [
@@ -407,11 +408,11 @@ def test_validation_normalises_a_dashed_uppercase_uuid() -> None:
     ],
 )
 def test_validation_rejects_malformed_events_with_a_reason(event: Any, reason: str) -> None:
-    """Malformed events raise InvalidEvent (a ValueError) naming what is wrong."""
+    """Malformed events raise InvalidEvent (a wire error: bad_request) naming what is wrong."""
     with pytest.raises(InvalidEvent) as caught:
         validate_error_event(event)
     assert reason in caught.value.reason
-    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, BadRequest) and caught.value.details["reason"] == caught.value.reason
 
 
 def test_validation_accepts_null_exception_values_and_frames() -> None:
