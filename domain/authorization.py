@@ -13,7 +13,9 @@ events. Its answers are the API's, so existence does not leak:
 - a visible org without the scope the command needs, or a member role granting more than
   the caller's own scopes there: `Forbidden` (403);
 - creating an org: superusers and `relayctl.admin` with a user token only (403), and the
-  org's first owner is the caller or nobody.
+  org's first owner is the caller or nobody;
+- allowing or denying a relay key (it may then fetch the configs of every org that trusts
+  it, or of all, when internal): superusers and `relayctl.admin` with a user token only (403).
 
 Pure: the state is the command handlers' projection (users, tokens, memberships, orgs, keys).
 """
@@ -33,6 +35,9 @@ NO_PERMISSION = "You do not have permission to perform this action."
 # orgs), as gateway/api/writes.py asks it of a request - Sentry's scopes per endpoint.
 WRITE_SCOPES: dict[str, str | None] = {
     "org.create": None,
+    # relay access spans orgs: superusers and `relayctl.admin` with a user token
+    "relay.allow": None,
+    "relay.deny": None,
     "org.update": "org:write",
     "org.trust_relay": "org:write",
     "org.untrust_relay": "org:write",

@@ -22,12 +22,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from bus import metrics, otel
+from bus import metrics, otel, redis_clients
 from bus.client import request as bus_request
 from bus.metric_catalogue import GATEWAY_COUNTERS, HELP
 from bus.process import instrument
@@ -314,7 +313,13 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
             if metrics.metrics.instance is not None:
                 metrics.metrics.instance.add_tap(app["own_series"].tap)
         if redis_url:
-            app["redis"] = aioredis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
+            # On a cluster (--redis-cluster) the URL names start nodes; with a read URL the
+            # config cache is read there (replicas), rate-limit counts still go to `redis`.
+            cluster = bool(settings.value("RELAYCTL_REDIS_CLUSTER"))
+            app["redis"] = redis_clients.async_client(redis_url, cluster=cluster)
+            read_url = settings.value("RELAYCTL_REDIS_READ_URL")
+            if read_url:
+                app["redis_read"] = redis_clients.async_client(read_url, cluster=cluster, replicas=True)
         app["dependency_reporter"] = asyncio.get_running_loop().create_task(report_dependencies(app))
 
     async def cleanup(app: web.Application) -> None:
@@ -322,6 +327,8 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
         if reporter is not None:
             reporter.cancel()
         if app["redis"] is not None:
+        if app.get("redis_read") is not None:
+            await app["redis_read"].aclose()
             await app["redis"].aclose()
         nc = app["nc"]
         if nc is not None:

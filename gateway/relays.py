@@ -40,6 +40,7 @@ from bus.config_cache import (
     unseal,
     verify,
 )
+from bus.redis_clients import get_many
 from gateway.ask import ask as gateway_ask
 from gateway.errors import HTTPFailure, from_error, json_response
 from messages.commands import PUBLIC_KEY_RE  # the one definition; re-exported for gateway/ingest.py
@@ -200,6 +201,11 @@ class RelayEndpoints:
         return await gateway_ask(self.app, message_type, payload, timeout=timeout, retries=retries)
 
     # -- registration ----------------------------------------------------------------------
+    @property
+    def redis_read(self) -> Any:
+        """Where the cache is read: replicas with `--redis-read-url`, else `redis`."""
+        return self.app.get("redis_read") or self.app["redis"]
+
 
     async def challenge(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -309,9 +315,9 @@ class RelayEndpoints:
         if cached is not None:
             return cached
         info = None
-        if self.redis is not None:
+        if self.redis_read is not None:
             try:
-                raw = await self.redis.get(RELAY_AUTH_PREFIX + relay_id)
+                raw = await self.redis_read.get(RELAY_AUTH_PREFIX + relay_id)
             except Exception as exc:
                 log.warning("gateway.redis_unavailable", error=str(exc))
                 raw = None
@@ -389,7 +395,8 @@ class RelayEndpoints:
         values: list[bytes | None] = []
         if names:
             try:
-                values = await self.redis.mget(names) if self.redis is not None else [None] * len(names)
+                values = (await get_many(self.redis_read, names) if self.redis_read is not None
+                          else [None] * len(names))
             except Exception as exc:
                 log.warning("gateway.redis_unavailable", error=str(exc))
                 return await self._configs_built(relay, keys, with_global, v3=True)

@@ -138,8 +138,10 @@ def _api(message_type: str) -> Endpoint:
 TOKEN_FIELD = "token"
 
 # The writes of the management API (gateway/api/writes.py): orgs, their trusted relays,
-# members, teams, projects and keys. Users, tokens and relay access stay the operator's.
+# members, teams, projects and keys, and relay access (superusers and `relayctl.admin`).
+# Users and tokens stay the operator's.
 API_WRITES = (
+    "relay.allow", "relay.deny",
     "org.create", "org.update", "org.trust_relay", "org.untrust_relay", "org.member_add", "org.member_remove",
     "team.create", "team.delete", "project.create", "project.update", "project.option_set",
     "project.option_unset", "project.team_add", "project.team_remove", "project.delete",

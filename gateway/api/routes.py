@@ -209,15 +209,42 @@ async def key_history(request: web.Request) -> web.Response:
     return one_page(request, events)
 
 
+def relay_admin(who: dict[str, Any]) -> None:
+    """Relays span orgs: superusers and `relayctl.admin` with a user token, else 403."""
+    if not spans_orgs(who):
+        raise HTTPFailure(403, NO_PERMISSION)
+
+
+async def relay_rows(request: web.Request, after: int = 0) -> list[dict[str, Any]]:
+    """`relay.list` with RFC 3339 times (read at `after`: a write's own sequence)."""
+    rows: list[dict[str, Any]] = (await read(request, "relay.list", {}, after=after))["relays"]
+    for relay in rows:
+        for field in ("firstSeen", "lastSeen"):
+            relay[field] = rfc3339(relay[field]) if relay.get(field) else None
+    return rows
+
+
+async def relay_row(request: web.Request, public_key: str, after: int = 0) -> dict[str, Any]:
+    """One relay by its public key; 404 when relayctl knows no such key."""
+    found = [r for r in await relay_rows(request, after) if r["publicKey"] == public_key]
+    if not found:
+        raise HTTPFailure(404, NOT_FOUND)
+    return found[0]
+
+
 async def relays(request: web.Request) -> web.Response:
     """The relays allowed or registered, with versions and first/last seen (relayctl's own;
     superusers and `relayctl.admin`)."""
     who = await principal(request)
     assert who is not None
-    if not spans_orgs(who):
-        raise HTTPFailure(403, NO_PERMISSION)
-    listed_relays = (await read(request, "relay.list", {}))["relays"]
-    for relay in listed_relays:
-        for field in ("firstSeen", "lastSeen"):
-            relay[field] = rfc3339(relay[field]) if relay.get(field) else None
-    return one_page(request, listed_relays)
+    relay_admin(who)
+    return one_page(request, await relay_rows(request))
+
+
+async def relay(request: web.Request) -> web.Response:
+    """One relay: allowed (internal or not), banned, versions, first/last seen (superusers
+    and `relayctl.admin`; 404 for a key relayctl does not know)."""
+    who = await principal(request)
+    assert who is not None
+    relay_admin(who)
+    return json_response(await relay_row(request, request.match_info["public_key"]))

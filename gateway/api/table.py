@@ -49,6 +49,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", PROJECT + "/keys/{key_id}/config/", r.key_config),
     ("GET", PROJECT + "/keys/{key_id}/history/", r.key_history),
     ("GET", P + "/relayctl/relays/", r.relays),
+    ("POST", P + "/relayctl/relays/", w.allow_relay),
+    ("GET", P + "/relayctl/relays/{public_key}/", r.relay),
+    ("DELETE", P + "/relayctl/relays/{public_key}/", w.deny_relay),
 ]
 
 

@@ -30,9 +30,18 @@ from domain.access import ROLE_SCOPES, org_scopes, spans_orgs
 from domain.management import FILTER_LIST_OPTIONS
 from domain.model import TRUSTED_RELAYS
 from gateway.api.auth import FieldErrors, bearer, principal, unauthorized
-from gateway.api.routes import NO_PERMISSION, NOT_FOUND, _slug, org_access, public_url, read
+from gateway.api.routes import (
+    NO_PERMISSION,
+    NOT_FOUND,
+    _slug,
+    org_access,
+    public_url,
+    read,
+    relay_admin,
+    relay_row,
+)
 from gateway.errors import HTTPFailure, json_response
-from messages.commands import SLUG_RE
+from messages.commands import RELAY_KEY_RE, SLUG_RE
 from messages.endpoints import TOKEN_FIELD, api_subject
 from messages.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
 
@@ -412,4 +421,38 @@ async def delete_key(request: web.Request) -> web.Response:
     who, org = await org_access(request, "project:write")
     key = await _key_of(request, org, _slug(request, "project"))
     await write(request, who, "key.delete", {"public_key": key["id"]})
+    return web.Response(status=204)
+
+
+# -- relays (relayctl's own; they span orgs: superusers and `relayctl.admin`) -------------------
+
+async def allow_relay(request: web.Request) -> web.Response:
+    """`POST /api/0/relayctl/relays/` {publicKey, internal?}: allow a relay key (internal: it
+    may fetch every project's config); 201 and the relay."""
+    who = await principal(request)
+    assert who is not None
+    relay_admin(who)
+    data = await body(request)
+    public_key = data.get("publicKey")
+    if not isinstance(public_key, str) or not RELAY_KEY_RE.fullmatch(public_key):
+        raise FieldErrors({"publicKey": ["A relay public key (43 url-safe base64 characters) is required."]})
+    internal = data.get("internal", False)
+    if not isinstance(internal, bool):
+        raise FieldErrors({"internal": ["Must be a valid boolean."]})
+    _, sequence = await write(request, who, "relay.allow", {"public_key": public_key, "internal": internal})
+    return json_response(await relay_row(request, public_key, after=sequence), 201)
+
+
+async def deny_relay(request: web.Request) -> web.Response:
+    """`DELETE /api/0/relayctl/relays/{public_key}/`: deny (ban) a relay key: it is refused
+    from the next request on and told to stop registering; 204. The relay stays listed,
+    `banned`."""
+    who = await principal(request)
+    assert who is not None
+    relay_admin(who)
+    public_key = request.match_info["public_key"]
+    if not RELAY_KEY_RE.fullmatch(public_key):
+        raise HTTPFailure(404, NOT_FOUND)
+    await relay_row(request, public_key)  # 404 for a key relayctl does not know
+    await write(request, who, "relay.deny", {"public_key": public_key})
     return web.Response(status=204)

@@ -323,3 +323,70 @@ def test_each_role_and_scope_is_allowed_and_refused_where_it_should_be(system: S
             # in an org it is no member of, every one of them is 404
             assert call(system, method, path.format(**{**fill, "org": outsider_org}), tokens[role],
                         payload)[0] == 404, (what, role)
+
+
+def relay_event(system: SystemUnderTest, public_key: str, type_: str) -> Any:
+    """The last commit stored for `public_key` whose first event is `type_` (its actor)."""
+    import asyncio
+
+    import nats
+
+    from messages.events import decode_commit, event_subject
+    from messages.subjects import EVENT_STREAM
+
+    async def last() -> Any:
+        nc = await nats.connect(system.nats_url)
+        try:
+            msg = await nc.jetstream().get_last_msg(EVENT_STREAM, event_subject("relay", public_key, type_))
+            assert msg.data is not None
+            return decode_commit(msg.data)[0]
+        finally:
+            await nc.close()
+    return asyncio.run(last())
+
+
+def test_relays_are_allowed_and_denied_over_the_api_by_relay_admins_only(system: SystemUnderTest,
+                                                                          people: dict[str, str]) -> None:
+    from tests.system import RelayClient
+
+    admin, tag = people["admin_token"], people["tag"]
+    relay = RelayClient(system.url)
+    key = relay.public_key_str
+    # who may not: a user of no org, an org's owner, the admin's own org auth token
+    org = f"rel-{tag}"
+    assert call(system, "POST", "/api/0/organizations/", admin, {"name": org})[0] == 201
+    owner = f"owner-{tag}"
+    system.cli_ok("user", "create", owner)
+    system.cli_ok("org", "member", "add", org, owner, "--role", "owner")
+    owner_token = system.cli_ok("token", "create", owner, "--json")["token"]
+    org_token = system.cli_ok("token", "create", people["admin"], "--org", org, "--url", system.url,
+                              "--json")["token"]
+    for token in (people["member_token"], owner_token, org_token):
+        assert call(system, "POST", "/api/0/relayctl/relays/", token, {"publicKey": key})[0] == 403
+        assert call(system, "DELETE", f"/api/0/relayctl/relays/{key}/", token)[0] == 403
+        assert call(system, "GET", f"/api/0/relayctl/relays/{key}/", token)[0] == 403
+    assert call(system, "POST", "/api/0/relayctl/relays/", None, {"publicKey": key})[0] == 401
+    assert call(system, "GET", f"/api/0/relayctl/relays/{key}/", admin)[0] == 404  # not allowed yet
+    # bad input is 400 naming the field, storing nothing
+    assert call(system, "POST", "/api/0/relayctl/relays/", admin, {"publicKey": "nope"}) == (400, {
+        "publicKey": ["A relay public key (43 url-safe base64 characters) is required."]})
+    assert call(system, "POST", "/api/0/relayctl/relays/", admin, {"publicKey": key, "internal": "yes"})[0] == 400
+    assert call(system, "DELETE", "/api/0/relayctl/relays/nope/", admin)[0] == 404
+    assert call(system, "DELETE", f"/api/0/relayctl/relays/{'A' * 43}/", admin)[0] == 404  # unknown key
+    # allow, internal: the relay registers and sees every project
+    status, allowed = call(system, "POST", "/api/0/relayctl/relays/", admin, {"publicKey": key, "internal": True})
+    assert status == 201 and allowed["publicKey"] == key and allowed["internal"] is True
+    assert allowed["banned"] is False
+    assert relay_event(system, key, "RelayAllowed").actor == f"user:{people['admin']}"
+    relay.register()
+    status, one = call(system, "GET", f"/api/0/relayctl/relays/{key}/", admin)
+    assert status == 200 and one["relayId"] == relay.relay_id and one["lastSeen"].endswith("Z")
+    # again as not internal: a change, answered with the relay as it is now
+    status, allowed = call(system, "POST", "/api/0/relayctl/relays/", admin, {"publicKey": key})
+    assert status == 201 and allowed["internal"] is False
+    # deny: 204, banned from the next request on, still listed
+    status, _ = call(system, "DELETE", f"/api/0/relayctl/relays/{key}/", admin)
+    assert status == 204
+    assert relay_event(system, key, "RelayDenied").actor == f"user:{people['admin']}"
+    assert call(system, "GET", f"/api/0/relayctl/relays/{key}/", admin)[1]["banned"] is True
+    assert relay.challenge()[0] == 403

@@ -133,7 +133,8 @@ MANAGEMENT_API_WRITES = (
     "org.create", "org.update", "org.member_add", "org.member_remove",
     "project.create", "project.update", "project.option_set", "project.option_unset", "project.delete",
     "key.create", "key.update", "key.disable", "key.enable", "key.delete", "key.rate_limit", "team.create",
-    "team.delete", "project.team_add", "project.team_remove", "org.trust_relay", "org.untrust_relay")
+    "team.delete", "project.team_add", "project.team_remove", "org.trust_relay", "org.untrust_relay",
+    "relay.allow", "relay.deny")
 MANAGEMENT_API = {f"rc.ctl.{t}" for t in (
     "api.orgs", "api.org", "api.projects", "api.project", "api.keys", "api.key", "org.member_list", "relay.list",
 )} | {f"rc.api.{t}" for t in MANAGEMENT_API_WRITES}
@@ -177,7 +178,7 @@ def test_the_management_api_writes_have_their_own_subjects_and_carry_a_token() -
         # the operator's own endpoint of the command is where the client sends the type
         assert subject_for(message_type) == f"rc.ctl.{message_type}" and not on_behalf(subject_for(message_type))
     with pytest.raises(KeyError):
-        api_subject("relay.allow")  # relay access, users and tokens have no API endpoint
+        api_subject("user.create")  # users and tokens have no API endpoint
     assert not any(e.on_behalf for e in ENDPOINTS if e.subject.startswith("rc.ctl."))
 
 

@@ -125,6 +125,25 @@ def test_authorize_a_superuser_acts_in_every_org_and_no_command_outside_the_api(
     token, stored = with_token("root")
     state = state_of(*acme_web(), ROOT, *stored)
     assert authorize(state, "project.delete", {"org": "acme", "project": "web"}, token) == "root"
-    for message_type in ("relay.allow", "user.create", "token.create", "import.org", "org.template_set"):
+    for message_type in ("relay.register", "user.create", "token.create", "import.org", "org.template_set"):
         assert message_type not in WRITE_SCOPES
         refused(state, message_type, {}, token, Forbidden)
+
+
+RELAY = "a" * 43
+
+
+def test_relay_allow_and_relay_deny_on_a_users_behalf_are_for_superusers_and_relayctl_admin() -> None:
+    root_token, root_stored = with_token("root")
+    ann_token, ann_stored = with_token("ann")
+    adm_token, adm_stored = with_token("adm")
+    adm_org_token, adm_org_stored = with_token("adm", None, "acme")
+    state = state_of(*acme_web(), ROOT, ANN, ADMIN, *root_stored, *ann_stored, *adm_stored, *adm_org_stored,
+                     member("ann", "owner"), event("PermissionAdded", "adm", permission="relayctl.admin"))
+    for message_type, payload in (("relay.allow", {"public_key": RELAY, "internal": True}),
+                                  ("relay.deny", {"public_key": RELAY})):
+        assert authorize(state, message_type, payload, root_token) == "root"
+        assert authorize(state, message_type, payload, adm_token) == "adm"
+        refused(state, message_type, payload, ann_token, Forbidden)  # an org's owner: not what spans orgs
+        refused(state, message_type, payload, adm_org_token, Forbidden)  # an org auth token is bound to its org
+        refused(state, message_type, payload, "sntryu_" + "0" * 64, Unauthorized)
