@@ -74,7 +74,7 @@ from actors.error_events import (
     decode_ingest,
     prepare_event,
 )
-from bus import local_model, metrics
+from bus import local_model, metrics, redis_clients
 from bus.runtime import BusRuntime
 from bus.seams import Bus
 from bus.service import Call
@@ -202,8 +202,8 @@ class SuggestionCache(Protocol):
 class RedisSuggestionCache:
     """Finished suggestions in Redis; a Redis outage only costs the cache, never the answer."""
 
-    def __init__(self, url: str) -> None:
-        self.redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    def __init__(self, url: str, *, cluster: bool = False) -> None:
+        self.redis = redis_clients.sync_client(url, cluster=cluster, timeout=1.0)
 
     def get(self, key: str) -> str | None:
         try:
@@ -519,7 +519,7 @@ def ai_actor_factory(ai_config: AIConfig | None = None, **options: Any) -> Calla
     """
 
     def start(deps: Any) -> pykka.ActorRef[Any]:
-        cache = RedisSuggestionCache(deps.redis_url) if deps.redis_url else None
+        cache = RedisSuggestionCache(deps.redis_url, cluster=deps.redis_cluster) if deps.redis_url else None
         config = ai_config or AIConfig.from_env(deps.settings.environment())
         return AISuggestionActor.start(deps.runtime, deps.bus, ai_config=config,
                                        events=JetStreamErrorEventStore(deps.nc), cache=cache, **options)

@@ -869,7 +869,7 @@ def forwarder_factory(settings: ForwardSettings | None = None) -> Callable[[Any]
     """How a worker starts the forwarder: per-project counts in Redis when it has one."""
 
     def start(deps: Any) -> pykka.ActorRef[Any]:
-        stats = RedisIngestStats(deps.redis_url) if deps.redis_url else None
+        stats = RedisIngestStats(deps.redis_url, cluster=deps.redis_cluster) if deps.redis_url else None
         return ForwarderActor.start(deps.runtime, deps.bus, nc=deps.nc, settings=settings, stats=stats)
 
     return start

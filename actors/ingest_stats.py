@@ -82,10 +82,10 @@ def summarize(minutes: list[tuple[int, dict[str, int]]], now: float) -> dict[str
 
 
 class RedisIngestStats:
-    def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
+    def __init__(self, url: str, *, cluster: bool = False) -> None:
+        from bus import redis_clients
 
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.redis = redis_clients.async_client(url, cluster=cluster)
 
     async def add(self, outcomes: Iterable[Outcome], at: float) -> None:
         grouped = _grouped(outcomes, at)

@@ -50,7 +50,12 @@ class Deps:
 
     def cache(self) -> ConfigCache | None:
         """A client of its own for each actor (instance) that writes the cache."""
-        return RedisConfigCache(self.redis_url) if self.redis_url else None
+        return RedisConfigCache(self.redis_url, cluster=self.redis_cluster) if self.redis_url else None
+
+    @property
+    def redis_cluster(self) -> bool:
+        """Whether `redis_url` names Redis Cluster start nodes (`--redis-cluster`)."""
+        return bool(self.settings.value("RELAYCTL_REDIS_CLUSTER"))
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import redis
 
+from bus import redis_clients
 from messages.errors import Unavailable
 
 
@@ -34,35 +35,36 @@ class ConfigCache(Protocol):
 
 
 class RedisConfigCache:
-    """A Redis server; bounded socket waits, so a Redis that hangs stalls an actor briefly."""
+    """A Redis server, or a Redis Cluster (`cluster`: `url` names start nodes); bounded
+    socket waits, so a Redis that hangs stalls an actor briefly."""
 
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
+    def __init__(self, url: str, *, cluster: bool = False) -> None:
+        self.url = url
+        self.cluster = cluster
+        self._client: redis.Redis | redis.RedisCluster | None = None
+
+    @property
+    def client(self) -> redis.Redis | redis.RedisCluster:
+        # A cluster client asks for the slot map when made: made on first use, so a
+        # cluster that is down at start is a CacheUnavailable like any other outage.
+        if self._client is None:
+            try:
+                self._client = redis_clients.sync_client(self.url, cluster=self.cluster)
+            except redis.RedisError as exc:
+                raise CacheUnavailable(f"redis cluster does not answer: {exc}") from None
+        return self._client
 
     def write(self, values: Mapping[str, bytes], *, delete: Iterable[str] = (), ttl: int | None = None) -> None:
-        deleted = list(delete)
+        # One transaction on one server: a relay sees the whole batch or none of it (compute,
+        # then swap); on a cluster, one swap per node (bus/redis_clients.py write_batch).
         try:
-            if not deleted and ttl is None:
-                if values:
-                    self.client.mset(dict(values))
-                return
-            # One transaction: a relay sees the whole batch or none of it (compute, then swap).
-            pipe = self.client.pipeline(transaction=True)
-            if ttl is None:
-                if values:
-                    pipe.mset(dict(values))
-            else:
-                for name, value in values.items():
-                    pipe.set(name, value, ex=ttl)
-            if deleted:
-                pipe.delete(*deleted)
-            pipe.execute()
+            redis_clients.write_batch(self.client, values, delete, ttl)
         except redis.RedisError as exc:
             raise CacheUnavailable(f"redis write failed: {exc}") from None
 
     def server_id(self) -> str:
         try:
-            return str(self.client.info("server").get("run_id", ""))
+            return redis_clients.server_id(self.client)
         except redis.RedisError as exc:
             raise CacheUnavailable(f"redis does not answer: {exc}") from None
 

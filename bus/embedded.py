@@ -320,22 +320,27 @@ REDIS_EVICTION = "allkeys-lru"
 AI_CACHE_PATTERN = "ai:suggestion:*"  # actors/ai.py CACHE_PREFIX (a unit test keeps them equal)
 INGEST_STATS_PATTERN = "ingest:*"  # actors/ingest_stats.py PREFIX
 
-_REDIS_WRITE = "+get +mget +set +mset +del +multi +exec +discard"
+_REDIS_WRITE = "+get +mget +set +mset +del +multi +exec +discard +eval"
+# What a Redis Cluster client asks besides its commands: the slot map (CLUSTER SLOTS/SHARDS),
+# the command table (COMMAND, to find keys), READONLY for a replica read (bus/redis_clients.py).
+# Harmless on one server; on a cluster the same users must exist on every node.
+_REDIS_CLUSTER_CLIENT = "+cluster|slots +cluster|shards +cluster|info +command +readonly +readwrite"
 # role -> Redis ACL rules (keys it may touch, commands it may run). The config builder and
 # the org access actor each write their own prefix; the gateway - facing the internet - only
 # reads both; the AI actor keeps its answers. +info: RedisWatch notices a restarted server.
 REDIS_ROLES: dict[str, str] = {
     "operator": "~* &* +@all",
-    "configs": f"~{KEY_PREFIX}* {_REDIS_WRITE} +ping +info",
-    "orgs": f"~{RELAY_AUTH_PREFIX}* {_REDIS_WRITE} +ping +info",
-    "ai": f"~{AI_CACHE_PATTERN} +get +set +ping",
+    "configs": f"~{KEY_PREFIX}* {_REDIS_WRITE} +ping +info {_REDIS_CLUSTER_CLIENT}",
+    "orgs": f"~{RELAY_AUTH_PREFIX}* {_REDIS_WRITE} +ping +info {_REDIS_CLUSTER_CLIENT}",
+    "ai": f"~{AI_CACHE_PATTERN} +get +set +ping {_REDIS_CLUSTER_CLIENT}",
     # The gateway also counts SDK envelopes against key rate limits (bus/rate_limits.py).
     # Redis 6.2 has no per-pattern rights, so INCRBY/EXPIRE reach the cache prefixes too: at
     # worst they turn an entry into one that fails its MAC (a miss) or expire it early.
-    "gateway": f"~{KEY_PREFIX}* ~{RELAY_AUTH_PREFIX}* ~{RATE_LIMIT_PREFIX}* +get +mget +ping +incrby +expire",
+    "gateway": f"~{KEY_PREFIX}* ~{RELAY_AUTH_PREFIX}* ~{RATE_LIMIT_PREFIX}* +get +mget +ping +incrby +expire "
+               f"{_REDIS_CLUSTER_CLIENT}",
     # per-project outcome counts and the index of error events (actors/ingest_stats.py)
     "forwarder": f"~{INGEST_STATS_PATTERN} +hincrby +hgetall +expire +zadd +zrevrange +zremrangebyscore "
-                 "+set +get +ping",
+                 f"+set +get +ping {_REDIS_CLUSTER_CLIENT}",
 }
 
 

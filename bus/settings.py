@@ -38,6 +38,8 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("RELAYCTL_DATA_DIR", TEXT, None, "the data dir (`--data-dir`)"),
     _s("RELAYCTL_NATS_URL", TEXT, None, "the NATS to use (`--nats-url`)"),
     _s("RELAYCTL_REDIS_URL", TEXT, None, "the Redis of the config cache (`--redis-url`)"),
+    _s("RELAYCTL_REDIS_CLUSTER", FLAG, "0", "`1`: the Redis URL names Redis Cluster start nodes (`--redis-cluster`)"),
+    _s("RELAYCTL_REDIS_READ_URL", TEXT, None, "where gateways read the config cache: replicas (`--redis-read-url`)"),
     _s("RELAYCTL_NATS_CONF", TEXT, None, "a nats.conf for the NATS `up` runs"),
     _s("RELAYCTL_REDIS_MAXMEMORY", TEXT, None, "maxmemory of the Redis `up` runs (256mb)"),
     _s("RELAYCTL_STREAM_REPLICAS", INT, "1", "copies of the event stream when a process creates it"),

@@ -407,11 +407,24 @@ def _host_port(url: str) -> tuple[str, int]:
     return (host or "127.0.0.1"), int(port) if port.isdigit() else 0
 
 
+def _check_redis_urls(url: str | None, read_url: str | None, cluster: bool) -> None:
+    """A URL the Redis client cannot use is a usage error at start, not an actor that dies."""
+    from bus.redis_clients import RedisUrlError, check_url
+
+    for one in (url, read_url):
+        if one:
+            try:
+                check_url(one, cluster=cluster)
+            except RedisUrlError as exc:
+                fail(str(exc), 2)
+
+
 def _redis_ping(url: str) -> tuple[bool, str]:
-    import redis
+    from bus import redis_clients
 
     try:
-        redis.Redis.from_url(url, socket_timeout=1).ping()
+        client = redis_clients.sync_client(url, cluster=os.environ.get("RELAYCTL_REDIS_CLUSTER") == "1", timeout=1)
+        client.ping()
         return True, "ok"
     except Exception as exc:
         return False, f"redis: {exc}"
@@ -476,14 +489,22 @@ def register(main: click.Group) -> None:
     @click.option("--nats-url", "nats_url", default=None, help="Use this NATS instead of starting one.")
     @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None,
                   help="Use this Redis instead of starting one.")
+    @click.option("--redis-cluster", is_flag=True, default=None, envvar="RELAYCTL_REDIS_CLUSTER",
+                  help="The Redis URL names Redis Cluster start nodes (comma-separated).")
+    @click.option("--redis-read-url", envvar="RELAYCTL_REDIS_READ_URL", default=None,
+                  help="Gateways read the config cache here (replicas); writes go to --redis-url.")
     @click.option("--exclude", multiple=True, help="Leave this service out (repeatable).")
     @click.option("--recreate", is_flag=True, help="Restart services that are already running.")
     @click.option("--detach", is_flag=True, help="Return once every service is healthy.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @click.pass_obj
     def up(ctx: Context, services: tuple[str, ...], bind: str, nats_url: str | None, redis_url: str | None,
+           redis_cluster: bool | None, redis_read_url: str | None,
            exclude: tuple[str, ...], recreate: bool, detach: bool, as_json: bool) -> None:
         """Start the system: NATS, Redis, every actor and the gateway."""
+        if (redis_cluster or redis_read_url) and not redis_url:
+            fail("--redis-cluster and --redis-read-url need --redis-url: `up` runs one Redis, not a cluster", 2)
+        _check_redis_urls(redis_url, redis_read_url, bool(redis_cluster))
         selected = _selected(services, exclude)
         host, port = _parse_bind(bind)
         Orchestrator(ctx).check_data_dir()
@@ -528,6 +549,10 @@ def register(main: click.Group) -> None:
         for name in reversed(to_start):
             orch.stop_service(name)
         env = {k: v for k, v in os.environ.items() if k.startswith(("OPENAI_", "RELAYCTL_"))}
+        if redis_cluster:
+            env["RELAYCTL_REDIS_CLUSTER"] = "1"
+        if redis_read_url:
+            env["RELAYCTL_REDIS_READ_URL"] = redis_read_url
         if "llm" in selected and "llm" in to_start + [n for n, st in report.items() if st == "already running"]:
             port = _host_port(orch.state.get("llm", ""))[1] or free_port()
             orch.state["llm"] = f"http://127.0.0.1:{port}"
@@ -686,8 +711,11 @@ def register(main: click.Group) -> None:
     @click.argument("actors", nargs=-1)
     @click.option("--nats-url", "nats_url", default=None, help="The NATS to serve (default: the global option).")
     @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None, help="The Redis of the config cache.")
+    @click.option("--redis-cluster", is_flag=True, default=None, envvar="RELAYCTL_REDIS_CLUSTER",
+                  help="The Redis URL names Redis Cluster start nodes (comma-separated).")
     @click.pass_obj
-    def worker(ctx: Context, actors: tuple[str, ...], nats_url: str | None, redis_url: str | None) -> None:
+    def worker(ctx: Context, actors: tuple[str, ...], nats_url: str | None, redis_url: str | None,
+               redis_cluster: bool | None) -> None:
         """Run actor instances (default: all) in this process."""
         from actors.worker import ACTOR_NAMES, Worker
         from cli.logging import setup_logging
@@ -714,9 +742,11 @@ def register(main: click.Group) -> None:
         from bus.settings import InvalidSetting, Settings
 
         try:  # the process's settings, once: its flags over its environment (bus/settings.py)
-            settings = Settings.load(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url)
+            settings = Settings.load(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url,
+                                     RELAYCTL_REDIS_CLUSTER=redis_cluster)
         except InvalidSetting as exc:
             fail(exc.message)
+        _check_redis_urls(settings.value("RELAYCTL_REDIS_URL"), None, settings.value("RELAYCTL_REDIS_CLUSTER"))
         try:
             running = Worker(names, settings.value("RELAYCTL_NATS_URL"), settings.value("RELAYCTL_REDIS_URL"),
                              process_name=",".join(names), on_give_up=give_up, settings=settings).start()
@@ -730,8 +760,13 @@ def register(main: click.Group) -> None:
     @click.option("--bind", default="127.0.0.1:3000", show_default=True, help="HOST:PORT to listen on.")
     @click.option("--nats-url", "nats_url", default=None, help="The NATS to serve (default: the global option).")
     @click.option("--redis-url", envvar="RELAYCTL_REDIS_URL", default=None, help="The Redis of the config cache.")
+    @click.option("--redis-cluster", is_flag=True, default=None, envvar="RELAYCTL_REDIS_CLUSTER",
+                  help="The Redis URL names Redis Cluster start nodes (comma-separated).")
+    @click.option("--redis-read-url", envvar="RELAYCTL_REDIS_READ_URL", default=None,
+                  help="Gateways read the config cache here (replicas); writes go to --redis-url.")
     @click.pass_obj
-    def gateway(ctx: Context, bind: str, nats_url: str | None, redis_url: str | None) -> None:
+    def gateway(ctx: Context, bind: str, nats_url: str | None, redis_url: str | None, redis_cluster: bool | None,
+                redis_read_url: str | None) -> None:
         """Run one gateway process."""
         from cli.logging import setup_logging
         from gateway.app import PortInUse, run_gateway
@@ -746,9 +781,12 @@ def register(main: click.Group) -> None:
         from bus.settings import InvalidSetting, Settings
 
         try:  # the process's settings, once: its flags over its environment (bus/settings.py)
-            settings = Settings.load(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url)
+            settings = Settings.load(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url,
+                                     RELAYCTL_REDIS_CLUSTER=redis_cluster, RELAYCTL_REDIS_READ_URL=redis_read_url)
         except InvalidSetting as exc:
             fail(exc.message)
+        _check_redis_urls(settings.value("RELAYCTL_REDIS_URL"), settings.value("RELAYCTL_REDIS_READ_URL"),
+                          settings.value("RELAYCTL_REDIS_CLUSTER"))
         try:
             run_gateway(host, port, settings.value("RELAYCTL_NATS_URL"), settings.value("RELAYCTL_REDIS_URL"),
                         data_dir=ctx.data_dir, settings=settings)

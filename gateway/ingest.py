@@ -175,7 +175,7 @@ class KeyResolver:
         return await self._built(public_key)
 
     async def _cached_value(self, name: str) -> bytes | None:
-        redis = self.relays.redis
+        redis = self.relays.redis_read
         if redis is None:
             return None
         try:

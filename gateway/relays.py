@@ -195,17 +195,17 @@ class RelayEndpoints:
     def redis(self) -> Any:
         return self.app["redis"]
 
+    @property
+    def redis_read(self) -> Any:
+        """Where the cache is read: replicas with `--redis-read-url`, else `redis`."""
+        return self.app.get("redis_read") or self.app["redis"]
+
     async def ask(self, message_type: str, payload: dict[str, Any], timeout: float = ASK_TIMEOUT,
                   retries: int = 1) -> Any:
         """Ask an actor (gateway/ask.py); a query retries once within Relay's 5 s."""
         return await gateway_ask(self.app, message_type, payload, timeout=timeout, retries=retries)
 
     # -- registration ----------------------------------------------------------------------
-    @property
-    def redis_read(self) -> Any:
-        """Where the cache is read: replicas with `--redis-read-url`, else `redis`."""
-        return self.app.get("redis_read") or self.app["redis"]
-
 
     async def challenge(self, request: web.Request) -> web.Response:
         body = await request.read()

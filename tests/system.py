@@ -28,6 +28,7 @@ from click.testing import CliRunner
 
 from actors.worker import ACTOR_NAMES, Worker
 from bus.embedded import free_port
+from bus.settings import Settings
 from cli.main import main as cli_main
 from gateway.app import create_app
 from gateway.limits import HttpLimits, serve
@@ -53,11 +54,11 @@ def run_cli(nats_url: str, *args: str, data_dir: Path | None = None) -> CliResul
 class GatewayThread:
     """The gateway app on a free loopback port, in a thread with its own loop."""
 
-    def __init__(self, nats_url: str, redis_url: str | None) -> None:
+    def __init__(self, nats_url: str, redis_url: str | None, settings: Settings | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.loop = asyncio.new_event_loop()
-        self.app = create_app(nats_url, redis_url)
+        self.app = create_app(nats_url, redis_url, settings=settings)
         self.runner = web.AppRunner(self.app, access_log=None)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -86,11 +87,15 @@ class SystemUnderTest:
     # The gateway's own Redis credentials (read-only, bus/embedded.py REDIS_ROLES), so every
     # test shows the gateway works with no more than that; else it uses `redis_url`.
     gateway_redis_url: str | None = None
+    # The processes' settings (a Redis Cluster: RELAYCTL_REDIS_CLUSTER); default their environment's.
+    settings: Settings | None = None
 
     def start(self, with_gateway: bool = True) -> SystemUnderTest:
-        self.worker = Worker(self.actors, self.nats_url, self.redis_url, process_name="test-worker").start()
+        self.worker = Worker(self.actors, self.nats_url, self.redis_url, process_name="test-worker",
+                             settings=self.settings).start()
         if with_gateway:
-            self.gateway = GatewayThread(self.nats_url, self.gateway_redis_url or self.redis_url).start()
+            self.gateway = GatewayThread(self.nats_url, self.gateway_redis_url or self.redis_url,
+                                         settings=self.settings).start()
         return self
 
     def stop(self) -> None:

