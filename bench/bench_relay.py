@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--projects", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=40, help="changes in the propagation part")
     parser.add_argument("--batches", default="100,500")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway under the 100-key load: collapsed "
+                        "stacks to FILE (needs py-spy, `pip install py-spy`)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     # The actors run in this process: their info lines (an import logs every event) are not the figures.
@@ -158,7 +160,14 @@ def main() -> None:
                 results = {}
                 for name, url in urls.items():
                     asyncio.run(warm(url, relay, bodies, batch))
+                    spy = None
+                    if args.profile and name == "gateway" and batch == batches[0]:
+                        spy = subprocess.Popen(["py-spy", "record", "-p", str(gateway.pid), "-r", "250", "-f", "raw",
+                                                "-o", args.profile, "-d", str(args.seconds)],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     results[name] = _wrk.run(url + _wrk.PATH, lua, args.seconds)
+                    if spy is not None:
+                        spy.wait()
                     if results[name].errors:  # run again, printing what they were
                         _wrk.run(url + _wrk.PATH, _wrk.script(relay.relay_id, bodies, debug=True), 1)
                         raise RuntimeError(f"{name}: {results[name].errors} errors under load")
@@ -168,6 +177,8 @@ def main() -> None:
                     print(f"  {batch:>3} keys  {name:<16} {res.keys_per_s(batch):9.0f} keys/s"
                           f"  p50 {res.p50 * 1e3:6.2f} ms  p99 {res.p99 * 1e3:6.2f} ms{ratio}")
             print(f"load average after: {os.getloadavg()[0]:.2f}")
+            if not args.rounds:
+                return
             bodies = _wrk.signed_bodies(relay, keys, 100)
             proc, lua_file = _wrk.start(gw_url + _wrk.PATH, _wrk.script(relay.relay_id, bodies), 600)
             try:
