@@ -35,7 +35,8 @@ The actor is a projection (it needs projects, orgs and their options); the pull 
 on the process's asyncio loop and ask the actor thread what needs the projection
 (`_on_actor`), once it has caught up with the stream: its own deliveries of the event stream
 may lag behind the command that made a project or set its DSN just before the envelope came.
-Queries: `ingest.status`, `ingest.replay`, `events.list`, `events.show`, `ingest.stats`.
+Queries: `ingest.status`, `ingest.replay`, `events.list`, `events.show`, `ingest.stats`; for the
+management API `api.ingest_status` (counts only), `api.events` and `api.event` (one project's).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ from domain.ingest import (
     relay_outcomes,
     scrub_configs,
 )
+from domain.management import MAX_PER_PAGE, parse_cursor, rfc3339
 from domain.model import ACTIVE, DELETED, ProjectKey
 from domain.options import get_option, get_org_option
 from domain.project_config import build_project_config
@@ -750,6 +752,18 @@ class ForwarderActor(ProjectionActor):
         return self._answer_async(call, self._status())
 
     async def _status(self) -> dict[str, Any]:
+        stream, consumers = await self._stream_view()
+        floor = consumers.get(FORWARD_CONSUMER, {}).get("ackFloor", 0)
+        backlog, scanned_all = await self._backlog(floor, stream["lastSeq"])
+        rows = await self._backlog_rows(backlog)
+        letters = await self._letters()
+        return {"stream": stream, "consumers": consumers,
+                "backlog": rows, "backlogComplete": scanned_all,
+                "deadLetters": {"count": len(letters), "letters": sorted(
+                    letters, key=lambda x: x.get("sequence", 0))[:MAX_LIST]}}
+
+    async def _stream_view(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The ingest stream's size and oldest envelope, and each consumer's backlog."""
         try:
             info = await self.js.stream_info(INGEST_STREAM)
         except NotFoundError:
@@ -768,18 +782,100 @@ class ForwarderActor(ProjectionActor):
             consumers[name] = {"pending": c.num_pending, "ackPending": c.num_ack_pending,
                                "redelivered": c.num_redelivered,
                                "ackFloor": c.ack_floor.stream_seq if c.ack_floor else 0}
-        floor = consumers.get(FORWARD_CONSUMER, {}).get("ackFloor", 0)
-        backlog, scanned_all = await self._backlog(floor, state.last_seq)
+        return ({"name": INGEST_STREAM, "messages": state.messages, "bytes": state.bytes,
+                 "firstSeq": state.first_seq, "lastSeq": state.last_seq, "oldest": oldest}, consumers)
+
+    async def _backlog_rows(self, backlog: dict[int, int]) -> list[dict[str, Any]]:
+        """The forward backlog of the projects that forward somewhere, with their slugs."""
         rows = await self._on_actor(caught_up=False, fn=lambda: [
             {**self._slugs(pid), "envelopes": n, "forwarding": self._target(pid) is not None}
             for pid, n in sorted(backlog.items())])
-        letters = await self._letters()
-        return {"stream": {"name": INGEST_STREAM, "messages": state.messages, "bytes": state.bytes,
-                           "firstSeq": state.first_seq, "lastSeq": state.last_seq, "oldest": oldest},
-                "consumers": consumers,
-                "backlog": [r for r in rows if r["forwarding"]], "backlogComplete": scanned_all,
-                "deadLetters": {"count": len(letters), "letters": sorted(
-                    letters, key=lambda x: x.get("sequence", 0))[:MAX_LIST]}}
+        return [r for r in rows if r["forwarding"]]
+
+    # -- the management API's reads (gateway/api/ingest.py checks the caller's scope) ----------
+
+    def handle_api_ingest_status(self, call: Call) -> Any:
+        """`ingest status` as counts only - no event, no dead letter's detail or target - of
+        the whole (no project named) or of one project."""
+        def status() -> Any:
+            org, project = call.payload.get("org"), call.payload.get("project")
+            if not org and not project:
+                return self._answer_async(call, self._counts())
+            if not (org and project):
+                raise BadRequest("give both org and project, or neither")
+            found = self._project(org, project)
+            return self._answer_async(call, self._project_counts(found.id))
+
+        return self.serve_caught_up(call, status)
+
+    async def _counts(self) -> dict[str, Any]:
+        stream, consumers = await self._stream_view()
+        floor = consumers.get(FORWARD_CONSUMER, {}).get("ackFloor", 0)
+        backlog, scanned_all = await self._backlog(floor, stream["lastSeq"])
+        rows = await self._backlog_rows(backlog)
+        by_project: dict[int, int] = {}
+        for letter in await self._letters():
+            pid = int(letter.get("projectId") or 0)
+            by_project[pid] = by_project.get(pid, 0) + 1
+        letter_rows = await self._on_actor(caught_up=False, fn=lambda: [
+            {**self._slugs(pid), "count": n} for pid, n in sorted(by_project.items())])
+        return {"stream": stream, "consumers": consumers,
+                "backlog": [{k: r[k] for k in ("projectId", "org", "project", "envelopes")} for r in rows],
+                "backlogComplete": scanned_all,
+                "deadLetters": {"count": sum(by_project.values()), "byProject": letter_rows}}
+
+    async def _project_counts(self, project_id: int) -> dict[str, Any]:
+        stream, consumers = await self._stream_view()
+        floor = consumers.get(FORWARD_CONSUMER, {}).get("ackFloor", 0)
+        backlog, scanned_all = await self._backlog(floor, stream["lastSeq"])
+        forwarding, slugs = await self._on_actor(caught_up=False, fn=lambda: (
+            self._target(project_id) is not None, self._slugs(project_id)))
+        now = time.time()
+        return {**slugs, "forwarding": forwarding,
+                "backlog": {"envelopes": backlog.get(project_id, 0) if forwarding else 0, "complete": scanned_all},
+                "deadLetters": {"count": len(await self._letters(project_id))},
+                "outcomes": summarize(await self.stats.minutes(project_id, now), now)}
+
+    def handle_api_events(self, call: Call) -> Any:
+        """A page of one project's newest stored error events: ids, titles, times."""
+        def listing() -> Any:
+            project = self._project(call.payload["org"], call.payload["project"])
+            per_page = max(1, min(int(call.payload.get("per_page") or MAX_PER_PAGE), MAX_PER_PAGE))
+            offset = parse_cursor(call.payload.get("cursor"))
+            return self._answer_async(call, self._event_page(project.id, offset, per_page))
+
+        return self.serve_caught_up(call, listing)
+
+    async def _event_page(self, project_id: int, offset: int, per_page: int) -> dict[str, Any]:
+        ids = await self.stats.recent_events(project_id, offset + per_page + 1)
+        items = []
+        for event_id in ids[offset:offset + per_page]:
+            stored = await self.events.get(project_id, event_id)
+            if stored is not None:
+                items.append(_api_summary(stored))
+        return {"items": items, "offset": offset, "perPage": per_page,
+                "next": f"0:{offset + per_page}:0" if len(ids) > offset + per_page else None,
+                "prev": f"0:{max(0, offset - per_page)}:1" if offset > 0 else None}
+
+    def handle_api_event(self, call: Call) -> Any:
+        """One stored (scrubbed) error event of the project named; NotFound for an event of
+        any other project, so a caller learns nothing of events it may not see."""
+        event_id = str(call.payload["event_id"]).replace("-", "").lower()
+        if len(event_id) != 32 or any(c not in "0123456789abcdef" for c in event_id):
+            raise NotFound(f"No event matching `{call.payload['event_id']}`")
+
+        def show() -> Any:
+            project = self._project(call.payload["org"], call.payload["project"])
+
+            async def run() -> Any:
+                stored = await self.events.get(project.id, event_id)
+                if stored is None or stored.project_id != project.id:
+                    raise NotFound(f"No event matching `{event_id}`")
+                return _api_detail(stored)
+
+            return self._answer_async(call, run())
+
+        return self.serve_caught_up(call, show)
 
     async def _backlog(self, floor: int, last: int) -> tuple[dict[int, int], bool]:
         """Envelopes past the forwarder's ack floor, by project (headers only, bounded)."""
@@ -863,6 +959,33 @@ def _summary(stored: StoredEvent) -> dict[str, Any]:
     return {"eventId": stored.event_id, "projectId": stored.project_id, "received": _iso(stored.received),
             "timestamp": event.get("timestamp"), "title": event_title(event), "level": event.get("level"),
             "platform": event.get("platform")}
+
+
+def _api_summary(stored: StoredEvent) -> dict[str, Any]:
+    """An event as Sentry's project event list names its fields."""
+    event = stored.event
+    received = rfc3339(stored.received) if stored.received else None
+    created = event.get("timestamp")
+    return {"id": stored.event_id, "eventID": stored.event_id, "projectID": str(stored.project_id),
+            "title": event_title(event), "message": event.get("logentry", {}).get("formatted")
+            if isinstance(event.get("logentry"), dict) else None,
+            "dateCreated": rfc3339(float(created)) if isinstance(created, (int, float)) else received,
+            "dateReceived": received, "platform": event.get("platform"), "level": event.get("level")}
+
+
+def _api_detail(stored: StoredEvent) -> dict[str, Any]:
+    """The event as Sentry's event details name their fields, and the whole stored event
+    (scrubbed as the forwarder stored it) as `event`."""
+    event = stored.event
+    tags = event.get("tags") or []
+    if isinstance(tags, dict):
+        tags = list(tags.items())
+    return {**_api_summary(stored), "culprit": event.get("culprit"), "release": event.get("release"),
+            "environment": event.get("environment"), "contexts": event.get("contexts") or {},
+            "sdk": event.get("sdk"), "user": event.get("user"),
+            "tags": [{"key": str(t[0]), "value": str(t[1])} for t in tags
+                     if isinstance(t, (list, tuple)) and len(t) == 2],
+            "event": event}
 
 
 def forwarder_factory(settings: ForwardSettings | None = None) -> Callable[[Any], pykka.ActorRef[Any]]:

@@ -144,4 +144,9 @@ QUERIES: dict[str, Schema] = {
                       "sequence": field(int, required=False)},
     "events.list": {**_org_project, "limit": field(int, required=False, default=20)},
     "events.show": {"event_id": field(str)},
+    # the management API's (the gateway checks the caller's scope on the org named):
+    # counts only, of the whole (neither given) or of one project; one project's error events
+    "api.ingest_status": {"org": field(str, required=False), "project": field(str, required=False)},
+    "api.events": {**_org_project, **_page},
+    "api.event": {**_org_project, "event_id": field(str)},
 }

@@ -224,6 +224,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # the consumers of the ingest stream (actors/forwarder.py)
     Endpoint(subjects.INGEST_QUERY, FORWARDER, queries=("ingest.status", "ingest.stats", "events.list", "events.show")),
     Endpoint(subjects.INGEST_REPLAY, FORWARDER, commands=("ingest.replay",)),
+    # the management API's: counts (no event, no dead letter's contents) and the events of
+    # the one project a request names, whose org the gateway has checked the caller may read
+    Endpoint(subjects.INGEST_API, FORWARDER, queries=("api.ingest_status", "api.events", "api.event"),
+             callers=(GATEWAY,)),
     # the management API's writes, each checked against the token it carries
     *(_api(t) for t in API_WRITES),
 )

@@ -46,6 +46,8 @@ METRICS_QUERY = "rc.metrics.query"
 TRANSPORT_CONTROL = "rc.transport.control"
 INGEST_QUERY = "rc.ingest.query"  # the forwarder: stream status, stats, error event listings
 INGEST_REPLAY = "rc.ingest.replay"
+# the forwarder's narrow reads for the management API: counts, and one project's events
+INGEST_API = "rc.ingest.api"
 
 # publish only
 EVENTS_INGEST = "rc.events.ingest.*"  # .<project id>

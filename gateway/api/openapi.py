@@ -50,10 +50,24 @@ SCHEMAS: dict[str, Any] = {
     "Relay": {"type": "object", "properties": {"publicKey": _STR, "relayId": _STR, "internal": _BOOL,
                                                "banned": _BOOL, "version": _STR, "firstSeen": _STR,
                                                "lastSeen": _STR}},
+    "IngestStatus": {"type": "object", "description": "Counts only: the whole stream's (stream, consumers, "
+                                                      "backlog and deadLetters per project) or one project's "
+                                                      "(backlog, deadLetters, outcomes)",
+                     "properties": {"stream": {"type": "object"}, "consumers": {"type": "object"},
+                                    "backlog": {}, "deadLetters": {"type": "object"},
+                                    "outcomes": {"type": "object"}}},
+    "Event": {"type": "object", "required": ["id", "eventID", "title", "dateCreated"],
+              "properties": {"id": _STR, "eventID": _STR, "projectID": _STR, "title": _STR,
+                             "message": {**_STR, "nullable": True},
+                             "dateCreated": {**_STR, "format": "date-time"},
+                             "dateReceived": {**_STR, "format": "date-time"},
+                             "platform": {**_STR, "nullable": True},
+                             "event": {"type": "object", "description": "The stored event, scrubbed (details only)"}}},
 }
 _RESULT = {"organizations": "Organization", "teams": "Team", "projects": "Project", "keys": "ProjectKey",
-           "members": "Member", "config": "ProjectConfig", "history": "HistoryEvent", "relays": "Relay"}
-_LISTS = ("organizations/", "projects/", "keys/", "teams/", "members/", "history/", "relays/")
+           "members": "Member", "config": "ProjectConfig", "history": "HistoryEvent", "relays": "Relay",
+           "ingest": "IngestStatus", "events": "Event"}
+_LISTS = ("organizations/", "projects/", "keys/", "teams/", "members/", "history/", "relays/", "events/")
 
 
 def _schema_for(path: str) -> str | None:
@@ -88,6 +102,8 @@ def _operation(method: str, path: str, handler: Handler) -> dict[str, Any]:
                                                 "schema": _STR}}
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     responses.update({"401": {"description": "No token or an unknown one", "content": error},
+                      "403": {"description": "A visible org without the scope, or what spans orgs without "
+                                             "being a superuser or relayctl.admin", "content": error},
                       "404": {"description": "Does not exist or is not visible to the token", "content": error}})
     if method in ("POST", "PUT"):
         responses["400"] = {"description": "Invalid input", "content": {

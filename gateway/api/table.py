@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.api import ingest as i
 from gateway.api import routes as r
 from gateway.api import writes as w
 from gateway.api.auth import FAILURES, failure_limiter
@@ -52,6 +53,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", P + "/relayctl/relays/", w.allow_relay),
     ("GET", P + "/relayctl/relays/{public_key}/", r.relay),
     ("DELETE", P + "/relayctl/relays/{public_key}/", w.deny_relay),
+    ("GET", P + "/relayctl/ingest/", i.ingest_status),
+    ("GET", PROJECT + "/relayctl/ingest/", i.project_ingest_status),
+    ("GET", PROJECT + "/events/", i.project_events),
+    ("GET", PROJECT + "/events/{event_id}/", i.project_event),
 ]
 
 

@@ -207,3 +207,91 @@ def test_failed_token_checks_are_limited_per_client_address(system: SystemUnderT
     assert 5 <= refused <= 10 and statuses[:refused] == [401] * refused and set(statuses[refused:]) == {429}
     status, headers, _ = get(system, "/api/0/organizations/", "sntryu_" + "f" * 64)
     assert status == 429 and int(headers["retry-after"]) >= 1
+
+
+def _capture(system: SystemUnderTest, project: dict[str, Any], n: int) -> list[str]:
+    """`n` exceptions from a real sentry-sdk client to `project`, a password in each one's extra."""
+    import sentry_sdk
+
+    assert system.gateway is not None
+    dsn = f"http://{project['publicKey']}@127.0.0.1:{system.gateway.port}/{project['id']}"
+    client = sentry_sdk.Client(dsn=dsn, default_integrations=False, auto_enabling_integrations=False,
+                               include_local_variables=False)  # the scope's repr holds the extra as a string
+    ids = []
+    with sentry_sdk.new_scope() as scope:
+        scope.set_client(client)
+        scope.set_extra("password", "hunter2" + "-api")  # never literally in a source line the SDK sends
+        for i in range(n):
+            try:
+                raise ValueError(f"api event {i}")
+            except ValueError as exc:
+                ids.append(str(sentry_sdk.capture_exception(exc)))
+    client.flush(timeout=10)
+    client.close()
+    return ids
+
+
+def _eventually(check: Any, what: str, timeout: float = 20.0) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            assert result, f"{what}: not within {timeout}s (last: {result!r})"
+            return result
+        time.sleep(0.1)
+
+
+def test_a_projects_events_over_the_api_paged_scrubbed_and_for_its_orgs_members_only(
+        system: SystemUnderTest, world: dict[str, Any]) -> None:
+    acme, token, web = world["acme"], world["ann_token"], world["web"]
+    ids = _capture(system, web, 3)
+    base = f"/api/0/projects/{acme}/web/events/"
+    listed = _eventually(lambda: (lambda r: r[2] if r[0] == 200 and len(r[2]) >= 3 else None)(
+        get(system, base, token)), "the three events listed")
+    assert {e["id"] for e in listed} >= set(ids)
+    assert all({"id", "eventID", "title", "dateCreated"} <= set(e) and e["dateCreated"].endswith("Z")
+               for e in listed)
+    assert "ValueError" in listed[0]["title"] and "event" not in listed[0]  # a listing carries no bodies
+    # pages: Sentry's Link header with its cursors
+    status, headers, first = get(system, base + "?per_page=2", token)
+    assert status == 200 and len(first) == 2 and 'rel="next"; results="true"' in headers["link"]
+    cursor = headers["link"].split('rel="next"; results="true"; cursor="')[1].split('"')[0]
+    status, headers, rest = get(system, base + f"?per_page=2&cursor={cursor}", token)
+    assert status == 200 and {e["id"] for e in first + rest} == {e["id"] for e in listed}
+    # one event: stored, scrubbed
+    status, _, detail = get(system, base + ids[0] + "/", token)
+    assert status == 200 and detail["eventID"] == ids[0] and detail["event"]["event_id"] == ids[0]
+    assert detail["event"]["extra"]["password"] == "[Filtered]" and "hunter2-api" not in json.dumps(detail)
+    # who may not see them: another org's member, a token without project:read, another project
+    for path in (base, base + ids[0] + "/"):
+        assert get(system, path, world["bob_token"])[0] == 404
+    narrow = system.cli_ok("token", "create", world["ann"], "--scope", "org:read", "--json")["token"]
+    assert get(system, base, narrow)[0] == 403
+    assert get(system, f"/api/0/projects/{acme}/api/events/{ids[0]}/", token)[0] == 404
+    assert get(system, base + "0" * 32 + "/", token)[0] == 404
+    assert get(system, base + "not-an-id/", token)[0] == 404
+    assert get(system, base + "?cursor=bogus", token)[0] == 400
+
+
+def test_ingest_status_over_the_api_counts_only_and_scoped(system: SystemUnderTest, world: dict[str, Any]) -> None:
+    acme, token, web = world["acme"], world["ann_token"], world["web"]
+    _capture(system, web, 1)
+    root = "root-" + world["ann"]
+    system.cli_ok("user", "create", root, "--superuser")
+    root_token = system.cli_ok("token", "create", root, "--json")["token"]
+    # the whole stream: superusers (and relayctl.admin) only
+    assert get(system, "/api/0/relayctl/ingest/", token)[0] == 403
+    status, _, whole = get(system, "/api/0/relayctl/ingest/", root_token)
+    assert status == 200 and whole["stream"]["messages"] >= 1 and "consumers" in whole
+    assert set(whole["deadLetters"]) == {"count", "byProject"}  # counts, never a letter's contents
+    # a project's share: project:read in its org
+    path = f"/api/0/projects/{acme}/web/relayctl/ingest/"
+    project = _eventually(lambda: (lambda r: r[2] if r[0] == 200 and r[2]["outcomes"]["lastHour"]["accepted"]
+                                   else None)(get(system, path, token)), "the accepted envelopes counted")
+    assert project["project"] == "web" and project["org"] == acme and project["projectId"] == web["id"]
+    assert project["deadLetters"] == {"count": 0} and project["backlog"]["envelopes"] == 0
+    assert "stream" not in project and "consumers" not in project
+    assert get(system, path, world["bob_token"])[0] == 404
+    assert get(system, f"/api/0/projects/{acme}/nope/relayctl/ingest/", token)[0] == 404

@@ -148,12 +148,14 @@ def test_the_gateway_may_send_only_its_queries_and_two_control_messages() -> Non
     assert rc_publishes("gateway") == {
         "rc.ctl.relay.register", "rc.ctl.user.authenticate", "rc.keys.lookup", "rc.org.access", "rc.config.get",
         "rc.config.build", "rc.ai.suggest", "rc.metrics.query", "rc.metrics.record", "rc.transport.envelope",
-        "rc.in.>"} | MANAGEMENT_API
+        "rc.in.>", "rc.ingest.api"} | MANAGEMENT_API
     assert not rc_publishes("gateway") & {"rc.ctl.user.create", "rc.ctl.token.create", "rc.ctl.relay.allow",
                                           "rc.ctl.user.permission_add", "rc.ctl.import.org"}
     # none of the operator's writes: the gateway's credentials alone change nothing
     assert not {f"rc.ctl.{t}" for t in MANAGEMENT_API_WRITES} & rc_publishes("gateway")
     assert not may("gateway", "publish", "rc.ctl.org.trust_relay")
+    # the forwarder's narrow reads only: not the endpoint that finds any event by its id
+    assert may("gateway", "publish", "rc.ingest.api") and not may("gateway", "publish", "rc.ingest.query")
     assert not any(s.startswith("$JS.API.CONSUMER") for s in NATS_ROLES["gateway"]["publish"]["allow"])
     assert not any(s.startswith("$JS.API.STREAM.CREATE.RC_EVENTS") or "PURGE.RC_" in s
                    for s in NATS_ROLES["gateway"]["publish"]["allow"])
