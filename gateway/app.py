@@ -326,9 +326,9 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
         reporter = app.get("dependency_reporter")
         if reporter is not None:
             reporter.cancel()
-        if app["redis"] is not None:
         if app.get("redis_read") is not None:
             await app["redis_read"].aclose()
+        if app["redis"] is not None:
             await app["redis"].aclose()
         nc = app["nc"]
         if nc is not None:
