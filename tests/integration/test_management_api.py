@@ -295,3 +295,39 @@ def test_ingest_status_over_the_api_counts_only_and_scoped(system: SystemUnderTe
     assert "stream" not in project and "consumers" not in project
     assert get(system, path, world["bob_token"])[0] == 404
     assert get(system, f"/api/0/projects/{acme}/nope/relayctl/ingest/", token)[0] == 404
+
+
+def test_ingest_status_over_the_api_counts_dead_letters_without_their_contents(
+        system: SystemUnderTest, world: dict[str, Any]) -> None:
+    """A downstream Sentry that refuses for good: the letter is counted, per project and in
+    the whole, and nothing of it - event id, target, the refusal's text - is shown."""
+    from tests.sentry_stub import SentryStub
+
+    token = world["ann_token"]
+    acme = "dl-" + world["acme"]  # an org of its own: the module's other tests count acme's projects
+    system.cli_ok("org", "create", acme)
+    system.cli_ok("org", "member", "add", acme, world["ann"], "--role", "member")
+    root = "root-dl-" + world["ann"]
+    system.cli_ok("user", "create", root, "--superuser")
+    root_token = system.cli_ok("token", "create", root, "--json")["token"]
+    stub = SentryStub().start()
+    try:
+        stub.mode = "400"
+        refused = system.cli_ok("project", "create", acme, "refused", "--json")
+        system.cli_ok("project", "option", "set", f"{acme}/refused", "relayctl:forward_dsn", json.dumps(stub.dsn()))
+        event_id = _capture(system, refused, 1)[0].replace("-", "")
+        path = f"/api/0/projects/{acme}/refused/relayctl/ingest/"
+        project = _eventually(lambda: (lambda r: r[2] if r[0] == 200 and r[2]["deadLetters"]["count"] else None)(
+            get(system, path, token)), "the dead letter counted")
+        assert project["deadLetters"] == {"count": 1} and project["forwarding"] is True
+        status, _, whole = get(system, "/api/0/relayctl/ingest/", root_token)
+        assert status == 200
+        assert {"projectId": refused["id"], "org": acme, "project": "refused", "count": 1} in \
+            whole["deadLetters"]["byProject"]
+        text = json.dumps([project, whole])
+        assert event_id not in text and str(stub.port) not in text and "HTTP" not in text
+        # the operator's own view has the letter itself
+        letters = system.cli_ok("ingest", "status", "--json")["deadLetters"]["letters"]
+        assert event_id in {x["eventId"] for x in letters}
+    finally:
+        stub.stop()
