@@ -41,8 +41,9 @@ from bus.embedded import free_port, port_open
 from tests.system import RelayClient
 
 
-def spawn(args: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def spawn(args: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 30
     while not port_open("127.0.0.1", port):
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--projects", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=40, help="changes in the propagation part")
     parser.add_argument("--batches", default="100,500")
+    parser.add_argument("--access-log-sample", metavar="RATE", help="the gateway's RELAYCTL_ACCESS_LOG_SAMPLE "
+                        "(default: its own default, every request logged)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway under the 100-key load: collapsed "
                         "stacks to FILE (needs py-spy, `pip install py-spy`)")
     args = parser.parse_args()
@@ -139,7 +142,8 @@ def main() -> None:
                         instrument=False).start()
         gw_port, floor_port, minimal_port = free_port(), free_port(), free_port()
         gateway = spawn(["cli", "gateway", "--bind", f"127.0.0.1:{gw_port}", "--nats-url", nats_server.url,
-                         "--redis-url", redis_server.url], gw_port)
+                         "--redis-url", redis_server.url], gw_port,
+                        {"RELAYCTL_ACCESS_LOG_SAMPLE": args.access_log_sample} if args.access_log_sample else None)
         floors = [spawn(["bench.floor_server", "--port", str(port), "--redis-url", redis_server.url, "--kind", kind],
                         port) for port, kind in ((floor_port, "decompress"), (minimal_port, "minimal"))]
         try:
@@ -152,7 +156,8 @@ def main() -> None:
                 relay.poll(keys[i:i + 500], served_all(len(keys[i:i + 500])), timeout=60)
             urls = {"gateway": gw_url, "minimal floor": f"http://127.0.0.1:{minimal_port}",
                     "decompress floor": f"http://127.0.0.1:{floor_port}"}
-            print(f"v3 hot path: {args.projects} projects, wrk -t2 -c8 -d{args.seconds:g}s, 64 pre-signed bodies;"
+            sample = f"access log sample {args.access_log_sample or 'default (1)'}"
+            print(f"v3 hot path: {args.projects} projects, wrk -t2 -c8 -d{args.seconds:g}s, 64 pre-signed bodies, {sample};"
                   f" load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
             for batch in batches:
                 bodies = _wrk.signed_bodies(relay, keys, batch)

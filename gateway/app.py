@@ -82,7 +82,8 @@ def log_access(request: web.Request, route: str, status: int, seconds: float, ra
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    cid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    # Not uuid4: an id, not a secret, and os.urandom is a system call on every request.
+    cid = request.headers.get("X-Request-Id") or f"{random.getrandbits(128):032x}"
     structlog.contextvars.clear_contextvars()
     # This request's span: a child of the caller's W3C traceparent, or a new trace. Every log
     # line of it (the access log too) and every NATS request it makes carry the trace on.

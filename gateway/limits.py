@@ -141,7 +141,9 @@ def limits_middleware(limits: HttpLimits) -> Any:
                 request.match_info.handler, "reads_own_body", False):
             try:
                 # read() keeps the body, so the handler's own read() returns it at once.
-                await asyncio.wait_for(request.read(), limits.body_timeout)
+                # asyncio.timeout, not wait_for: no task made per request.
+                async with asyncio.timeout(limits.body_timeout):
+                    await request.read()
             except TimeoutError:
                 response = error_response(408, "Request body not received in time")
                 response.force_close()

@@ -175,6 +175,30 @@ def parse_json(body: bytes) -> Any:
         raise HTTPFailure(400, "No valid json body") from None
 
 
+# A whole batch of keys joined by commas: checked with one match instead of one per key.
+BATCH_RE = re.compile(r"(?:[0-9a-f]{32},)*[0-9a-f]{32}")
+
+
+def wanted_keys(keys: list[Any], revisions: list[Any] | None) -> list[tuple[str, str | None]]:
+    """The valid keys asked for, each once (its first time), with the revision the relay
+    holds (a revision that is not a string counts as none). An entry that is not a key is
+    left out. The usual batch - every entry a key, none twice - costs one regex match."""
+    try:
+        joined = ",".join(keys)
+    except TypeError:  # an entry that is not a string
+        joined = ""
+    # The length check: an entry holding commas could otherwise pass as several keys.
+    if keys and len(joined) == 33 * len(keys) - 1 and BATCH_RE.fullmatch(joined) and len(set(keys)) == len(keys):
+        if revisions is None:
+            return [(k, None) for k in keys]
+        return list(zip(keys, [r if isinstance(r, str) else None for r in revisions]))
+    valid: dict[str, str | None] = {}  # a key asked twice is answered once
+    for key, revision in zip(keys, revisions or [None] * len(keys)):
+        if isinstance(key, str) and PUBLIC_KEY_RE.fullmatch(key) and key not in valid:
+            valid[key] = revision if isinstance(revision, str) else None
+    return list(valid.items())
+
+
 def _signature(request: web.Request) -> tuple[str, str]:
     relay_id = request.headers.get("X-Sentry-Relay-Id", "")
     signature = request.headers.get("X-Sentry-Relay-Signature", "")
@@ -187,6 +211,7 @@ class RelayEndpoints:
         self.mac_keys = MacKeys()
         self.verified = VerifiedValues()
         self.served = ServedEntries()
+        self._parsed_keys: dict[str, Any] = {}
         self.counts = HotCounts()
         app.on_shutdown.append(self._flush_counts)
 
@@ -307,13 +332,23 @@ class RelayEndpoints:
         if info.get("banned"):
             raise HTTPFailure(401, "Relay is banned")
         try:
-            valid = sentry_relay.PublicKey.parse(info["publicKey"]).verify(body, signature, max_age=SIGNED_MAX_AGE)
+            valid = self._public_key(info["publicKey"]).verify(body, signature, max_age=SIGNED_MAX_AGE)
         except Exception:
             valid = False
         if not valid:
             raise HTTPFailure(401, "Invalid relay signature")
         structlog.contextvars.bind_contextvars(relay_id=relay_id)
         return RelayIdentity(relay_id, info["publicKey"], bool(info.get("internal")), bool(info.get("trusted")))
+
+    def _public_key(self, text: str) -> Any:
+        """The parsed key, parsed once per key rather than on every signed request."""
+        parsed = self._parsed_keys.get(text)
+        if parsed is None:
+            parsed = sentry_relay.PublicKey.parse(text)
+            if len(self._parsed_keys) >= 10_000:
+                self._parsed_keys.clear()
+            self._parsed_keys[text] = parsed
+        return parsed
 
     async def _relay_info(self, relay_id: str) -> dict[str, Any] | None:
         cache: RelayAuthCache = self.app["relay_auth"]
@@ -384,12 +419,8 @@ class RelayEndpoints:
             raise HTTPFailure(400, "at most 5000 publicKeys per request")
         revisions = data.get("revisions")
         if not isinstance(revisions, list) or len(revisions) != len(keys):
-            revisions = [None] * len(keys)
-        valid: dict[str, str | None] = {}  # a key asked twice is answered once
-        for key, revision in zip(keys, revisions):
-            if isinstance(key, str) and PUBLIC_KEY_RE.fullmatch(key) and key not in valid:
-                valid[key] = revision if isinstance(revision, str) else None
-        wanted = list(valid.items())
+            revisions = None
+        wanted = wanted_keys(keys, revisions)
         with_global = version == "3" and data.get("global") is True
         if version == "2" or data.get("noCache"):
             return await self._configs_built(relay, wanted, with_global, v3=version == "3")
@@ -626,9 +657,10 @@ class ServedEntries:
         except (zstandard.ZstdError, ValueError) as exc:
             log.warning("gateway.cache_entry_corrupt", key=name, error=str(exc))
             return None
-        if len(self._held) >= self.max_entries:
-            self._held.clear()
-        hit = self._held[name] = Served(value, key, entry)
+        held = self.for_key(mac_key)  # held under the key it was checked with
+        if len(held) >= self.max_entries:
+            held.clear()
+        hit = held[name] = Served(value, key, entry)
         return hit
 
     def prepare(self, name: str, hit: Served) -> bytes | None:
