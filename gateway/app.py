@@ -36,6 +36,7 @@ from domain.metrics_store import MetricsStore
 from gateway.ai import add_ai_routes
 from gateway.api import add_management_routes
 from gateway.binding import PortLock, port_problem
+from gateway.console import add_console_routes
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
 from gateway.ingest import add_ingest_routes
 from gateway.limits import HttpLimits, limits_middleware, serve
@@ -356,6 +357,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     add_ai_routes(app)
     add_ingest_routes(app)
     add_management_routes(app)
+    add_console_routes(app)
     app.router.add_get("/metrics", prometheus)
     return app
 

@@ -1,0 +1,484 @@
+// The relayctl console: plain ES module, no build step. It calls only the documented
+// management API (/api/0/, see /api/0/openapi.json) and the console's session routes
+// (/console/session). The session cookie is HttpOnly; every change sends X-CSRF-Token.
+
+const session = { csrf: null, username: null, scopes: [] };
+let catalogue = null;
+const main = document.getElementById("main");
+
+// -- DOM helpers -------------------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "text") el.textContent = value;
+    else el.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+let uid = 0;
+function field(label, name, control) {
+  const id = `f${++uid}`;
+  control.id = id;
+  control.name = name;
+  const error = h("p", { class: "error", id: `${id}-error`, "data-error-for": name });
+  control.setAttribute("aria-describedby", error.id);
+  return h("div", { class: "field" }, h("label", { for: id }, label), control, error);
+}
+
+function say(text) {
+  const status = document.getElementById("status");
+  status.textContent = text;
+  clearTimeout(say.timer);
+  say.timer = setTimeout(() => { status.textContent = ""; }, 4000);
+}
+
+const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
+const yesNo = (value) => h("span", { class: value ? "yes" : "no" }, value ? "yes" : "no");
+const table = (heads, rows) => h("div", { class: "table-wrap" },
+  h("table", {}, h("thead", {}, h("tr", {}, heads.map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, rows)));
+const enc = encodeURIComponent;
+
+// -- the API -----------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, data) {
+    super(typeof data?.detail === "string" ? data.detail : `HTTP ${status}`);
+    this.status = status;
+    this.data = data;
+  }
+}
+
+async function api(method, path, body, extra = {}) {
+  const headers = { Accept: "application/json", ...extra };
+  if (method !== "GET") headers["X-CSRF-Token"] = session.csrf || "";
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, credentials: "same-origin",
+                                       body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { detail: text }; }
+  if (response.status === 401 && path.startsWith("/api/0/")) {
+    session.csrf = null;
+    showLogin("Your session has ended; log in again.");
+  }
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+// Field errors (Sentry's {field: [messages]}) next to their fields (by name); anything else at the form's end.
+function showErrors(form, error) {
+  for (const el of form.querySelectorAll("[data-error-for]")) el.textContent = "";
+  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  const general = form.querySelector(".form-error");
+  if (!error) return;
+  const data = error.data;
+  const rest = [];
+  const fieldShaped = data && typeof data === "object" && !Array.isArray(data) && !("detail" in data)
+    && Object.values(data).every(Array.isArray);
+  if (error.status < 500 && fieldShaped) {
+    for (const [name, messages] of Object.entries(data)) {
+      const slot = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
+      const text = Array.isArray(messages) ? messages.join(" ") : String(messages);
+      if (slot) {
+        slot.textContent = text;
+        form.querySelector(`[name="${CSS.escape(name)}"]`)?.setAttribute("aria-invalid", "true");
+      } else rest.push(`${name}: ${text}`);
+    }
+  } else rest.push(error.message);
+  if (general) general.textContent = rest.join(" ");
+  (form.querySelector("[aria-invalid=true]") || general)?.focus?.();
+}
+
+function actionForm(children, submitLabel, run) {
+  const form = h("form", { novalidate: true }, children, h("button", { type: "submit" }, submitLabel),
+    h("p", { class: "error form-error", tabindex: "-1", role: "alert" }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    showErrors(form, null);
+    try { await run(new FormData(form), form); } catch (error) { if (error instanceof ApiError) showErrors(form, error); else throw error; }
+  });
+  return form;
+}
+
+// A button that asks once more before it acts ("Delete" then "Really delete?").
+function confirmButton(label, run) {
+  const button = h("button", { type: "button", class: "danger" }, label);
+  button.addEventListener("click", async () => {
+    if (!button.dataset.armed) {
+      button.dataset.armed = "1";
+      button.textContent = `Really ${label.toLowerCase()}?`;
+      return;
+    }
+    button.disabled = true;
+    try { await run(button); } catch (error) { button.disabled = false; say(error.message); }
+  });
+  return button;
+}
+
+// A delete answers 204 with no sequence to read at: the row goes here, not by a re-read
+// that might not show the delete yet.
+function removeRow(button, emptyText) {
+  const row = button.closest("tr");
+  const wrap = row.closest(".table-wrap");
+  row.remove();
+  if (!wrap.querySelector("tbody tr")) wrap.replaceWith(h("p", { class: "muted" }, emptyText));
+}
+
+// -- login -------------------------------------------------------------------------------------
+
+function showLogin(message = "") {
+  document.getElementById("nav").hidden = true;
+  const input = h("input", { type: "password", autocomplete: "off", required: true });
+  const form = actionForm([field("API token", "token", input)], "Log in", async (data) => {
+    const token = String(data.get("token") || "").trim();
+    if (!token) throw new ApiError(400, { token: ["This field is required."] });
+    const answer = await api("POST", "/console/session", undefined, { Authorization: `Bearer ${token}` });
+    session.csrf = answer.csrf;
+    await started();
+  });
+  main.replaceChildren(h("h1", {}, "Log in"),
+    h("p", {}, "Log in with an API token (", h("code", {}, "relayctl token create USER"), ")."),
+    message ? h("p", { class: "error", role: "alert" }, message) : null, form);
+  input.focus();
+}
+
+async function started() {
+  const index = await api("GET", "/api/0/");
+  session.username = index.user?.username;
+  session.scopes = index.auth?.scopes || [];
+  document.getElementById("who").textContent = session.username || "";
+  document.getElementById("nav").hidden = false;
+  await route();
+}
+
+document.getElementById("logout").addEventListener("click", async () => {
+  try { await api("DELETE", "/console/session"); } catch (error) { say(error.message); }
+  session.csrf = null;
+  location.hash = "#/orgs";
+  showLogin("Logged out.");
+});
+
+// -- pages -------------------------------------------------------------------------------------
+
+async function orgsPage() {
+  const orgs = await api("GET", "/api/0/organizations/");
+  const rows = orgs.map((o) => h("tr", {}, h("td", {}, h("a", { href: `#/org/${enc(o.slug)}` }, o.name)),
+    h("td", {}, o.slug), h("td", {}, when(o.dateCreated))));
+  const form = actionForm([field("Name", "name", h("input", { type: "text" })),
+                           field("Slug (optional)", "slug", h("input", { type: "text" }))],
+  "Create organization", async (data) => {
+    const body = { name: data.get("name") };
+    if (data.get("slug")) body.slug = data.get("slug");
+    const org = await api("POST", "/api/0/organizations/", body);
+    say(`Organization ${org.slug} created`);
+    location.hash = `#/org/${enc(org.slug)}`;
+  });
+  return [h("h1", {}, "Organizations"),
+    h("section", {}, h("h2", {}, "Yours"), orgs.length ? table(["Name", "Slug", "Created"], rows)
+      : h("p", { class: "muted" }, "No organization is visible to this token.")),
+    h("section", {}, h("h2", {}, "New organization"),
+      h("p", { class: "muted" }, "Superusers and relayctl.admin only. Organizations cannot be disabled or deleted through the API."),
+      form)];
+}
+
+async function orgPage(org) {
+  const [detail, projects] = await Promise.all([api("GET", `/api/0/organizations/${enc(org)}/`),
+                                                api("GET", `/api/0/organizations/${enc(org)}/projects/`)]);
+  const rows = projects.map((p) => h("tr", {},
+    h("td", {}, h("a", { href: `#/project/${enc(org)}/${enc(p.slug)}` }, p.name)), h("td", {}, p.slug),
+    h("td", {}, (p.teams || []).map((t) => t.slug).join(", ")), h("td", {}, p.platform || "—"),
+    h("td", {}, confirmButton("Delete", async (button) => {
+      await api("DELETE", `/api/0/projects/${enc(org)}/${enc(p.slug)}/`);
+      say(`Project ${p.slug} deleted`);
+      removeRow(button, "No projects yet.");
+    }))));
+  const teams = h("select", {}, detail.teams.map((t) => h("option", { value: t.slug }, t.name || t.slug)));
+  const create = actionForm([field("Name", "name", h("input", { type: "text" })),
+                             field("Slug (optional)", "slug", h("input", { type: "text" })),
+                             field("Team", "team", teams)],
+  "Create project", async (data) => {
+    const body = { name: data.get("name") };
+    if (data.get("slug")) body.slug = data.get("slug");
+    const created = await api("POST", `/api/0/teams/${enc(org)}/${enc(data.get("team"))}/projects/`, body);
+    say(`Project ${created.slug} created`);
+    location.hash = `#/project/${enc(org)}/${enc(created.slug)}`;
+  });
+  const teamForm = actionForm([field("Team name", "name", h("input", { type: "text" })),
+                               field("Slug (optional)", "slug", h("input", { type: "text" }))],
+  "Create team", async (data) => {
+    const body = { name: data.get("name") };
+    if (data.get("slug")) body.slug = data.get("slug");
+    await api("POST", `/api/0/organizations/${enc(org)}/teams/`, body);
+    say("Team created");
+    await route();
+  });
+  const trusted = detail.trustedRelays || [];
+  const trustRows = trusted.map((r) => h("tr", {}, h("td", {}, r.name), h("td", {}, h("code", {}, r.publicKey)),
+    h("td", {}, confirmButton("Remove", async () => {
+      await api("PUT", `/api/0/organizations/${enc(org)}/`,
+        { trustedRelays: trusted.filter((x) => x.publicKey !== r.publicKey) });
+      say("Relay no longer trusted");
+      await route();
+    }))));
+  const trustForm = actionForm([field("Relay public key", "trustedRelays", h("input", { type: "text" })),
+                                field("Name", "relayName", h("input", { type: "text" }))],
+  "Trust relay", async (data) => {
+    await api("PUT", `/api/0/organizations/${enc(org)}/`, { trustedRelays: [...trusted,
+      { publicKey: data.get("trustedRelays"), name: data.get("relayName") || "relay" }] });
+    say("Relay trusted");
+    await route();
+  });
+  return [h("h1", {}, detail.name, " ", h("span", { class: "muted" }, `(${detail.slug})`)),
+    h("section", {}, h("h2", {}, "Projects"), projects.length
+      ? table(["Name", "Slug", "Teams", "Platform", ""], rows) : h("p", { class: "muted" }, "No projects yet."),
+    h("h2", {}, "New project"), create),
+    h("section", {}, h("h2", {}, "Teams"),
+      h("ul", {}, detail.teams.map((t) => h("li", {}, `${t.name} (${t.slug})`))), teamForm),
+    h("section", {}, h("h2", {}, "Trusted relays"), trusted.length
+      ? table(["Name", "Public key", ""], trustRows) : h("p", { class: "muted" }, "None."), trustForm)];
+}
+
+async function projectPage(org, project) {
+  const base = `/api/0/projects/${enc(org)}/${enc(project)}`;
+  const [detail, keys] = await Promise.all([api("GET", `${base}/`), api("GET", `${base}/keys/`)]);
+  catalogue ||= await (await fetch("/console/catalogue.json")).json();
+  const rows = keys.map((k) => {
+    // The PUT answers with the key read at its write: the row shows that answer.
+    const status = h("td", {}, k.isActive ? "active" : "disabled");
+    const toggle = h("button", { type: "button", class: "secondary" }, k.isActive ? "Disable" : "Enable");
+    toggle.addEventListener("click", async () => {
+      try {
+        k = await api("PUT", `${base}/keys/${enc(k.id)}/`, { isActive: !k.isActive });
+        status.textContent = k.isActive ? "active" : "disabled";
+        toggle.textContent = k.isActive ? "Disable" : "Enable";
+        say(`Key ${k.isActive ? "enabled" : "disabled"}`);
+      } catch (error) { say(error.message); }
+    });
+    return h("tr", {},
+    h("td", {}, h("a", { href: `#/key/${enc(org)}/${enc(project)}/${enc(k.id)}` }, k.name || k.label)),
+    h("td", {}, h("code", {}, k.public)), status,
+    h("td", { class: "actions" }, toggle,
+      confirmButton("Delete", async (button) => {
+        await api("DELETE", `${base}/keys/${enc(k.id)}/`);
+        say("Key deleted");
+        removeRow(button, "No keys yet.");
+      })));
+  });
+  const create = actionForm([field("Key name", "name", h("input", { type: "text" }))], "Create key", async (data) => {
+    const key = await api("POST", `${base}/keys/`, { name: data.get("name") || undefined });
+    say(`Key ${key.public} created`);
+    await route();
+  });
+  return [h("h1", {}, detail.name, " ", h("span", { class: "muted" }, `(${org} / ${detail.slug})`)),
+    h("p", {}, h("a", { href: `#/org/${enc(org)}` }, `← ${detail.organization?.name || org}`)),
+    h("section", {}, h("h2", {}, "Keys"), keys.length ? table(["Name", "Public key", "Status", ""], rows)
+      : h("p", { class: "muted" }, "No keys yet."), h("h2", {}, "New key"), create),
+    h("section", { id: "options" }, h("h2", {}, "Options"),
+      h("p", { class: "muted" }, "Every project option of the catalogue. The value shown is what the API answers: "
+        + "the project's own, else its template's, else the default."),
+      catalogue.map((spec) => optionEditor(base, spec, detail.options || {})))];
+}
+
+function shown(value) {
+  return value === undefined ? "—" : JSON.stringify(value, null, 1);
+}
+
+function inputFor(spec, value) {
+  if (spec.kind === "boolean" || spec.kind === "toggle") {
+    const [on, off] = spec.kind === "boolean" ? ["true", "false"] : ["1", "0"];
+    const current = String(value ?? spec.default);
+    return h("select", {}, h("option", { value: on, selected: current === on }, `${on} (on)`),
+      h("option", { value: off, selected: current === off }, `${off} (off)`));
+  }
+  if (spec.kind === "lines") {
+    const area = h("textarea", { rows: 3 });
+    area.value = Array.isArray(value) ? value.join("\n") : (value ?? "");
+    return area;
+  }
+  if (spec.kind === "text") {
+    return h("input", { type: "text", value: typeof value === "string" ? value : (value === undefined ? "" : JSON.stringify(value)) });
+  }
+  const area = h("textarea", { rows: 3 });
+  area.value = value === undefined ? "" : JSON.stringify(value, null, 1);
+  return area;
+}
+
+function valueOf(spec, raw) {
+  if (spec.kind === "boolean") return raw === "true";
+  if (spec.kind === "toggle" || spec.kind === "lines") return raw;
+  if (spec.kind === "text") return raw.trim().startsWith("[") ? JSON.parse(raw) : raw;
+  return raw.trim() === "" ? null : JSON.parse(raw);
+}
+
+function optionEditor(base, spec, options) {
+  const value = spec.readable ? options[spec.key] : undefined;
+  const control = inputFor(spec, value);
+  const current = h("dd", {}, spec.readable ? shown(value) : "not shown by the API");
+  const fromDefault = h("dd", {}, spec.readable
+    ? (JSON.stringify(value) === JSON.stringify(spec.default) ? "no: the default" : "yes") : "—");
+  const form = actionForm([field(`Value of ${spec.key}`, spec.key, control)], "Save", async (data) => {
+    let wanted;
+    try { wanted = valueOf(spec, data.get(spec.key)); } catch (error) {
+      throw new ApiError(400, { [spec.key]: [`Not valid JSON: ${error.message}`] });
+    }
+    await save(wanted);
+  });
+  async function save(wanted) {
+    const project = await api("PUT", `${base}/`, { options: { [spec.key]: wanted } });
+    const now = project.options?.[spec.key];
+    if (spec.readable) {
+      current.textContent = shown(now);
+      fromDefault.textContent = JSON.stringify(now) === JSON.stringify(spec.default) ? "no: the default" : "yes";
+    }
+    say(`${spec.key} saved`);
+  }
+  const reset = h("button", { type: "button", class: "secondary" }, "Unset (inherit)");
+  reset.addEventListener("click", async () => {
+    showErrors(form, null);
+    try { await save(null); } catch (error) { if (error instanceof ApiError) showErrors(form, error); else throw error; }
+  });
+  form.querySelector("button[type=submit]").after(reset);
+  return h("div", { class: "option", "data-option": spec.key }, h("h3", {}, spec.key),
+    h("dl", {}, h("dt", {}, "Type"), h("dd", {}, spec.type), h("dt", {}, "Default"), h("dd", {}, shown(spec.default)),
+      h("dt", {}, "Value now"), current, h("dt", {}, "Changed from default"), fromDefault,
+      spec.orgToo ? [h("dt", {}, "Org"), h("dd", {}, "also set per organization (merged)")] : null),
+    form);
+}
+
+// -- a key's config and history -----------------------------------------------------------------
+
+function stable(value) {
+  if (Array.isArray(value)) return value.map(stable);
+  if (value && typeof value === "object") {
+    return Object.fromEntries(Object.keys(value).sort().map((k) => [k, stable(value[k])]));
+  }
+  return value;
+}
+
+// What the history's events say, folded: options by key, every other event's fields by kind.
+function fold(state, event) {
+  const next = structuredClone(state);
+  const payload = { ...(event.payload || {}) };
+  const kind = event.type.replace(/[A-Z][a-z]*$/, "") || event.type;
+  if (typeof payload.key === "string" && /Option/.test(event.type)) {
+    next.options ||= {};
+    if (/Unset|Removed/.test(event.type)) delete next.options[payload.key];
+    else next.options[payload.key] = payload.value;
+  } else {
+    next[kind] = { ...(next[kind] || {}), ...payload, lastEvent: event.type };
+  }
+  return next;
+}
+
+// A line diff (longest common subsequence) with one line of context around each change.
+function diffLines(before, after) {
+  const a = before.split("\n"), b = after.split("\n");
+  const n = a.length, m = b.length;
+  const lcs = Array.from({ length: n + 1 }, () => new Uint16Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--) {
+    lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+  }
+  const out = [];
+  let i = 0, j = 0;
+  while (i < n || j < m) {
+    if (i < n && j < m && a[i] === b[j]) { out.push([" ", a[i]]); i++; j++; }
+    else if (j < m && (i === n || lcs[i][j + 1] >= lcs[i + 1][j])) out.push(["+", b[j++]]);
+    else out.push(["-", a[i++]]);
+  }
+  const keep = out.map((line, k) => line[0] !== " " || [k - 1, k + 1].some((x) => out[x] && out[x][0] !== " "));
+  return out.filter((_, k) => keep[k]);
+}
+
+async function keyPage(org, project, keyId) {
+  const base = `/api/0/projects/${enc(org)}/${enc(project)}/keys/${enc(keyId)}`;
+  const [key, config, history] = await Promise.all([api("GET", `${base}/`), api("GET", `${base}/config/`),
+                                                    api("GET", `${base}/history/`)]);
+  let state = {};
+  const revisions = history.map((event) => {
+    const before = JSON.stringify(stable(state), null, 2);
+    state = fold(state, event);
+    const lines = diffLines(before, JSON.stringify(stable(state), null, 2));
+    return h("article", { class: "revision", "data-sequence": event.sequence },
+      h("h3", {}, `#${event.sequence} ${event.type}`),
+      h("p", { class: "muted" }, "by ", h("strong", { class: "actor" }, event.actor), " at ", when(event.dateCreated)),
+      h("pre", { class: "diff", "aria-label": `Changes made by event ${event.sequence}` },
+        lines.length ? lines.map(([mark, text]) => h("span", { class: mark === "+" ? "add" : mark === "-" ? "del" : "ctx" },
+          `${mark} ${text}`)) : "(no change)"));
+  }).reverse();
+  return [h("h1", {}, `Key ${key.name || key.label}`),
+    h("p", {}, h("a", { href: `#/project/${enc(org)}/${enc(project)}` }, `← ${project}`)),
+    h("section", {}, h("h2", {}, "DSN"), h("pre", {}, key.dsn?.public || "")),
+    h("section", {}, h("h2", {}, "Config served now"), h("pre", { id: "config" }, JSON.stringify(config, null, 2))),
+    h("section", {}, h("h2", {}, "History (newest first)"),
+      h("p", { class: "muted" }, "Each event that shaped this key's config, with who and when, as a diff of what "
+        + "the events say against the state before it."), revisions)];
+}
+
+async function relaysPage() {
+  const relays = await api("GET", "/api/0/relayctl/relays/");
+  const orgs = await api("GET", "/api/0/organizations/");
+  const trustedBy = {};
+  const details = await Promise.all(orgs.slice(0, 50).map((o) => api("GET", `/api/0/organizations/${enc(o.slug)}/`)));
+  for (const detail of details) {
+    for (const r of detail.trustedRelays || []) (trustedBy[r.publicKey] ||= []).push(detail.slug);
+  }
+  const rows = relays.map((r) => h("tr", {}, h("td", {}, r.relayId || "—"), h("td", {}, h("code", {}, r.publicKey)),
+    h("td", {}, r.version || "—"), h("td", {}, when(r.firstSeen)), h("td", {}, when(r.lastSeen)),
+    h("td", {}, yesNo(r.internal)), h("td", {}, (trustedBy[r.publicKey] || []).join(", ") || "—"),
+    h("td", {}, yesNo(r.banned))));
+  return [h("h1", {}, "Relays"),
+    h("section", {}, relays.length ? table(["Relay id", "Public key", "Version", "First seen", "Last seen", "Internal",
+                                            "Trusted by", "Banned"], rows)
+      : h("p", { class: "muted" }, "No relays."),
+    h("p", { class: "muted" }, "The API offers no ban or allow for relays: use the CLI. An organization trusts "
+      + "a relay on its page.")) ];
+}
+
+// -- routing -----------------------------------------------------------------------------------
+
+const pages = [[/^#\/org\/([^/]+)$/, orgPage], [/^#\/project\/([^/]+)\/([^/]+)$/, projectPage],
+               [/^#\/key\/([^/]+)\/([^/]+)\/([^/]+)$/, keyPage], [/^#\/relays$/, relaysPage], [/^/, orgsPage]];
+
+let renders = 0;
+async function route() {
+  if (!session.csrf) return;
+  const hash = location.hash || "#/orgs";
+  for (const [pattern, page] of pages) {
+    const match = hash.match(pattern);
+    if (!match) continue;
+    main.setAttribute("aria-busy", "true");
+    try {
+      const content = await page(...match.slice(1).map(decodeURIComponent));
+      main.replaceChildren(...content);
+      main.dataset.rendered = `${hash} ${++renders}`;
+      document.title = `${main.querySelector("h1")?.textContent || "relayctl"} · relayctl console`;
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      if (error.status !== 401) main.replaceChildren(h("h1", {}, "Error"), h("p", { role: "alert" }, error.message));
+    } finally {
+      main.removeAttribute("aria-busy");
+    }
+    return;
+  }
+}
+
+window.addEventListener("hashchange", () => { route().then(() => main.focus()); });
+
+(async () => {
+  try {
+    const answer = await api("GET", "/console/session");
+    session.csrf = answer.csrf;
+    if (session.csrf) await started(); else showLogin();
+  } catch (error) {
+    if (error instanceof ApiError) showLogin(); else throw error;
+  }
+})();

@@ -1,0 +1,278 @@
+"""The console at `/console/`: its session (login with a token, HttpOnly SameSite=Strict
+cookie, CSRF on every change, logout) over plain HTTP, then the pages in a real browser:
+Debian's headless Chromium driven by Selenium, against a running system. Every page's
+screenshot goes to the test's tmp dir; a JavaScript error in the browser's log fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.system import SystemUnderTest, http_request
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def people(system: SystemUnderTest) -> Iterator[dict[str, str]]:
+    """An admin (relayctl.admin: may create orgs and list relays) and a registered relay."""
+    tag = uuid.uuid4().hex[:6]
+    admin = f"ops-{tag}"
+    system.cli_ok("user", "create", admin)
+    system.cli_ok("permissions", "add", "-u", admin, "-p", "relayctl.admin")
+    relay = system.registered_relay()
+    yield {"admin": admin, "tag": tag, "relay": relay.public_key_str,
+           "token": system.cli_ok("token", "create", admin, "--json")["token"]}
+
+
+def call(system: SystemUnderTest, method: str, path: str, body: Any = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    raw = json.dumps(body).encode() if body is not None else None
+    sent = {**({"Content-Type": "application/json"} if raw else {}), **(headers or {})}
+    status, hdrs, data = http_request(system.url + path, method, raw, sent)
+    return status, hdrs, json.loads(data) if data else None
+
+
+def login(system: SystemUnderTest, token: str) -> tuple[str, str]:
+    """The session cookie (`name=value`) and CSRF token of a good login."""
+    status, headers, body = call(system, "POST", "/console/session", headers={"Authorization": f"Bearer {token}"})
+    assert status == 200, body
+    cookie = headers["set-cookie"]
+    attributes = {a.strip().split("=")[0].lower() for a in cookie.split(";")}
+    assert {"httponly", "samesite", "path"} <= attributes and "SameSite=Strict" in cookie, cookie
+    assert token not in cookie and token not in json.dumps(body)
+    return cookie.split(";")[0], body["csrf"]
+
+
+def test_the_session_checks_the_token_and_every_change_needs_the_csrf_token(system: SystemUnderTest,
+                                                                           people: dict[str, str]) -> None:
+    bad = call(system, "POST", "/console/session", headers={"Authorization": "Bearer nope"})
+    assert bad[0] == 401 and bad[2] == {"token": ["Invalid token"]} and "set-cookie" not in bad[1]
+    assert call(system, "POST", "/console/session")[0] == 400
+    assert call(system, "GET", "/console/session")[2] == {"username": None, "csrf": None}
+    cookie, csrf = login(system, people["token"])
+    assert call(system, "GET", "/console/session", headers={"Cookie": cookie})[2] == \
+        {"username": people["admin"], "csrf": csrf}
+    # the session's reads are the token's
+    status, _, index = call(system, "GET", "/api/0/", headers={"Cookie": cookie})
+    assert status == 200 and index["user"]["username"] == people["admin"]
+    org = f"csrf-{people['tag']}"
+    # a change without the CSRF token, or a wrong one, is refused and stores nothing
+    for headers in ({"Cookie": cookie}, {"Cookie": cookie, "X-CSRF-Token": csrf + "x"}):
+        status, _, body = call(system, "POST", "/api/0/organizations/", {"name": org}, headers)
+        assert status == 403 and "CSRF" in body["detail"], body
+    assert call(system, "GET", f"/api/0/organizations/{org}/", headers={"Cookie": cookie})[0] == 404
+    status, _, created = call(system, "POST", "/api/0/organizations/", {"name": org},
+                              {"Cookie": cookie, "X-CSRF-Token": csrf})
+    assert status == 201 and created["slug"] == org
+    # logout needs the CSRF token too, then the cookie is worth nothing
+    assert call(system, "DELETE", "/console/session", headers={"Cookie": cookie})[0] == 403
+    assert call(system, "DELETE", "/console/session", headers={"Cookie": cookie, "X-CSRF-Token": csrf})[0] == 204
+    assert call(system, "GET", "/api/0/organizations/", headers={"Cookie": cookie})[0] == 401
+    assert call(system, "GET", "/console/session", headers={"Cookie": cookie})[2]["csrf"] is None
+
+
+def test_the_pages_are_served_with_a_strict_content_security_policy(system: SystemUnderTest) -> None:
+    status, headers, _ = http_request(system.url + "/console/")
+    assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
+    assert http_request(system.url + "/console/app.js")[1]["content-type"].startswith("text/javascript")
+    assert http_request(system.url + "/console/nothing.js")[0] == 404
+    status, _, body = http_request(system.url + "/console/catalogue.json")
+    entries = {e["key"]: e for e in json.loads(body)}
+    assert entries["sentry:blacklisted_ips"]["default"] == [] and "ai:policy" not in entries
+
+
+# -- in the browser ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+class Page:
+    """The browser on the console: waits, screenshots, and the JavaScript errors it logged."""
+
+    def __init__(self, driver: Any, base: str, shots: Path) -> None:
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.base, self.shots = driver, base, shots
+        # pages re-render after each change: an element found a moment ago may be gone
+        self.wait = WebDriverWait(driver, 15, ignored_exceptions=[StaleElementReferenceException])
+        self.errors: list[dict[str, Any]] = []
+
+    def css(self, selector: str) -> Any:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+
+        return self.wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, selector)))
+
+    def text(self, selector: str, contains: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        def found(driver: Any) -> Any:
+            for el in driver.find_elements(By.CSS_SELECTOR, selector):
+                if contains in el.text:
+                    return el
+            return False
+        return self.wait.until(found)
+
+    def button(self, label: str, within: Any | None = None) -> Any:
+        from selenium.webdriver.common.by import By
+
+        def found(driver: Any) -> Any:
+            for el in (within or driver).find_elements(By.TAG_NAME, "button"):
+                if el.text.strip() == label and el.is_displayed() and el.is_enabled():
+                    return el
+            return False
+        return self.wait.until(found)
+
+    def fill(self, label: str, value: str, within: Any | None = None) -> Any:
+        from selenium.webdriver.common.by import By
+
+        def found(driver: Any) -> Any:
+            for element in (within or driver).find_elements(By.TAG_NAME, "label"):
+                if element.text.strip() == label and element.is_displayed():
+                    return driver.find_element(By.ID, element.get_attribute("for"))
+            return False
+        control = self.wait.until(found, f"no field labelled {label!r}")
+        control.clear()
+        control.send_keys(value)
+        return control
+
+    def shot(self, name: str) -> None:
+        self.driver.save_screenshot(str(self.shots / f"{name}.png"))
+        width = self.driver.execute_script("return document.documentElement.scrollWidth - "
+                                           "document.documentElement.clientWidth")
+        assert width <= 1, f"{name}: the page is {width}px wider than the window"
+        self.collect()
+
+    def collect(self) -> None:
+        for entry in self.driver.get_log("browser"):
+            # A 4xx the page expects (a refused option value) is logged as a network error;
+            # what fails is JavaScript: an exception or console.error.
+            if entry["level"] == "SEVERE" and entry.get("source") != "network":
+                self.errors.append(entry)
+
+
+def test_the_console_in_chromium(system: SystemUnderTest, people: dict[str, str], browser: Any,
+                                 tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    page = Page(browser, system.url, tmp_path)
+    try:
+        walk_through(system, people, browser, page)
+    except Exception:
+        browser.save_screenshot(str(tmp_path / "failure.png"))
+        print("browser log:", browser.get_log("browser"))
+        print("rendered:", browser.find_element(By.ID, "main").get_attribute("data-rendered"))
+        print("status:", browser.find_element(By.ID, "status").get_attribute("textContent"))
+        print("page:", browser.find_element(By.TAG_NAME, "main").get_attribute("outerHTML")[:3000])
+        raise
+    assert not page.errors, page.errors
+
+
+def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, page: Page) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    org, tag = f"web-{people['tag']}", people["tag"]
+    browser.get(system.url + "/console/")
+    # a wrong token: the error next to the field; then the right one, by keyboard alone
+    page.fill("API token", "wrong").send_keys(Keys.ENTER)
+    page.text("[data-error-for=token]", "Invalid token")
+    page.shot("login")
+    page.fill("API token", people["token"]).send_keys(Keys.ENTER)
+    page.text("h1", "Organizations")
+    assert people["token"] not in browser.execute_script("return document.cookie")
+
+    # an org (a bad slug is shown next to its field), a project, a key
+    page.fill("Name", "Web shop")
+    page.fill("Slug (optional)", "Bad Slug!")
+    page.button("Create organization").click()
+    page.text("[data-error-for=slug]", "valid slug")
+    page.shot("orgs")
+    page.fill("Slug (optional)", org)
+    page.button("Create organization").click()
+    page.text("h1", "Web shop")
+    page.fill("Name", "Storefront", within=page.css("form:has(select)"))
+    page.button("Create project").click()
+    page.text("h1", "Storefront")
+    page.fill("Key name", "browser-key")
+    page.button("Create key").click()
+    page.text("td a", "browser-key")
+    page.shot("project")
+
+    # disable and enable the key
+    page.button("Disable", within=page.text("tbody tr", "browser-key")).click()
+    page.wait.until(lambda d: "disabled" in page.text("tbody tr", "browser-key").text)
+    page.button("Enable", within=page.text("tbody tr", "browser-key")).click()
+    page.wait.until(lambda d: "active" in page.text("tbody tr", "browser-key").text)
+
+    # an option with a bad value: the API's error next to it; then a good one
+    editor = page.css('[data-option="sentry:blacklisted_ips"]')
+    page.fill("Value of sentry:blacklisted_ips", "not-an-ip", within=editor)
+    page.button("Save", within=editor).click()
+    error = page.text('[data-error-for="sentry:blacklisted_ips"]', "sentry:blacklisted_ips")
+    assert "not-an-ip" in error.text or "invalid" in error.text.lower(), error.text
+    page.shot("option-error")
+    page.fill("Value of sentry:blacklisted_ips", "10.0.0.0/8", within=editor)
+    page.button("Save", within=editor).click()
+    page.wait.until(lambda d: "10.0.0.0/8" in editor.text and not editor.find_element(
+        By.CSS_SELECTOR, "[data-error-for]").text)
+
+    # the key: its config now, and the history with the option's revision, who and when
+    page.text("td a", "browser-key").click()
+    page.text("#config", "10.0.0.0/8")
+    revision = page.text("article.revision", "ProjectOptionSet")
+    assert f"user:{people['admin']}" in revision.text
+    added = [el.text for el in revision.find_elements(By.CSS_SELECTOR, ".diff .add")]
+    assert any("10.0.0.0/8" in line for line in added), added
+    assert all(f"user:{people['admin']}" in el.text for el in browser.find_elements(By.CSS_SELECTOR, "article.revision")
+               if "Key" in el.text.split("\n")[0] or "Option" in el.text.split("\n")[0])
+    page.shot("key-history")
+
+    # the relays, at phone width too
+    browser.find_element(By.LINK_TEXT, "Relays").click()
+    page.text("td", people["relay"])
+    page.shot("relays")
+    browser.set_window_size(390, 844)
+    browser.get(f"{system.url}/console/#/project/{org}/storefront")
+    page.text("h1", "Storefront")
+    page.shot("project-phone")
+    browser.set_window_size(1280, 900)
+
+    # delete the key, log out
+    row = page.text("tbody tr", "browser-key")
+    public_key = row.find_element(By.TAG_NAME, "code").text
+    page.button("Delete", within=row).click()
+    page.button("Really delete?", within=row).click()
+    page.text("#status", "Key deleted")
+    page.wait.until(lambda d: "browser-key" not in d.find_element(By.TAG_NAME, "main").text)
+    keys = call(system, "GET", f"/api/0/projects/{org}/storefront/keys/",
+                headers={"Authorization": f"Bearer {people['token']}"})[2]
+    assert public_key not in {k["public"] for k in keys}
+    page.button("Log out").click()
+    page.text("h1", "Log in")
+    page.shot("logged-out")
+    assert tag
