@@ -35,6 +35,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, NotFoundError
 
+from bus.eventstore import stream_replicas
 from domain.ai_prompt import InvalidEvent, grouping_hash, validate_error_event
 from messages.envelope import pack, unpack
 from messages.errors import BadMessage
@@ -136,11 +137,11 @@ class ErrorEventStore(Protocol):
 class JetStreamErrorEventStore:
     """Error events in a JetStream KV bucket, one key per project and event."""
 
-    def __init__(self, nc: NATS, *, bucket: str = ERROR_EVENT_BUCKET, replicas: int = 1,
+    def __init__(self, nc: NATS, *, bucket: str = ERROR_EVENT_BUCKET, replicas: int | None = None,
                  ttl: float = EVENT_TTL, timeout: float = 5.0) -> None:
         self.js = nc.jetstream(timeout=timeout)
         self.bucket = bucket
-        self.replicas = replicas
+        self.replicas = replicas if replicas is not None else stream_replicas()  # bus/replication.py
         self.ttl = ttl
         self._kv: Any = None
 

@@ -65,6 +65,7 @@ from actors.base import DEFERRED, ProjectionActor
 from actors.error_events import JetStreamErrorEventStore, StoredEvent, prepare_event
 from actors.ingest_stats import IngestStats, InMemoryIngestStats, RedisIngestStats, summarize
 from bus import metrics
+from bus.eventstore import stream_replicas
 from bus.ingest_store import HEADER_CLIENT_IP, HEADER_EVENT_ID, HEADER_PROJECT_ID, HEADER_RECEIVED_AT, read_envelope
 from bus.runtime import BusRuntime
 from bus.seams import Bus
@@ -544,7 +545,7 @@ class ForwarderActor(ProjectionActor):
             return await self.js.key_value(DEAD_LETTER_BUCKET)
         except (BucketNotFoundError, NotFoundError):
             return await self.js.create_key_value(api.KeyValueConfig(
-                bucket=DEAD_LETTER_BUCKET, history=1, ttl=self.settings.dead_letter_ttl,
+                bucket=DEAD_LETTER_BUCKET, history=1, ttl=self.settings.dead_letter_ttl, replicas=stream_replicas(),
                 description="relayctl: envelopes a downstream Sentry refused for good"))
 
     async def _dead_letter(self, project_id: int, sequence: int, msg: Any, target: Dsn, result: Permanent,

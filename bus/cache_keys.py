@@ -18,6 +18,7 @@ from typing import Any
 from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 
+from bus.eventstore import stream_replicas
 from messages.subjects import CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET
 
 __all__ = ["CONFIG_MAC_BUCKET", "KEY_NAME", "RELAY_AUTH_MAC_BUCKET", "reader_key", "writer_key"]
@@ -30,7 +31,7 @@ async def writer_key(nc: Any, bucket: str) -> bytes:
     try:
         kv = await js.key_value(bucket)
     except BucketNotFoundError:
-        kv = await js.create_key_value(bucket=bucket, history=1)
+        kv = await js.create_key_value(bucket=bucket, history=1, replicas=stream_replicas())
     try:
         return bytes((await kv.get(KEY_NAME)).value)
     except KeyNotFoundError:

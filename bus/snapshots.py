@@ -44,7 +44,7 @@ from nats.errors import Error as NatsError
 from nats.js import api
 
 from bus import metrics
-from bus.eventstore import EventStore, decode_stored
+from bus.eventstore import EventStore, decode_stored, stream_replicas
 from bus.runtime import BUS_ERRORS
 from messages.envelope import pack, unpack
 from messages.errors import BadMessage
@@ -111,7 +111,7 @@ class InMemoryObjects:
 
 class SnapshotStore:
     def __init__(self, nc: NATS | None, events: EventStore, stream: str | None = None, bucket: str = SNAPSHOT_BUCKET,
-                 replicas: int = 1, objects: Any = None) -> None:
+                 replicas: int | None = None, objects: Any = None) -> None:
         """Snapshots of the projection of `events` (the stream named `stream`, by default
         the event store's own), in the JetStream object store `bucket`, or in `objects`
         when given (InMemoryObjects: the same checks, without NATS)."""
@@ -119,7 +119,7 @@ class SnapshotStore:
         self.events = events
         self.stream = stream or str(getattr(events, "stream", EVENT_STREAM))
         self.bucket = bucket
-        self.replicas = replicas
+        self.replicas = replicas if replicas is not None else stream_replicas()  # bus/replication.py
         self._store: Any = objects
 
     async def _objects(self, create: bool) -> Any:

@@ -640,3 +640,6 @@ _relay_status.register(relay, RELAY_KEY_COMMAND)
 from cli import access as _access  # noqa: E402  (registers token list/revoke, org member)
 
 _access.register(main)
+from cli import replicas as _replicas  # noqa: E402  (registers stream copies/replicate)
+
+_replicas.register(main)

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bus.client import request
+from bus.replication import AssetCopies, copies
 from bus.runtime import connect
+from bus.settings import Settings
 from messages.subjects import EVENT_STREAM
 
 LOG_TAIL_BYTES = 4 * 1024 * 1024
@@ -53,6 +55,9 @@ def nats_write_error(log_path: Path, pid: int) -> str | None:
 def stream_report(nats_url: str, nats_log_error: str | None) -> dict[str, Any]:
     """The `events` entry of `status`: the stream's last sequence and what the command
     handlers report, healthy unless the store cannot write."""
+    short: list[AssetCopies] = []
+    configured = int(Settings.load().value("RELAYCTL_STREAM_REPLICAS"))
+
     async def ask() -> tuple[int | None, dict[str, Any] | None, str | None]:
         nc = await connect(nats_url, name="relayctl-status", allow_reconnect=False, max_reconnect_attempts=1,
                            quiet=True)
@@ -61,6 +66,11 @@ def stream_report(nats_url: str, nats_log_error: str | None) -> dict[str, Any]:
                 last: int | None = int((await nc.jetstream(timeout=2).stream_info(EVENT_STREAM)).state.last_seq)
             except Exception:
                 last = None
+            try:  # fewer copies than configured, or than the event stream has (bus/replication.py)
+                short.extend(c for c in await copies(nc.jetstream(timeout=2), configured if configured > 1 else None)
+                             if c.short)
+            except Exception:
+                pass  # a status without this warning, never a failed status
             try:
                 return last, await request(nc, "stream.status", {}, timeout=2.0, retries=0), None
             except Exception as exc:
@@ -82,8 +92,12 @@ def stream_report(nats_url: str, nats_log_error: str | None) -> dict[str, Any]:
         parts.append(f"no answer from the command handlers ({unanswered})")
     if write_error:
         parts.append(write_error)
+    if short:
+        parts.append(f"WARNING: {', '.join(f'{c.asset} has {c.replicas} of {c.wanted} copies' for c in short)}: "
+                     f"run `relayctl stream replicate --replicas {short[0].wanted}`")
     if skipped:
         parts.append(f"WARNING: {len(skipped)} undecodable commit(s) skipped: " + "; ".join(
             f"#{s.get('sequence')} {s.get('subject')} ({s.get('error')})" for s in skipped[:5]))
     return {"healthy": write_error is None, "detail": "; ".join(parts), "last_sequence": last,
-            "folded": handlers.get("folded"), "skipped": skipped, "write_error": write_error}
+            "folded": handlers.get("folded"), "skipped": skipped, "write_error": write_error,
+            "short_copies": [c.to_dict() for c in short]}

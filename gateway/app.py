@@ -24,12 +24,16 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
 
 from bus import metrics, otel, redis_clients
 from bus.client import request as bus_request
+from bus.eventstore import stream_replicas
 from bus.metric_catalogue import GATEWAY_COUNTERS, HELP
 from bus.process import instrument
+from bus.retry import Backoff, retry
 from bus.runtime import connect
 from bus.settings import Settings
 from domain.metrics_store import MetricsStore
@@ -147,13 +151,27 @@ async def system_id(nc: Any) -> str:
     return await _shared_value(nc, SYSTEM_KEY, lambda: uuid.uuid4().hex)
 
 
+# Right after a NATS node is lost JetStream elects new leaders for its streams, and a
+# gateway starting then gets timeouts or 503s for a few seconds: it waits, up to this long.
+SHARED_VALUE_DEADLINE = 30.0
+
+
 async def _shared_value(nc: Any, key: str, make: Callable[[], str]) -> str:
     """The value of `key` in the gateways' KV bucket, created by whichever gateway comes first."""
+    deadline = time.monotonic() + SHARED_VALUE_DEADLINE
+    return await retry(lambda _n: _shared_value_once(nc, key, make), deadline=deadline,
+                       retry_on=(NatsTimeoutError, NoRespondersError, ServiceUnavailableError),
+                       backoff=Backoff(initial=0.2, maximum=2.0))
+
+
+async def _shared_value_once(nc: Any, key: str, make: Callable[[], str]) -> str:
     js = nc.jetstream()
     try:
         kv = await js.key_value(GATEWAY_BUCKET)
     except Exception:
-        kv = await js.create_key_value(bucket=GATEWAY_BUCKET, history=1)
+        # as many copies as the event stream: losing the node that holds the secret must
+        # not stop every new gateway (bus/replication.py)
+        kv = await js.create_key_value(bucket=GATEWAY_BUCKET, history=1, replicas=stream_replicas())
     try:
         entry = await kv.get(key)
         return entry.value.decode()  # type: ignore[no-any-return]

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from bus.eventstore import stream_replicas
 from messages.subjects import RELAY_ACTIVITY_BUCKET
 
 log = structlog.get_logger(__name__)
@@ -67,7 +68,8 @@ class RelayActivity:
         try:
             self._kv = await js.key_value(RELAY_ACTIVITY_BUCKET)
         except Exception:
-            self._kv = await js.create_key_value(bucket=RELAY_ACTIVITY_BUCKET, history=1, ttl=RECORD_TTL)
+            self._kv = await js.create_key_value(bucket=RELAY_ACTIVITY_BUCKET, history=1, ttl=RECORD_TTL,
+                                                 replicas=stream_replicas())
 
     def observe(self, request: web.Request, route: str, response: web.StreamResponse, known: bool) -> None:
         """Note one answered request (the middleware calls this for every request)."""
