@@ -58,6 +58,24 @@ SERVICES = ("nats", "redis", "llm") + ACTORS + ("gateway",)
 # and `status` shows why (the AI endpoints answer 503 with the reason).
 OPTIONAL = ("llm",)
 OPERATOR_CREDENTIALS = "operator-credentials.json"
+GATEWAYS_ENV = "RELAYCTL_GATEWAYS"
+
+
+def is_gateway(name: str) -> bool:
+    """`gateway` and its further instances `gateway-2` ... `gateway-<n>`: the same process,
+    all on the one port (SO_REUSEPORT, gateway/binding.py)."""
+    return name == "gateway" or (name.startswith("gateway-") and name[8:].isdigit())
+
+
+def gateway_names(count: int) -> list[str]:
+    return ["gateway"] + [f"gateway-{i}" for i in range(2, count + 1)]
+
+
+def service_names(state: dict[str, Any]) -> list[str]:
+    """SERVICES with every gateway instance recorded in `state` after `gateway`, in order."""
+    extra = sorted((n for n in state.get("services", {}) if is_gateway(n) and n != "gateway"),
+                   key=lambda n: int(n[8:]))
+    return list(SERVICES) + extra
 HEALTH_TIMEOUT = float(os.environ.get("RELAYCTL_HEALTH_TIMEOUT", "90"))
 
 
@@ -211,7 +229,7 @@ class Orchestrator:
             # A stream that hit a disk write error answers every append with silence: say why.
             write_error = nats_write_error(Path(rec["log"]), int(rec["pid"])) if rec.get("pid") else None
             return (False, write_error) if write_error else (True, "ok")
-        if name == "gateway":
+        if is_gateway(name):
             ok, detail = _http_health(self.state["gateway"] + "/_health/")
             # Another gateway of this system may share the port and answer for this one.
             port = _host_port(self.state["gateway"])[1]
@@ -273,10 +291,10 @@ class Orchestrator:
             self.state["redis_roles"] = True
             # redis-server shows "<binary> 127.0.0.1:<port>" as its command line
             self.spawn("redis", redis_command(config), marker=f":{port}")
-        elif name == "gateway":
+        elif is_gateway(name):
             host, port = parse_bind(bind)
             self.state["gateway"] = f"http://{url_host(host)}:{port}"
-            self.spawn("gateway", self.python_cmd("gateway", "--bind", bind),
+            self.spawn(name, self.python_cmd("gateway", "--bind", bind),
                        {**env, "RELAYCTL_NATS_URL": self.nats_url_for("gateway"), **self.redis_env("gateway")},
                        marker=str(self.data_dir))
         else:
@@ -493,19 +511,24 @@ def register(main: click.Group) -> None:
                   help="The Redis URL names Redis Cluster start nodes (comma-separated).")
     @click.option("--redis-read-url", envvar="RELAYCTL_REDIS_READ_URL", default=None,
                   help="Gateways read the config cache here (replicas); writes go to --redis-url.")
+    @click.option("--gateways", type=click.IntRange(1, 256), envvar=GATEWAYS_ENV, default=None,
+                  help="Gateway processes, all on the --bind port  [default: one per core]")
     @click.option("--exclude", multiple=True, help="Leave this service out (repeatable).")
     @click.option("--recreate", is_flag=True, help="Restart services that are already running.")
     @click.option("--detach", is_flag=True, help="Return once every service is healthy.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @click.pass_obj
     def up(ctx: Context, services: tuple[str, ...], bind: str, nats_url: str | None, redis_url: str | None,
-           redis_cluster: bool | None, redis_read_url: str | None,
+           redis_cluster: bool | None, redis_read_url: str | None, gateways: int | None,
            exclude: tuple[str, ...], recreate: bool, detach: bool, as_json: bool) -> None:
-        """Start the system: NATS, Redis, every actor and the gateway."""
+        """Start the system: NATS, Redis, every actor and the gateways (one per core)."""
         if (redis_cluster or redis_read_url) and not redis_url:
             fail("--redis-cluster and --redis-read-url need --redis-url: `up` runs one Redis, not a cluster", 2)
         _check_redis_urls(redis_url, redis_read_url, bool(redis_cluster))
         selected = _selected(services, exclude)
+        gateway_count = gateways or os.cpu_count() or 1
+        if "gateway" in selected:  # its instances after it, where SERVICES has it (last)
+            selected += gateway_names(gateway_count)[1:]
         host, port = _parse_bind(bind)
         Orchestrator(ctx).check_data_dir()
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -534,7 +557,7 @@ def register(main: click.Group) -> None:
                 orch.state.pop("llm", None)
                 continue
             # A gateway on another address than the one asked for moves there.
-            moved = (name == "gateway" and bind_given and orch.state.get("up", {}).get("bind") not in (None, bind))
+            moved = (is_gateway(name) and bind_given and orch.state.get("up", {}).get("bind") not in (None, bind))
             if orch.running(name) and not recreate and not moved:
                 report[name] = "already running"
                 continue
@@ -548,6 +571,11 @@ def register(main: click.Group) -> None:
                 fail(problem)
         for name in reversed(to_start):
             orch.stop_service(name)
+        if "gateway" in selected:  # fewer gateways than last time: the ones beyond go
+            for name in service_names(orch.state):
+                if is_gateway(name) and name not in selected:
+                    orch.stop_service(name)
+                    orch.state["services"].pop(name, None)
         env = {k: v for k, v in os.environ.items() if k.startswith(("OPENAI_", "RELAYCTL_"))}
         if redis_cluster:
             env["RELAYCTL_REDIS_CLUSTER"] = "1"
@@ -559,7 +587,7 @@ def register(main: click.Group) -> None:
             env.update(local_model.client_environment(port))
             env[local_model.FAILURE_ENV] = str(orch.llm_failure_file())
         stages = [[s for s in to_start if s in ("nats", "redis", "llm")],
-                  [s for s in to_start if s in ACTORS], [s for s in to_start if s == "gateway"]]
+                  [s for s in to_start if s in ACTORS], [s for s in to_start if is_gateway(s)]]
         if to_start and not orch.state.get("nats") and "nats" not in to_start:
             fail("no NATS: start the nats service or pass --nats-url")
         failed: dict[str, str] = {}
@@ -593,7 +621,8 @@ def register(main: click.Group) -> None:
         if "gateway" in to_start:
             orch.state["system_id"] = holder_system(host, port)[1] or orch.state.get("system_id")
         meant = set(orch.state.get("up", {}).get("services", ())) | set(report)
-        orch.state["up"] = {"bind": bind, "services": [n for n in SERVICES if n in meant]}
+        meant = {n for n in meant if not is_gateway(n) or n in selected or "gateway" not in selected}
+        orch.state["up"] = {"bind": bind, "services": [n for n in service_names(orch.state) if n in meant]}
         orch.save()
         credentials = orch.save_operator_credentials()
         # `--json` is for programs (INTERFACE.md): its `nats` and `redis` URLs are the
@@ -653,7 +682,7 @@ def register(main: click.Group) -> None:
             emit(as_json, {"stopped": []}, "Nothing was running")
             return
         stopped = []
-        for name in reversed(SERVICES):
+        for name in reversed(service_names(orch.state)):
             if orch.running(name):
                 orch.stop_service(name)
                 stopped.append(name)
@@ -673,7 +702,7 @@ def register(main: click.Group) -> None:
         # What should run: what `up` started and `down` (or the end of a foreground `up`) has
         # not stopped - a crashed service keeps its pid, a stopped one has none.
         meant = set(orch.state.get("up", {}).get("services", ()))
-        names = [n for n in SERVICES
+        names = [n for n in service_names(orch.state)
                  if (orch.record(n).get("pid") or n in meant
                      or (n in ("nats", "redis") and orch.state.get(n) and not orch.record(n)))
                  and not (n in ACTORS and not orch.state.get("nats"))]

@@ -215,6 +215,8 @@ class RelayctlProcess:
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("RELAYCTL_NATS_URL", "RELAYCTL_DATA_DIR", "RELAYCTL_REDIS_URL")}
         self.env["RELAYCTL_SENTRY"] = "0"
+        # One gateway process, not one per core: the tests that want more ask (test_up.py).
+        self.env["RELAYCTL_GATEWAYS"] = "1"
         self.out: dict[str, Any] = {}
 
     def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:

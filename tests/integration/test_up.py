@@ -172,6 +172,28 @@ def test_state_survives_down_and_up(system: Up) -> None:
     assert config["disabled"] is False
 
 
+def test_up_runs_the_gateways_asked_for_on_one_port(system: Up) -> None:
+    """RELAYCTL_GATEWAYS / --gateways (default: one per core) gateway processes share the
+    --bind port, each its own service in `status`; asked for fewer, `up` stops the ones beyond."""
+    system.env["RELAYCTL_GATEWAYS"] = "2"
+    try:
+        out = system.up()
+    finally:
+        system.env["RELAYCTL_GATEWAYS"] = "1"
+    assert out["services"] == {**{name: "already running" for name in STARTED}, "gateway-2": "running"}
+    status = system.ok("status", "--json")["services"]
+    assert status["gateway-2"]["healthy"] and status["gateway-2"]["pid"] != status["gateway"]["pid"]
+    assert listeners(int(system.bind.rpartition(":")[2])) == 2
+    assert "gateway-2 healthy" in system.ok("status")
+    second = status["gateway-2"]["pid"]
+
+    out = system.up("--gateways", "1")
+    assert out["services"] == {name: "already running" for name in STARTED}
+    wait_for(lambda: not pid_alive(second), 10, "the second gateway to stop")
+    assert "gateway-2" not in system.ok("status", "--json")["services"]
+    assert listeners(int(system.bind.rpartition(":")[2])) == 1
+
+
 # -- a second system on this machine, whose optional local model fails ------------------------
 
 # What a llama-server built for another CPU does the moment it runs.
