@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,33 @@ from typing import Any
 
 import pytest
 
+from actors.ai import AIConfig
+from actors.worker import ACTOR_NAMES, Worker
+from bus.embedded import ServerProcess
+from tests.ai_helpers import error_event, start_ai_worker
+from tests.conftest import gateway_redis_url
+from tests.openai_stub import OpenAIStub
 from tests.system import SystemUnderTest, http_request
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+REPLY = "The key `rate` is missing.\nUse `rates.get('rate', 0)`:\n\n    total = rates.get('rate', 0)\n"
+
+
+@pytest.fixture(scope="module")
+def system(nats_server: ServerProcess, redis_server: ServerProcess) -> Iterator[SystemUnderTest]:
+    """The whole system, its AI actor pointed at an OpenAI-compatible stub over real HTTP."""
+    with OpenAIStub(reply_text=REPLY, chunk_delay=0.05) as stub:
+        sut = SystemUnderTest(nats_server.url, redis_server.url, actors=[a for a in ACTOR_NAMES if a != "ai"],
+                              gateway_redis_url=gateway_redis_url(redis_server)).start()
+        ai: Worker = start_ai_worker(nats_server.url, redis_server.url,
+                                     AIConfig(base_url=stub.url, api_key="k", model="stub-model", timeout=5.0))
+        try:
+            yield sut
+        finally:
+            try:
+                sut.stop()
+            finally:
+                ai.stop()
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +265,21 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     page.button("Save", within=editor).click()
     page.wait.until(lambda d: "10.0.0.0/8" in editor.text and not editor.find_element(
         By.CSS_SELECTOR, "[data-error-for]").text)
+
+    # an event's AI fix suggestion, streamed into the page as the model writes
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=page.shots, delete=False) as file:
+        json.dump(error_event(), file)
+    event_id = system.cli_ok("event", "store", file.name, "--project", f"{org}/storefront", "--json")["eventId"]
+    events = page.css("#events")
+    page.fill("Event ID", "nothex", within=events)
+    page.button("Suggest a fix", within=events).click()
+    page.text('[data-error-for="event_id"]', "32 hex digits")
+    page.fill("Event ID", str(event_id), within=events)
+    page.button("Suggest a fix", within=events).click()
+    page.text("#ai-state", "Done.")
+    assert page.css("pre.suggestion").get_attribute("textContent") == REPLY
+    assert "cache" not in page.css("#ai-state").text  # streamed, not the cached text
+    page.shot("ai-suggestion")
 
     # the key: its config now, and the history with the option's revision, who and when
     page.text("td a", "browser-key").click()

@@ -282,10 +282,81 @@ async function projectPage(org, project) {
     h("p", {}, h("a", { href: `#/org/${enc(org)}` }, `← ${detail.organization?.name || org}`)),
     h("section", {}, h("h2", {}, "Keys"), keys.length ? table(["Name", "Public key", "Status", ""], rows)
       : h("p", { class: "muted" }, "No keys yet."), h("h2", {}, "New key"), create),
+    aiSection(org, project),
     h("section", { id: "options" }, h("h2", {}, "Options"),
       h("p", { class: "muted" }, "Every project option of the catalogue. The value shown is what the API answers: "
         + "the project's own, else its template's, else the default."),
       catalogue.map((spec) => optionEditor(base, spec, detail.options || {})))];
+}
+
+// -- an event's AI fix suggestion, streamed as the model writes ------------------------------------
+
+function aiSection(org, project) {
+  const out = h("pre", { class: "suggestion", "aria-live": "polite", "aria-label": "AI fix suggestion" });
+  const state = h("p", { class: "muted", id: "ai-state" });
+  const form = actionForm([field("Event ID", "event_id", h("input", { type: "text", autocomplete: "off" })),
+    h("label", {}, h("input", { type: "checkbox", name: "consent", value: "yes" }), " I consent (policy individual_consent)"),
+    h("label", {}, h("input", { type: "checkbox", name: "pii_certified", value: "yes" }), " No PII (policy pii_certification_required)")],
+  "Suggest a fix", async (data) => {
+    const eventId = String(data.get("event_id") || "").trim().replaceAll("-", "");
+    if (!/^[0-9a-f]{32}$/i.test(eventId)) throw new ApiError(400, { event_id: ["An event ID is 32 hex digits."] });
+    const query = new URLSearchParams({ stream: "yes" });
+    for (const name of ["consent", "pii_certified"]) if (data.get(name)) query.set(name, "yes");
+    out.textContent = "";
+    state.textContent = "Asking the model…";
+    await streamSuggestion(`/api/0/projects/${enc(org)}/${enc(project)}/events/${eventId}/ai-fix-suggest/?${query}`, out, state);
+  });
+  return h("section", { id: "events" }, h("h2", {}, "Events: AI fix suggestion"),
+    h("p", { class: "muted" }, "The API has no event list or event detail: take an event ID from ",
+      h("code", {}, "relayctl event list"), " or ", h("code", {}, "relayctl event store"), "."),
+    form, state, out);
+}
+
+async function streamSuggestion(url, out, state) {
+  const response = await fetch(url, { headers: { Accept: "text/event-stream" }, credentials: "same-origin" });
+  if (!response.ok) {
+    let data = null;
+    try { data = await response.json(); } catch { data = null; }
+    state.textContent = "";
+    if (data?.restriction) throw new ApiError(response.status, { detail: `Refused by the organization's AI policy: ${data.restriction}` });
+    throw new ApiError(response.status, data && typeof data.detail === "string" ? data : { detail: `HTTP ${response.status}` });
+  }
+  if (!(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
+    out.textContent = await response.text();  // a cached answer comes whole
+    state.textContent = "Done (from the cache).";
+    return;
+  }
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const lines = [];
+      for (const line of block.split("\n")) {
+        const colon = line.indexOf(":");
+        const key = colon < 0 ? line : line.slice(0, colon);
+        const rest = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (key === "event") name = rest;
+        else if (key === "data") lines.push(rest);
+      }
+      if (name === "message") {
+        out.textContent += lines.join("\n");
+        state.textContent = "The model is writing…";
+      } else if (name === "done") {
+        state.textContent = "Done.";
+      } else if (name === "error") {
+        let problem = {};
+        try { problem = JSON.parse(lines.join("\n")); } catch { problem = {}; }
+        state.textContent = `The model stopped: ${problem.error || "error"}`;
+      }
+    }
+  }
 }
 
 function shown(value) {
