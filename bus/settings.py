@@ -42,7 +42,7 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("RELAYCTL_REDIS_READ_URL", TEXT, None, "where gateways read the config cache: replicas (`--redis-read-url`)"),
     _s("RELAYCTL_NATS_CONF", TEXT, None, "a nats.conf for the NATS `up` runs"),
     _s("RELAYCTL_REDIS_MAXMEMORY", TEXT, None, "maxmemory of the Redis `up` runs (256mb)"),
-    _s("RELAYCTL_STREAM_REPLICAS", INT, "1", "copies of the event stream when a process creates it"),
+    _s("RELAYCTL_STREAM_REPLICAS", INT, "1", "copies of every stream and bucket when a process creates it"),
     _s("RELAYCTL_HEALTH_TIMEOUT", FLOAT, "90", "seconds `up` waits for a service to be healthy"),
     # the system's own errors and metrics
     _s("RELAYCTL_SENTRY", FLAG, "1", "`0`: no sentry-sdk in the system's processes"),
