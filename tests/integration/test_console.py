@@ -103,6 +103,26 @@ def test_the_session_checks_the_token_and_every_change_needs_the_csrf_token(syst
     assert call(system, "GET", "/console/session", headers={"Cookie": cookie})[2]["csrf"] is None
 
 
+def test_a_session_is_only_as_good_as_its_token(system: SystemUnderTest, people: dict[str, str]) -> None:
+    """Each request is checked again by the API: a revoked token's session is refused at once,
+    and a session has no more rights than its token (a user who is a member nowhere)."""
+    nobody = f"nobody-{people['tag']}"
+    system.cli_ok("user", "create", nobody)
+    token = system.cli_ok("token", "create", nobody, "--name", "console", "--json")["token"]
+    cookie, csrf = login(system, token)
+    assert call(system, "GET", "/api/0/organizations/", headers={"Cookie": cookie})[2] == []
+    status, _, body = call(system, "POST", "/api/0/organizations/", {"name": f"no-{people['tag']}"},
+                           {"Cookie": cookie, "X-CSRF-Token": csrf})
+    assert status == 403, body
+    # a request's own Authorization wins over the cookie
+    status, _, index = call(system, "GET", "/api/0/", headers={"Cookie": cookie,
+                                                                "Authorization": f"Bearer {people['token']}"})
+    assert index["user"]["username"] == people["admin"]
+    listed = system.cli_ok("token", "list", nobody, "--json")["tokens"]
+    system.cli_ok("token", "revoke", next(t["id"] for t in listed if t["name"] == "console"))
+    assert call(system, "GET", "/api/0/organizations/", headers={"Cookie": cookie})[0] == 401
+
+
 def test_the_pages_are_served_with_a_strict_content_security_policy(system: SystemUnderTest) -> None:
     status, headers, _ = http_request(system.url + "/console/")
     assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
