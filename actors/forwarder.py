@@ -826,14 +826,17 @@ class ForwarderActor(ProjectionActor):
                 "deadLetters": {"count": sum(by_project.values()), "byProject": letter_rows}}
 
     async def _project_counts(self, project_id: int) -> dict[str, Any]:
-        stream, consumers = await self._stream_view()
-        floor = consumers.get(FORWARD_CONSUMER, {}).get("ackFloor", 0)
-        backlog, scanned_all = await self._backlog(floor, stream["lastSeq"])
         forwarding, slugs = await self._on_actor(caught_up=False, fn=lambda: (
             self._target(project_id) is not None, self._slugs(project_id)))
+        backlog: dict[int, int] = {}
+        scanned_all = True
+        if forwarding:  # a project that forwards nowhere has no backlog: no scan of the stream
+            stream, consumers = await self._stream_view()
+            floor = consumers.get(FORWARD_CONSUMER, {}).get("ackFloor", 0)
+            backlog, scanned_all = await self._backlog(floor, stream["lastSeq"])
         now = time.time()
         return {**slugs, "forwarding": forwarding,
-                "backlog": {"envelopes": backlog.get(project_id, 0) if forwarding else 0, "complete": scanned_all},
+                "backlog": {"envelopes": backlog.get(project_id, 0), "complete": scanned_all},
                 "deadLetters": {"count": len(await self._letters(project_id))},
                 "outcomes": summarize(await self.stats.minutes(project_id, now), now)}
 
