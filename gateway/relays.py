@@ -175,8 +175,15 @@ def parse_json(body: bytes) -> Any:
         raise HTTPFailure(400, "No valid json body") from None
 
 
-# A whole batch of keys joined by commas: checked with one match instead of one per key.
-BATCH_RE = re.compile(r"(?:[0-9a-f]{32},)*[0-9a-f]{32}")
+HEX_AND_COMMA = b"0123456789abcdef,"
+
+
+def _all_keys(joined: str, count: int) -> bool:
+    """Whether `count` entries joined by commas are each a key (32 lowercase hex digits):
+    only hex digits and commas, exactly count - 1 commas, each 32 characters after the
+    last - a few C-speed string operations instead of a regex per key."""
+    return (len(joined) == 33 * count - 1 and joined.isascii() and joined.count(",") == count - 1
+            and joined[32::33] == "," * (count - 1) and not joined.encode().translate(None, HEX_AND_COMMA))
 
 
 def wanted_keys(keys: list[Any], revisions: list[Any] | None) -> list[tuple[str, str | None]]:
@@ -187,8 +194,7 @@ def wanted_keys(keys: list[Any], revisions: list[Any] | None) -> list[tuple[str,
         joined = ",".join(keys)
     except TypeError:  # an entry that is not a string
         joined = ""
-    # The length check: an entry holding commas could otherwise pass as several keys.
-    if keys and len(joined) == 33 * len(keys) - 1 and BATCH_RE.fullmatch(joined) and len(set(keys)) == len(keys):
+    if keys and _all_keys(joined, len(keys)) and len(set(keys)) == len(keys):
         if revisions is None:
             return [(k, None) for k in keys]
         return list(zip(keys, [r if isinstance(r, str) else None for r in revisions]))

@@ -111,3 +111,21 @@ def test_counts_are_summed_and_recorded_once_per_period(monkeypatch: pytest.Monk
     # What was added after the flush is recorded by the next one (here: at shutdown).
     assert recorder.points[6:] == [("relay.keys", 1, {"outcome": "requested"}), ("relay.keys", 1, {"outcome": "served"}),
                                    ("relay.cache", 1, {"result": "hit"})]
+
+
+def test_the_batch_check_keeps_what_the_per_key_check_keeps() -> None:
+    """Random batches of near-keys (wrong length, upper case, commas, newlines, non-ASCII)."""
+    import random
+
+    from messages.commands import PUBLIC_KEY_RE
+
+    rng = random.Random(17)
+    noisy = "0123456789abcdefgA,\n é"
+    for _ in range(5000):
+        keys = ["".join(rng.choice(noisy if rng.random() < 0.3 else "0123456789abcdef")
+                        for _ in range(rng.choice((31, 32, 32, 32, 33)))) for _ in range(rng.randint(1, 4))]
+        expected: list[tuple[str, None]] = []
+        for key in keys:
+            if PUBLIC_KEY_RE.fullmatch(key) and (key, None) not in expected:
+                expected.append((key, None))
+        assert wanted_keys(keys, None) == expected, keys
