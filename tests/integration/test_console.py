@@ -260,6 +260,16 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     page.fill("Slug (optional)", org)
     page.button("Create organization").click()
     page.text("h1", "Web shop")
+    # the org trusts the registered relay (a bad key: the catalogue's error next to the field)
+    trust = page.css("form:has(input[name=relayName])")
+    page.fill("Relay public key", "not-a-key", within=trust)
+    page.button("Trust relay", within=trust).click()
+    page.text("[data-error-for=trustedRelays]", "")
+    assert page.css("[data-error-for=trustedRelays]").text, "no error next to the relay key"
+    page.fill("Relay public key", people["relay"], within=trust)
+    page.fill("Name", "edge-1", within=trust)
+    page.button("Trust relay", within=trust).click()
+    page.text("td", "edge-1")
     page.fill("Name", "Storefront", within=page.css("form:has(select)"))
     page.button("Create project").click()
     page.text("h1", "Storefront")
@@ -314,7 +324,8 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
 
     # the relays, at phone width too
     browser.find_element(By.LINK_TEXT, "Relays").click()
-    page.text("td", people["relay"])
+    relay_row = page.text("tbody tr", people["relay"])
+    assert org in relay_row.text, relay_row.text  # trusted by the org
     page.shot("relays")
     browser.set_window_size(390, 844)
     browser.get(f"{system.url}/console/#/project/{org}/storefront")

@@ -190,9 +190,15 @@ async function orgsPage() {
       form)];
 }
 
-async function orgPage(org) {
-  const [detail, projects] = await Promise.all([api("GET", `/api/0/organizations/${enc(org)}/`),
+// `known`: the org as a write just answered it (read at that write), instead of a new read.
+async function orgPage(org, known = null) {
+  const [detail, projects] = await Promise.all([known || api("GET", `/api/0/organizations/${enc(org)}/`),
                                                 api("GET", `/api/0/organizations/${enc(org)}/projects/`)]);
+  const update = async (body, message) => {
+    const answer = await api("PUT", `/api/0/organizations/${enc(org)}/`, body);
+    say(message);
+    main.replaceChildren(...await orgPage(org, answer));
+  };
   const rows = projects.map((p) => h("tr", {},
     h("td", {}, h("a", { href: `#/project/${enc(org)}/${enc(p.slug)}` }, p.name)), h("td", {}, p.slug),
     h("td", {}, (p.teams || []).map((t) => t.slug).join(", ")), h("td", {}, p.platform || "—"),
@@ -224,18 +230,13 @@ async function orgPage(org) {
   const trusted = detail.trustedRelays || [];
   const trustRows = trusted.map((r) => h("tr", {}, h("td", {}, r.name), h("td", {}, h("code", {}, r.publicKey)),
     h("td", {}, confirmButton("Remove", async () => {
-      await api("PUT", `/api/0/organizations/${enc(org)}/`,
-        { trustedRelays: trusted.filter((x) => x.publicKey !== r.publicKey) });
-      say("Relay no longer trusted");
-      await route();
+      await update({ trustedRelays: trusted.filter((x) => x.publicKey !== r.publicKey) }, "Relay no longer trusted");
     }))));
   const trustForm = actionForm([field("Relay public key", "trustedRelays", h("input", { type: "text" })),
                                 field("Name", "relayName", h("input", { type: "text" }))],
   "Trust relay", async (data) => {
-    await api("PUT", `/api/0/organizations/${enc(org)}/`, { trustedRelays: [...trusted,
-      { publicKey: data.get("trustedRelays"), name: data.get("relayName") || "relay" }] });
-    say("Relay trusted");
-    await route();
+    await update({ trustedRelays: [...trusted, { publicKey: String(data.get("trustedRelays")).trim(),
+                                                 name: data.get("relayName") || "relay" }] }, "Relay trusted");
   });
   return [h("h1", {}, detail.name, " ", h("span", { class: "muted" }, `(${detail.slug})`)),
     h("section", {}, h("h2", {}, "Projects"), projects.length
