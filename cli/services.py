@@ -225,7 +225,7 @@ class Orchestrator:
             if not port_open(host, port):
                 return False, f"nothing listens on {host}:{port}"
             if name == "redis":
-                return _redis_ping(url)
+                return _redis_ping(url, bool(self.state.get("redis_cluster")))
             # A stream that hit a disk write error answers every append with silence: say why.
             write_error = nats_write_error(Path(rec["log"]), int(rec["pid"])) if rec.get("pid") else None
             return (False, write_error) if write_error else (True, "ok")
@@ -437,11 +437,11 @@ def _check_redis_urls(url: str | None, read_url: str | None, cluster: bool) -> N
                 fail(str(exc), 2)
 
 
-def _redis_ping(url: str) -> tuple[bool, str]:
+def _redis_ping(url: str, cluster: bool) -> tuple[bool, str]:
     from bus import redis_clients
 
     try:
-        client = redis_clients.sync_client(url, cluster=os.environ.get("RELAYCTL_REDIS_CLUSTER") == "1", timeout=1)
+        client = redis_clients.sync_client(url, cluster=cluster, timeout=1)
         client.ping()
         return True, "ok"
     except Exception as exc:
@@ -577,10 +577,16 @@ def register(main: click.Group) -> None:
                     orch.stop_service(name)
                     orch.state["services"].pop(name, None)
         env = {k: v for k, v in os.environ.items() if k.startswith(("OPENAI_", "RELAYCTL_"))}
-        if redis_cluster:
+        if redis_url:  # an external Redis: kept with its kind for every later `up` and `status`
+            orch.state["redis_cluster"] = bool(redis_cluster)
+            orch.state["redis_read_url"] = redis_read_url
+        elif "redis" in to_start:  # its own Redis again: one server
+            orch.state.pop("redis_cluster", None)
+            orch.state.pop("redis_read_url", None)
+        if orch.state.get("redis") and orch.state.get("redis_cluster"):
             env["RELAYCTL_REDIS_CLUSTER"] = "1"
-        if redis_read_url:
-            env["RELAYCTL_REDIS_READ_URL"] = redis_read_url
+        if orch.state.get("redis_read_url"):
+            env["RELAYCTL_REDIS_READ_URL"] = str(orch.state["redis_read_url"])
         if "llm" in selected and "llm" in to_start + [n for n, st in report.items() if st == "already running"]:
             port = _host_port(orch.state.get("llm", ""))[1] or free_port()
             orch.state["llm"] = f"http://127.0.0.1:{port}"

@@ -20,12 +20,21 @@ from bus.embedded import (
     REDIS_ROLES,
     _spawn,
     free_port,
+    port_open,
     redis_command,
     redis_role_url,
     redis_server_binary,
     wait_port,
     write_redis_config,
 )
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 higher, as Redis takes it) is free too."""
+    while True:
+        port = free_port()
+        if port <= 55535 and not port_open("127.0.0.1", port + 10000):
+            return port
 
 
 def redis_cli_binary() -> str:
@@ -55,7 +64,7 @@ class RedisClusterUnderTest:
 
     def start(self) -> RedisClusterUnderTest:
         self.passwords = {role: secrets.token_urlsafe(16) for role in REDIS_ROLES}
-        self.ports = [free_port() for _ in range(self.size)]
+        self.ports = [cluster_port() for _ in range(self.size)]
         for i, port in enumerate(self.ports):
             d = self._node_dir(i)
             d.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from tests.integration.test_relay_configs import (  # noqa: F401  (collected her
     test_v3_unchanged_is_index_aligned,
 )
 from tests.redis_cluster import RedisClusterUnderTest
-from tests.system import RelayClient, SystemUnderTest, run_cli
+from tests.system import RelayClient, RelayctlProcess, SystemUnderTest, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,26 @@ def test_cli_refuses_redis_urls_it_cannot_use(nats_server: ServerProcess, tmp_pa
     assert worker.exit_code == 2 and "--redis-cluster" in worker.stderr
     up = run_cli(nats_server.url, "up", "--redis-cluster", data_dir=tmp_path)
     assert up.exit_code == 2 and "need --redis-url" in up.stderr
+
+
+def test_up_runs_the_system_on_an_external_cluster(redis_cluster: RedisClusterUnderTest, cache: RedisCluster,
+                                                   tmp_path: Path) -> None:
+    """`relayctl up --redis-url <start node> --redis-cluster`: every process it starts uses
+    the cluster (a relay is served a config that is in the cluster), and `status` checks it."""
+    up = RelayctlProcess(tmp_path / "data")
+    up.env["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"  # no local model to start
+    out = up.ok("up", "--detach", "--bind", up.bind, "--json", "--redis-cluster",
+                "--redis-url", redis_cluster.url("operator", nodes=1))
+    try:
+        assert out["services"]["redis"] == "external"
+        status = up.ok("status", "--json")["services"]
+        assert status["redis"]["healthy"] and all(s["healthy"] for s in status.values()), status
+        relay = RelayClient(out["gateway"])
+        up.ok("relay", "allow", "--internal", "--", relay.public_key_str)
+        relay.register()
+        up.ok("org", "create", "cluster-org")
+        key = up.ok("project", "create", "cluster-org", "web", "--json")["publicKey"]
+        served(relay, key)
+        assert cache.exists(f"relayconfig:{key}")
+    finally:
+        up.run("down", timeout=60)
