@@ -41,9 +41,10 @@ from bus.embedded import free_port, port_open
 from tests.system import RelayClient
 
 
-def spawn(args: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], port: int, env: dict[str, str] | None = None,
+          cwd: str | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {}), **({"PYTHONPATH": cwd} if cwd else {})}, cwd=cwd)
     deadline = time.monotonic() + 30
     while not port_open("127.0.0.1", port):
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("--batches", default="100,500")
     parser.add_argument("--access-log-sample", metavar="RATE", help="the gateway's RELAYCTL_ACCESS_LOG_SAMPLE "
                         "(default: its own default, every request logged)")
+    parser.add_argument("--baseline", metavar="DIR", help="also measure the gateway of this source tree (e.g. "
+                        "`git archive <commit> | tar -x -C DIR`) on the same Redis, in the same run")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway under the 100-key load: collapsed "
                         "stacks to FILE (needs py-spy, `pip install py-spy`)")
     args = parser.parse_args()
@@ -144,6 +147,11 @@ def main() -> None:
         gateway = spawn(["cli", "gateway", "--bind", f"127.0.0.1:{gw_port}", "--nats-url", nats_server.url,
                          "--redis-url", redis_server.url], gw_port,
                         {"RELAYCTL_ACCESS_LOG_SAMPLE": args.access_log_sample} if args.access_log_sample else None)
+        gateway_env = {"RELAYCTL_ACCESS_LOG_SAMPLE": args.access_log_sample} if args.access_log_sample else None
+        base_port = free_port()
+        baseline = (spawn(["cli", "gateway", "--bind", f"127.0.0.1:{base_port}", "--nats-url", nats_server.url,
+                           "--redis-url", redis_server.url], base_port, gateway_env, cwd=args.baseline)
+                    if args.baseline else None)
         floors = [spawn(["bench.floor_server", "--port", str(port), "--redis-url", redis_server.url, "--kind", kind],
                         port) for port, kind in ((floor_port, "decompress"), (minimal_port, "minimal"))]
         try:
@@ -154,7 +162,8 @@ def main() -> None:
             relay.register()
             for i in range(0, len(keys), 500):
                 relay.poll(keys[i:i + 500], served_all(len(keys[i:i + 500])), timeout=60)
-            urls = {"gateway": gw_url, "minimal floor": f"http://127.0.0.1:{minimal_port}",
+            urls = {"gateway": gw_url, **({"gateway before": f"http://127.0.0.1:{base_port}"} if baseline else {}),
+                    "minimal floor": f"http://127.0.0.1:{minimal_port}",
                     "decompress floor": f"http://127.0.0.1:{floor_port}"}
             sample = f"access log sample {args.access_log_sample or 'default (1)'}"
             print(f"v3 hot path: {args.projects} projects, wrk -t2 -c8 -d{args.seconds:g}s, 64 pre-signed bodies, {sample};"
@@ -178,7 +187,9 @@ def main() -> None:
                         raise RuntimeError(f"{name}: {results[name].errors} errors under load")
                 gw = results["gateway"]
                 for name, res in results.items():
-                    ratio = "" if name == "gateway" else f" | gateway/this {gw.requests_per_s / res.requests_per_s:.2f}"
+                    ratio = ("" if name == "gateway" else f" | gateway/this {gw.requests_per_s / res.requests_per_s:.2f}"
+                             + (f", before/this {results['gateway before'].requests_per_s / res.requests_per_s:.2f}"
+                                if baseline and "floor" in name else ""))
                     print(f"  {batch:>3} keys  {name:<16} {res.keys_per_s(batch):9.0f} keys/s"
                           f"  p50 {res.p50 * 1e3:6.2f} ms  p99 {res.p99 * 1e3:6.2f} ms{ratio}")
             print(f"load average after: {os.getloadavg()[0]:.2f}")
@@ -200,6 +211,8 @@ def main() -> None:
                   f"   max {max(times)*1e3:6.1f} ms")
         finally:
             gateway.terminate()
+            if baseline is not None:
+                baseline.terminate()
             for floor in floors:
                 floor.terminate()
             worker.stop()
