@@ -22,7 +22,8 @@ class WrkResult:
     requests_per_s: float
     p50: float  # seconds
     p99: float
-    errors: int
+    errors: int  # answers that were not 200
+    socket_errors: int = 0  # connect/read/write errors and timeouts (wrk's own 2 s), on a loaded machine
 
     def keys_per_s(self, batch: int) -> float:
         return self.requests_per_s * batch
@@ -87,13 +88,14 @@ def run(url: str, lua: str, seconds: float, connections: int = 8, threads: int =
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if m:
         errors += int(m.group(1))
+    socket_errors = 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
-        errors += sum(int(g) for g in m.groups())
+        socket_errors = sum(int(g) for g in m.groups())
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _seconds(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _seconds(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    return WrkResult(rps, p50, p99, errors)
+    return WrkResult(rps, p50, p99, errors, socket_errors)
 
 
 def start(url: str, lua: str, seconds: float, connections: int = 8, threads: int = 2) -> tuple[subprocess.Popen[str], str]:

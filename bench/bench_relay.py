@@ -191,7 +191,8 @@ def main() -> None:
                              + (f", before/this {results['gateway before'].requests_per_s / res.requests_per_s:.2f}"
                                 if baseline and "floor" in name else ""))
                     print(f"  {batch:>3} keys  {name:<16} {res.keys_per_s(batch):9.0f} keys/s"
-                          f"  p50 {res.p50 * 1e3:6.2f} ms  p99 {res.p99 * 1e3:6.2f} ms{ratio}")
+                          f"  p50 {res.p50 * 1e3:6.2f} ms  p99 {res.p99 * 1e3:6.2f} ms{ratio}"
+                          + (f" ({res.socket_errors} socket errors)" if res.socket_errors else ""))
             print(f"load average after: {os.getloadavg()[0]:.2f}")
             if not args.rounds:
                 return
