@@ -210,6 +210,14 @@ class Page:
         width = self.driver.execute_script("return document.documentElement.scrollWidth - "
                                            "document.documentElement.clientWidth")
         assert width <= 1, f"{name}: the page is {width}px wider than the window"
+        # keyboard and screen readers: every control has a label, every action is a real button
+        unlabelled = self.driver.execute_script(
+            "return [...document.querySelectorAll('input, select, textarea')]"
+            ".filter((e) => !e.labels || !e.labels.length).map((e) => e.outerHTML)")
+        assert not unlabelled, f"{name}: controls without a label: {unlabelled}"
+        clickable = self.driver.execute_script(
+            "return [...document.querySelectorAll('[onclick], div[tabindex], span[tabindex]')].length")
+        assert clickable == 0, f"{name}: clickable elements that are not buttons or links"
         self.collect()
 
     def collect(self) -> None:
@@ -260,6 +268,14 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     page.fill("Slug (optional)", org)
     page.button("Create organization").click()
     page.text("h1", "Web shop")
+    # a team: created, listed, deleted
+    team_form = page.css("form:has(input[name=relayName])").find_element(By.XPATH, "preceding::form[1]")
+    page.fill("Team name", "Mobile", within=team_form)
+    page.button("Create team").click()
+    team_row = page.text("tbody tr", "Mobile")
+    page.button("Delete", within=team_row).click()
+    page.button("Really delete?", within=team_row).click()
+    page.text("#status", "Team mobile deleted")
     # the org trusts the registered relay (a bad key: the catalogue's error next to the field)
     trust = page.css("form:has(input[name=relayName])")
     page.fill("Relay public key", "not-a-key", within=trust)

@@ -243,7 +243,13 @@ async function orgPage(org, known = null) {
       ? table(["Name", "Slug", "Teams", "Platform", ""], rows) : h("p", { class: "muted" }, "No projects yet."),
     h("h2", {}, "New project"), create),
     h("section", {}, h("h2", {}, "Teams"),
-      h("ul", {}, detail.teams.map((t) => h("li", {}, `${t.name} (${t.slug})`))), teamForm),
+      table(["Name", "Slug", ""], detail.teams.map((t) => h("tr", {}, h("td", {}, t.name), h("td", {}, t.slug),
+        h("td", {}, t.slug === org ? h("span", { class: "muted" }, "default team")
+          : confirmButton("Delete", async (button) => {
+            await api("DELETE", `/api/0/teams/${enc(org)}/${enc(t.slug)}/`);
+            say(`Team ${t.slug} deleted`);
+            removeRow(button, "No teams.");
+          }))))), teamForm),
     h("section", {}, h("h2", {}, "Trusted relays"), trusted.length
       ? table(["Name", "Public key", ""], trustRows) : h("p", { class: "muted" }, "None."), trustForm)];
 }
