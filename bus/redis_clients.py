@@ -97,8 +97,26 @@ def is_cluster(client: Any) -> bool:
 async def get_many(client: Any, names: Sequence[str]) -> list[bytes | None]:
     """The values of `names`, in order (None: missing)."""
     if isinstance(client, AsyncRedisCluster):
-        return list(await client.mget_nonatomic(list(names)))
+        return await _get_many_cluster(client, names)
     return list(await client.mget(list(names)))
+
+
+async def _get_many_cluster(client: AsyncRedisCluster, names: Sequence[str]) -> list[bytes | None]:
+    # One MGET per slot, each sent to the node the client's strategy picks (a replica for a
+    # read client); the pipeline sends each node its MGETs at once, all nodes in parallel.
+    # (redis-py's mget_nonatomic would ignore the load balancing strategy: primaries only.)
+    await client.initialize()  # no-op once connected
+    by_slot: dict[int, list[str]] = {}
+    for name in names:
+        by_slot.setdefault(client.keyslot(name), []).append(name)
+    pipe = client.pipeline()
+    for slot, keys in by_slot.items():
+        node = client.nodes_manager.get_node_from_slot(slot, load_balancing_strategy=client.load_balancing_strategy)
+        pipe.execute_command("MGET", *keys, target_nodes=[node])
+    values: dict[str, bytes | None] = {}
+    for keys, answer in zip(by_slot.values(), await pipe.execute(), strict=True):
+        values.update(zip(keys, answer, strict=True))
+    return [values[name] for name in names]
 
 
 # KEYS are undeclared (all in ARGV), so one script may write keys of several slots on its

