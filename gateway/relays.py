@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import re
 import time
 from dataclasses import dataclass
@@ -453,7 +454,18 @@ class RelayEndpoints:
         unchanged: list[str] = []
         misses: list[str] = []
         forged: list[str] = []
-        for (key, revision), name, value in zip(keys, names, values):
+        count, rest = len(keys), keys
+        # An internal relay asking without revisions (every config in full), every key held
+        # with these very bytes and already sent once: the whole batch at C speed.
+        if internal and count and not any(map(_REVISION, keys)):
+            hits = list(map(held.get, names[:count]))
+            if None not in hits and list(map(_VALUE, hits)) == values[:count]:
+                parts = list(map(_PART, hits))
+                if None in parts:
+                    parts = []
+                else:
+                    rest = []  # all served: nothing left for the loop below
+        for (key, revision), name, value in zip(rest, names, values):
             hit = held.get(name) if value is not None else None
             if hit is None or hit.value != value:
                 hit = served.admit(name, key, value, mac_key, forged)
@@ -503,7 +515,7 @@ class RelayEndpoints:
                     unchanged.append(key)
                 else:
                     parts.append(_part(key, visible_body(relay, entry)))
-        self.counts.add(len(keys), len(parts), len(unchanged), len(pending), len(keys) - len(misses), len(misses))
+        self.counts.add(count, len(parts), len(unchanged), len(pending), count - len(misses), len(misses))
         return _json_bytes(_v3_body(parts, pending, unchanged, with_global,
                                     global_entry.body if global_entry else None))
 
@@ -612,6 +624,11 @@ class BodyCache:
         self._bodies[key] = (entry.rev, body)
         return True
 
+
+
+_REVISION = operator.itemgetter(1)
+_VALUE = operator.attrgetter("value")
+_PART = operator.attrgetter("part")
 
 
 class Served:
