@@ -336,6 +336,9 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     assert any("10.0.0.0/8" in line for line in added), added
     assert all(f"user:{people['admin']}" in el.text for el in browser.find_elements(By.CSS_SELECTOR, "article.revision")
                if "Key" in el.text.split("\n")[0] or "Option" in el.text.split("\n")[0])
+    disabled = page.text("article.revision", "KeyDisabled")
+    assert [el.text for el in disabled.find_elements(By.CSS_SELECTOR, ".diff .add")] == ['+     "active": false,'], \
+        disabled.text
     browser.execute_script("arguments[0].scrollIntoView()", revision)
     page.shot("key-history")
 

@@ -452,7 +452,9 @@ function fold(state, event) {
     if (/Unset|Removed/.test(event.type)) delete next.options[payload.key];
     else next.options[payload.key] = payload.value;
   } else {
-    next[kind] = { ...(next[kind] || {}), ...payload, lastEvent: event.type };
+    const flags = /Disabled$/.test(event.type) ? { active: false } : /Enabled$/.test(event.type) ? { active: true }
+      : /Deleted$/.test(event.type) ? { deleted: true } : {};
+    next[kind] = { ...(next[kind] || {}), ...payload, ...flags };
   }
   return next;
 }
@@ -469,8 +471,8 @@ function diffLines(before, after) {
   let i = 0, j = 0;
   while (i < n || j < m) {
     if (i < n && j < m && a[i] === b[j]) { out.push([" ", a[i]]); i++; j++; }
-    else if (j < m && (i === n || lcs[i][j + 1] >= lcs[i + 1][j])) out.push(["+", b[j++]]);
-    else out.push(["-", a[i++]]);
+    else if (i < n && (j === m || lcs[i + 1][j] >= lcs[i][j + 1])) out.push(["-", a[i++]]);
+    else out.push(["+", b[j++]]);
   }
   const keep = out.map((line, k) => line[0] !== " " || [k - 1, k + 1].some((x) => out[x] && out[x][0] !== " "));
   return out.filter((_, k) => keep[k]);
