@@ -123,6 +123,23 @@ def test_a_session_is_only_as_good_as_its_token(system: SystemUnderTest, people:
     assert call(system, "GET", "/api/0/organizations/", headers={"Cookie": cookie})[0] == 401
 
 
+def test_sessions_expire_and_a_full_store_drops_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.console import session as console
+
+    now = [1000.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(console, "MAX_SESSIONS", 3)
+    store = console.SessionStore(seconds=10)
+    first, _ = store.create("t1", "u1")
+    assert store.get(first) is not None and store.get("nope") is None and store.get(None) is None
+    now[0] += 10
+    assert store.get(first) is None  # expired, and gone
+    ids = [store.create(f"t{i}", "u")[0] for i in range(4)]
+    assert store.get(ids[0]) is None and all(store.get(i) is not None for i in ids[1:])
+    store.drop(ids[1])
+    assert store.get(ids[1]) is None
+
+
 def test_the_pages_are_served_with_a_strict_content_security_policy(system: SystemUnderTest) -> None:
     status, headers, _ = http_request(system.url + "/console/")
     assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
