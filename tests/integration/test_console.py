@@ -353,6 +353,16 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     assert any("10.0.0.0/8" in line for line in added), added
     assert all(f"user:{people['admin']}" in el.text for el in browser.find_elements(By.CSS_SELECTOR, "article.revision")
                if "Key" in el.text.split("\n")[0] or "Option" in el.text.split("\n")[0])
+    # the key's rate limit: a bad value is the API's error next to the field, then a good one
+    settings = page.css("#key-settings")
+    page.fill("Rate limit: events", "many", within=settings)
+    page.fill("per seconds", "60", within=settings)
+    page.button("Save key", within=settings).click()
+    page.text("[data-error-for=count]", "integers")
+    page.fill("Rate limit: events", "100", within=settings)
+    page.button("Save key", within=settings).click()
+    page.text("#rate-limit", "100 events per 60 s")
+    assert not settings.find_element(By.CSS_SELECTOR, "[data-error-for=count]").text
     disabled = page.text("article.revision", "KeyDisabled")
     assert [el.text for el in disabled.find_elements(By.CSS_SELECTOR, ".diff .add")] == ['+     "active": false,'], \
         disabled.text

@@ -494,9 +494,33 @@ async function keyPage(org, project, keyId) {
         lines.length ? lines.map(([mark, text]) => h("span", { class: mark === "+" ? "add" : mark === "-" ? "del" : "ctx" },
           `${mark} ${text}`)) : "(no change)"));
   }).reverse();
+  const limitNow = h("p", { id: "rate-limit" });
+  const showLimit = (k) => {
+    limitNow.textContent = k.rateLimit ? `Now: ${k.rateLimit.count} events per ${k.rateLimit.window} s` : "Now: no limit";
+  };
+  showLimit(key);
+  const number = (raw) => (/^\d+$/.test(raw) ? Number(raw) : raw);
+  const settings = actionForm([field("Name", "name", h("input", { type: "text", value: key.name || "" })),
+    field("Rate limit: events", "count", h("input", { type: "text", inputmode: "numeric", value: key.rateLimit?.count ?? "" })),
+    field("per seconds", "window", h("input", { type: "text", inputmode: "numeric", value: key.rateLimit?.window ?? "" }))],
+  "Save key", async (data, form) => {
+    const count = String(data.get("count")).trim(), window = String(data.get("window")).trim();
+    const body = { name: data.get("name") || undefined,
+                   rateLimit: count || window ? { count: number(count), window: number(window) } : null };
+    let answer;
+    try { answer = await api("PUT", `${base}/`, body); } catch (error) {
+      // the API names the whole rateLimit: show it under both of its fields
+      if (error instanceof ApiError && error.data?.rateLimit) error.data = { count: error.data.rateLimit, window: [] };
+      throw error;
+    }
+    showLimit(answer);
+    say("Key saved");
+    form.querySelector(".form-error").textContent = "";
+  });
   return [h("h1", {}, `Key ${key.name || key.label}`),
     h("p", {}, h("a", { href: `#/project/${enc(org)}/${enc(project)}` }, `← ${project}`)),
     h("section", {}, h("h2", {}, "DSN"), h("pre", {}, key.dsn?.public || "")),
+    h("section", { id: "key-settings" }, h("h2", {}, "Name and rate limit"), limitNow, settings),
     h("section", {}, h("h2", {}, "Config served now"), h("pre", { id: "config" }, JSON.stringify(config, null, 2))),
     h("section", {}, h("h2", {}, "History (newest first)"),
       h("p", { class: "muted" }, "Each event that shaped this key's config, with who and when, as a diff of what "
