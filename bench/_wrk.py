@@ -29,6 +29,14 @@ class WrkResult:
         return self.requests_per_s * batch
 
 
+def median(results: list[WrkResult]) -> WrkResult:
+    """Each figure's median over several runs."""
+    from statistics import median as mid
+    return WrkResult(mid([r.requests_per_s for r in results]), mid([r.p50 for r in results]),
+                     mid([r.p99 for r in results]), sum(r.errors for r in results),
+                     sum(r.socket_errors for r in results))
+
+
 def signed_bodies(relay: Any, keys: list[str], batch: int, count: int = 64, seed: int = 17) -> list[tuple[bytes, str]]:
     """`count` v3 bodies of `batch` keys drawn from `keys`, each signed as a Relay signs."""
     rng = random.Random(seed)

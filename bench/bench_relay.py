@@ -1,6 +1,6 @@
 """Benchmark of the relay hot path and of change propagation.
 
-    python -m bench.bench_relay [--seconds 3] [--projects 2000] [--rounds 40]
+    python -m bench.bench_relay [--seconds 3] [--turns 2] [--projects 2000] [--rounds 40] [--baseline DIR]
 
 Starts nats-server, redis-server, every actor (in this process), the gateway and the two
 floor servers (bench/floor_server.py: `decompress` and `minimal`) as separate processes on
@@ -126,8 +126,9 @@ async def propagation(url: str, nats_url: str, relay: RelayClient, org: str, pro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per server and batch size")
+    parser.add_argument("--seconds", type=int, default=5, help="wrk duration of one turn (3: the whole run in about a minute)")
     parser.add_argument("--projects", type=int, default=2000)
+    parser.add_argument("--turns", type=int, default=2, help="runs of --seconds per server, in turns; medians")
     parser.add_argument("--rounds", type=int, default=40, help="changes in the propagation part")
     parser.add_argument("--batches", default="100,500")
     parser.add_argument("--access-log-sample", metavar="RATE", help="the gateway's RELAYCTL_ACCESS_LOG_SAMPLE "
@@ -166,25 +167,32 @@ def main() -> None:
                     "minimal floor": f"http://127.0.0.1:{minimal_port}",
                     "decompress floor": f"http://127.0.0.1:{floor_port}"}
             sample = f"access log sample {args.access_log_sample or 'default (1)'}"
-            print(f"v3 hot path: {args.projects} projects, wrk -t2 -c8 -d{args.seconds:g}s, 64 pre-signed bodies, {sample};"
+            print(f"v3 hot path: {args.projects} projects, wrk -t2 -c8, {args.turns} turns of {args.seconds}s per server"
+                  f" (medians), 64 pre-signed bodies, {sample};"
                   f" load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
             for batch in batches:
                 bodies = _wrk.signed_bodies(relay, keys, batch)
                 lua = _wrk.script(relay.relay_id, bodies)
-                results = {}
-                for name, url in urls.items():
+                runs: dict[str, list[_wrk.WrkResult]] = {name: [] for name in urls}
+                for url in urls.values():
                     asyncio.run(warm(url, relay, bodies, batch))
-                    spy = None
-                    if args.profile and name == "gateway" and batch == batches[0]:
-                        spy = subprocess.Popen(["py-spy", "record", "-p", str(gateway.pid), "-r", "250", "-f", "raw",
-                                                "-o", args.profile, "-d", str(args.seconds)],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    results[name] = _wrk.run(url + _wrk.PATH, lua, args.seconds)
-                    if spy is not None:
-                        spy.wait()
-                    if results[name].errors:  # run again, printing what they were
-                        _wrk.run(url + _wrk.PATH, _wrk.script(relay.relay_id, bodies, debug=True), 1)
-                        raise RuntimeError(f"{name}: {results[name].errors} errors under load")
+                # In turns (gateway, floors, gateway, ...): a change of the machine's load
+                # falls on every server alike; each figure is the median of its turns.
+                for turn in range(args.turns):
+                    for name, url in urls.items():
+                        spy = None
+                        if args.profile and name == "gateway" and batch == batches[0] and turn == 0:
+                            spy = subprocess.Popen(["py-spy", "record", "-p", str(gateway.pid), "-r", "250", "-f",
+                                                    "raw", "-o", args.profile, "-d", str(args.seconds)],
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        res = _wrk.run(url + _wrk.PATH, lua, args.seconds)
+                        if spy is not None:
+                            spy.wait()
+                        if res.errors:  # run again, printing what they were
+                            _wrk.run(url + _wrk.PATH, _wrk.script(relay.relay_id, bodies, debug=True), 1)
+                            raise RuntimeError(f"{name}: {res.errors} errors under load")
+                        runs[name].append(res)
+                results = {name: _wrk.median(found) for name, found in runs.items()}
                 gw = results["gateway"]
                 for name, res in results.items():
                     ratio = ("" if name == "gateway" else f" | gateway/this {gw.requests_per_s / res.requests_per_s:.2f}"
