@@ -375,10 +375,20 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     assert org in relay_row.text, relay_row.text  # trusted by the org
     page.shot("relays")
     browser.set_window_size(390, 844)
-    browser.get(f"{system.url}/console/#/project/{org}/storefront")
+    page.shot("relays-phone")
+    browser.find_element(By.LINK_TEXT, "Organizations").click()
+    page.text("td a", "Web shop").click()
+    page.text("h1", "Web shop")
+    page.shot("org-phone")
+    page.text("td a", "Storefront").click()
     page.text("h1", "Storefront")
     page.shot("project-phone")
+    page.text("td a", "browser-key").click()
+    page.text("#config", "10.0.0.0/8")
+    page.shot("key-phone")
     browser.set_window_size(1280, 900)
+    browser.back()
+    page.text("h1", "Storefront")
 
     # delete the key, log out
     row = page.text("tbody tr", "browser-key")
