@@ -57,6 +57,11 @@ class ApiError extends Error {
   }
 }
 
+// A failure of the network (the gateway unreachable) reads like any other error.
+function asApiError(error) {
+  return error instanceof ApiError ? error : new ApiError(0, { detail: `The gateway cannot be reached (${error.message}).` });
+}
+
 async function api(method, path, body, extra = {}) {
   const headers = { Accept: "application/json", ...extra };
   if (method !== "GET") headers["X-CSRF-Token"] = session.csrf || "";
@@ -104,7 +109,7 @@ function actionForm(children, submitLabel, run) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     showErrors(form, null);
-    try { await run(new FormData(form), form); } catch (error) { if (error instanceof ApiError) showErrors(form, error); else throw error; }
+    try { await run(new FormData(form), form); } catch (error) { showErrors(form, asApiError(error)); }
   });
   return form;
 }
@@ -422,7 +427,7 @@ function optionEditor(base, spec, options) {
   const reset = h("button", { type: "button", class: "secondary" }, "Unset (inherit)");
   reset.addEventListener("click", async () => {
     showErrors(form, null);
-    try { await save(null); } catch (error) { if (error instanceof ApiError) showErrors(form, error); else throw error; }
+    try { await save(null); } catch (error) { showErrors(form, asApiError(error)); }
   });
   form.querySelector("button[type=submit]").after(reset);
   return h("div", { class: "option", "data-option": spec.key }, h("h3", {}, spec.key),
@@ -565,8 +570,8 @@ async function route() {
       main.replaceChildren(...content);
       main.dataset.rendered = `${hash} ${++renders}`;
       document.title = `${main.querySelector("h1")?.textContent || "relayctl"} · relayctl console`;
-    } catch (error) {
-      if (!(error instanceof ApiError)) throw error;
+    } catch (caught) {
+      const error = asApiError(caught);
       if (error.status !== 401) main.replaceChildren(h("h1", {}, "Error"), h("p", { role: "alert" }, error.message));
     } finally {
       main.removeAttribute("aria-busy");
@@ -583,6 +588,6 @@ window.addEventListener("hashchange", () => { route().then(() => main.focus()); 
     session.csrf = answer.csrf;
     if (session.csrf) await started(); else showLogin();
   } catch (error) {
-    if (error instanceof ApiError) showLogin(); else throw error;
+    showLogin(error instanceof ApiError ? "" : asApiError(error).message);
   }
 })();
