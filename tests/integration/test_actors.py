@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pykka
@@ -22,16 +22,9 @@ from bus.service import Call
 from messages.endpoints import served_by
 from messages.envelope import ERROR_CODE_HEADER, ERROR_HEADER, Request, pack, unpack
 from tests.system import SystemUnderTest
+from tests.waiting import wait_for
 
 RELAY_KEY = "A" * 43
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.02)
 
 
 # -- supervision ----------------------------------------------------------------------------

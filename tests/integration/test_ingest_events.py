@@ -26,6 +26,7 @@ from tests.ai_helpers import start_ai_worker
 from tests.conftest import gateway_redis_url
 from tests.openai_stub import OpenAIStub
 from tests.system import SystemUnderTest, http_request
+from tests.waiting import eventually
 
 REPLY = "Check the password before logging in."
 SECRETS = ("hunter2-local", "s3cr3t-extra", "4111 1111 1111 1111", "shh-order-ref")
@@ -61,17 +62,6 @@ def events(nats_server: ServerProcess, redis_server: ServerProcess) -> Iterator[
         system = EventsSystem(nats_server, redis_server, stub)
         yield system
         system.stop()
-
-
-def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {result!r})")
-        time.sleep(0.1)
 
 
 def capture(dsn: str, fail: Callable[[], None], **extras: Any) -> str:

@@ -25,6 +25,7 @@ from bus.embedded import REDIS_ROLES, free_port
 from cli.services import ACTORS, SERVICES, pid_alive
 from tests.ai_helpers import error_event
 from tests.system import RELAYCTL, RelayctlProcess, http_request
+from tests.waiting import wait_for
 
 # The embedded model (service "llm") is left out: these tests configure an AI backend of
 # their own, so `up` skips it whether or not the local-AI packages are installed.
@@ -198,14 +199,6 @@ def test_up_runs_the_gateways_asked_for_on_one_port(system: Up) -> None:
 
 # What a llama-server built for another CPU does the moment it runs.
 FAKE_LLAMA_SERVER = "#!/bin/sh\nkill -ILL $$\n"
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def health(url: str) -> dict[str, Any]:

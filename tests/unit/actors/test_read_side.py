@@ -5,7 +5,6 @@ all when the request names `after`."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from bus.eventstore import InMemoryEventStore
 from bus.testing import ActorHarness
 from domain.decisions import token_hash
 from messages.errors import Unauthorized
+from tests.waiting import wait_for
 
 TOKEN = "a-token"
 
@@ -32,13 +32,6 @@ class GatedStore(InMemoryEventStore):
         if self.gate is not None:
             await self.gate.wait()
         return await super().last_sequence()
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 @pytest.fixture
