@@ -336,8 +336,10 @@ REDIS_ROLES: dict[str, str] = {
     # The gateway also counts SDK envelopes against key rate limits (bus/rate_limits.py).
     # Redis 6.2 has no per-pattern rights, so INCRBY/EXPIRE reach the cache prefixes too: at
     # worst they turn an entry into one that fails its MAC (a miss) or expire it early.
+    # +eval: on a Redis Cluster one script per node reads a batch's keys (bus/redis_clients.py);
+    # the commands a script runs are held to the same rules.
     "gateway": f"~{KEY_PREFIX}* ~{RELAY_AUTH_PREFIX}* ~{RATE_LIMIT_PREFIX}* +get +mget +ping +incrby +expire "
-               f"{_REDIS_CLUSTER_CLIENT}",
+               f"+eval {_REDIS_CLUSTER_CLIENT}",
     # per-project outcome counts and the index of error events (actors/ingest_stats.py)
     "forwarder": f"~{INGEST_STATS_PATTERN} +hincrby +hgetall +expire +zadd +zrevrange +zremrangebyscore "
                  f"+set +get +ping {_REDIS_CLUSTER_CLIENT}",
