@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bus.embedded import ServerProcess, start_nats, start_redis
 
@@ -41,3 +44,23 @@ async def import_keys(nats_url: str, org: str, count: int, relay_public_key: str
     await request(nc, "relay.allow", {"public_key": relay_public_key, "internal": True})
     await nc.close()
     return [p["keys"][0]["publicKey"] for p in projects]  # type: ignore[index]
+
+
+async def wait_instances(nats_url: str, name: str, count: int) -> None:
+    import nats
+
+    nc = await nats.connect(nats_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        inbox = nc.new_inbox()
+        seen: list[bytes] = []
+
+        async def collect(msg: Any) -> None:
+            seen.append(msg.data)
+        sub = await nc.subscribe(inbox, cb=collect)
+        await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
+        await asyncio.sleep(0.3)
+        await sub.unsubscribe()
+        if len([s for s in seen if b'"name"' in s]) >= count:
+            break
+    await nc.close()

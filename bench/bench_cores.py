@@ -25,10 +25,8 @@ import sys
 import tempfile
 import time
 
-import nats
-
 from bench import _wrk
-from bench._servers import import_keys, servers
+from bench._servers import import_keys, servers, wait_instances
 from bench.bench_relay import load, served_all
 from bus.embedded import free_port, port_open
 from cli.services import _listens
@@ -45,24 +43,6 @@ def wait_port(port: int) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("gateway did not start")
         time.sleep(0.05)
-
-
-async def wait_instances(nats_url: str, name: str, count: int) -> None:
-    nc = await nats.connect(nats_url)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        inbox = nc.new_inbox()
-        seen: list[bytes] = []
-
-        async def collect(msg: nats.aio.msg.Msg) -> None:
-            seen.append(msg.data)
-        sub = await nc.subscribe(inbox, cb=collect)
-        await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
-        await asyncio.sleep(0.3)
-        await sub.unsubscribe()
-        if len([s for s in seen if b'"name"' in s]) >= count:
-            break
-    await nc.close()
 
 
 def measure(url: str, relay: RelayClient, keys: list[str], version: int, seconds: int) -> float:

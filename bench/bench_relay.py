@@ -2,7 +2,7 @@
 
     python -m bench.bench_relay [--seconds 3] [--turns 2] [--projects 2000] [--rounds 40] [--baseline DIR]
 
-Starts nats-server, redis-server, every actor (in this process), the gateway and the two
+Starts nats-server, redis-server, the actors (two worker processes), the gateway and the two
 floor servers (bench/floor_server.py: `decompress` and `minimal`) as separate processes on
 the same Redis values; imports `--projects` projects; then `wrk -t2 -c8 --latency` sends
 v3 requests of 100 and of 500 cached keys to each server in turn, rotating 64 pre-signed
@@ -33,9 +33,8 @@ import aiohttp
 import nats
 import structlog
 
-from actors.worker import Worker
 from bench import _wrk
-from bench._servers import import_keys, percentile, servers
+from bench._servers import import_keys, percentile, servers, wait_instances
 from bus.client import request
 from bus.embedded import free_port, port_open
 from tests.system import RelayClient
@@ -142,8 +141,14 @@ def main() -> None:
     # The actors run in this process: their info lines (an import logs every event) are not the figures.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with servers() as (nats_server, redis_server):
-        worker = Worker(["commands", "keys", "orgs", "configs"], nats_server.url, redis_server.url,
-                        instrument=False).start()
+        # The actors in two processes of their own, as `up` runs them (one per actor there):
+        # the config builder does not share this process's GIL with the polling client.
+        urls_args = ["--nats-url", nats_server.url, "--redis-url", redis_server.url]
+        workers = [subprocess.Popen([sys.executable, "-m", "cli", "worker", *names, *urls_args],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   for names in (["commands", "keys", "orgs"], ["configs"])]
+        for actor in ("commands", "keys", "orgs", "configs"):
+            asyncio.run(wait_instances(nats_server.url, actor, 1))
         gw_port, floor_port, minimal_port = free_port(), free_port(), free_port()
         gateway = spawn(["cli", "gateway", "--bind", f"127.0.0.1:{gw_port}", "--nats-url", nats_server.url,
                          "--redis-url", redis_server.url], gw_port,
@@ -224,7 +229,8 @@ def main() -> None:
                 baseline.terminate()
             for floor in floors:
                 floor.terminate()
-            worker.stop()
+            for worker in workers:
+                worker.terminate()
 
 
 def served_all(count: int) -> Callable[[Any], bool]:
