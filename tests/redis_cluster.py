@@ -84,7 +84,7 @@ class RedisClusterUnderTest:
             d.mkdir(parents=True, exist_ok=True)
             config = write_redis_config(d, port, self.passwords)
             with config.open("a") as f:
-                f.write("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 2000\n"
+                f.write("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 5000\n"
                         "cluster-require-full-coverage yes\n"
                         # the default user is off: a replica logs in to its primary as a user
                         f"masteruser operator\nmasterauth {self.passwords['operator']}\n")
