@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sentry_relay
 
 from actors.ai import AIConfig
 from actors.worker import ACTOR_NAMES, Worker
@@ -373,6 +374,25 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     browser.find_element(By.LINK_TEXT, "Relays").click()
     relay_row = page.text("tbody tr", people["relay"])
     assert org in relay_row.text, relay_row.text  # trusted by the org
+    # allow a relay (a bad key: the API's error next to the field), then ban it
+    allow = page.css("#allow-relay")
+    page.fill("Relay public key", "not-a-key", within=allow)
+    page.button("Allow relay", within=allow).click()
+    page.text("[data-error-for=publicKey]", "43 url-safe base64")
+    new_relay = str(sentry_relay.generate_key_pair()[1])
+    page.fill("Relay public key", new_relay, within=allow)
+    allow.find_element(By.NAME, "internal").send_keys(Keys.SPACE)  # by keyboard
+    page.button("Allow relay", within=allow).click()
+    allowed = page.css(f'tr[data-relay="{new_relay}"]')
+    assert [allowed.find_element(By.CSS_SELECTOR, f"td.{c}").text for c in ("internal", "banned")] == ["yes", "no"]
+    assert not allow.find_element(By.CSS_SELECTOR, "[data-error-for=publicKey]").get_attribute("textContent")
+    page.button("Ban", within=allowed).click()
+    page.button("Really ban?", within=allowed).click()
+    page.wait.until(lambda d: page.css(f'tr[data-relay="{new_relay}"] td.banned').text == "yes")
+    shown = call(system, "GET", f"/api/0/relayctl/relays/{new_relay}/",
+                 headers={"Authorization": f"Bearer {people['token']}"})[2]
+    assert shown["banned"] is True and shown["internal"] is False, shown  # a ban ends internal access
+    assert page.css(f'tr[data-relay="{new_relay}"] td.internal').text == "no"
     page.shot("relays")
     browser.set_window_size(390, 844)
     page.shot("relays-phone")

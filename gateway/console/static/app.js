@@ -62,7 +62,7 @@ function asApiError(error) {
   return error instanceof ApiError ? error : new ApiError(0, { detail: `The gateway cannot be reached (${error.message}).` });
 }
 
-async function api(method, path, body, extra = {}) {
+async function call(method, path, body, extra = {}) {
   const headers = { Accept: "application/json", ...extra };
   if (method !== "GET") headers["X-CSRF-Token"] = session.csrf || "";
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -76,7 +76,23 @@ async function api(method, path, body, extra = {}) {
     showLogin("Your session has ended; log in again.");
   }
   if (!response.ok) throw new ApiError(response.status, data);
-  return data;
+  return { data, response };
+}
+
+async function api(method, path, body, extra = {}) {
+  return (await call(method, path, body, extra)).data;
+}
+
+// A list and its pages: Sentry's Link header, `<url>; rel="next"; results="true"; cursor="0:2:0"`.
+async function apiPage(path) {
+  const { data, response } = await call("GET", path);
+  const cursors = {};
+  for (const part of (response.headers.get("Link") || "").split(",")) {
+    const rel = part.match(/rel="([^"]+)"/)?.[1];
+    const cursor = part.match(/cursor="([^"]+)"/)?.[1];
+    if (rel && cursor && /results="true"/.test(part)) cursors[rel] = cursor;
+  }
+  return { items: data, next: cursors.next || null, previous: cursors.previous || null };
 }
 
 // Field errors (Sentry's {field: [messages]}) next to their fields (by name); anything else at the form's end.
@@ -540,16 +556,45 @@ async function relaysPage() {
   for (const detail of details) {
     for (const r of detail.trustedRelays || []) (trustedBy[r.publicKey] ||= []).push(detail.slug);
   }
-  const rows = relays.map((r) => h("tr", {}, h("td", {}, r.relayId || "—"), h("td", {}, h("code", {}, r.publicKey)),
-    h("td", {}, r.version || "—"), h("td", {}, when(r.firstSeen)), h("td", {}, when(r.lastSeen)),
-    h("td", {}, yesNo(r.internal)), h("td", {}, (trustedBy[r.publicKey] || []).join(", ") || "—"),
-    h("td", {}, yesNo(r.banned))));
-  return [h("h1", {}, "Relays"),
-    h("section", {}, relays.length ? table(["Relay id", "Public key", "Version", "First seen", "Last seen", "Internal",
-                                            "Trusted by", "Banned"], rows)
-      : h("p", { class: "muted" }, "No relays."),
-    h("p", { class: "muted" }, "The API offers no ban or allow for relays: use the CLI. An organization trusts "
-      + "a relay on its page.")) ];
+  const heads = ["Relay id", "Public key", "Version", "First seen", "Last seen", "Internal", "Trusted by", "Banned", ""];
+  const list = h("div", {});
+  // The ban answers 204 with no sequence to read at: the row shows the ban itself.
+  const row = (r) => {
+    const banned = h("td", { class: "banned" }, yesNo(r.banned));
+    const internal = h("td", { class: "internal" }, yesNo(r.internal));
+    const ban = r.banned ? h("span", { class: "muted" }, "banned") : confirmButton("Ban", async (button) => {
+      await api("DELETE", `/api/0/relayctl/relays/${enc(r.publicKey)}/`);
+      say(`Relay ${r.publicKey.slice(0, 8)}… banned`);
+      banned.replaceChildren(yesNo(true));
+      internal.replaceChildren(yesNo(false));  // a ban also ends a relay's internal access
+      button.replaceWith(h("span", { class: "muted" }, "banned"));
+    });
+    return h("tr", { "data-relay": r.publicKey }, h("td", {}, r.relayId || "—"), h("td", {}, h("code", {}, r.publicKey)),
+      h("td", {}, r.version || "—"), h("td", {}, when(r.firstSeen)), h("td", {}, when(r.lastSeen)),
+      internal, h("td", {}, (trustedBy[r.publicKey] || []).join(", ") || "—"), banned,
+      h("td", {}, ban));
+  };
+  const show = () => list.replaceChildren(relays.length ? table(heads, relays.map(row))
+    : h("p", { class: "muted" }, "No relays."));
+  show();
+  // The POST answers the relay read at its write: the list takes that answer.
+  const allow = actionForm([field("Relay public key", "publicKey", h("input", { type: "text", autocomplete: "off" })),
+    h("label", {}, h("input", { type: "checkbox", name: "internal", value: "yes" }),
+      " Internal (may fetch every project's config)")],
+  "Allow relay", async (data, form) => {
+    const answer = await api("POST", "/api/0/relayctl/relays/",
+                             { publicKey: String(data.get("publicKey") || "").trim(), internal: data.get("internal") === "yes" });
+    const at = relays.findIndex((r) => r.publicKey === answer.publicKey);
+    if (at >= 0) relays[at] = answer; else relays.push(answer);
+    show();
+    form.reset();
+    say(`Relay ${answer.publicKey.slice(0, 8)}… allowed`);
+  });
+  return [h("h1", {}, "Relays"), h("section", {}, h("h2", {}, "Allowed and registered"), list,
+    h("p", { class: "muted" }, "A banned relay is refused from its next request on and stays listed. "
+      + "An organization trusts a relay on its page.")),
+  h("section", { id: "allow-relay" }, h("h2", {}, "Allow a relay"),
+    h("p", { class: "muted" }, "Superusers and relayctl.admin only."), allow)];
 }
 
 // -- routing -----------------------------------------------------------------------------------
