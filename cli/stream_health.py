@@ -67,8 +67,9 @@ def stream_report(nats_url: str, nats_log_error: str | None) -> dict[str, Any]:
             except Exception:
                 last = None
             try:  # fewer copies than configured, or than the event stream has (bus/replication.py)
-                short.extend(c for c in await copies(nc.jetstream(timeout=2), configured if configured > 1 else None)
-                             if c.short)
+                if last is not None:  # JetStream answers: a few more quick questions
+                    short.extend(c for c in await copies(nc.jetstream(timeout=2),
+                                                         configured if configured > 1 else None) if c.short)
             except Exception:
                 pass  # a status without this warning, never a failed status
             try:
