@@ -23,6 +23,7 @@ from tests.ai_helpers import error_event, start_ai_worker
 from tests.conftest import gateway_redis_url
 from tests.openai_stub import OpenAIStub
 from tests.system import SystemUnderTest, http_request
+from tests.waiting import eventually
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 REPLY = "The key `rate` is missing.\nUse `rates.get('rate', 0)`:\n\n    total = rates.get('rate', 0)\n"
@@ -63,6 +64,34 @@ def call(system: SystemUnderTest, method: str, path: str, body: Any = None,
     sent = {**({"Content-Type": "application/json"} if raw else {}), **(headers or {})}
     status, hdrs, data = http_request(system.url + path, method, raw, sent)
     return status, hdrs, json.loads(data) if data else None
+
+
+def raise_in_checkout(n: int) -> None:
+    """The frame the event page must show (a name of this module's own)."""
+    raise ValueError(f"checkout failed {n}")
+
+
+def capture(system: SystemUnderTest, token: str, org: str, project: str, n: int) -> list[str]:
+    """`n` exceptions from a real sentry-sdk client, to the gateway's envelope endpoint."""
+    import sentry_sdk
+
+    assert system.gateway is not None
+    detail = call(system, "GET", f"/api/0/projects/{org}/{project}/", headers={"Authorization": f"Bearer {token}"})[2]
+    keys = call(system, "GET", f"/api/0/projects/{org}/{project}/keys/", headers={"Authorization": f"Bearer {token}"})[2]
+    public = next(k["public"] for k in keys if k["isActive"])
+    client = sentry_sdk.Client(dsn=f"http://{public}@127.0.0.1:{system.gateway.port}/{detail['id']}",
+                               default_integrations=False, auto_enabling_integrations=False)
+    ids = []
+    with sentry_sdk.new_scope() as scope:
+        scope.set_client(client)
+        for i in range(n):
+            try:
+                raise_in_checkout(i)
+            except ValueError as exc:
+                ids.append(str(sentry_sdk.capture_exception(exc)))
+    client.flush(timeout=10)
+    client.close()
+    return ids
 
 
 def login(system: SystemUnderTest, token: str) -> tuple[str, str]:
@@ -345,6 +374,43 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     assert "cache" not in page.css("#ai-state").text  # streamed, not the cached text
     page.shot("ai-suggestion")
 
+    # real events from sentry-sdk through the gateway: listed, paged, one with its stack trace
+    sent = capture(system, people["token"], org, "storefront", 2)
+    eventually(lambda: {e["id"] for e in call(system, "GET", f"/api/0/projects/{org}/storefront/events/",
+                                             headers={"Authorization": f"Bearer {people['token']}"})[2]} >= set(sent),
+               "the sdk's events listed")
+    page.text("a", "Recent events").click()
+    page.text("h1", "Recent events")
+    assert {el.get_attribute("data-event") for el in browser.find_elements(By.CSS_SELECTOR, "tr[data-event]")} >= set(sent)
+    page.shot("events")
+    browser.get(f"{system.url}/console/#/events/{org}/storefront?per_page=1")
+    page.wait.until(lambda d: "per_page=1 " in (d.find_element(By.ID, "main").get_attribute("data-rendered") or ""))
+    first = page.css("tr[data-event]").get_attribute("data-event")
+    page.text("a", "Older").click()
+    page.wait.until(lambda d: page.css("tr[data-event]").get_attribute("data-event") != first)
+    page.text("a", "Newer")
+    page.text("a", "25").click()  # the page size by its link: the first page again
+    page.wait.until(lambda d: "per_page=25 " in (d.find_element(By.ID, "main").get_attribute("data-rendered") or ""))
+    link = page.css(f'tr[data-event="{sent[0]}"] a')
+    assert "ValueError" in page.css(f'tr[data-event="{sent[0]}"]').text
+    link.send_keys(Keys.ENTER)  # by keyboard
+    page.text("h1", "ValueError")
+    frame = page.text("#stacktrace .frame", "raise_in_checkout in ")  # the function, not a call of it
+    assert frame.find_element(By.CSS_SELECTOR, ".frame-function").text == "raise_in_checkout"
+    assert "test_console.py" in frame.text and "line " in frame.text, frame.text
+    assert "raise ValueError" in frame.find_element(By.CSS_SELECTOR, ".frame-context .here").text
+    page.shot("event")
+    events = page.css("#events")
+    assert events.find_element(By.NAME, "event_id").get_attribute("value") == sent[0]
+    events.find_element(By.NAME, "consent").send_keys(Keys.SPACE)
+    page.button("Suggest a fix", within=events).click()
+    page.text("#ai-state", "Done.")
+    assert page.css("pre.suggestion").get_attribute("textContent") == REPLY
+    assert "cache" not in page.css("#ai-state").text  # streamed as the model wrote
+    page.shot("event-suggestion")
+    page.text("p a", "storefront").click()
+    page.text("h1", "Storefront")
+
     # the key: its config now, and the history with the option's revision, who and when
     page.text("td a", "browser-key").click()
     page.text("#config", "10.0.0.0/8")
@@ -403,6 +469,12 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     page.text("td a", "Storefront").click()
     page.text("h1", "Storefront")
     page.shot("project-phone")
+    page.text("a", "Recent events").click()
+    page.css(f'tr[data-event="{sent[0]}"] a').click()
+    page.text("#stacktrace .frame", "raise_in_checkout in ")
+    page.shot("event-phone")
+    page.text("p a", "storefront").click()
+    page.text("h1", "Storefront")
     page.text("td a", "browser-key").click()
     page.text("#config", "10.0.0.0/8")
     page.shot("key-phone")

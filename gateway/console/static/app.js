@@ -16,7 +16,7 @@ function h(tag, attrs = {}, ...children) {
     else if (name === "text") el.textContent = value;
     else el.setAttribute(name, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -307,7 +307,8 @@ async function projectPage(org, project) {
     await route();
   });
   return [h("h1", {}, detail.name, " ", h("span", { class: "muted" }, `(${org} / ${detail.slug})`)),
-    h("p", {}, h("a", { href: `#/org/${enc(org)}` }, `← ${detail.organization?.name || org}`)),
+    h("p", {}, h("a", { href: `#/org/${enc(org)}` }, `← ${detail.organization?.name || org}`), " · ",
+      h("a", { href: `#/events/${enc(org)}/${enc(project)}` }, "Recent events")),
     h("section", {}, h("h2", {}, "Keys"), keys.length ? table(["Name", "Public key", "Status", ""], rows)
       : h("p", { class: "muted" }, "No keys yet."), h("h2", {}, "New key"), create),
     aiSection(org, project),
@@ -319,10 +320,10 @@ async function projectPage(org, project) {
 
 // -- an event's AI fix suggestion, streamed as the model writes ------------------------------------
 
-function aiSection(org, project) {
+function aiSection(org, project, eventId = "") {
   const out = h("pre", { class: "suggestion", "aria-live": "polite", "aria-label": "AI fix suggestion" });
   const state = h("p", { class: "muted", id: "ai-state" });
-  const form = actionForm([field("Event ID", "event_id", h("input", { type: "text", autocomplete: "off" })),
+  const form = actionForm([field("Event ID", "event_id", h("input", { type: "text", autocomplete: "off", value: eventId })),
     h("label", {}, h("input", { type: "checkbox", name: "consent", value: "yes" }), " I consent (policy individual_consent)"),
     h("label", {}, h("input", { type: "checkbox", name: "pii_certified", value: "yes" }), " No PII (policy pii_certification_required)")],
   "Suggest a fix", async (data) => {
@@ -334,9 +335,9 @@ function aiSection(org, project) {
     state.textContent = "Asking the model…";
     await streamSuggestion(`/api/0/projects/${enc(org)}/${enc(project)}/events/${eventId}/ai-fix-suggest/?${query}`, out, state);
   });
-  return h("section", { id: "events" }, h("h2", {}, "Events: AI fix suggestion"),
-    h("p", { class: "muted" }, "The API has no event list or event detail: take an event ID from ",
-      h("code", {}, "relayctl event list"), " or ", h("code", {}, "relayctl event store"), "."),
+  return h("section", { id: "events" }, h("h2", {}, eventId ? "AI fix suggestion" : "Events: AI fix suggestion"),
+    eventId ? null : h("p", { class: "muted" }, "Any stored event of this project by its ID; or pick one from ",
+      h("a", { href: `#/events/${enc(org)}/${enc(project)}` }, "the recent events"), "."),
     form, state, out);
 }
 
@@ -597,10 +598,88 @@ async function relaysPage() {
     h("p", { class: "muted" }, "Superusers and relayctl.admin only."), allow)];
 }
 
+// -- a project's error events and one event's stack trace ---------------------------------------
+
+const PER_PAGE = 25;
+
+// `#/events/ORG/PROJECT?per_page=N&cursor=C`: a page is a link (the API's cursor in it).
+async function eventsPage(org, project, search = "") {
+  const base = `/api/0/projects/${enc(org)}/${enc(project)}/events/`;
+  const wanted = new URLSearchParams(search || "");
+  const perPage = /^\d+$/.test(wanted.get("per_page") || "") ? wanted.get("per_page") : String(PER_PAGE);
+  const cursor = wanted.get("cursor");
+  const query = new URLSearchParams({ per_page: perPage });
+  if (cursor) query.set("cursor", cursor);
+  const { items, next, previous } = await apiPage(`${base}?${query}`);
+  const at = (c, size = perPage) => `#/events/${enc(org)}/${enc(project)}?${new URLSearchParams({ per_page: size, ...(c ? { cursor: c } : {}) })}`;
+  const rows = items.map((e) => h("tr", { "data-event": e.id },
+    h("td", {}, h("a", { href: `#/event/${enc(org)}/${enc(project)}/${enc(e.id)}` }, h("code", {}, e.id))),
+    h("td", {}, e.title || "—"), h("td", {}, e.level || "—"), h("td", {}, when(e.dateCreated))));
+  const pager = h("nav", { class: "pager", "aria-label": "Pages of events" },
+    previous ? h("a", { href: at(previous), rel: "prev" }, "← Newer") : null,
+    next ? h("a", { href: at(next), rel: "next" }, "Older →") : null,
+    h("span", { class: "muted" }, "Per page: ", ["10", "25", "100"].map((n, i) => [i ? " · " : "",
+      n === perPage ? h("strong", {}, n) : h("a", { href: at(null, n) }, n)])));
+  return [h("h1", {}, "Recent events ", h("span", { class: "muted" }, `(${org} / ${project})`)),
+    h("p", {}, h("a", { href: `#/project/${enc(org)}/${enc(project)}` }, `← ${project}`)),
+    h("section", {}, h("h2", {}, "Error events, newest first"), items.length
+      ? table(["Event ID", "Title", "Level", "Time"], rows)
+      : h("p", { class: "muted" }, cursor ? "No more events." : "No error events stored for this project yet."),
+    pager)];
+}
+
+// Sentry's exception interface: `exception.values` (or a bare list), each with its stacktrace.
+function exceptionsOf(event) {
+  const raw = event.exception;
+  const values = Array.isArray(raw) ? raw : Array.isArray(raw?.values) ? raw.values : [];
+  return values.filter((v) => v && typeof v === "object");
+}
+
+function frameView(frame) {
+  const where = frame.filename || frame.abs_path || frame.module || "?";
+  const line = frame.lineno === undefined || frame.lineno === null ? "" : `, line ${frame.lineno}`;
+  return h("li", { class: "frame" + (frame.in_app ? " in-app" : "") },
+    h("p", { class: "frame-where" }, h("code", { class: "frame-function" }, frame.function || "?"), " in ",
+      h("code", { class: "frame-file" }, where), line, frame.in_app ? h("span", { class: "muted" }, " (in app)") : null),
+    typeof frame.context_line === "string"
+      ? h("pre", { class: "frame-context" }, [...(frame.pre_context || []).slice(-2).map((t) => h("span", { class: "ctx" }, t)),
+        h("span", { class: "here" }, frame.context_line), ...(frame.post_context || []).slice(0, 2).map((t) => h("span", { class: "ctx" }, t))])
+      : null);
+}
+
+function exceptionView(value) {
+  const frames = Array.isArray(value.stacktrace?.frames) ? value.stacktrace.frames : [];
+  return h("article", { class: "exception" },
+    h("h3", {}, h("code", {}, value.type || "Error"), value.value ? `: ${value.value}` : ""),
+    frames.length ? [h("p", { class: "muted" }, `${frames.length} frame${frames.length === 1 ? "" : "s"}, most recent call last`),
+      h("ol", { class: "frames" }, frames.map(frameView))]
+      : h("p", { class: "muted" }, "No stack trace in this exception."));
+}
+
+async function eventPage(org, project, eventId) {
+  const detail = await api("GET", `/api/0/projects/${enc(org)}/${enc(project)}/events/${enc(eventId)}/`);
+  const event = detail.event || {};
+  const exceptions = exceptionsOf(event);
+  const facts = [["Time", when(detail.dateCreated)], ["Received", when(detail.dateReceived)], ["Level", detail.level],
+    ["Platform", detail.platform], ["Culprit", detail.culprit], ["Release", detail.release], ["Environment", detail.environment]]
+    .filter(([, v]) => v);
+  return [h("h1", {}, detail.title || detail.eventID),
+    h("p", {}, h("a", { href: `#/events/${enc(org)}/${enc(project)}` }, "← Recent events"), " · ",
+      h("a", { href: `#/project/${enc(org)}/${enc(project)}` }, project)),
+    h("section", {}, h("h2", {}, "Event ", h("code", {}, detail.eventID)),
+      h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+      (detail.tags || []).length ? h("p", { class: "muted event-tags" }, "Tags: ", detail.tags.map((t) => `${t.key}=${t.value}`).join(", ")) : null),
+    h("section", { id: "stacktrace" }, h("h2", {}, "Stack trace"), exceptions.length
+      ? [...exceptions].reverse().map(exceptionView) : h("p", { class: "muted" }, "This event has no exception.")),
+    aiSection(org, project, detail.eventID)];
+}
+
 // -- routing -----------------------------------------------------------------------------------
 
 const pages = [[/^#\/org\/([^/]+)$/, orgPage], [/^#\/project\/([^/]+)\/([^/]+)$/, projectPage],
-               [/^#\/key\/([^/]+)\/([^/]+)\/([^/]+)$/, keyPage], [/^#\/relays$/, relaysPage], [/^/, orgsPage]];
+               [/^#\/key\/([^/]+)\/([^/]+)\/([^/]+)$/, keyPage], [/^#\/relays$/, relaysPage],
+               [/^#\/events\/([^/?]+)\/([^/?]+)(?:\?(.*))?$/, eventsPage],
+               [/^#\/event\/([^/]+)\/([^/]+)\/([^/]+)$/, eventPage], [/^/, orgsPage]];
 
 let renders = 0;
 async function route() {
@@ -611,7 +690,7 @@ async function route() {
     if (!match) continue;
     main.setAttribute("aria-busy", "true");
     try {
-      const content = await page(...match.slice(1).map(decodeURIComponent));
+      const content = await page(...match.slice(1).map((part) => (part === undefined ? undefined : decodeURIComponent(part))));
       main.replaceChildren(...content);
       main.dataset.rendered = `${hash} ${++renders}`;
       document.title = `${main.querySelector("h1")?.textContent || "relayctl"} · relayctl console`;
