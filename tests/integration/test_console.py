@@ -386,10 +386,10 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     browser.get(f"{system.url}/console/#/events/{org}/storefront?per_page=1")
     page.wait.until(lambda d: "per_page=1 " in (d.find_element(By.ID, "main").get_attribute("data-rendered") or ""))
     first = page.css("tr[data-event]").get_attribute("data-event")
-    page.text("a", "Older").click()
+    page.text(".pager a", "Older").click()
     page.wait.until(lambda d: page.css("tr[data-event]").get_attribute("data-event") != first)
-    page.text("a", "Newer")
-    page.text("a", "25").click()  # the page size by its link: the first page again
+    page.text(".pager a", "Newer")
+    page.text(".pager a", "25").click()  # the page size by its link: the first page again
     page.wait.until(lambda d: "per_page=25 " in (d.find_element(By.ID, "main").get_attribute("data-rendered") or ""))
     link = page.css(f'tr[data-event="{sent[0]}"] a')
     assert "ValueError" in page.css(f'tr[data-event="{sent[0]}"]').text
