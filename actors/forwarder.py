@@ -67,9 +67,10 @@ from actors.ingest_stats import IngestStats, InMemoryIngestStats, RedisIngestSta
 from bus import metrics
 from bus.eventstore import stream_replicas
 from bus.ingest_store import HEADER_CLIENT_IP, HEADER_EVENT_ID, HEADER_PROJECT_ID, HEADER_RECEIVED_AT, read_envelope
+from bus.retry import Backoff
 from bus.runtime import BusRuntime
 from bus.seams import Bus
-from bus.service import Call
+from bus.service import Call, settle
 from domain.ai_prompt import InvalidEvent
 from domain.dsn import Dsn, InvalidDsn, parse_dsn
 from domain.ingest import (
@@ -154,7 +155,8 @@ class ForwardSettings:
                    max_ack_pending=int(number("MAX_ACK_PENDING", 10_000)))
 
     def backoff(self, attempt: int) -> float:
-        return float(min(self.backoff_max, self.backoff_base * 2 ** max(0, min(attempt - 1, 20))))
+        """The wait after delivery number `attempt` (1: the first) failed: bus/retry.py's."""
+        return Backoff(self.backoff_base, 2.0, self.backoff_max).delay(min(attempt - 1, 20))
 
 
 # -- one delivery ------------------------------------------------------------------------------
@@ -251,15 +253,6 @@ class _Consumer:
     handle: Callable[[Any], Awaitable[None]]
 
 
-def _settle(future: asyncio.Future[Any], error: BaseException | None, result: Any) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
 def _project_id(msg: Any) -> int | None:
     token = (msg.headers or {}).get(HEADER_PROJECT_ID) or msg.subject.rsplit(".", 1)[-1]
     return int(token) if token.isdigit() else None
@@ -353,7 +346,7 @@ class ForwarderActor(ProjectionActor):
             result, error = work.fn(), None
         except BaseException as exc:  # handed back to the pull loop that asked
             result, error = None, exc
-        work.loop.call_soon_threadsafe(_settle, work.future, error, result)
+        work.loop.call_soon_threadsafe(settle, work.future, error, result)
 
     async def _on_actor(self, fn: Callable[[], Any], *, caught_up: bool = True) -> Any:
         """`fn()` on the actor thread, once the projection has caught up with the stream

@@ -146,7 +146,7 @@ class ActorService:
         future: asyncio.Future[Any] = loop.create_future()
 
         def resolve(error: RelayctlError | None, result: Any) -> None:
-            loop.call_soon_threadsafe(_settle, future, error, result)
+            loop.call_soon_threadsafe(settle, future, error, result)
 
         def send_chunk(chunk: str) -> None:
             loop.call_soon_threadsafe(stream, chunk)
@@ -181,7 +181,9 @@ def _wrong_type(message_type: str, subject: str, schemas: dict[str, Schema]) -> 
             f"it is sent on {served_on}")
 
 
-def _settle(future: asyncio.Future[Any], error: RelayctlError | None, result: Any) -> None:
+def settle(future: asyncio.Future[Any], error: BaseException | None, result: Any) -> None:
+    """Complete `future` (on its loop's thread) with `error` or `result`, unless it is done
+    already (its caller gave up): how an actor thread hands an answer back to asyncio."""
     if future.done():
         return
     if error is not None:
