@@ -71,16 +71,23 @@ def raise_in_checkout(n: int) -> None:
     raise ValueError(f"checkout failed {n}")
 
 
-def capture(system: SystemUnderTest, token: str, org: str, project: str, n: int) -> list[str]:
-    """`n` exceptions from a real sentry-sdk client, to the gateway's envelope endpoint."""
+def sdk_client(system: SystemUnderTest, token: str, org: str, project: str, **options: Any) -> Any:
+    """A real sentry-sdk client on the project's first active key, to the gateway."""
     import sentry_sdk
 
     assert system.gateway is not None
     detail = call(system, "GET", f"/api/0/projects/{org}/{project}/", headers={"Authorization": f"Bearer {token}"})[2]
     keys = call(system, "GET", f"/api/0/projects/{org}/{project}/keys/", headers={"Authorization": f"Bearer {token}"})[2]
     public = next(k["public"] for k in keys if k["isActive"])
-    client = sentry_sdk.Client(dsn=f"http://{public}@127.0.0.1:{system.gateway.port}/{detail['id']}",
-                               default_integrations=False, auto_enabling_integrations=False)
+    return sentry_sdk.Client(dsn=f"http://{public}@127.0.0.1:{system.gateway.port}/{detail['id']}",
+                             default_integrations=False, auto_enabling_integrations=False, **options)
+
+
+def capture(system: SystemUnderTest, token: str, org: str, project: str, n: int) -> list[str]:
+    """`n` exceptions from a real sentry-sdk client, to the gateway's envelope endpoint."""
+    import sentry_sdk
+
+    client = sdk_client(system, token, org, project)
     ids = []
     with sentry_sdk.new_scope() as scope:
         scope.set_client(client)
@@ -92,6 +99,19 @@ def capture(system: SystemUnderTest, token: str, org: str, project: str, n: int)
     client.flush(timeout=10)
     client.close()
     return ids
+
+
+def capture_message(system: SystemUnderTest, token: str, org: str, project: str) -> str:
+    """An error-level message with the stack it was sent from (`attach_stacktrace`: in `threads`)."""
+    import sentry_sdk
+
+    client = sdk_client(system, token, org, project, attach_stacktrace=True)
+    with sentry_sdk.new_scope() as scope:
+        scope.set_client(client)
+        event_id = str(sentry_sdk.capture_message("checkout is slow", level="error"))
+    client.flush(timeout=10)
+    client.close()
+    return event_id
 
 
 def login(system: SystemUnderTest, token: str) -> tuple[str, str]:
@@ -408,6 +428,13 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     assert page.css("pre.suggestion").get_attribute("textContent") == REPLY
     assert "cache" not in page.css("#ai-state").text  # streamed as the model wrote
     page.shot("event-suggestion")
+    # a message with the stack it was sent from: that stack, from its thread
+    message = capture_message(system, people["token"], org, "storefront")
+    eventually(lambda: call(system, "GET", f"/api/0/projects/{org}/storefront/events/{message}/",
+                            headers={"Authorization": f"Bearer {people['token']}"})[0] == 200, "the message stored")
+    browser.get(f"{system.url}/console/#/event/{org}/storefront/{message}")
+    page.text("h1", "checkout is slow")
+    page.text("#stacktrace .frame", "capture_message in ")
     page.text("p a", "storefront").click()
     page.text("h1", "Storefront")
 

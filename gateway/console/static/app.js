@@ -629,10 +629,17 @@ async function eventsPage(org, project, search = "") {
 }
 
 // Sentry's exception interface: `exception.values` (or a bare list), each with its stacktrace.
+// Without an exception (a message with `attach_stacktrace`), the crashed or current thread's
+// stacktrace, else the event's own `stacktrace`, shown the same way.
 function exceptionsOf(event) {
-  const raw = event.exception;
-  const values = Array.isArray(raw) ? raw : Array.isArray(raw?.values) ? raw.values : [];
-  return values.filter((v) => v && typeof v === "object");
+  const listOf = (raw) => (Array.isArray(raw) ? raw : Array.isArray(raw?.values) ? raw.values : [])
+    .filter((v) => v && typeof v === "object");
+  const values = listOf(event.exception);
+  if (values.length) return values;
+  const threads = listOf(event.threads).filter((t) => Array.isArray(t.stacktrace?.frames));
+  const thread = threads.find((t) => t.crashed) || threads.find((t) => t.current) || threads[0];
+  if (thread) return [{ type: `Thread ${thread.name || thread.id || ""}`.trim(), stacktrace: thread.stacktrace }];
+  return Array.isArray(event.stacktrace?.frames) ? [{ type: "Stack trace", stacktrace: event.stacktrace }] : [];
 }
 
 function frameView(frame) {
@@ -670,7 +677,7 @@ async function eventPage(org, project, eventId) {
       h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
       (detail.tags || []).length ? h("p", { class: "muted event-tags" }, "Tags: ", detail.tags.map((t) => `${t.key}=${t.value}`).join(", ")) : null),
     h("section", { id: "stacktrace" }, h("h2", {}, "Stack trace"), exceptions.length
-      ? [...exceptions].reverse().map(exceptionView) : h("p", { class: "muted" }, "This event has no exception.")),
+      ? [...exceptions].reverse().map(exceptionView) : h("p", { class: "muted" }, "This event has no stack trace.")),
     aiSection(org, project, detail.eventID)];
 }
 
