@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import redis
+from aiohttp import web
 
 from bus.config_cache import RELAY_AUTH_PREFIX, cache_key
 from bus.embedded import start_nats
@@ -329,7 +330,9 @@ def test_a_query_lost_with_its_instance_is_retried_within_relays_budget(tmp_path
 
         try:
             await nc.subscribe("rc.config.get", queue="rc-configs", cb=instance)
-            gateway = RelayEndpoints({"nc": nc})  # type: ignore[arg-type]
+            app = web.Application()
+            app["nc"] = nc
+            gateway = RelayEndpoints(app)
             started = time.monotonic()
             result = await gateway.ask("config.get", {"public_keys": []})
             return result, time.monotonic() - started, len(taken)
