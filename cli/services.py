@@ -647,8 +647,8 @@ def register(main: click.Group) -> None:
         lines = {**report, **skipped, **{n: f"FAILED: {reason}" for n, reason in failed.items()}}
         text = ("Nothing to do: every service is already running\n" if not started and not failed else "") + \
             "\n".join(f"  {n:<9} {s}" for n, s in lines.items()) + \
-            f"\nGateway: {out['gateway']}\nNATS:    {without_credentials(out['nats'])}" + \
-            f"\nRedis:   {without_credentials(out['redis'])}" + \
+            f"\nGateway: {out['gateway']}\nNATS:    {without_credentials(orch.state.get('nats'))}" + \
+            f"\nRedis:   {without_credentials(orch.state.get('redis'))}" + \
             f"\nCredentials (the operator's NATS and Redis URLs): {credentials}"
         if failed:
             text += ("\nOptional service(s) failed: " + ", ".join(failed) + "; everything else runs, and the AI "
