@@ -93,6 +93,8 @@ def _operation(method: str, path: str, handler: Handler) -> dict[str, Any]:
         content = {"application/json": {"schema": {"type": "array", "items": ref} if lists else ref}}
     if lists:
         params.append({"name": "cursor", "in": "query", "required": False, "schema": _STR})
+        params.append({"name": "per_page", "in": "query", "required": False,
+                       "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 100}})
     ok = {"201": "Created"} if method == "POST" else {"204": "Deleted"} if method == "DELETE" else {"200": "OK"}
     responses: dict[str, Any] = {
         code: {"description": text, **({"content": content} if content and code != "204" else {})}
