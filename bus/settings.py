@@ -55,8 +55,10 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("RELAYCTL_METRICS_TTL", FLOAT, "120", "seconds a silent process keeps its metric series"),
     _s("RELAYCTL_LOG_LEVEL", TEXT, "info", "log level"),
     _s("RELAYCTL_LOG_JSON", FLAG, "0", "`1`: JSON log lines even on a terminal"),
-    _s("RELAYCTL_ACCESS_LOG_SAMPLE", FLOAT, "1",
-       "share (0-1) of fast successful requests in the gateway's access log"),
+    _s("RELAYCTL_ACCESS_LOG_FULL_RATE", INT, "50",
+       "fast successful requests a second the gateway's access log writes every one of"),
+    _s("RELAYCTL_ACCESS_LOG_SAMPLE", FLOAT, "0.01",
+       "share (0-1) of the fast successful requests past that rate the access log writes"),
     # HTTP limits of the gateway (gateway/limits.py)
     _s("RELAYCTL_HTTP_MAX_LINE_SIZE", INT, "8190", "longest request line"),
     _s("RELAYCTL_HTTP_MAX_FIELD_SIZE", INT, "8190", "longest header"),

@@ -64,23 +64,52 @@ MAX_LOGGED_RELAY_ID = 64
 SLOW_REQUEST = 1.0  # seconds: a request this slow is logged whatever the sample rate
 
 
-def access_sample_rate(settings: Settings) -> float:
-    """`RELAYCTL_ACCESS_LOG_SAMPLE`: the share of successful, fast requests the access log
-    records (0-1, default 1: all). Relays poll every 100 ms; a busy gateway samples."""
-    return min(1.0, max(0.0, float(settings.value("RELAYCTL_ACCESS_LOG_SAMPLE"))))
+class AccessSampler:
+    """Which fast successful requests the access log writes: every one up to `full_rate` a
+    second, past that a share `rate` of them (a relay polls every 100 ms, so a busy gateway
+    would spend a large part of its time writing log lines). Errors and slow requests are
+    always written, elsewhere."""
+
+    def __init__(self, full_rate: int, rate: float) -> None:
+        self.full_rate = max(0, full_rate)
+        self.rate = min(1.0, max(0.0, rate))
+        self._second = 0
+        self._written = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccessSampler:
+        """`RELAYCTL_ACCESS_LOG_FULL_RATE` and `RELAYCTL_ACCESS_LOG_SAMPLE`."""
+        return cls(int(settings.value("RELAYCTL_ACCESS_LOG_FULL_RATE")),
+                   float(settings.value("RELAYCTL_ACCESS_LOG_SAMPLE")))
+
+    def keep(self) -> float | None:
+        """None: skip this request's line; else the sample rate to write in it (1: all)."""
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second, self._written = second, 0
+        if self._written < self.full_rate:
+            self._written += 1
+            return 1.0
+        if self.rate >= 1.0 or (self.rate > 0.0 and random.random() < self.rate):
+            return self.rate
+        return None
 
 
-def log_access(request: web.Request, route: str, status: int, seconds: float, rate: float) -> None:
-    """One JSON line per request (sampled when `rate` < 1; errors and slow ones always)."""
-    always = status >= 400 or seconds >= SLOW_REQUEST
-    if not always and rate < 1.0 and random.random() >= rate:
-        return
+def log_access(request: web.Request, route: str, status: int, seconds: float, sampler: AccessSampler | None) -> None:
+    """One JSON line per request (past the sampler's full rate a share of the fast
+    successful ones, with `sample_rate`; errors and slow ones always)."""
+    rate = 1.0
+    if status < 400 and seconds < SLOW_REQUEST and sampler is not None:
+        kept = sampler.keep()
+        if kept is None:
+            return
+        rate = kept
     fields: dict[str, Any] = {"method": request.method, "route": route, "status": status,
                               "duration_ms": round(seconds * 1000, 2)}
     relay_id = request.headers.get("X-Sentry-Relay-Id")
     if relay_id:
         fields["relay_id"] = relay_id[:MAX_LOGGED_RELAY_ID]
-    if rate < 1.0 and not always:
+    if rate < 1.0:
         fields["sample_rate"] = rate
     access_log.info("http.request", **fields)
 
@@ -133,7 +162,7 @@ async def _answer(request: web.Request, handler: Handler, cid: str, route: str) 
         tags["version"] = version if version in TAGGED_VERSIONS else "other"
     elapsed = time.perf_counter() - started
     metrics.timing("gateway.requests", elapsed, tags)
-    log_access(request, route, response.status, elapsed, request.app.get("access_sample_rate", 1.0))
+    log_access(request, route, response.status, elapsed, request.app.get("access_sampler"))
     activity: RelayActivity | None = request.app.get("relay_activity")
     if activity is not None:
         relay_id = request.headers.get("X-Sentry-Relay-Id")
@@ -295,7 +324,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
                           handler_args=limits.handler_args())
     app["nc"] = None
     app["redis"] = None
-    app["access_sample_rate"] = access_sample_rate(settings)
+    app["access_sampler"] = AccessSampler.from_settings(settings)
     app["own_series"] = OwnSeries()
     app["relay_activity"] = RelayActivity()
     app["relay_auth"] = RelayAuthCache()

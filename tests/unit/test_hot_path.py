@@ -129,3 +129,15 @@ def test_the_batch_check_keeps_what_the_per_key_check_keeps() -> None:
             if PUBLIC_KEY_RE.fullmatch(key) and (key, None) not in expected:
                 expected.append((key, None))
         assert wanted_keys(keys, None) == expected, keys
+
+
+def test_the_access_log_writes_every_request_up_to_its_full_rate_then_a_share() -> None:
+    from gateway.app import AccessSampler
+
+    none = AccessSampler(full_rate=3, rate=0.0)
+    assert [none.keep() for _ in range(5)] == [1.0, 1.0, 1.0, None, None]
+    every = AccessSampler(full_rate=0, rate=1.0)
+    assert {every.keep() for _ in range(5)} == {1.0}
+    some = AccessSampler(full_rate=0, rate=0.5)
+    kept = [some.keep() for _ in range(2000)]
+    assert set(kept) == {0.5, None} and 700 < kept.count(0.5) < 1300
