@@ -3,7 +3,9 @@
 Every folded batch says which public keys it touched; the builder recomputes exactly
 those configs, and only once every one of them is built does it write them to Redis in
 one pipeline (compute, then swap). A config whose build fails keeps its last good revision
-in the cache. After each write it publishes `rc.config.changed.<key>` with the new rev.
+in the cache. After each write it publishes `rc.config.changed.<key>`: the new rev, the key's
+project and org, and the commit time of the change that made it (gateways stream these to
+the console and measure propagation: gateway/api/changes.py).
 Entries are sealed with the builder's MAC key (bus/config_cache.py). A key nobody created
 (or one since deleted) is answered disabled but never stored - its entry is removed - so
 relays asking for made-up keys cannot grow Redis.
@@ -83,6 +85,7 @@ class ConfigActor(MaterializingActor):
     # what a config document is built from: orgs, projects and keys with their options (no relays, users)
     projection = Projection("configs", {ORG_OPTIONS, PROJECT_OPTIONS, KEYS})
     mac_bucket = CONFIG_MAC_BUCKET
+    changed_at: float | None = None  # the commit time of the change being materialized
 
     # -- building --------------------------------------------------------------------------
 
@@ -150,15 +153,27 @@ class ConfigActor(MaterializingActor):
     def _sealed(self, name: str, entry: Entry) -> bytes:
         return seal(self.mac_key, name, DISABLED_ENTRY if entry is DISABLED else encode_entry(*entry))
 
+    def _change(self, public_key: str, rev: str) -> bytes:
+        """What `rc.config.changed.<key>` carries: the rev, whose key it is, and when the change
+        that made it was committed (None: a rebuild at start, not a change)."""
+        key = self.state.keys.get(public_key)
+        project = self.state.projects.get(key.project_id) if key else None
+        org = self.state.orgs.get(project.org_id) if project else None
+        return json.dumps({"rev": rev, "publicKey": public_key,
+                           "projectId": project.id if project else None,
+                           "project": project.slug if project else None,
+                           "org": org.slug if org else None, "ts": self.changed_at}).encode()
+
     def _announce(self, built: dict[str, Entry]) -> None:
         if not self.materialized:
             return
         bus = self.bus
+        messages = [(config_changed(k), self._change(k, e[0])) for k, e in built.items()
+                    if e is not UNKNOWN]  # nothing was stored for an unknown key
 
         async def publish() -> None:
-            for public_key, entry in built.items():
-                if entry is not UNKNOWN:  # nothing was stored for it
-                    await bus.publish(config_changed(public_key), entry[0].encode())
+            for subject, data in messages:
+                await bus.publish(subject, data)
 
         self.runtime.submit(publish())
 
@@ -170,9 +185,13 @@ class ConfigActor(MaterializingActor):
             self.materialized = True
             return
         if changes.public_keys:
-            self.materialize(changes.public_keys)
             # From the moment the change was made to the moment its config is in the cache.
             newest = max((e.ts for _, events in batch for e in events), default=None)
+            self.changed_at = newest
+            try:
+                self.materialize(changes.public_keys)
+            finally:
+                self.changed_at = None
             if newest is not None:
                 metrics.timing("config.propagation", max(0.0, time.time() - newest))
 

@@ -240,7 +240,8 @@ TOPICS: tuple[Topic, ...] = (
     Topic(subjects.TRANSPORT_ENVELOPE, _EVERY_PROCESS, (TRANSPORT,)),
     # Sentry error events for AI suggestions, from services outside the system
     Topic(subjects.EVENTS_INGEST, (), (AI,)),
-    Topic(subjects.CONFIG_CHANGED, (CONFIGS,)),
+    # the gateway streams configs going live to the management API (gateway/api/changes.py)
+    Topic(subjects.CONFIG_CHANGED, (CONFIGS,), (GATEWAY,)),
     Topic(subjects.RELAY_CHANGED, (ORGS,), (GATEWAY,)),
     # the only way to append domain events: JetStream stores what is published here
     Topic(subjects.EVENT_SUBJECTS, (COMMANDS,)),

@@ -63,10 +63,14 @@ SCHEMAS: dict[str, Any] = {
                              "dateReceived": {**_STR, "format": "date-time"},
                              "platform": {**_STR, "nullable": True},
                              "event": {"type": "object", "description": "The stored event, scrubbed (details only)"}}},
+    "ConfigChange": {"type": "object", "description": "The data of one `config` server-sent event",
+                     "properties": {"publicKey": _STR, "projectId": _INT, "projectSlug": _STR, "orgSlug": _STR,
+                                    "revision": _STR, "propagationMs": {**_INT, "nullable": True}}},
 }
 _RESULT = {"organizations": "Organization", "teams": "Team", "projects": "Project", "keys": "ProjectKey",
            "members": "Member", "config": "ProjectConfig", "history": "HistoryEvent", "relays": "Relay",
-           "ingest": "IngestStatus", "events": "Event"}
+           "ingest": "IngestStatus", "events": "Event", "config-changes": "ConfigChange"}
+_STREAMS = ("config-changes/",)  # server-sent events, each event's data as the schema
 _LISTS = ("organizations/", "projects/", "keys/", "teams/", "members/", "history/", "relays/", "events/")
 
 
@@ -90,7 +94,8 @@ def _operation(method: str, path: str, handler: Handler) -> dict[str, Any]:
     content: dict[str, Any] = {}
     if schema:
         ref = {"$ref": f"#/components/schemas/{schema}"}
-        content = {"application/json": {"schema": {"type": "array", "items": ref} if lists else ref}}
+        media = "text/event-stream" if path.endswith(_STREAMS) else "application/json"
+        content = {media: {"schema": {"type": "array", "items": ref} if lists else ref}}
     if lists:
         params.append({"name": "cursor", "in": "query", "required": False, "schema": _STR})
         params.append({"name": "per_page", "in": "query", "required": False,

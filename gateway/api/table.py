@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.api import changes as c
 from gateway.api import ingest as i
 from gateway.api import routes as r
 from gateway.api import writes as w
@@ -57,11 +58,13 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", PROJECT + "/relayctl/ingest/", i.project_ingest_status),
     ("GET", PROJECT + "/events/", i.project_events),
     ("GET", PROJECT + "/events/{event_id}/", i.project_event),
+    ("GET", P + "/relayctl/config-changes/", c.config_changes),
 ]
 
 
 def add_management_routes(app: web.Application) -> None:
     app[FAILURES] = failure_limiter()
+    app[c.CHANGES] = c.ConfigChanges()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.router.add_get(OPENAPI_PATH, openapi_handler(ROUTES))

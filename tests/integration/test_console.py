@@ -379,6 +379,18 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     page.wait.until(lambda d: "10.0.0.0/8" in editor.text and not editor.find_element(
         By.CSS_SELECTOR, "[data-error-for]").text)
 
+    # live: a change made elsewhere (the CLI, on a project of its own, so storefront's history
+    # below stays the browser's) appears as its config goes live, with its propagation time
+    system.cli_ok("project", "create", org, "live-probe", "--json")
+    browser.get(f"{system.url}/console/#/live")
+    page.text("#live-state", "Connected")
+    system.cli_ok("project", "option", "set", f"{org}/live-probe", "filters:localhost", "true")
+    row = page.text("tbody tr", f"{org}/live-probe")
+    assert row.find_element(By.CSS_SELECTOR, ".propagation").text.endswith(" ms")
+    page.shot("live")
+    browser.get(f"{system.url}/console/#/project/{org}/storefront")
+    page.text("h1", "Storefront")
+
     # an event's AI fix suggestion, streamed into the page as the model writes
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=page.shots, delete=False) as file:
         json.dump(error_event(), file)

@@ -331,3 +331,55 @@ def test_ingest_status_over_the_api_counts_dead_letters_without_their_contents(
         assert event_id in {x["eventId"] for x in letters}
     finally:
         stub.stop()
+
+
+async def _next_change(response: Any, wanted: Any) -> dict[str, Any]:
+    """The data of the next `config` event that `wanted` accepts (comments, others skipped)."""
+    name = ""
+    while True:
+        line = (await response.content.readline()).decode()
+        if not line:
+            raise EOFError("the stream ended")
+        if line.startswith("event: "):
+            name = line[7:].strip()
+        elif line.startswith("data: ") and name == "config":
+            change: dict[str, Any] = json.loads(line[6:])
+            if wanted(change):
+                return change
+
+
+def test_configs_going_live_stream_to_the_orgs_members_only(system: SystemUnderTest, world: dict[str, Any]) -> None:
+    """GET /api/0/relayctl/config-changes/: a project option set from the CLI arrives as a
+    `config` event for the project's key, with its propagation time; bob (another org) gets
+    nothing of it."""
+    import asyncio
+
+    import aiohttp
+
+    acme = world["acme"]
+    _, _, keys = get(system, f"/api/0/projects/{acme}/web/keys/", world["ann_token"])
+    public_key = keys[0]["public"]
+    url = system.url + "/api/0/relayctl/config-changes/"
+    assert get(system, "/api/0/relayctl/config-changes/", None)[0] == 401
+
+    async def run() -> None:
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            ann = await session.get(url, headers={"Authorization": f"Bearer {world['ann_token']}"})
+            bob = await session.get(url, headers={"Authorization": f"Bearer {world['bob_token']}"})
+            for response in (ann, bob):
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/event-stream")
+                assert await response.content.readline() == b": live\n"  # subscribed
+            await asyncio.to_thread(system.cli_ok, "project", "option", "set", f"{acme}/web",
+                                    "filters:localhost", "true", "--json")
+            change = await asyncio.wait_for(_next_change(ann, lambda c: c["publicKey"] == public_key), 20)
+            assert change["orgSlug"] == acme and change["projectSlug"] == "web"
+            assert change["projectId"] == int(world["web"]["id"]) and change["revision"]
+            assert isinstance(change["propagationMs"], int) and change["propagationMs"] >= 0
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(_next_change(bob, lambda c: c["orgSlug"] == acme), 1.0)
+            ann.close()
+            bob.close()
+
+    asyncio.run(run())

@@ -159,7 +159,8 @@ def test_the_gateway_may_send_only_its_queries_and_two_control_messages() -> Non
     assert not any(s.startswith("$JS.API.CONSUMER") for s in NATS_ROLES["gateway"]["publish"]["allow"])
     assert not any(s.startswith("$JS.API.STREAM.CREATE.RC_EVENTS") or "PURGE.RC_" in s
                    for s in NATS_ROLES["gateway"]["publish"]["allow"])
-    assert set(NATS_ROLES["gateway"]["subscribe"]["allow"]) == {"_INBOX.gateway.>", "rc.relay.changed"}
+    assert set(NATS_ROLES["gateway"]["subscribe"]["allow"]) == {"_INBOX.gateway.>", "rc.relay.changed",
+                                                               "rc.config.changed.*"}
     assert "allow_responses" not in NATS_ROLES["gateway"]  # it serves nothing
 
 
@@ -247,6 +248,8 @@ def test_topics_are_published_and_followed_by_their_roles() -> None:
     assert all(may(r, "publish", "rc.metrics.record") for r in ROLES)
     assert {r for r in ROLES if may(r, "publish", "rc.events.ingest.7")} == {OPERATOR}
     assert {r for r in ROLES if may(r, "publish", "rc.config.changed." + "0" * 32)} == {OPERATOR, "configs"}
+    # the gateway streams configs going live (GET /api/0/relayctl/config-changes/)
+    assert {r for r in ROLES if may(r, "subscribe", "rc.config.changed.*")} == {OPERATOR, "gateway"}
 
 
 # -- the role a process connects as -------------------------------------------------------------

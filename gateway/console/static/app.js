@@ -157,6 +157,7 @@ function removeRow(button, emptyText) {
 // -- login -------------------------------------------------------------------------------------
 
 function showLogin(message = "") {
+  closeLive();
   document.getElementById("nav").hidden = true;
   const input = h("input", { type: "password", autocomplete: "off", required: true });
   const form = actionForm([field("API token", "token", input)], "Log in", async (data) => {
@@ -182,6 +183,7 @@ async function started() {
 }
 
 document.getElementById("logout").addEventListener("click", async () => {
+  closeLive();
   try { await api("DELETE", "/console/session"); } catch (error) { say(error.message); }
   session.csrf = null;
   location.hash = "#/orgs";
@@ -598,6 +600,50 @@ async function relaysPage() {
     h("p", { class: "muted" }, "Superusers and relayctl.admin only."), allow)];
 }
 
+// -- live: configs going live, as the API streams them -------------------------------------------
+
+// The Live page's EventSource (GET /api/0/relayctl/config-changes/, the session cookie
+// sent with it): closed when another page is shown or the user logs out.
+let live = null;
+const LIVE_ROWS = 200;
+
+function closeLive() {
+  if (live) live.close();
+  live = null;
+}
+
+function livePage() {
+  const rows = h("tbody", {});
+  const state = h("p", { id: "live-state", class: "muted", role: "status" }, "Connecting…");
+  const source = new EventSource("/api/0/relayctl/config-changes/");
+  live = source;
+  const add = (row) => {
+    rows.prepend(row);
+    while (rows.children.length > LIVE_ROWS) rows.lastElementChild.remove();
+  };
+  source.addEventListener("open", () => { state.textContent = "Connected: configs appear here as they go live."; });
+  source.addEventListener("error", () => {
+    state.textContent = source.readyState === EventSource.CLOSED ? "Disconnected; open the page again." : "Reconnecting…";
+  });
+  source.addEventListener("config", (message) => {
+    const c = JSON.parse(message.data);
+    const project = c.orgSlug && c.projectSlug
+      ? h("a", { href: `#/project/${enc(c.orgSlug)}/${enc(c.projectSlug)}` }, `${c.orgSlug}/${c.projectSlug}`) : "—";
+    add(h("tr", { "data-key": c.publicKey }, h("td", {}, new Date().toLocaleTimeString()), h("td", {}, project),
+      h("td", {}, h("code", {}, c.publicKey)), h("td", {}, h("code", {}, c.revision)),
+      h("td", { class: "propagation" }, c.propagationMs === null ? "—" : `${c.propagationMs} ms`)));
+  });
+  source.addEventListener("dropped", (message) => {
+    const { dropped } = JSON.parse(message.data);
+    add(h("tr", { class: "dropped" }, h("td", { colspan: 5 }, `${dropped} older changes not shown (this page read too slowly)`)));
+  });
+  const list = table(["Seen", "Project", "Key", "Revision", "Propagation"], []);
+  list.querySelector("tbody").replaceWith(rows);
+  return [h("h1", {}, "Live"), state, list,
+    h("p", { class: "muted" }, "Each new revision of a key's config, for the organizations you may read. "
+      + "Propagation: from the change's commit to the moment the gateway saw the revision live.")];
+}
+
 // -- a project's error events and one event's stack trace ---------------------------------------
 
 const PER_PAGE = 25;
@@ -686,7 +732,7 @@ async function eventPage(org, project, eventId) {
 const pages = [[/^#\/org\/([^/]+)$/, orgPage], [/^#\/project\/([^/]+)\/([^/]+)$/, projectPage],
                [/^#\/key\/([^/]+)\/([^/]+)\/([^/]+)$/, keyPage], [/^#\/relays$/, relaysPage],
                [/^#\/events\/([^/?]+)\/([^/?]+)(?:\?(.*))?$/, eventsPage],
-               [/^#\/event\/([^/]+)\/([^/]+)\/([^/]+)$/, eventPage], [/^/, orgsPage]];
+               [/^#\/event\/([^/]+)\/([^/]+)\/([^/]+)$/, eventPage], [/^#\/live$/, livePage], [/^/, orgsPage]];
 
 let renders = 0;
 async function route() {
@@ -695,6 +741,7 @@ async function route() {
   for (const [pattern, page] of pages) {
     const match = hash.match(pattern);
     if (!match) continue;
+    closeLive();
     main.setAttribute("aria-busy", "true");
     try {
       const content = await page(...match.slice(1).map((part) => (part === undefined ? undefined : decodeURIComponent(part))));

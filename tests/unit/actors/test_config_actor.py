@@ -40,7 +40,10 @@ def test_a_change_rebuilds_the_config_and_announces_its_revision(harness: ActorH
     after, doc = entry(harness, KEY)
     assert after != before and answer["entries"][KEY][0] == after
     assert doc["config"]["allowedDomains"] == ["example.com"]  # type: ignore[index]
-    assert (config_changed(KEY), after.encode()) in harness.published(config_changed(KEY))
+    announced = [json.loads(data) for _, data in harness.published(config_changed(KEY))]
+    change = [a for a in announced if a["rev"] == after]
+    assert change and change[-1]["publicKey"] == KEY and change[-1]["projectId"] == 10
+    assert change[-1]["org"] and change[-1]["project"] and isinstance(change[-1]["ts"], float)
 
 
 def test_an_unknown_key_is_answered_disabled_and_never_stored(harness: ActorHarness) -> None:
