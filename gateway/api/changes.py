@@ -8,7 +8,8 @@ propagation time: from the commit to the moment this gateway saw the revision li
 
 A client's queue is bounded (`QUEUE`): a slow reader loses the oldest changes, never grows
 the gateway's memory, and is told how many it lost (`event: dropped`). A comment line every
-`HEARTBEAT` seconds keeps proxies from closing an idle stream and finds a client gone.
+`HEARTBEAT` seconds keeps proxies from closing an idle stream and finds a client gone;
+the token is checked again then, so a revoked one ends its stream.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from domain.access import org_scopes
 from gateway.api.auth import principal
+from gateway.errors import HTTPFailure
 from messages.errors import Unavailable
 from messages.subjects import CONFIG_CHANGED
 
@@ -93,6 +95,20 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+async def _recheck(request: web.Request, client: Client) -> bool:
+    """At each heartbeat, the token again: False once it is refused (revoked); a new role
+    in an org applies from here on. The control plane unreachable: the stream goes on."""
+    try:
+        who = await principal(request)
+    except HTTPFailure as exc:
+        return exc.status != 401
+    except Exception:
+        return True
+    if who is not None:
+        client.who = who
+    return True
+
+
 async def config_changes(request: web.Request) -> web.StreamResponse:
     """Configs going live (server-sent events): one `config` event per revision of a key whose org the caller may read.
 
@@ -115,6 +131,8 @@ async def config_changes(request: web.Request) -> web.StreamResponse:
             try:
                 await asyncio.wait_for(client.ready.wait(), HEARTBEAT)
             except TimeoutError:
+                if not await _recheck(request, client):
+                    break  # the token was revoked: the stream ends as the next request would
                 await response.write(b": heartbeat\n\n")
                 continue
             client.ready.clear()

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.api import changes
+from gateway.errors import HTTPFailure
 
 ANN = {"username": "ann", "scopes": ["project:read"], "memberships": {"acme": "member"}}
 ROOT = {"username": "root", "superuser": True}
@@ -106,5 +107,29 @@ def test_the_stream_sends_drops_and_heartbeats_and_forgets_a_client_that_left(
                     break
                 await asyncio.sleep(0.02)
             assert not hub.clients
+
+    asyncio.run(run())
+
+
+def test_a_revoked_token_ends_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: list[Any] = [ROOT]
+
+    async def who(request: web.Request) -> dict[str, Any]:
+        if not answers:
+            raise HTTPFailure(401, "Invalid token")
+        return answers.pop()
+
+    monkeypatch.setattr(changes, "principal", who)
+    monkeypatch.setattr(changes, "HEARTBEAT", 0.05)
+
+    async def run() -> None:
+        app = web.Application()
+        app[changes.CHANGES] = changes.ConfigChanges()
+        app["nc"] = FakeNats()
+        app.router.add_get("/changes/", changes.config_changes)
+        async with TestClient(TestServer(app)) as http:
+            response = await http.get("/changes/")
+            assert await asyncio.wait_for(response.content.read(), 5) == b": live\n\n"  # then the end
+            assert not app[changes.CHANGES].clients
 
     asyncio.run(run())
