@@ -29,6 +29,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
 
 from bus import metrics, otel, redis_clients
+from bus.cache_keys import CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET
 from bus.client import request as bus_request
 from bus.eventstore import stream_replicas
 from bus.metric_catalogue import GATEWAY_COUNTERS, HELP
@@ -330,6 +331,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app["relay_auth"] = RelayAuthCache()
     app["bodies"] = BodyCache()
     relays = RelayEndpoints(app)
+    app["relays"] = relays
 
     async def startup(app: web.Application) -> None:
         # Resolved when the NATS connection drops, so requests in flight fail at once (503)
@@ -370,11 +372,14 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
             if read_url:
                 app["redis_read"] = redis_clients.async_client(read_url, cluster=cluster, replicas=True)
         app["dependency_reporter"] = asyncio.get_running_loop().create_task(report_dependencies(app))
+        app["mac_key_prefetch"] = asyncio.get_running_loop().create_task(
+            relays.mac_keys.prefetch(app["nc"], (CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET)))
 
     async def cleanup(app: web.Application) -> None:
-        reporter = app.get("dependency_reporter")
-        if reporter is not None:
-            reporter.cancel()
+        for task_name in ("dependency_reporter", "mac_key_prefetch"):
+            task = app.get(task_name)
+            if task is not None:
+                task.cancel()
         if app.get("redis_read") is not None:
             await app["redis_read"].aclose()
         if app["redis"] is not None:

@@ -124,6 +124,21 @@ class MacKeys:
             self._keys[bucket] = key
         return key
 
+    async def prefetch(self, nc: Any, buckets: tuple[str, ...], interval: float = 1.0) -> None:
+        """Fetch every bucket's key now, and retry each second until all are known: a gateway
+        that has not served a request yet (a sibling sharing the port) must already hold the
+        keys when NATS goes away, or it could check no cached entry during the outage."""
+        while True:
+            for bucket in buckets:
+                if bucket not in self._keys and nc is not None and nc.is_connected:
+                    await self._fetch(nc, bucket)
+            if all(bucket in self._keys for bucket in buckets):
+                return
+            await asyncio.sleep(interval)
+
+    def known(self, bucket: str) -> bool:
+        return bucket in self._keys
+
     def failed(self, nc: Any, bucket: str) -> None:
         """An entry failed its check: look the key up again, unless that was done just now."""
         last = self._fetched.get(bucket)

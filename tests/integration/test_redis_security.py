@@ -251,3 +251,21 @@ def test_evicted_entries_fall_back_and_are_written_again(tmp_path: Path) -> None
         sut.stop()
         small.stop()
         nats.stop()
+
+
+
+def test_a_gateway_holds_the_mac_keys_before_its_first_request(system: SystemUnderTest) -> None:
+    """A new gateway fetches both MAC keys at start, not on its first request: a sibling
+    gateway that has served nothing yet must still check cached entries when NATS goes away."""
+    from bus.cache_keys import CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET
+    from tests.system import GatewayThread
+    from tests.waiting import wait_for
+
+    system.registered_relay()  # the org access actor has made its key by now
+    gateway = GatewayThread(system.nats_url, system.gateway_redis_url or system.redis_url).start()
+    try:
+        keys = gateway.app["relays"].mac_keys
+        wait_for(lambda: keys.known(CONFIG_MAC_BUCKET) and keys.known(RELAY_AUTH_MAC_BUCKET), 20,
+                 "both MAC keys fetched by a gateway that served nothing")
+    finally:
+        gateway.stop()
