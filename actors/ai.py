@@ -62,6 +62,7 @@ import structlog
 from actors.ai_model import (
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
+    MAX_TOKENS,
     AIError,
     AIUnavailable,
     ModelClient,
@@ -127,6 +128,7 @@ class AIConfig:
     api_key: str | None = None
     model: str = DEFAULT_MODEL
     timeout: float = DEFAULT_TIMEOUT
+    max_tokens: int = MAX_TOKENS
     # Set when the backend is the local model `up` runs: where it writes why it stopped.
     local_failure_file: str | None = None
 
@@ -145,19 +147,22 @@ class AIConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AIConfig:
-        """OPENAI_BASE_URL, OPENAI_API_KEY, RELAYCTL_AI_MODEL and RELAYCTL_AI_TIMEOUT."""
+        """OPENAI_BASE_URL, OPENAI_API_KEY, RELAYCTL_AI_MODEL, RELAYCTL_AI_TIMEOUT and
+        RELAYCTL_AI_MAX_TOKENS."""
         env = os.environ if environ is None else environ
         timeout = env.get("RELAYCTL_AI_TIMEOUT")
+        max_tokens = env.get("RELAYCTL_AI_MAX_TOKENS")
         return cls(base_url=env.get("OPENAI_BASE_URL") or None,
                    api_key=env.get("OPENAI_API_KEY") or None,
                    model=env.get("RELAYCTL_AI_MODEL") or DEFAULT_MODEL,
                    timeout=float(timeout) if timeout else DEFAULT_TIMEOUT,
+                   max_tokens=int(max_tokens) if max_tokens else MAX_TOKENS,
                    local_failure_file=env.get(local_model.FAILURE_ENV) or None)
 
     def client(self, model: str | None = None, timeout: float | None = None) -> ModelClient:
         """A model client for one request; raises `AINotConfigured`."""
         return ModelClient(base_url=self.base_url, api_key=self.api_key, model=model or self.model,
-                           timeout=self.timeout if timeout is None else timeout)
+                           timeout=self.timeout if timeout is None else timeout, max_tokens=self.max_tokens)
 
 
 ClientFactory = Callable[[str | None, float], ModelClient]

@@ -49,6 +49,9 @@ DEFAULT_TIMEOUT = 30.0
 # read timeout.
 CONNECT_TIMEOUT = 5.0
 TEMPERATURE = 0.7
+# The longest suggestion a model may write: a fix is a few paragraphs, and a small local
+# model left unbounded can ramble until its context is full (minutes on a busy CPU).
+MAX_TOKENS = 1024
 
 
 class AIError(Unavailable):
@@ -155,12 +158,14 @@ class ModelClient:
         model: str = DEFAULT_MODEL,
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = 0,
+        max_tokens: int = MAX_TOKENS,
     ) -> None:
         if not base_url and not api_key:
             raise AINotConfigured()
         self.base_url = base_url
         self.model = model
         self.timeout = timeout
+        self.max_tokens = max_tokens
         self._client = openai.OpenAI(
             base_url=base_url or None,
             # Local OpenAI-compatible servers need no key, but the client insists on one.
@@ -198,6 +203,7 @@ class ModelClient:
                 model=self.model,
                 messages=build_messages(description),  # type: ignore[arg-type]
                 temperature=TEMPERATURE,
+                max_tokens=self.max_tokens,
                 stream=True,
             )
         except _CAUGHT as error:
@@ -224,6 +230,7 @@ class ModelClient:
                 model=self.model,
                 messages=build_messages(description),  # type: ignore[arg-type]
                 temperature=TEMPERATURE,
+                max_tokens=self.max_tokens,
             )
         except _CAUGHT as error:
             raise _translate(error) from error

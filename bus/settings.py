@@ -90,6 +90,7 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("OPENAI_API_KEY", TEXT, None, "its API key"),
     _s("RELAYCTL_AI_MODEL", TEXT, None, "the model to ask"),
     _s("RELAYCTL_AI_TIMEOUT", FLOAT, None, "seconds a model call may take"),
+    _s("RELAYCTL_AI_MAX_TOKENS", INT, "1024", "the longest suggestion a model may write, in tokens"),
     _s("RELAYCTL_LLAMA_SERVER", TEXT, None, "a llama-server binary for the local model"),
     _s("RELAYCTL_LLAMA_MODEL", TEXT, None, "a GGUF file for the local model"),
     _s("RELAYCTL_LOCAL_MODEL_FAILURE", TEXT, None, "set by `up`: why the local model is not running"),

@@ -62,7 +62,8 @@ def test_streamed_suggestion_from_the_real_model_through_the_gateway(
         nats_server: ServerProcess, redis_server: ServerProcess, llama_server: str, tmp_path: Path) -> None:
     """A stored event gets a streamed suggestion from SmolLM2 through the HTTP endpoint."""
     sut = SystemUnderTest(nats_server.url, redis_server.url, actors=["commands", "keys"]).start()
-    config = AIConfig(base_url=llama_server + "/v1", api_key="local", model=local_model.MODEL_NAME, timeout=60)
+    config = AIConfig(base_url=llama_server + "/v1", api_key="local", model=local_model.MODEL_NAME, timeout=60,
+                      max_tokens=200)
     ai = start_ai_worker(nats_server.url, redis_server.url, config)
     try:
         assert sut.gateway is not None

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from actors.ai_model import (
+    MAX_TOKENS,
     TEMPERATURE,
     AIError,
     AINotConfigured,
@@ -82,6 +83,7 @@ def test_stream_request_carries_model_temperature_and_messages(
     assert request.body["model"] == "gpt-test"
     assert request.body["stream"] is True
     assert request.body["temperature"] == TEMPERATURE == 0.7
+    assert request.body["max_tokens"] == MAX_TOKENS == 1024  # a small model never rambles on
     system, user = request.body["messages"]
     assert system == {"role": "system", "content": SYSTEM_PROMPT}
     assert user["role"] == "user" and '"KeyError"' in user["content"]
