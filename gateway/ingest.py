@@ -42,7 +42,6 @@ from aiohttp.web_protocol import RequestPayloadError
 from sentry_relay.consts import DataCategory
 
 from bus import metrics
-from bus.cache_keys import CONFIG_MAC_BUCKET
 from bus.config_cache import cache_key
 from bus.ingest_store import (
     HEADER_CLIENT_IP,
@@ -161,11 +160,7 @@ class KeyResolver:
             if held is not None and held[0] == value:
                 self._parsed[name] = (value, held[1], now)
                 return held[1]
-            mac_key = await self.relays.mac_keys.get(self.relays.nc, CONFIG_MAC_BUCKET)
-            forged: list[str] = []
-            entry = self.relays._decode_cached(name, value, mac_key, forged)
-            if forged:
-                self.relays.mac_keys.failed(self.relays.nc, CONFIG_MAC_BUCKET)
+            entry = await self.relays.cached_entry(name, value)
             if entry is not None:
                 info = self._parse(public_key, entry.body, entry.trusted_relays)
                 if len(self._parsed) >= self.max_entries:

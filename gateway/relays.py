@@ -534,6 +534,21 @@ class RelayEndpoints:
         return _json_bytes(_v3_body(parts, pending, unchanged, with_global,
                                     global_entry.body if global_entry else None))
 
+    async def cached_entry(self, name: str, value: bytes | None) -> CachedConfig | None:
+        """One sealed cache entry as the hot path would serve it, for other routes (ingest's
+        key check): checked with the configs' MAC key, None when missing, forged or corrupt
+        (a forged one is counted and makes the key be fetched again)."""
+        if value is None:
+            return None
+        mac_key = await self.mac_keys.get(self.nc, CONFIG_MAC_BUCKET)
+        forged: list[str] = []
+        entry = self._decode_cached(name, value, mac_key, forged)
+        if forged:
+            log.warning("gateway.cache_entry_forged", keys=1, first=name)
+            metrics.incr("relay.cache_forged", tags={"kind": "relayconfig"})
+            self.mac_keys.failed(self.nc, CONFIG_MAC_BUCKET)
+        return entry
+
     def _decode_cached(self, name: str, value: bytes | None, mac_key: bytes | None,
                        forged: list[str]) -> CachedConfig | None:
         """A cache entry, or None when it is missing, unreadable or not sealed with `mac_key`
