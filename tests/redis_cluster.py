@@ -107,13 +107,20 @@ class RedisClusterUnderTest:
             try:
                 nodes = [self.node(i) for i in range(len(self.ports))]
                 if all(n.cluster("info")["cluster_state"] == "ok" for n in nodes) and all(
-                        n.info("replication").get("master_link_status", "up") == "up" for n in nodes):
+                        n.info("replication").get("master_link_status", "up") == "up" for n in nodes) and all(
+                        self._sees_every_replica(n) for n in nodes):
                     return
             except redis.RedisError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("the Redis Cluster did not become ok")
             time.sleep(0.1)
+
+    def _sees_every_replica(self, node: redis.Redis) -> bool:
+        """The node's slot table (what a client starting from it learns) names a primary and
+        all its replicas for every range: gossip has carried the replicas there too."""
+        ranges = node.execute_command("CLUSTER SLOTS")
+        return len(ranges) >= self.size and all(len(r) - 2 == 1 + self.replicas for r in ranges)
 
     def restart(self, i: int) -> None:
         """Node `i` crashes (SIGKILL) and starts again, empty, with its slots."""
