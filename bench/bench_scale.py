@@ -1,16 +1,26 @@
-"""Scale on one machine: import N projects, materialize every config, restart, replay.
+"""Scale on one machine: import N projects, materialize every config, restart from snapshots.
 
-    python -m bench.bench_scale [--projects 100000] [--per-org 1000]
+    python -m bench.bench_scale [--projects 100000] [--per-org 100] [--out run.json] [--baseline other.json]
 
 Runs nats-server, redis-server, one worker process per actor (commands, keys, orgs,
-configs) and a gateway process, as `relayctl up` does. Prints:
-- import time and events/s appended (one commit per org, as `relayctl import` sends);
-- time until every key is served by the gateway without `pending`;
-- build cost per config (the config actor's own timing) beside a floor of json.dumps of
-  the same document (the least any builder must do);
-- replay rate when the configs worker restarts, and that the gateway kept serving
-  cached configs from Redis while it replayed;
-- peak RSS (VmHWM) of every process.
+configs) and a gateway process, as `relayctl up` does. Prints, each with the machine's
+load average when it was measured (issue 15's figures; its targets are for 1M projects):
+- build cost per config (the config builder's own function) beside a floor of json.dumps
+  of the same document (the least any builder must do);
+- import time and events/s appended (one `import.org` request per org, in turn, as
+  `relayctl import` sends a file of orgs);
+- time from the import's start until every key is served by the gateway without `pending`;
+- Redis used_memory once every config is in it;
+- the v3 hot path at that size: wrk -t2 -c8, 100 random keys of all of them per request,
+  p50/p99 and keys/s (the median of two turns);
+- peak RSS (VmHWM) of every process;
+- for each actor process in turn: killed, started again, the time until it serves (its
+  micro service is registered only once it has replayed from its snapshot to where the
+  stream was), what it restored from (the snapshot's sequence, the commits replayed), and
+  the restarted process's peak RSS; the gateway keeps serving cached configs meanwhile.
+
+`--out` writes every figure as JSON; `--baseline` (an earlier run's `--out`) prints its
+figures beside this run's, with the targets.
 
     python -m bench.bench_scale --projections [--projects 100000]
 
@@ -25,8 +35,10 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,32 +58,8 @@ from domain.project_config import build_project_config
 from domain.projections import Projection
 from domain.state import DomainState
 from messages.events import DomainEvent
-from tests.system import RelayClient
 
 ACTORS = ("commands", "keys", "orgs", "configs")
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def spawn(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-async def wait_service(nc: nats.NATS, name: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            await nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
-            return
-        except Exception:
-            await asyncio.sleep(0.05)
-    raise TimeoutError(name)
 
 
 def org_spec(slug: str, count: int, offset: int) -> dict[str, object]:
@@ -86,20 +74,6 @@ def org_spec(slug: str, count: int, offset: int) -> dict[str, object]:
             options["sentry:sensitive_fields"] = ["card_number"]
         projects.append({"slug": f"p{i}", "options": options, "keys": [{"publicKey": uuid.uuid4().hex}]})
     return {"slug": slug, "options": {"sentry:safe_fields": ["id"]}, "projects": projects}
-
-
-async def served_all(url: str, relay: RelayClient, keys: list[str]) -> bool:
-    async with aiohttp.ClientSession() as session:
-        for i in range(0, len(keys), 500):
-            batch = keys[i:i + 500]
-            body = json.dumps({"publicKeys": batch}).encode()
-            headers = {"Content-Type": "application/json", "X-Sentry-Relay-Id": relay.relay_id,
-                       "X-Sentry-Relay-Signature": relay.secret_key.sign(body)}
-            async with session.post(url + "/api/0/relays/projectconfigs/?version=3", data=body, headers=headers) as r:
-                data = await r.json()
-                if r.status != 200 or data["pending"] or len(data["configs"]) != len(batch):
-                    return False
-    return True
 
 
 def build_floor(n: int = 2000) -> tuple[float, float]:
@@ -220,11 +194,157 @@ def projection_memory(projects: int, per_org: int) -> None:
               f"fold {r['events'] / r['fold_s']:8.0f} events/s   parts: {', '.join(r['parts'])}")
 
 
+# -- the system at scale -------------------------------------------------------------------------
+
+# Issue 15's targets at 1M projects (seconds, MB), by figure (a prefix names every actor's).
+TARGETS = {"import_s": 180.0, "served_s": 240.0, "restart_": 30.0, "rss_": 1536.0}
+
+
+def target(key: str) -> float | None:
+    return next((t for prefix, t in TARGETS.items() if key.startswith(prefix)), None)
+
+
+CHECK_BATCH = 500  # keys per v3 request of the "every key served" scan
+CHECK_PARALLEL = 4
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+class Report:
+    """Every figure as it is measured (printed with the machine's load average), kept for
+    `--out` and printed beside a `--baseline` run's."""
+
+    def __init__(self, projects: int, per_org: int) -> None:
+        self.data: dict[str, Any] = {"projects": projects, "per_org": per_org, "cores": os.cpu_count(),
+                                     "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                                     "figures": {}}
+
+    def add(self, key: str, label: str, value: float, unit: str, note: str = "") -> None:
+        self.data["figures"][key] = {"label": label, "value": value, "unit": unit, "load": load(), "note": note}
+        print(f"{label:<34} {value:10.1f} {unit:<5} load {load():4.1f}   {note}", flush=True)
+
+    def side_by_side(self, baseline: dict[str, Any] | None) -> None:
+        mine = self.data["figures"]
+        theirs = baseline["figures"] if baseline else {}
+        head = f"{self.data['projects']:,} projects"
+        base = f"{baseline['projects']:,} projects" if baseline else ""
+        print(f"\n{'figure':<34} {head:>22} {base:>22}   target (1M)")
+        for key, fig in mine.items():
+            other = theirs.get(key)
+            goal = target(key)
+            cell = f"{fig['value']:.1f} {fig['unit']} (load {fig['load']:.1f})"
+            ocell = f"{other['value']:.1f} {other['unit']} (load {other['load']:.1f})" if other else ""
+            verdict = "" if goal is None else f"< {goal:.0f} " + ("met" if fig["value"] < goal else "MISSED")
+            print(f"{fig['label']:<34} {cell:>22} {ocell:>22}   {verdict}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def spawn(args: list[str], log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    err = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.DEVNULL, stderr=err)
+
+
+async def wait_service(nc: nats.NATS, name: str, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            await nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
+            return
+        except Exception:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(name)
+
+
+def signed(relay: Any, keys: list[str]) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps({"publicKeys": keys}).encode()
+    return body, {"Content-Type": "application/json", "X-Sentry-Relay-Id": relay.relay_id,
+                  "X-Sentry-Relay-Signature": relay.secret_key.sign(body)}
+
+
+async def batch_served(session: aiohttp.ClientSession, url: str, relay: Any, batch: list[str]) -> bool:
+    body, headers = signed(relay, batch)
+    async with session.post(url + "/api/0/relays/projectconfigs/?version=3", data=body, headers=headers) as r:
+        data = await r.json()
+        return r.status == 200 and not data.get("pending") and len(data["configs"]) == len(batch)
+
+
+async def served_all(url: str, relay: Any, keys: list[str]) -> bool:
+    async with aiohttp.ClientSession() as session:
+        for i in range(0, len(keys), CHECK_BATCH):
+            if not await batch_served(session, url, relay, keys[i:i + CHECK_BATCH]):
+                return False
+    return True
+
+
+async def wait_all_served(url: str, relay: Any, keys: list[str]) -> None:
+    """Until every key is served without `pending`. A served key stays served (nothing changes
+    it), so each batch is asked until it is served once, `CHECK_PARALLEL` batches at a time;
+    asking for a key the cache lacks makes the gateway have it built, as a relay's poll does."""
+    batches = [keys[i:i + CHECK_BATCH] for i in range(0, len(keys), CHECK_BATCH)]
+    todo = asyncio.Queue[list[str]]()
+    for batch in batches:
+        todo.put_nowait(batch)
+
+    async def scan(session: aiohttp.ClientSession) -> None:
+        while not todo.empty():
+            batch = todo.get_nowait()
+            while not await batch_served(session, url, relay, batch):
+                await asyncio.sleep(0.2)
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(scan(session) for _ in range(CHECK_PARALLEL)))
+
+
+def log_events(path: Path, *names: str) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") in names:
+            out.append(entry)
+    return out
+
+
+def redis_memory(url: str) -> dict[str, Any]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    info = client.info("memory")
+    return {"used_memory": info["used_memory"], "used_memory_rss": info["used_memory_rss"], "keys": client.dbsize()}
+
+
+def hot_path(gw_url: str, relay: Any, keys: list[str], seconds: int, turns: int = 2) -> Any:
+    """v3 with 100 keys of all of them (64 pre-signed bodies rotated), wrk -t2 -c8, median of turns."""
+    from bench import _wrk
+
+    bodies = _wrk.signed_bodies(relay, keys, 100)
+    lua = _wrk.script(relay.relay_id, bodies)
+    runs = [_wrk.run(gw_url + _wrk.PATH, lua, seconds) for _ in range(turns)]
+    result = _wrk.median(runs)
+    if result.errors:
+        raise RuntimeError(f"hot path: {result.errors} answers were not 200")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--projects", type=int, default=100_000)
-    parser.add_argument("--per-org", type=int, default=1000)
+    parser.add_argument("--per-org", type=int, default=100, help="projects per org (1M projects: 10,000 orgs)")
     parser.add_argument("--projections", action="store_true", help="only what each actor's projection holds")
+    parser.add_argument("--seconds", type=int, default=4, help="wrk duration of one hot path turn")
+    parser.add_argument("--out", type=Path, help="write every figure as JSON here")
+    parser.add_argument("--baseline", type=Path, help="a run's --out file, printed beside this run's figures")
+    parser.add_argument("--logs", type=Path, help="keep every process's log here (default: a temporary directory)")
     parser.add_argument("--fold-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fold_one:
@@ -233,14 +353,32 @@ def main() -> None:
     if args.projections:
         projection_memory(args.projects, args.per_org)
         return
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    with tempfile.TemporaryDirectory(prefix="relayctl-scale-logs-") as tmp:
+        logs = args.logs or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        report = run_system(args.projects, args.per_org, args.seconds, logs)
+    if args.out:
+        args.out.write_text(json.dumps(report.data, indent=1))
+    report.side_by_side(baseline)
+
+
+def run_system(projects: int, per_org: int, seconds: int, logs: Path) -> Report:
+    from tests.system import RelayClient  # only here: the fold runs need no CLI
+
+    report = Report(projects, per_org)
+    orgs = max(1, projects // per_org)
+    print(f"bench_scale: {orgs * per_org:,} projects in {orgs:,} orgs, {os.cpu_count()} cores,"
+          f" load average {load():.1f} at the start", flush=True)
     build, dumps = build_floor()
-    print(f"build cost per config   {build * 1e6:8.0f} us   (floor: json.dumps of the document {dumps * 1e6:.0f} us)")
+    report.add("build_us", "build cost per config", build * 1e6, "us", f"floor json.dumps {dumps * 1e6:.0f} us")
     with servers() as (nats_server, redis_server):
         urls = ["--nats-url", nats_server.url, "--redis-url", redis_server.url]
-        procs = {name: spawn(["worker", name, *urls]) for name in ACTORS}
+        procs = {name: spawn(["worker", name, *urls], logs / f"{name}.log") for name in ACTORS}
         gw_port = free_port()
-        procs["gateway"] = spawn(["gateway", "--bind", f"127.0.0.1:{gw_port}", *urls])
+        procs["gateway"] = spawn(["gateway", "--bind", f"127.0.0.1:{gw_port}", *urls], logs / "gateway.log")
         gw_url = f"http://127.0.0.1:{gw_port}"
+        peaks: dict[str, float] = {}
         try:
             async def run() -> None:
                 nc = await nats.connect(nats_server.url)
@@ -251,39 +389,68 @@ def main() -> None:
                 relay = RelayClient(gw_url)
                 await request(nc, "relay.allow", {"public_key": relay.public_key_str, "internal": True})
                 await asyncio.get_running_loop().run_in_executor(None, relay.register)
-                orgs = [org_spec(f"org{n}", args.per_org, n * args.per_org)
-                        for n in range(max(1, args.projects // args.per_org))]
-                keys = [p["keys"][0]["publicKey"] for o in orgs for p in o["projects"]]  # type: ignore[index]
+                keys: list[str] = []
                 events = 0
                 started = time.perf_counter()
-                for spec in orgs:
+                for n in range(orgs):  # one request per org, as `relayctl import` sends a file of orgs
+                    spec = org_spec(f"org{n}", per_org, n * per_org)
+                    keys += [p["keys"][0]["publicKey"] for p in spec["projects"]]  # type: ignore[attr-defined,index]
                     events += (await request(nc, "import.org", {"org": spec}, timeout=120))["events"]
                 imported = time.perf_counter() - started
-                print(f"import                  {imported:8.1f} s    {len(keys)} projects, {events} events,"
-                      f" {events / imported:.0f} events/s")
-                while not await served_all(gw_url, relay, keys):
-                    await asyncio.sleep(0.5)
-                print(f"every key served        {time.perf_counter() - started:8.1f} s    after the import began")
                 last = (await nc.jetstream().stream_info("RC_EVENTS")).state.last_seq
-                procs["configs"].terminate()
-                procs["configs"].wait()
-                restarted = time.perf_counter()
-                procs["configs"] = spawn(["worker", "configs", *urls])
-                sample = keys[:500]
-                cached_during_replay = await served_all(gw_url, relay, sample)
-                await wait_service(nc, "configs")
-                replay = time.perf_counter() - restarted
-                print(f"configs restart replay  {replay:8.1f} s    {last / replay:.0f} commits/s, {events / replay:.0f} events/s"
-                      f" (includes process start)")
-                print(f"served from cache while replaying: {cached_during_replay}")
+                report.add("import_s", "import", imported, "s",
+                           f"{len(keys)} projects, {events} events, {last} commits, {events / imported:.0f} events/s")
+                await wait_all_served(gw_url, relay, keys)
+                report.add("served_s", "every key served", time.perf_counter() - started, "s",
+                           "after the import began")
+                await asyncio.sleep(2)  # the last writes' announcements
+                mem = redis_memory(redis_server.url)
+                report.add("redis_mb", "Redis used_memory", mem["used_memory"] / 2**20, "MB",
+                           f"rss {mem['used_memory_rss'] / 2**20:.0f} MB, {mem['keys']} keys,"
+                           f" {mem['used_memory'] / max(1, len(keys)):.0f} B per project")
+                hot = await asyncio.get_running_loop().run_in_executor(
+                    None, hot_path, gw_url, relay, keys, seconds)
+                note = f"wrk -t2 -c8, 100 keys/request, {hot.keys_per_s(100):.0f} keys/s"
+                report.add("hot_p50_ms", "v3 hot path p50", hot.p50 * 1e3, "ms", note)
+                report.add("hot_p99_ms", "v3 hot path p99", hot.p99 * 1e3, "ms", note)
+                report.add("hot_kps", "v3 hot path keys/s", hot.keys_per_s(100), "keys/s", note)
+                for name, proc in procs.items():
+                    peaks[name] = peak_rss_mb(proc.pid)
+                    report.add(f"rss_{name}_mb", f"peak RSS {name}", peaks[name], "MB", "import and serving")
+                # Restart each actor process in turn: time to serving (its service answers,
+                # registered once replay from its snapshot is done), from its snapshot.
+                for name in ACTORS:
+                    procs[name].terminate()
+                    procs[name].wait()
+                    log_file = logs / f"{name}.restart.log"
+                    restarted = time.perf_counter()
+                    procs[name] = spawn(["worker", name, *urls], log_file)
+                    cached = await served_all(gw_url, relay, keys[:CHECK_BATCH]) if name == "configs" else None
+                    await wait_service(nc, name)
+                    took = time.perf_counter() - restarted
+                    loaded = log_events(log_file, "snapshot.loaded")
+                    started_at = log_events(log_file, "projection.started")
+                    replay_to = started_at[0].get("replay_to") if started_at else None
+                    snap = loaded[0].get("sequence") if loaded else None
+                    extra = log_events(log_file, "configs.materialized_all")
+                    note = (f"snapshot at {snap}, stream at {replay_to}: replayed {replay_to - snap} commits"
+                            if snap is not None and replay_to is not None else f"no snapshot, replayed {replay_to}")
+                    if extra:
+                        note += f"; materialized every key in {extra[0].get('seconds')} s"
+                    if cached is not None:
+                        note += f"; gateway served cached configs meanwhile: {cached}"
+                    report.add(f"restart_{name}_s", f"restart to serving {name}", took, "s", note)
+                    report.add(f"rss_{name}_restart_mb", f"peak RSS {name} restarted", peak_rss_mb(procs[name].pid),
+                               "MB", "snapshot load and replay")
                 await nc.close()
 
             asyncio.run(run())
-            for name, proc in procs.items():
-                print(f"peak RSS {name:<9} {peak_rss_mb(proc.pid):8.0f} MB")
         finally:
             for proc in procs.values():
                 proc.terminate()
+            for proc in procs.values():
+                proc.wait()
+    return report
 
 
 if __name__ == "__main__":
