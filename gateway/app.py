@@ -45,8 +45,12 @@ from gateway.console import add_console_routes
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
 from gateway.ingest import add_ingest_routes
 from gateway.limits import HttpLimits, limits_middleware, serve
+from gateway.mac_keys import MacKeys
+from gateway.project_configs import BodyCache, ProjectConfigs
+from gateway.registration import Registration
 from gateway.relay_activity import RelayActivity
-from gateway.relays import BodyCache, RelayAuthCache, RelayEndpoints
+from gateway.relay_auth import RelayAuth, RelayAuthCache
+from gateway.relay_lookups import RelayLookups
 from messages import tracing
 from messages.errors import RelayctlError
 from messages.subjects import GATEWAY_BUCKET, RELAY_CHANGED
@@ -330,8 +334,12 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app["relay_activity"] = RelayActivity()
     app["relay_auth"] = RelayAuthCache()
     app["bodies"] = BodyCache()
-    relays = RelayEndpoints(app)
-    app["relays"] = relays
+    # One of each per gateway: the relay routes and ingest check and cache with the same ones.
+    app["mac_keys"] = MacKeys()
+    auth = app["relay_auth_check"] = RelayAuth(app, app["relay_auth"], app["mac_keys"])
+    configs = app["project_configs"] = ProjectConfigs(app, auth, app["mac_keys"], app["bodies"])
+    registration = Registration(app)
+    lookups = RelayLookups(app, auth)
 
     async def startup(app: web.Application) -> None:
         # Resolved when the NATS connection drops, so requests in flight fail at once (503)
@@ -373,7 +381,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
                 app["redis_read"] = redis_clients.async_client(read_url, cluster=cluster, replicas=True)
         app["dependency_reporter"] = asyncio.get_running_loop().create_task(report_dependencies(app))
         app["mac_key_prefetch"] = asyncio.get_running_loop().create_task(
-            relays.mac_keys.prefetch(app["nc"], (CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET)))
+            app["mac_keys"].prefetch(app["nc"], (CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET)))
 
     async def cleanup(app: web.Application) -> None:
         for task_name in ("dependency_reporter", "mac_key_prefetch"):
@@ -398,11 +406,11 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app.on_cleanup.append(cleanup)
     prefix = "/api/0/relays"
     app.router.add_get(f"{prefix}/live/", live)
-    app.router.add_post(f"{prefix}/register/challenge/", relays.challenge)
-    app.router.add_post(f"{prefix}/register/response/", relays.response)
-    app.router.add_post(f"{prefix}/projectconfigs/", relays.project_configs)
-    app.router.add_post(f"{prefix}/publickeys/", relays.public_keys)
-    app.router.add_post(f"{prefix}/projectids/", relays.project_ids)
+    app.router.add_post(f"{prefix}/register/challenge/", registration.challenge)
+    app.router.add_post(f"{prefix}/register/response/", registration.response)
+    app.router.add_post(f"{prefix}/projectconfigs/", configs.project_configs)
+    app.router.add_post(f"{prefix}/publickeys/", lookups.public_keys)
+    app.router.add_post(f"{prefix}/projectids/", lookups.project_ids)
     app.router.add_get("/_health/", health)
     app.router.add_get("/_health/live", health_live)
     app.router.add_get("/_health/ready", health_ready)

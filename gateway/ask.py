@@ -20,6 +20,8 @@ from bus.client import request as bus_request
 from messages.errors import Unavailable
 
 NATS_DOWN = "the control plane (NATS) is unavailable"
+# Relay gives a request 5 s; what the gateway waits for actors stays below, with room to answer.
+RELAY_TIMEOUT = 4.0
 
 
 async def ask(app: web.Application, message_type: str, payload: dict[str, Any], *, timeout: float,
@@ -43,3 +45,9 @@ async def ask(app: web.Application, message_type: str, payload: dict[str, Any], 
         return asked.result()
     asked.cancel()  # the connection dropped: no answer can come on it
     raise Unavailable(NATS_DOWN)
+
+
+async def ask_for_relay(app: web.Application, message_type: str, payload: dict[str, Any], *,
+                        timeout: float = RELAY_TIMEOUT, retries: int = 1) -> Any:
+    """`ask` for a relay route, within Relay's 5 s: a query retries once by default."""
+    return await ask(app, message_type, payload, timeout=timeout, retries=retries)

@@ -56,9 +56,11 @@ from bus.ingest_store import (
     IngestStore,
 )
 from bus.rate_limits import ITEM_CATEGORIES, Quota, RateLimiter, envelope_categories, quotas_of
+from gateway.ask import ask_for_relay
 from gateway.envelopes import MalformedEnvelope, check, normalize_event_id, wrap_event
-from gateway.errors import HTTPFailure, error_response, json_response
-from gateway.relays import SIGNED_MAX_AGE, UUID_RE, RelayEndpoints, RelayIdentity, parse_json
+from gateway.errors import HTTPFailure, error_response, json_response, parse_json
+from gateway.project_configs import ProjectConfigs
+from gateway.relay_auth import SIGNED_MAX_AGE, UUID_RE, RelayAuth, RelayIdentity
 from messages.errors import RelayctlError, Unavailable
 from messages.subjects import INGEST_METRICS, INGEST_OUTCOMES
 
@@ -142,8 +144,8 @@ class KeyResolver:
     a key it says nobody created is remembered as unknown for `UNKNOWN_KEY_TTL`, so made-up
     keys cost no NATS request each."""
 
-    def __init__(self, relays: RelayEndpoints, max_entries: int = 50_000, fresh_for: float = KEY_FRESH_FOR) -> None:
-        self.relays = relays
+    def __init__(self, configs: ProjectConfigs, max_entries: int = 50_000, fresh_for: float = KEY_FRESH_FOR) -> None:
+        self.configs = configs
         self.max_entries = max_entries
         self.fresh_for = fresh_for
         self._parsed: dict[str, tuple[bytes, KeyInfo | None, float]] = {}
@@ -160,7 +162,7 @@ class KeyResolver:
             if held is not None and held[0] == value:
                 self._parsed[name] = (value, held[1], now)
                 return held[1]
-            entry = await self.relays.cached_entry(name, value)
+            entry = await self.configs.cached_entry(name, value)
             if entry is not None:
                 info = self._parse(public_key, entry.body, entry.trusted_relays)
                 if len(self._parsed) >= self.max_entries:
@@ -170,7 +172,7 @@ class KeyResolver:
         return await self._built(public_key)
 
     async def _cached_value(self, name: str) -> bytes | None:
-        redis = self.relays.redis_read
+        redis = self.configs.redis_read
         if redis is None:
             return None
         try:
@@ -184,8 +186,9 @@ class KeyResolver:
         if until is not None and until > time.monotonic():
             return None
         try:
-            built = await self.relays.ask("config.build", {"public_keys": [public_key], "global": False},
-                                          timeout=KEY_ASK_TIMEOUT, retries=0)
+            built = await ask_for_relay(self.configs.app, "config.build",
+                                        {"public_keys": [public_key], "global": False},
+                                        timeout=KEY_ASK_TIMEOUT, retries=0)
         except RelayctlError as exc:
             raise Unavailable(f"the project config of this key cannot be read now: {exc.message}") from None
         found = built.get("entries", {}).get(public_key)
@@ -348,8 +351,8 @@ class IngestEndpoints:
     def __init__(self, app: web.Application, settings: IngestSettings | None = None) -> None:
         self.app = app
         self.settings = settings or IngestSettings.from_env()
-        self.relays = RelayEndpoints(app)
-        self.keys = KeyResolver(self.relays)
+        self.auth: RelayAuth = app["relay_auth_check"]
+        self.keys = KeyResolver(app["project_configs"])
         self.refused = RefusedOutcomes(self)
         self.in_flight = 0  # decompressed bytes the requests being handled hold
 
@@ -426,7 +429,7 @@ class IngestEndpoints:
             origin = request.headers.get("Origin")
             if origin and not origin_allowed(origin, info.allowed_domains):
                 raise rejected(403, f"origin {origin[:100]} is not allowed for this project")
-            limited = await RateLimiter(self.relays.redis).check(info.quotas, envelope_categories(item_types))
+            limited = await RateLimiter(self.app["redis"]).check(info.quotas, envelope_categories(item_types))
             if limited is not None:
                 self.refused.add(info, RATE_LIMITED, limited.quota.reason_code or "rate_limited", item_types)
                 raise rejected(429, f"rate limited by the {limited.quota.scope} quota, retry later",
@@ -535,7 +538,7 @@ class IngestEndpoints:
         signature = request.headers.get("X-Sentry-Relay-Signature")
         if not relay_id or not signature:
             return None
-        info = await self.relays._relay_info(relay_id) if UUID_RE.fullmatch(relay_id) else None
+        info = await self.auth.relay_info(relay_id) if UUID_RE.fullmatch(relay_id) else None
         if info is None:
             metrics.incr("ingest.relay_unproven", tags={"reason": "unknown"})
             return None
@@ -595,7 +598,7 @@ class IngestEndpoints:
         """Relay's own handlers: signed, internal relays only, `202 {}`; the body is stored
         as sent, so the consumers count what Relay reported."""
         body = await request.read()
-        relay = await self.relays.authenticate(request, body)
+        relay = await self.auth.authenticate(request, body)
         kind = "outcomes" if field == "outcomes" else "metrics"
         if not relay.internal:
             raise HTTPFailure(403, f"only internal relays may send {kind}")

@@ -264,7 +264,7 @@ def test_a_gateway_holds_the_mac_keys_before_its_first_request(system: SystemUnd
     system.registered_relay()  # the org access actor has made its key by now
     gateway = GatewayThread(system.nats_url, system.gateway_redis_url or system.redis_url).start()
     try:
-        keys = gateway.app["relays"].mac_keys
+        keys = gateway.app["mac_keys"]
         wait_for(lambda: keys.known(CONFIG_MAC_BUCKET) and keys.known(RELAY_AUTH_MAC_BUCKET), 20,
                  "both MAC keys fetched by a gateway that served nothing")
     finally:

@@ -1,4 +1,4 @@
-"""The v3 hot path's per-batch shortcuts (gateway/relays.py, issue 17): the one-regex check
+"""The v3 hot path's per-batch shortcuts (gateway/project_configs.py, issue 17): the one-regex check
 of a batch of keys, the entries held by their exact value, the counts flushed once a second.
 Each must answer what the per-key path answered."""
 
@@ -11,7 +11,7 @@ import pytest
 
 from bus import metrics
 from bus.config_cache import cache_key, encode_entry, seal
-from gateway.relays import HotCounts, ServedEntries, wanted_keys
+from gateway.project_configs import HotCounts, ServedEntries, wanted_keys
 
 A, B, C = "a" * 32, "b" * 32, "0123456789abcdef" * 2
 MAC = b"k" * 32

@@ -1,17 +1,18 @@
-"""The Relay upstream protocol: registration, signed calls, project configs.
-
-What a real Relay sends and expects (PROTOCOL.md): Ed25519 signatures checked with
-`sentry_relay` over the raw body before any JSON parsing, Sentry's status codes and
-`detail` texts so Relay's retry logic behaves, and the v1/v2/v3 project config flows.
+"""Project configs for relays: `POST /api/0/relays/projectconfigs/?version=1|2|3`.
 
 The v3 path is the hot one: one Redis MGET for every requested key (plus the global
 config), the cached JSON bytes spliced into the response without decoding them, and a NATS
-request only for keys missing from the cache, bounded by `BUILD_BUDGET`.
+request only for keys missing from the cache, bounded by `BUILD_BUDGET`. An entry whose
+exact bytes were verified before is served from `ServedEntries` with its response part
+made once (a dict lookup and a byte comparison per key); the batch of an internal relay
+asking without revisions, every key held, is served at C speed; the counts are recorded
+once a second (`HotCounts`), not per request.
 
-Nothing read from Redis is trusted unchecked: every `relayconfig:*` and `relayauth:*`
-value must carry a valid MAC (bus/config_cache.py) under the key of its writer
-(`MacKeys`, bus/cache_keys.py), and a relayauth entry must not have expired. One that
-fails is logged and treated as missing: built again, or asked over NATS.
+Nothing read from Redis is trusted unchecked: every `relayconfig:*` value must carry a
+valid MAC under the config builder's key (gateway/mac_keys.py). One that fails is logged
+and treated as missing: built again. v2 and `noCache` ask the builder (`config.get`);
+v1 asks by project id (`config.get_v1`). A relay sees the configs of orgs that trust its
+key (every config if it is internal); any other is answered `{"disabled":true}`.
 """
 
 from __future__ import annotations
@@ -20,176 +21,29 @@ import asyncio
 import json
 import operator
 import re
-import time
-from dataclasses import dataclass
 from typing import Any
 
-import sentry_relay
 import structlog
 import zstandard
 from aiohttp import web
 
 from bus import metrics
-from bus.cache_keys import CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET, reader_key
-from bus.config_cache import (
-    DISABLED_BODY,
-    GLOBAL_KEY,
-    RELAY_AUTH_PREFIX,
-    CachedConfig,
-    cache_key,
-    decode_entry,
-    unseal,
-    verify,
-)
+from bus.cache_keys import CONFIG_MAC_BUCKET
+from bus.config_cache import DISABLED_BODY, GLOBAL_KEY, CachedConfig, cache_key, decode_entry, verify
 from bus.redis_clients import get_many
-from gateway.ask import ask as gateway_ask
-from gateway.errors import HTTPFailure, from_error, json_response
-from messages.commands import PUBLIC_KEY_RE  # the one definition; re-exported for gateway/ingest.py
-from messages.errors import BadRequest, Forbidden, RelayctlError, Unavailable
+from gateway.ask import ask_for_relay
+from gateway.errors import HTTPFailure, from_error, parse_json
+from gateway.mac_keys import MacKeys, VerifiedValues
+from gateway.relay_auth import RelayAuth, RelayIdentity
+from messages.commands import PUBLIC_KEY_RE
+from messages.errors import RelayctlError, Unavailable
 
 log = structlog.get_logger(__name__)
 
-REGISTER_MAX_AGE = 60
-SIGNED_MAX_AGE = 300
-# Relay gives a request 5 s; what the gateway waits for actors stays below, with room to answer.
-ASK_TIMEOUT = 4.0
 BUILD_BUDGET = 0.5  # seconds a v3 miss may wait for the builder before answering `pending`
-# Used with fullmatch: `$` alone would let a trailing newline through, and the key is
-# spliced into the response unescaped.
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PROJECT_ID_RE = re.compile(r"[0-9]{1,18}")  # fits the int64 of the bus and of Relay
 UNSUPPORTED_VERSION = "Unsupported version, we only support versions 1 to 3."
 UNAUTHORIZED_CONFIGS = "Relay unauthorized for config information"
-
-
-class RelayAuthCache:
-    """Relay auth data kept in the gateway for a moment, so a relay polling every 100 ms
-    costs no Redis round trip per request. The org access actor publishes
-    `rc.relay.changed` on every change (ban, internal flag, trust), which drops the entry
-    at once; the TTL only bounds how long a lost notification could matter."""
-
-    def __init__(self, ttl: float = 2.0, max_entries: int = 100_000) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
-
-    def get(self, relay_id: str) -> dict[str, Any] | None:
-        hit = self._entries.get(relay_id)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1]
-
-    def put(self, relay_id: str, info: dict[str, Any]) -> None:
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[relay_id] = (time.monotonic() + self.ttl, info)
-
-    def drop(self, relay_id: str | None = None) -> None:
-        if relay_id is None:
-            self._entries.clear()
-        else:
-            self._entries.pop(relay_id, None)
-
-
-class MacKeys:
-    """The MAC keys the gateway checks Redis entries with, fetched from JetStream KV on
-    first use. Until a writer has made its key, every entry of its kind reads as a miss
-    and the fetch is tried again at most every `retry` seconds; an entry that fails its
-    check makes the key be fetched again (at most every `recheck` seconds), in case the
-    writers' key was made anew (its bucket lost)."""
-
-    def __init__(self, retry: float = 1.0, recheck: float = 10.0) -> None:
-        self.retry = retry
-        self.recheck = recheck
-        self._keys: dict[str, bytes] = {}
-        self._fetched: dict[str, float] = {}
-
-    async def get(self, nc: Any, bucket: str) -> bytes | None:
-        key = self._keys.get(bucket)
-        if key is not None:
-            return key
-        last = self._fetched.get(bucket)
-        if nc is None or not nc.is_connected or (last is not None and time.monotonic() - last < self.retry):
-            return None
-        return await self._fetch(nc, bucket)
-
-    async def _fetch(self, nc: Any, bucket: str) -> bytes | None:
-        self._fetched[bucket] = time.monotonic()
-        try:
-            key = await reader_key(nc, bucket)
-        except Exception as exc:
-            log.warning("gateway.mac_key_unavailable", bucket=bucket, error=str(exc))
-            return self._keys.get(bucket)
-        if key is not None:
-            self._keys[bucket] = key
-        return key
-
-    async def prefetch(self, nc: Any, buckets: tuple[str, ...], interval: float = 1.0) -> None:
-        """Fetch every bucket's key now, and retry each second until all are known: a gateway
-        that has not served a request yet (a sibling sharing the port) must already hold the
-        keys when NATS goes away, or it could check no cached entry during the outage."""
-        while True:
-            for bucket in buckets:
-                if bucket not in self._keys and nc is not None and nc.is_connected:
-                    await self._fetch(nc, bucket)
-            if all(bucket in self._keys for bucket in buckets):
-                return
-            await asyncio.sleep(interval)
-
-    def known(self, bucket: str) -> bool:
-        return bucket in self._keys
-
-    def failed(self, nc: Any, bucket: str) -> None:
-        """An entry failed its check: look the key up again, unless that was done just now."""
-        last = self._fetched.get(bucket)
-        if nc is not None and nc.is_connected and (last is None or time.monotonic() - last >= self.recheck):
-            self._fetched[bucket] = time.monotonic()
-            asyncio.ensure_future(self._fetch(nc, bucket))
-
-
-class VerifiedValues:
-    """Config values whose MAC checked out, by Redis key name, so that a value read again -
-    the usual case: a config changes far less often than relays poll it - costs a byte
-    comparison instead of another MAC. Bounded: it starts over when full, and whenever the
-    key changes."""
-
-    def __init__(self, max_entries: int = 50_000) -> None:
-        self.max_entries = max_entries
-        self._key: bytes | None = None
-        self._values: dict[str, bytes] = {}
-
-    def check(self, key: bytes, name: str, value: bytes) -> bool:
-        if key != self._key:
-            self._key, self._values = key, {}
-        if self._values.get(name) == value:
-            return True
-        if not verify(key, name, value):
-            return False
-        if len(self._values) >= self.max_entries:
-            self._values.clear()
-        self._values[name] = value
-        return True
-
-
-@dataclass
-class RelayIdentity:
-    relay_id: str
-    public_key: str
-    internal: bool
-    trusted: bool
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise HTTPFailure(400, "No valid json body") from None
-
 
 HEX_AND_COMMA = b"0123456789abcdef,"
 
@@ -221,19 +75,14 @@ def wanted_keys(keys: list[Any], revisions: list[Any] | None) -> list[tuple[str,
     return list(valid.items())
 
 
-def _signature(request: web.Request) -> tuple[str, str]:
-    relay_id = request.headers.get("X-Sentry-Relay-Id", "")
-    signature = request.headers.get("X-Sentry-Relay-Signature", "")
-    return relay_id, signature
-
-
-class RelayEndpoints:
-    def __init__(self, app: web.Application) -> None:
+class ProjectConfigs:
+    def __init__(self, app: web.Application, auth: RelayAuth, mac_keys: MacKeys, bodies: BodyCache) -> None:
         self.app = app
-        self.mac_keys = MacKeys()
+        self.auth = auth
+        self.mac_keys = mac_keys
+        self.bodies = bodies
         self.verified = VerifiedValues()
         self.served = ServedEntries()
-        self._parsed_keys: dict[str, Any] = {}
         self.counts = HotCounts()
         app.on_shutdown.append(self._flush_counts)
 
@@ -245,180 +94,13 @@ class RelayEndpoints:
         return self.app["nc"]
 
     @property
-    def redis(self) -> Any:
-        return self.app["redis"]
-
-    @property
     def redis_read(self) -> Any:
         """Where the cache is read: replicas with `--redis-read-url`, else `redis`."""
         return self.app.get("redis_read") or self.app["redis"]
 
-    async def ask(self, message_type: str, payload: dict[str, Any], timeout: float = ASK_TIMEOUT,
-                  retries: int = 1) -> Any:
-        """Ask an actor (gateway/ask.py); a query retries once within Relay's 5 s."""
-        return await gateway_ask(self.app, message_type, payload, timeout=timeout, retries=retries)
-
-    # -- registration ----------------------------------------------------------------------
-
-    async def challenge(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        data = parse_json(body)
-        if not isinstance(data, dict):
-            raise HTTPFailure(400, "No valid json body")
-        errors = {}
-        if not isinstance(data.get("relay_id"), str) or not UUID_RE.fullmatch(data["relay_id"]):
-            errors["relay_id"] = ["Must be a valid UUID."]
-        if not isinstance(data.get("public_key"), str) or not data["public_key"]:
-            errors["public_key"] = ["This field is required."]
-        version = data.get("version")
-        if version is not None and not isinstance(version, str):
-            errors["version"] = ["Must be a string."]
-        if errors:
-            raise HTTPFailure(400, "Invalid registration request", errors=errors)
-        header_id, signature = _signature(request)
-        if not signature:
-            raise HTTPFailure(400, "Missing relay signature")
-        if header_id != data["relay_id"]:
-            raise HTTPFailure(400, "relay_id in the body does not match X-Sentry-Relay-Id")
-        _check_version(version)
-        try:
-            sentry_relay.PublicKey.parse(data["public_key"])
-        except Exception as exc:
-            raise HTTPFailure(400, f"Invalid public key: {first_line(exc)}") from None
-        try:
-            challenge = sentry_relay.create_register_challenge(body, signature, self.app["secret"],
-                                                               max_age=REGISTER_MAX_AGE)
-        except Exception as exc:
-            raise HTTPFailure(400, f"Invalid relay signature: {first_line(exc)}") from None
-        auth = await self.ask("org.relay_auth", {"relay_id": data["relay_id"], "public_key": data["public_key"]})
-        known = auth.get("byId")
-        if known and known["publicKey"] != data["public_key"]:
-            raise HTTPFailure(400, "Attempted to register agent with a different public key")
-        allowed = auth.get("byKey")
-        if allowed is None:
-            raise HTTPFailure(403, "Relay is not allowed to register")
-        if allowed.get("banned"):
-            raise HTTPFailure(403, "Relay is not allowed to register", relay="stop")
-        return json_response({"relay_id": str(challenge["relay_id"]), "token": challenge["token"]})
-
-    async def response(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        data = parse_json(body)
-        if not isinstance(data, dict):
-            raise HTTPFailure(400, "No valid json body")
-        errors = {}
-        if not isinstance(data.get("relay_id"), str) or not UUID_RE.fullmatch(data["relay_id"]):
-            errors["relay_id"] = ["Must be a valid UUID."]
-        if not isinstance(data.get("token"), str) or not data["token"]:
-            errors["token"] = ["This field is required."]
-        if errors:
-            raise HTTPFailure(400, "Invalid registration response", errors=errors)
-        header_id, signature = _signature(request)
-        if not signature:
-            raise HTTPFailure(400, "Missing relay signature")
-        if header_id != data["relay_id"]:
-            raise HTTPFailure(400, "relay_id in the body does not match X-Sentry-Relay-Id")
-        try:
-            validated = sentry_relay.validate_register_response(body, signature, self.app["secret"],
-                                                                max_age=REGISTER_MAX_AGE)
-        except sentry_relay.UnpackErrorSignatureExpired:
-            raise HTTPFailure(401, "Challenge expired") from None
-        except Exception as exc:
-            raise HTTPFailure(400, f"Invalid registration response: {first_line(exc)}") from None
-        if str(validated["relay_id"]) != data["relay_id"]:
-            raise HTTPFailure(400, "The token was issued to another relay")
-        version = validated.get("version")
-        _check_version(version if isinstance(version, str) else None)
-        try:
-            await self.ask("relay.register", {"relay_id": data["relay_id"], "public_key": validated["public_key"],
-                                              "version": version}, retries=0)
-        except Forbidden as exc:
-            if exc.details.get("banned"):
-                raise HTTPFailure(403, exc.message, relay="stop") from None
-            raise HTTPFailure(403, exc.message) from None
-        except BadRequest as exc:
-            raise HTTPFailure(400, exc.message) from None
-        return json_response({"relay_id": data["relay_id"]})
-
-    # -- signed calls ----------------------------------------------------------------------
-
-    async def authenticate(self, request: web.Request, body: bytes) -> RelayIdentity:
-        relay_id, signature = _signature(request)
-        if not relay_id or not signature:
-            raise HTTPFailure(401, "Missing relay signature")
-        if not UUID_RE.fullmatch(relay_id):  # no registered relay has such an id; never look it up
-            raise HTTPFailure(401, "Unknown relay")
-        info = await self._relay_info(relay_id)
-        if info is None:
-            raise HTTPFailure(401, "Unknown relay")
-        if info.get("banned"):
-            raise HTTPFailure(401, "Relay is banned")
-        try:
-            valid = self._public_key(info["publicKey"]).verify(body, signature, max_age=SIGNED_MAX_AGE)
-        except Exception:
-            valid = False
-        if not valid:
-            raise HTTPFailure(401, "Invalid relay signature")
-        structlog.contextvars.bind_contextvars(relay_id=relay_id)
-        return RelayIdentity(relay_id, info["publicKey"], bool(info.get("internal")), bool(info.get("trusted")))
-
-    def _public_key(self, text: str) -> Any:
-        """The parsed key, parsed once per key rather than on every signed request."""
-        parsed = self._parsed_keys.get(text)
-        if parsed is None:
-            parsed = sentry_relay.PublicKey.parse(text)
-            if len(self._parsed_keys) >= 10_000:
-                self._parsed_keys.clear()
-            self._parsed_keys[text] = parsed
-        return parsed
-
-    async def _relay_info(self, relay_id: str) -> dict[str, Any] | None:
-        cache: RelayAuthCache = self.app["relay_auth"]
-        cached = cache.get(relay_id)
-        if cached is not None:
-            return cached
-        info = None
-        if self.redis_read is not None:
-            try:
-                raw = await self.redis_read.get(RELAY_AUTH_PREFIX + relay_id)
-            except Exception as exc:
-                log.warning("gateway.redis_unavailable", error=str(exc))
-                raw = None
-            if raw:
-                info = await self._checked_relay_auth(relay_id, raw)
-        if info is None:
-            info = (await self.ask("org.relay_auth", {"relay_id": relay_id})).get("byId")
-        if info is not None:
-            cache.put(relay_id, info)
-        return info  # type: ignore[no-any-return]
-
-    async def _checked_relay_auth(self, relay_id: str, raw: bytes) -> dict[str, Any] | None:
-        """A relayauth entry's content if it is sealed with the org access actor's key and
-        has not expired; else None (logged), and the caller asks over NATS."""
-        key = await self.mac_keys.get(self.nc, RELAY_AUTH_MAC_BUCKET)
-        if key is None:
-            return None
-        name = RELAY_AUTH_PREFIX + relay_id
-        payload = unseal(key, name, raw)
-        if payload is None:
-            log.warning("gateway.cache_entry_forged", key=name)
-            metrics.incr("relay.cache_forged", tags={"kind": "relayauth"})
-            self.mac_keys.failed(self.nc, RELAY_AUTH_MAC_BUCKET)
-            return None
-        try:
-            info = json.loads(payload)
-            expires = float(info["expires"])
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("gateway.cache_entry_corrupt", key=name, error=str(exc))
-            return None
-        if expires < time.time():
-            log.info("gateway.relay_auth_expired", key=name)
-            return None
-        return info  # type: ignore[no-any-return]
-
     async def project_configs(self, request: web.Request) -> web.Response:
         body = await request.read()
-        relay = await self.authenticate(request, body)
+        relay = await self.auth.authenticate(request, body)
         if not relay.internal and not relay.trusted:
             raise HTTPFailure(403, UNAUTHORIZED_CONFIGS, raw=True)
         version = request.query.get("version") or "1"
@@ -505,15 +187,15 @@ class RelayEndpoints:
             log.warning("gateway.cache_entry_forged", keys=len(forged), first=forged[0])
             metrics.incr("relay.cache_forged", len(forged), tags={"kind": "relayconfig"})
             self.mac_keys.failed(self.nc, CONFIG_MAC_BUCKET)
-        if global_entry is not None and not self.app["bodies"].fill(GLOBAL_KEY, global_entry):
+        if global_entry is not None and not self.bodies.fill(GLOBAL_KEY, global_entry):
             global_entry = None
         pending: list[str] = []
         if misses or (with_global and global_entry is None):
             entries: dict[str, CachedConfig] = {}
             try:
-                built = await self.ask("config.build", {"public_keys": misses,
-                                                        "global": with_global and global_entry is None},
-                                       timeout=BUILD_BUDGET, retries=0)
+                built = await ask_for_relay(self.app, "config.build",
+                                            {"public_keys": misses, "global": with_global and global_entry is None},
+                                            timeout=BUILD_BUDGET, retries=0)
                 for key, (rev, trusted, doc) in built["entries"].items():
                     entries[key] = CachedConfig(rev, tuple(trusted), doc)
                 if with_global and global_entry is None and built.get("global"):  # rebuilt with the keys
@@ -567,7 +249,8 @@ class RelayEndpoints:
     async def _configs_built(self, relay: RelayIdentity, keys: list[tuple[str, str | None]], with_global: bool,
                              v3: bool) -> web.Response:
         try:
-            result = await self.ask("config.get", {"public_keys": [k for k, _ in keys], "version": 3 if v3 else 2})
+            result = await ask_for_relay(self.app, "config.get",
+                                         {"public_keys": [k for k, _ in keys], "version": 3 if v3 else 2})
         except RelayctlError as exc:
             return from_error(exc if exc.status != 404 else Unavailable(exc.message))
         entries = {k: CachedConfig(rev, tuple(t), doc) for k, (rev, t, doc) in result["entries"].items()}
@@ -587,45 +270,12 @@ class RelayEndpoints:
         ids = [int(p) for p in projects if (isinstance(p, int) and not isinstance(p, bool) or isinstance(p, str))
                and PROJECT_ID_RE.fullmatch(str(p))]
         try:
-            result = await self.ask("config.get_v1", {"project_ids": ids})
+            result = await ask_for_relay(self.app, "config.get_v1", {"project_ids": ids})
         except RelayctlError as exc:
             return from_error(exc)
         parts = [json.dumps(pid).encode() + b":" + visible_body(relay, CachedConfig(rev, tuple(trusted), doc))
                  for pid, (rev, trusted, doc) in result["entries"].items()]
         return _json_bytes(b'{"configs":{' + b",".join(parts) + b"}}")
-
-    async def public_keys(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        caller = await self.authenticate(request, body)
-        data = parse_json(body)
-        ids = data.get("relay_ids") if isinstance(data, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise HTTPFailure(400, "relay_ids must be a list of relay ids")
-        if len(ids) > 1000:
-            raise HTTPFailure(400, "at most 1000 relay_ids per request")
-        infos = await asyncio.gather(*(self._relay_info(i) if UUID_RE.fullmatch(i) else _none() for i in ids))
-        keys: dict[str, Any] = {}
-        relays: dict[str, Any] = {}
-        for relay_id, info in zip(ids, infos):
-            keys[relay_id] = info["publicKey"] if info else None
-            # As Sentry: whether a relay is internal is told to internal relays only.
-            relays[relay_id] = ({"publicKey": info["publicKey"],
-                                 "internal": caller.internal and bool(info.get("internal"))} if info else None)
-        return json_response({"public_keys": keys, "relays": relays})
-
-    async def project_ids(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        await self.authenticate(request, body)
-        data = parse_json(body)
-        keys = data.get("publicKeys") if isinstance(data, dict) else None
-        if not isinstance(keys, list):
-            raise HTTPFailure(400, "publicKeys must be a list of project keys")
-        valid = [k for k in keys if isinstance(k, str) and PUBLIC_KEY_RE.fullmatch(k)]
-        try:
-            found = await self.ask("keys.lookup", {"public_keys": valid}) if valid else {}
-        except RelayctlError as exc:
-            return from_error(exc)
-        return json_response({"projectIds": {k: v["projectId"] for k, v in found.items() if v}})
 
 
 class BodyCache:
@@ -653,7 +303,6 @@ class BodyCache:
             self._bodies.clear()
         self._bodies[key] = (entry.rev, body)
         return True
-
 
 
 _REVISION = operator.itemgetter(1)
@@ -757,23 +406,6 @@ class HotCounts:
         for (name, tags), n in zip(self.FIELDS, counts):
             if n:
                 metrics.incr(name, n, tags=tags)
-
-
-
-
-async def _none() -> None:
-    return None
-
-
-def _check_version(version: str | None) -> None:
-    if version is None:
-        return
-    try:
-        supported = sentry_relay.is_version_supported(version)
-    except Exception as exc:
-        raise HTTPFailure(400, f"Invalid relay version: {first_line(exc)}") from None
-    if not supported:
-        raise HTTPFailure(400, f"Relay version {version} is not supported")
 
 
 def may_see(relay: RelayIdentity, entry: CachedConfig) -> bool:
