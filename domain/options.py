@@ -407,6 +407,26 @@ def _ai_policy(key: str, value: Any) -> str:
     return str(value)
 
 
+# How an editor takes each validator's values: (input kind, what a value is). Kinds:
+# "boolean", "toggle" ("0"/"1"), "lines" (a list, one entry a line), "text", "json".
+_TYPES: dict[Validator, tuple[str, str]] = {
+    _bool: ("boolean", "true or false"),
+    _toggle: ("toggle", '"0" (off) or "1" (on)'),
+    _str_list: ("lines", "list of strings, one per line"),
+    _ip_list: ("lines", "list of IP addresses or CIDR networks, one per line"),
+    _legacy_browsers: ("text", '"0", "1" or a JSON list of browser ids'),
+    _str: ("text", "string"),
+    _non_empty_str: ("text", "non-empty string"),
+    _features: ("lines", "feature flags (organizations:* or projects:*), one per line"),
+    _rate_limit: ("json", 'JSON {"window": seconds, "count": n} or null'),
+    _pii_config: ("json", "JSON PII config (Relay's rules and applications) or null"),
+    _sampling: ("json", 'JSON {"version": 2, "rules": [...]} or null'),
+    _metric_extraction: ("json", 'JSON {"version": 1-3, "metrics": [...], "tags": [...]} or null'),
+    _breakdowns: ("json", 'JSON {name: {"type": "spanOperations", "matches": [...]}} or null'),
+    _forward_dsn: ("text", "a Sentry DSN to forward envelopes to"),
+}
+
+
 # -- the catalogue ---------------------------------------------------------------------------
 
 _P = frozenset({PROJECT})
@@ -489,6 +509,11 @@ def option_spec(key: str) -> OptionSpec | None:
         if key.startswith(prefix) and len(key) > len(prefix):
             return spec
     return None
+
+
+def option_type(spec: OptionSpec) -> tuple[str, str]:
+    """How an editor takes the values of `spec`: its input kind and what a value is."""
+    return _TYPES.get(spec.validate, ("json", "JSON value"))
 
 
 def default_value(key: str) -> Any:

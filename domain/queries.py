@@ -9,6 +9,7 @@ from typing import Any
 from domain import options as option_catalogue
 from domain.decisions import checked_key, token_hash
 from domain.model import DELETED, TRUSTED_RELAYS, Org, Project, ProjectKey, Relay
+from domain.project_config import merge_pii_configs
 from domain.state import DomainState, trusted_relay_keys
 from messages.errors import BadRequest, NotFound, Unauthorized
 
@@ -129,6 +130,99 @@ def _project_option_get(state: DomainState, payload: dict[str, Any]) -> dict[str
             "isSet": key in project.options}
 
 
+# How the config builder (domain/project_config.py `_config`) combines an org's value of an
+# option with the project's: the org's entries first ("append"), both sets ("union"), the
+# PII rules of both, org rules first ("pii"), or the org's only when the project (and its
+# template) set none ("fallback", the forwarder's DSN).
+ORG_COMBINES: dict[str, str] = {
+    "sentry:sensitive_fields": "append",
+    "sentry:safe_fields": "append",
+    "sentry:features": "union",
+    "sentry:relay_pii_config": "pii",
+    "relayctl:forward_dsn": "fallback",
+}
+# Project options an org option turns on whatever the project says (the builder ORs them).
+ORG_FORCES: dict[str, str] = {
+    "sentry:scrub_data": "sentry:require_scrub_data",
+    "sentry:scrub_defaults": "sentry:require_scrub_defaults",
+    "sentry:scrub_ip_address": "sentry:require_scrub_ip_address",
+}
+
+
+def _layer(values: dict[str, Any] | None, key: str, readable: bool) -> dict[str, Any] | None:
+    """One place an option may be set: whether it is, and (when readable) its value."""
+    if values is None:
+        return None
+    if key not in values:
+        return {"isSet": False}
+    return {"isSet": True, "value": values[key]} if readable else {"isSet": True}
+
+
+def option_sources(org: Org, project: Project, *, private: bool = False) -> list[dict[str, Any]]:
+    """Each project option of the catalogue (and each prefixed one set on the project or its
+    template): its type and default, the template's, the org's and the project's own value,
+    and the value the config is built from with where it comes from (`source`: "project",
+    "template", "org", "default", or "org+project" / "org+template" when the builder
+    combines both). Values of options outside the public ones only when `private`."""
+    template = org.templates.get(project.template, {}) if project.template is not None else None
+    keys = [key for key, spec in option_catalogue.OPTIONS.items() if "project" in spec.scopes]
+    extra = {key for key in (*project.options, *(template or {})) if key not in option_catalogue.OPTIONS}
+    keys += sorted(k for k in extra if option_catalogue.option_spec(k) is not None)
+    out = []
+    for key in sorted(keys):
+        spec = option_catalogue.option_spec(key)
+        assert spec is not None
+        readable = private or key in option_catalogue.PUBLIC_OPTION_KEYS
+        kind, described = option_catalogue.option_type(spec)
+        org_scoped = "org" in spec.scopes
+        if key in project.options:
+            base, source = project.options[key], "project"
+        elif template is not None and key in template:
+            base, source = template[key], "template"
+        else:
+            base, source = option_catalogue.default_value(key), "default"
+        combine = ORG_COMBINES.get(key) if org_scoped else None
+        value = base
+        if combine is not None and key in org.options:
+            org_value = org.options[key]
+            if combine == "fallback":
+                if source == "default":
+                    value, source = org_value, "org"
+            else:
+                if combine == "append":
+                    value = list(org_value or []) + list(base or [])
+                elif combine == "union":
+                    value = sorted(set(org_value or []) | set(base or []))
+                elif base:
+                    value = merge_pii_configs([("organization:", org_value), ("project:", base)]) or None
+                else:
+                    value = org_value
+                source = "org" if source == "default" else f"org+{source}"
+        forced_by = ORG_FORCES.get(key)
+        if forced_by is not None and org.options.get(forced_by):
+            value, source = True, "org"
+        else:
+            forced_by = None
+        entry: dict[str, Any] = {
+            "key": key, "kind": kind, "type": described, "default": spec.default,
+            "scopes": sorted(spec.scopes), "readable": readable, "combine": combine,
+            "template": _layer(template, key, readable), "org": _layer(org.options, key, readable)
+            if org_scoped else None, "project": _layer(project.options, key, readable),
+            "forcedBy": forced_by, "source": source}
+        if readable:
+            entry["value"] = value
+        out.append(entry)
+    return out
+
+
+def _project_options(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
+    """`api.project_options`: the project's options with where each value comes from."""
+    project = require_project(state, payload["org"], payload["project"])
+    org = state.orgs[project.org_id]
+    return {"project": project.slug, "template": project.template,
+            "options": option_sources(org, project, private=bool(payload.get("private")))}
+
+
 def _key_list(state: DomainState, payload: dict[str, Any]) -> dict[str, Any]:
     project = require_project(state, payload["org"], payload["project"])
     return {"keys": [key_view(k) for k in state.keys_of(project.id)]}
@@ -197,6 +291,7 @@ Answer = Callable[[DomainState, dict[str, Any]], Any]
 QUERY_ANSWERS: dict[str, Answer] = {
     "org.option_get": _org_option_get,
     "project.option_get": _project_option_get,
+    "api.project_options": _project_options,
     "key.list": _key_list,
     "relay.list": _relay_list,
     "relay.status": _relay_status,

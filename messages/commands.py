@@ -109,7 +109,13 @@ CONTROL: dict[str, Schema] = {
     "api.project": _org_project,
     "api.keys": {**_org_project, "base_url": field(str), "status": field(str, required=False), **_page},
     "api.key": {**_org_project, "key_id": field(str), "base_url": field(str)},
-    "import.org": {"org": field(dict)},
+    # a project's options with their template, org and default values (`private`: also the
+    # values of options outside the public ones)
+    "api.project_options": {**_org_project, "private": field(bool, required=False, default=False)},
+    # `part`: a piece of an import in parts (domain/importer.py): {id, first, projects, last};
+    # `restart`: abandon an unfinished import of the org of another id first
+    "import.org": {"org": field(dict), "part": field(dict, required=False, nullable=True),
+                   "restart": field(bool, required=False, default=False)},
     # Everything `import.org` reads, for every org: the answer is `{"orgs": [...]}`.
     "export.orgs": {},
     # The event stream as the command handlers see it (`relayctl status`): folded sequence,

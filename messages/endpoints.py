@@ -204,6 +204,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("api.project", query=True, callers=(GATEWAY,)),
     _control("api.keys", query=True, callers=(GATEWAY,)),
     _control("api.key", query=True, callers=(GATEWAY,)),
+    _control("api.project_options", query=True, callers=(GATEWAY,)),
     _control("import.org"),
     _control("export.orgs", query=True),
     _control("stream.status", query=True, caught_up=False),  # answered at once, even when the store is down

@@ -63,13 +63,34 @@ SCHEMAS: dict[str, Any] = {
                              "dateReceived": {**_STR, "format": "date-time"},
                              "platform": {**_STR, "nullable": True},
                              "event": {"type": "object", "description": "The stored event, scrubbed (details only)"}}},
+    "ProjectOptions": {"type": "object", "description": "A project's options, each with where its value comes from",
+                       "properties": {"project": _STR, "template": {**_STR, "nullable": True},
+                                      "options": {"type": "array",
+                                                  "items": {"$ref": "#/components/schemas/OptionSource"}}}},
+    "OptionSource": {"type": "object", "required": ["key", "kind", "type", "default", "readable", "source"],
+                     "properties": {"key": _STR, "kind": {"type": "string",
+                                                          "enum": ["boolean", "toggle", "lines", "text", "json"]},
+                                    "type": _STR, "default": {}, "scopes": {"type": "array", "items": _STR},
+                                    "readable": {**_BOOL, "description": "false: values not shown (no project:write)"},
+                                    "combine": {"type": "string", "nullable": True,
+                                                "enum": ["append", "union", "pii", "fallback"]},
+                                    "template": {"$ref": "#/components/schemas/OptionLayer"},
+                                    "org": {"$ref": "#/components/schemas/OptionLayer"},
+                                    "project": {"$ref": "#/components/schemas/OptionLayer"},
+                                    "forcedBy": {**_STR, "nullable": True},
+                                    "value": {"description": "What the config is built from (when readable)"},
+                                    "source": {"type": "string", "enum": ["project", "template", "org", "default",
+                                                                          "org+project", "org+template"]}}},
+    "OptionLayer": {"type": "object", "nullable": True, "description": "null: no template / not an org option",
+                    "properties": {"isSet": _BOOL, "value": {"description": "When set and readable"}}},
     "ConfigChange": {"type": "object", "description": "The data of one `config` server-sent event",
                      "properties": {"publicKey": _STR, "projectId": _INT, "projectSlug": _STR, "orgSlug": _STR,
                                     "revision": _STR, "propagationMs": {**_INT, "nullable": True}}},
 }
 _RESULT = {"organizations": "Organization", "teams": "Team", "projects": "Project", "keys": "ProjectKey",
            "members": "Member", "config": "ProjectConfig", "history": "HistoryEvent", "relays": "Relay",
-           "ingest": "IngestStatus", "events": "Event", "config-changes": "ConfigChange"}
+           "ingest": "IngestStatus", "events": "Event", "config-changes": "ConfigChange",
+           "options": "ProjectOptions"}
 _STREAMS = ("config-changes/",)  # server-sent events, each event's data as the schema
 _LISTS = ("organizations/", "projects/", "keys/", "teams/", "members/", "history/", "relays/", "events/")
 

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.api import changes as c
 from gateway.api import ingest as i
+from gateway.api import options as o
 from gateway.api import routes as r
 from gateway.api import writes as w
 from gateway.api.auth import FAILURES, failure_limiter
@@ -50,6 +51,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     # relayctl's own
     ("GET", PROJECT + "/keys/{key_id}/config/", r.key_config),
     ("GET", PROJECT + "/keys/{key_id}/history/", r.key_history),
+    ("GET", PROJECT + "/relayctl/options/", o.project_options),
     ("GET", P + "/relayctl/relays/", r.relays),
     ("POST", P + "/relayctl/relays/", w.allow_relay),
     ("GET", P + "/relayctl/relays/{public_key}/", r.relay),

@@ -390,3 +390,51 @@ def test_relays_are_allowed_and_denied_over_the_api_by_relay_admins_only(system:
     assert relay_event(system, key, "RelayDenied").actor == f"user:{people['admin']}"
     assert call(system, "GET", f"/api/0/relayctl/relays/{key}/", admin)[1]["banned"] is True
     assert relay.challenge()[0] == 403
+
+
+def test_a_projects_option_sources_over_the_api(system: SystemUnderTest, people: dict[str, str]) -> None:
+    """`relayctl/options/`: each option's template, org and own value and where the value the
+    config is built from comes from; set and cleared with Sentry's project PUT; values outside
+    the public options only with project:write; 404 for an org the caller may not see."""
+    token, tag = people["admin_token"], people["tag"]
+    org = f"opts-{tag}"
+    assert call(system, "POST", "/api/0/organizations/", token, {"name": org})[0] == 201
+    system.cli_ok("org", "template", "set", org, "web", '{"sentry:origins": ["tpl.example.com"]}')
+    system.cli_ok("project", "create", org, "site", "--template", "web", "--json")
+    system.cli_ok("org", "option", "set", org, "sentry:sensitive_fields", '["org_secret"]')
+    system.cli_ok("project", "option", "set", f"{org}/site", "quotas:project-rate-limit", '{"window": 60, "count": 5}')
+    path = f"/api/0/projects/{org}/site/relayctl/options/"
+
+    def sources(who: str | None = token) -> dict[str, Any]:
+        status, body = call(system, "GET", path, who)
+        assert status == 200, body
+        assert body["project"] == "site" and body["template"] == "web"
+        return {o["key"]: o for o in body["options"]}
+
+    origins = sources()["sentry:origins"]
+    assert (origins["kind"], origins["default"], origins["template"], origins["project"], origins["value"],
+            origins["source"]) == ("lines", ["*"], {"isSet": True, "value": ["tpl.example.com"]}, {"isSet": False},
+                                   ["tpl.example.com"], "template")
+    sensitive = sources()["sentry:sensitive_fields"]
+    assert (sensitive["org"], sensitive["value"], sensitive["source"]) == (
+        {"isSet": True, "value": ["org_secret"]}, ["org_secret"], "org")
+    assert sources()["quotas:project-rate-limit"]["value"] == {"window": 60, "count": 5}
+    # the project's own value, set then cleared with the Sentry-compatible PUT
+    assert call(system, "PUT", f"/api/0/projects/{org}/site/", token,
+                {"options": {"sentry:origins": ["own.example.com"]}})[0] == 200
+    origins = sources()["sentry:origins"]
+    assert (origins["project"], origins["value"], origins["source"]) == (
+        {"isSet": True, "value": ["own.example.com"]}, ["own.example.com"], "project")
+    assert call(system, "PUT", f"/api/0/projects/{org}/site/", token, {"options": {"sentry:origins": None}})[0] == 200
+    assert sources()["sentry:origins"]["source"] == "template"
+    # a member (project:read, no project:write) sees whether a private option is set, not its value
+    assert call(system, "POST", f"/api/0/organizations/{org}/members/", token,
+                {"username": people["member"], "role": "member"})[0] == 201
+    quota = sources(people["member_token"])["quotas:project-rate-limit"]
+    assert quota["readable"] is False and "value" not in quota and quota["project"] == {"isSet": True}
+    assert sources(people["member_token"])["sentry:origins"]["value"] == ["tpl.example.com"]
+    assert call(system, "GET", path, None)[0] == 401
+    assert call(system, "GET", f"/api/0/projects/{org}/nope/relayctl/options/", token)[0] == 404
+    outsider = system.cli_ok("user", "create", f"out-{tag}") and system.cli_ok(
+        "token", "create", f"out-{tag}", "--json")["token"]
+    assert call(system, "GET", path, outsider)[0] == 404

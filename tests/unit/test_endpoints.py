@@ -136,7 +136,8 @@ MANAGEMENT_API_WRITES = (
     "team.delete", "project.team_add", "project.team_remove", "org.trust_relay", "org.untrust_relay",
     "relay.allow", "relay.deny")
 MANAGEMENT_API = {f"rc.ctl.{t}" for t in (
-    "api.orgs", "api.org", "api.projects", "api.project", "api.keys", "api.key", "org.member_list", "relay.list",
+    "api.orgs", "api.org", "api.projects", "api.project", "api.keys", "api.key", "api.project_options",
+    "org.member_list", "relay.list",
 )} | {f"rc.api.{t}" for t in MANAGEMENT_API_WRITES}
 
 

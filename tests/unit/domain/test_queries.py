@@ -203,3 +203,90 @@ def test_relay_status_says_allowed_never_registered_banned_and_internal() -> Non
 def test_relay_status_errors() -> None:
     given().ask_fails("relay.status", NotFound, f"No relay matching `{RELAY}`", relay=RELAY)
     given(event("RelayAllowed", RELAY, internal=False)).ask_fails("relay.status", NotFound, "No relay", relay="nope")
+
+
+# -- api.project_options: each option with its template, org and default values -----------------
+
+SOURCES = [org_created(), event("ProjectTemplateSet", "acme", template="t",
+                                options={"sentry:origins": ["tpl.example.com"], "sentry:safe_fields": ["tpl"]}),
+           project_created(template="t"), key_created(),
+           event("OrgOptionSet", "acme", key="sentry:sensitive_fields", value=["org_secret"]),
+           event("OrgOptionSet", "acme", key="sentry:safe_fields", value=["org_safe"]),
+           event("OrgOptionSet", "acme", key="sentry:require_scrub_ip_address", value=True),
+           event("OrgOptionSet", "acme", key="relayctl:forward_dsn", value="http://k@sentry.example.com/1"),
+           event("ProjectOptionSet", "acme", project="web", key="sentry:sensitive_fields", value=["own"]),
+           event("ProjectOptionSet", "acme", project="web", key="filters:localhost", value="1"),
+           event("ProjectOptionSet", "acme", project="web", key="filters:my-own", value="1"),
+           event("ProjectOptionSet", "acme", project="web", key="quotas:project-rate-limit",
+                 value={"window": 60, "count": 5}),
+           event("OrgOptionSet", "acme", key="sentry:relay_pii_config", value={"rules": {"tok": {
+               "type": "pattern", "pattern": "tok_[a-z]+", "redaction": {"method": "remove"}}},
+               "applications": {"$string": ["tok"]}}),
+           event("ProjectOptionSet", "acme", project="web", key="sentry:relay_pii_config", value={
+               "applications": {"$string": ["@email"]}})]
+
+
+def test_api_project_options_says_where_each_value_comes_from() -> None:
+    answer = given(*SOURCES).ask("api.project_options", org="acme", project="web")
+    assert answer["project"] == "web" and answer["template"] == "t"
+    options = {o["key"]: o for o in answer["options"]}
+    # every project option of the catalogue, and a prefixed one the project set; no org-only ones
+    from domain.options import OPTIONS
+    assert set(options) == {k for k, s in OPTIONS.items() if "project" in s.scopes} | {"filters:my-own"}
+    assert "ai:policy" not in options and options["filters:my-own"]["kind"] == "toggle"
+    assert options["sentry:origins"] == {
+        "key": "sentry:origins", "kind": "lines", "type": "list of strings, one per line", "default": ["*"],
+        "scopes": ["project"], "readable": True, "combine": None, "forcedBy": None,
+        "template": {"isSet": True, "value": ["tpl.example.com"]}, "org": None, "project": {"isSet": False},
+        "value": ["tpl.example.com"], "source": "template"}
+    own = options["filters:localhost"]
+    assert (own["project"], own["value"], own["source"], own["default"]) == (
+        {"isSet": True, "value": "1"}, "1", "project", "0")
+    assert options["sentry:scrub_data"]["source"] == "default" and options["sentry:scrub_data"]["value"] is True
+    # merged as the config builder merges: the org's entries first
+    sensitive = options["sentry:sensitive_fields"]
+    assert (sensitive["org"], sensitive["value"], sensitive["source"], sensitive["combine"]) == (
+        {"isSet": True, "value": ["org_secret"]}, ["org_secret", "own"], "org+project", "append")
+    assert (options["sentry:safe_fields"]["value"], options["sentry:safe_fields"]["source"]) == (
+        ["org_safe", "tpl"], "org+template")
+    # forced on by an org option, whatever the project says
+    ip = options["sentry:scrub_ip_address"]
+    assert (ip["value"], ip["source"], ip["forcedBy"]) == (True, "org", "sentry:require_scrub_ip_address")
+    # options outside the public ones: whether set, never the value, unless private values are asked for
+    quota, dsn = options["quotas:project-rate-limit"], options["relayctl:forward_dsn"]
+    assert quota["readable"] is False and "value" not in quota and quota["project"] == {"isSet": True}
+    assert dsn["org"] == {"isSet": True} and dsn["source"] == "org" and "value" not in dsn
+    private = {o["key"]: o for o in given(*SOURCES).ask("api.project_options", org="acme", project="web",
+                                                         private=True)["options"]}
+    assert private["quotas:project-rate-limit"]["value"] == {"window": 60, "count": 5}
+    assert (private["relayctl:forward_dsn"]["value"], private["relayctl:forward_dsn"]["source"]) == (
+        "http://k@sentry.example.com/1", "org")
+
+
+def test_api_project_options_values_are_what_the_config_is_built_from() -> None:
+    """The effective values of the merged and forced options are the built config's."""
+    from domain.project_config import build_project_config
+
+    state = given(*SOURCES).state()
+    org, project = state.orgs[1], state.projects[1]
+    config = build_project_config(org, project, state.keys[key(100)])["config"]
+    options = {o["key"]: o["value"] for o in given(*SOURCES).ask("api.project_options", org="acme",
+                                                                  project="web", private=True)["options"]}
+    scrubbing = config["datascrubbingSettings"]
+    assert scrubbing["sensitiveFields"] == options["sentry:sensitive_fields"]
+    assert scrubbing["excludeFields"] == options["sentry:safe_fields"]
+    assert scrubbing["scrubIpAddresses"] is options["sentry:scrub_ip_address"] is True
+    assert config["allowedDomains"] == options["sentry:origins"]
+    assert config["features"] == options["sentry:features"]
+    assert config["quotas"][0]["limit"] == options["quotas:project-rate-limit"]["count"]
+    assert config["piiConfig"] == options["sentry:relay_pii_config"]
+    assert config["piiConfig"]["applications"]["$string"] == ["organization:tok", "@email"]
+
+
+def test_api_project_options_without_a_template_and_errors() -> None:
+    answer = given(*acme_web()).ask("api.project_options", org="acme", project="web")
+    assert answer["template"] is None
+    origins = next(o for o in answer["options"] if o["key"] == "sentry:origins")
+    assert (origins["template"], origins["value"], origins["source"]) == (None, ["*"], "default")
+    given(org_created()).ask_fails("api.project_options", NotFound, "No project matching `acme/web`", org="acme",
+                                   project="web")
