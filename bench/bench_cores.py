@@ -29,7 +29,7 @@ from bench import _wrk
 from bench._servers import import_keys, servers, wait_instances
 from bench.bench_relay import load, served_all
 from bus.embedded import free_port, port_open
-from cli.services import _listens
+from cli.health import listens as _listens
 from tests.system import RelayClient
 
 

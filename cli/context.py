@@ -148,3 +148,25 @@ def split_project(ref: str) -> tuple[str, str]:
     if not sep or not org or not project or "/" in project:
         fail(f"expected ORG/PROJECT, got `{ref}`", 2)
     return org, project
+
+
+def parse_bind_option(bind: str) -> tuple[str, int]:
+    """`--bind HOST:PORT`, or a usage error."""
+    from gateway.binding import BindError, parse_bind
+
+    try:
+        return parse_bind(bind)
+    except BindError as exc:
+        fail(str(exc), 2)
+
+
+def check_redis_urls(url: str | None, read_url: str | None, cluster: bool) -> None:
+    """A URL the Redis client cannot use is a usage error at start, not an actor that dies."""
+    from bus.redis_clients import RedisUrlError, check_url
+
+    for one in (url, read_url):
+        if one:
+            try:
+                check_url(one, cluster=cluster)
+            except RedisUrlError as exc:
+                fail(str(exc), 2)

@@ -621,9 +621,11 @@ def import_(ctx: Context, file: Any, as_json: bool) -> None:
 
 
 from cli import observe as _observe  # noqa: E402  (registers metrics/transport)
-from cli import services as _services  # noqa: E402  (registers up/down/status/worker/gateway)
+from cli import run as _run  # noqa: E402  (registers worker/gateway)
+from cli import up as _up  # noqa: E402  (registers up/down/status)
 
-_services.register(main)
+_up.register(main)
+_run.register(main)
 _observe.register(main)
 from cli import ai as _ai  # noqa: E402  (registers event store/openai)
 
