@@ -31,15 +31,20 @@ from bus.service import Call
 from domain.authorization import authorize
 from domain.decider import Decider
 from domain.decisions import Decision, IdDraw, IdPool
+from domain.importer import ImportDecision
 from domain.projections import EVERYTHING
 from domain.queries import answer_query
 from messages.endpoints import COMMANDS, TOKEN_FIELD, on_behalf, queries_of
 from messages.errors import Conflict, NotFound, RelayctlError, Unavailable
-from messages.events import RELAY
+from messages.events import RELAY, DomainEvent, encode_commit
 
 log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 50
 ID_BLOCK = 50  # ids a handler claims at a time; a restart leaves the rest of its block unused
+# Of each part commit of an import in parts, the bytes left for its markers (ImportStarted,
+# ImportPart, ImportCommitted, ImportAbandoned: well under this) beside the projects' events.
+IMPORT_MARKER_RESERVE = 2048
+CLAIM_KEY_BYTES = 40  # what one public key takes in a KeysClaimed commit, at most
 
 # Changes that decide which relays may register or fetch what: their reply waits for the
 # org access actor (and through it every gateway) to have applied them.
@@ -125,7 +130,8 @@ class CommandActor(ProjectionActor):
                 # A key named explicitly may be one another handler has just stored: see it first.
                 self.catch_up(lambda: self._attempt(call, attempt, True), call)
                 return
-            claim = decider.claims_for(decision)
+            claim = decider.claims_for(decision, max_keys=max(1, (self.store.commit_limit() - 1024) // CLAIM_KEY_BYTES))
+            commits = self._commits(decision)
         except (NotFound, Conflict) as exc:
             if not synced:
                 self.catch_up(lambda: self._attempt(call, attempt, True), call)
@@ -135,13 +141,14 @@ class CommandActor(ProjectionActor):
         except RelayctlError as exc:
             call.error(exc)
             return
-        if not decision.events:
+        if not commits:
             call.sequence = self.state.sequence  # already in effect as of what is folded
             self.run_handler(call, lambda _c: decision.result(self.state))
             return
         try:
             # Before anything is claimed for it: a commit that can never be stored needs nothing.
-            self.store.check_size(decision.events)
+            for events in commits:
+                self.store.check_size(events)
         except CommitTooLarge as exc:
             call.error(self._too_large(call, exc))
             return
@@ -156,11 +163,18 @@ class CommandActor(ProjectionActor):
         if claim is not None:
             self._prerequisite(call, attempt, claim, lambda: None)
             return
-        sequence = self._append(call, attempt, decision, draw)
+        sequence = self._append(call, attempt, decision, draw, commits[0])
+        for n, events in enumerate(commits[1:], start=2):
+            # The next part of an import expects the one just stored as its org's last commit.
+            if sequence is None:
+                return
+            log.info("commands.import_part_stored", sequence=sequence, part=n - 1, parts=len(commits),
+                     correlation_id=call.request.id)
+            sequence = self._append(call, attempt, decision, None, events, expected=sequence)
         if sequence is None:
             return
-        log.info("commands.stored", type=call.request.type, sequence=sequence,
-                 events=[e.type for e in decision.events], correlation_id=call.request.id)
+        log.info("commands.stored", type=call.request.type, sequence=sequence, commits=len(commits),
+                 events=[e.type for e in commits[-1]][:20], correlation_id=call.request.id)
 
         def reply() -> None:
             call.sequence = sequence  # a read passing it as `after` sees this write
@@ -182,14 +196,35 @@ class CommandActor(ProjectionActor):
                  commit=decision.events[0].type, correlation_id=call.request.id)
         self.after(sequence, lambda: self._attempt(call, attempt + 1, True), call)
 
-    def _append(self, call: Call, attempt: int, decision: Decision, draw: IdDraw | None) -> int | None:
-        """Append `decision` expecting its aggregate's folded version; the sequence, or None
-        when the call is taken care of (a retry after a conflict is scheduled, or an error
-        replied). The ids `draw` took are used up unless the commit was surely not stored."""
-        expected = self.state.aggregate_version(decision.aggregate, decision.aggregate_id)
+    def _commits(self, decision: Decision) -> list[list[DomainEvent]]:
+        """The commits that store `decision`: its events as one, or none when it changes
+        nothing; an import too large for one commit (or a piece of an import in parts) as
+        its part commits, each within the store's limit."""
+        if not isinstance(decision, ImportDecision):
+            return [decision.events] if decision.events else []
+        if decision.whole:
+            try:
+                if decision.events:
+                    self.store.check_size(decision.events)
+                return [decision.events] if decision.events else []
+            except CommitTooLarge:
+                if decision.session is None:
+                    decision.with_session(uuid.uuid4().hex)  # a client that sent it whole: no resume by id
+        budget = self.store.commit_limit() - IMPORT_MARKER_RESERVE
+        return decision.commits(budget, lambda e: len(encode_commit([e])))
+
+    def _append(self, call: Call, attempt: int, decision: Decision, draw: IdDraw | None,
+                events: list[DomainEvent] | None = None, expected: int | None = None) -> int | None:
+        """Append `events` (the decision's, by default) expecting `expected` (by default its
+        aggregate's folded version); the sequence, or None when the call is taken care of (a
+        retry after a conflict is scheduled, or an error replied). The ids `draw` took are
+        used up unless the commit was surely not stored."""
+        events = decision.events if events is None else events
+        if expected is None:
+            expected = self.state.aggregate_version(decision.aggregate, decision.aggregate_id)
         try:
             with metrics.timer("events.append", tags={"command": call.request.type}):
-                sequence = int(self.runtime.call(self.store.append(decision.events, expected)))
+                sequence = int(self.runtime.call(self.store.append(events, expected)))
         except Conflict as exc:
             metrics.incr("events.append_conflicts")
             if attempt + 1 >= MAX_ATTEMPTS:
@@ -223,14 +258,9 @@ class CommandActor(ProjectionActor):
         return sequence
 
     def _too_large(self, call: Call, exc: CommitTooLarge) -> CommitTooLarge:
-        if call.request.type != "import.org":
-            return exc
-        details = exc.details
-        return CommitTooLarge(
-            f"org `{details.get('aggregate_id')}` is too large to import as one commit: {details.get('size', 0):,} "
-            f"bytes ({details.get('events')} events), over the event store's limit of {details.get('limit', 0):,} "
-            f"bytes per commit (the NATS message size limit, max_payload); nothing was stored. Import the org "
-            f"in parts: fewer projects or keys per file, each import adds to what is there", details)
+        # An import is split into commits within the limit (`_commits`): one that is not is a
+        # bug of that split, said as it is.
+        return exc
 
     def _await_relay_access(self, decision: Decision, sequence: int, reply: Callable[[], None]) -> None:
         """Reply only once the org access actor applied a change to who may do what.

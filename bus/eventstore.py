@@ -17,6 +17,8 @@ Two implementations pass one contract (tests/integration/test_event_store.py):
   checking what a snapshot claims to cover (bus/snapshots.py).
 - `check_size(events)` raises the `CommitTooLarge` an append of `events` would, without
   I/O: a command checks it before the commits it appends first (ids, key claims).
+  `commit_limit()` is the most bytes an encoded commit may take (`encode_commit`), what a
+  command splits a large change by (an import in parts, domain/importer.py).
 
 Append errors say what happened: a commit over the server's message size limit is a
 `CommitTooLarge` (nothing stored; which aggregate, how large, the limit); a store that
@@ -128,6 +130,7 @@ class EventStore(Protocol):
                    from_sequence: int = 1) -> list[tuple[int, list[DomainEvent]]]: ...
     async def message(self, sequence: int) -> StoredMessage | None: ...
     def check_size(self, events: list[DomainEvent]) -> None: ...
+    def commit_limit(self) -> int: ...
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -220,9 +223,11 @@ class JetStreamEventStore:
 
     def check_size(self, events: list[DomainEvent]) -> None:
         """CommitTooLarge when `events` would not fit in one commit (no I/O)."""
-        self._check_size(events, encode_commit(events), {"Nats-Msg-Id": events[0].id,
-                                                         "Nats-Expected-Last-Subject-Sequence": "0" * 20,
-                                                         "Nats-Expected-Last-Subject-Sequence-Subject": "x" * 300})
+        self._check_size(events, encode_commit(events), _largest_headers(events[0].id))
+
+    def commit_limit(self) -> int:
+        limit = min(self.nc.max_payload or MAX_COMMIT_BYTES, MAX_COMMIT_BYTES)
+        return limit - _HEADER_OVERHEAD - sum(len(k) + len(v) + 4 for k, v in _largest_headers("0" * 32).items())
 
     def _check_size(self, events: list[DomainEvent], data: bytes, headers: dict[str, str]) -> int:
         size = len(data) + _HEADER_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in headers.items())
@@ -332,6 +337,12 @@ class JetStreamEventStore:
         return [item for item in out if item[0] <= last]
 
 
+def _largest_headers(msg_id: str) -> dict[str, str]:
+    """The headers an append may send, at their largest (the subject names at most a 255-character id, escaped)."""
+    return {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": "0" * 20,
+            "Nats-Expected-Last-Subject-Sequence-Subject": "x" * 300}
+
+
 def _parse_last_sequence(description: str) -> int | None:
     tail = description.rsplit(":", 1)[-1].strip()
     return int(tail) if tail.isdigit() else None
@@ -377,6 +388,9 @@ class InMemoryEventStore:
         data = encode_commit(events)
         if len(data) > self.max_commit_bytes:
             raise too_large(events, len(data), self.max_commit_bytes)
+
+    def commit_limit(self) -> int:
+        return self.max_commit_bytes
 
     async def store_raw(self, subject: str, data: bytes, msg_id: str | None = None) -> int:
         """Store `data` on `subject` as it is, like any writer of the stream could (tests use

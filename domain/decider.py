@@ -89,7 +89,16 @@ class Decider:
         method: Callable[..., Decision] | None = getattr(self, message_type.replace(".", "_"), None)
         if method is None or message_type not in COMMAND_TYPES:
             raise BadRequest(f"unknown command {message_type}")
-        return method(**payload)
+        decision = method(**payload)
+        pending = self.state.pending_import(decision.aggregate_id) if decision.aggregate == ORG else None
+        if pending is not None and decision.events and message_type != "import.org":
+            # Its parts were decided on the org as it is: nothing may change it in between.
+            raise Conflict(
+                f"org `{pending.org}` is being imported (import {pending.import_id}, {pending.decided()} of "
+                f"{pending.projects} projects staged): change it once the import is committed - run `relayctl "
+                f"import` again with its file to finish it, or `relayctl import --restart FILE` to replace it",
+                {"org": pending.org, "import_id": pending.import_id})
+        return decision
 
     # orgs
 
@@ -420,10 +429,10 @@ class Decider:
             return Decision(ORG, org.slug, [], result)
         return Decision(ORG, org.slug, [self.event("KeyUpdated", org.slug, public_key=public_key, name=name)], result)
 
-    # bulk import: one commit per org, so an org is loaded whole or not at all
+    # bulk import: one commit per org, or an import in parts folded at once when committed
 
-    def import_org(self, org: dict[str, Any]) -> Decision:
-        return decide_import(self, org)
+    def import_org(self, org: dict[str, Any], part: dict[str, Any] | None = None, restart: bool = False) -> Decision:
+        return decide_import(self, org, part, restart)
 
     # the global aggregates a decision may need first
 
@@ -432,10 +441,13 @@ class Decider:
         first = self.state.next_ids[kind]
         return Decision(IDS, kind, [self.event("IdsClaimed", kind, first=first, count=count, owner=owner)])
 
-    def claims_for(self, decision: Decision) -> Decision | None:
+    def claims_for(self, decision: Decision, max_keys: int | None = None) -> Decision | None:
         """The `KeysClaimed` commit the org commit of `decision` needs first (None: its
-        explicit keys are all claimed by its org at the org's current version). A key whose
-        claim by another org may still be used is a Conflict."""
+        explicit keys are all claimed by its org at the org's current version), of at most
+        `max_keys` keys (the rest are claimed by the next one, at the same org version). A
+        key whose claim by another org may still be used is a Conflict: one made while that
+        org's aggregate was where it is, or while it has an import in parts pending (its
+        parts may hold the key; they are folded only when it is committed)."""
         if not decision.explicit_keys:
             return None
         org = decision.aggregate_id
@@ -448,7 +460,8 @@ class Decider:
             elif claim.org == org:
                 if claim.org_version != version:
                     needed.append(public_key)  # made for an earlier decision of this org
-            elif self.state.aggregate_version(ORG, claim.org) > claim.org_version:
+            elif self.state.aggregate_version(ORG, claim.org) > claim.org_version \
+                    and self.state.pending_import(claim.org) is None:
                 # That org moved on: its claiming command was stored (and the key then deleted:
                 # the decision checked that no org holds it now) or can never be.
                 needed.append(public_key)
@@ -458,4 +471,4 @@ class Decider:
         if not needed:
             return None
         return Decision(CLAIMS, "keys", [self.event("KeysClaimed", "keys", org=org, org_version=version,
-                                                    public_keys=needed)])
+                                                    public_keys=needed[:max_keys])])

@@ -12,6 +12,14 @@ stream folds exactly as it did, and the ids decided from then on never repeat on
 
 An undecodable commit (`UndecodableCommit`) is recorded in `skipped` and as its aggregate's
 last sequence, and changes nothing else.
+
+An org imported in parts (domain/importer.py) is staged: a commit holding `ImportPart`
+folds nothing of its other events but keeps them in the org's `PendingImport`;
+`ImportCommitted` folds every staged event at once, so no reader ever sees part of the
+import. `ImportAbandoned` drops them. Any other commit of that org while its import is
+pending (only possible in the moment before the import's start is folded by every command
+handler: the decider refuses changes to an org being imported) also drops the staged
+events - they were decided on a state that no longer holds - which `Changes.problems` reports.
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ from domain.projections import (
     VERSIONS,
     Projection,
 )
-from messages.events import ID_KINDS, DomainEvent, UndecodableCommit
+from messages.events import ID_KINDS, IMPORT_EVENTS, ORG, DomainEvent, UndecodableCommit, decode_commit, encode_commit
 
 # 2: relays carry every id they registered under (Relay.relay_ids)
 # 3: key claims and skipped (undecodable) commits
-SNAPSHOT_FORMAT = 3
+# 4: imports in parts not yet committed (a format 3 snapshot has none)
+SNAPSHOT_FORMAT = 4
+READABLE_SNAPSHOT_FORMATS = (3, 4)
 _UNSET: Any = object()
 
 
@@ -70,6 +80,70 @@ class KeyClaim:
     org: str
     org_version: int
     sequence: int
+
+
+@dataclass
+class PendingImport:
+    """An import of one org in parts, started and not yet committed or abandoned: what its
+    stored parts staged, and what a decision of its next part must know of them."""
+
+    import_id: str
+    org: str
+    started: float  # the ImportStarted event's time
+    sequence: int  # where it started
+    projects: int  # projects in the file
+    parts: int = 0
+    staged_events: int = 0  # every event its parts staged (`events` holds those this projection folds)
+    header: bool = False  # the org's own fields (creation, options) are decided
+    creates_org: bool = False
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # (first, count): the file's projects decided
+    created: dict[str, int] = field(default_factory=dict)  # project slug -> the first file index of its part
+    keys: dict[str, str] = field(default_factory=dict)  # public key -> project slug, keys its parts name
+    org_options: dict[str, Any] = field(default_factory=dict)  # org options its parts set
+    events: list[DomainEvent] = field(default_factory=list)
+
+    def covers(self, index: int) -> bool:
+        return any(first <= index < first + count for first, count in self.ranges)
+
+    def decided(self) -> int:
+        """File projects decided by its parts."""
+        return len({i for first, count in self.ranges for i in range(first, first + count)})
+
+    def describe(self) -> dict[str, Any]:
+        return {"import_id": self.import_id, "org": self.org, "started": self.started, "sequence": self.sequence,
+                "parts": self.parts, "events": self.staged_events, "projects": self.projects,
+                "projects_staged": self.decided()}
+
+    def to_map(self) -> dict[str, Any]:
+        return {"import_id": self.import_id, "org": self.org, "started": self.started, "sequence": self.sequence,
+                "projects": self.projects, "parts": self.parts, "staged_events": self.staged_events,
+                "header": self.header, "creates_org": self.creates_org, "ranges": [list(r) for r in self.ranges],
+                "created": dict(self.created), "keys": dict(self.keys), "org_options": dict(self.org_options),
+                # each event's own sequence (its part's) travels with it
+                "events": [[e.sequence, encode_commit([e])] for e in self.events]}
+
+    @classmethod
+    def from_map(cls, data: dict[str, Any]) -> PendingImport:
+        pending = cls(str(data["import_id"]), str(data["org"]), float(data["started"]), int(data["sequence"]),
+                      int(data["projects"]), int(data["parts"]), int(data["staged_events"]), bool(data["header"]),
+                      bool(data["creates_org"]), [(int(a), int(b)) for a, b in data["ranges"]],
+                      dict(data["created"]), dict(data["keys"]), dict(data["org_options"]))
+        for sequence, raw in data["events"]:
+            pending.events.extend(decode_commit(raw, int(sequence)))
+        return pending
+
+
+def _note_staged(pending: PendingImport, e: DomainEvent) -> None:
+    """What a decision of the import's next part must know of an event its parts staged."""
+    first = pending.ranges[-1][0] if pending.ranges else 0
+    if e.type == "OrgCreated":
+        pending.creates_org = True
+    elif e.type == "OrgOptionSet":
+        pending.org_options[str(e.payload["key"])] = e.payload["value"]
+    elif e.type == "ProjectCreated":
+        pending.created[str(e.payload["project"])] = first
+    elif e.type in ("KeyCreated", "KeyDisabled", "KeyEnabled", "KeyRateLimitSet"):
+        pending.keys[str(e.payload["public_key"])] = str(e.payload.get("project") or "")
 
 
 @dataclass
@@ -116,6 +190,7 @@ class DomainState:
         self.next_ids = {kind: 1 for kind in ID_KINDS}
         self.key_claims: dict[str, KeyClaim] = {}
         self.skipped: list[dict[str, Any]] = []  # undecodable commits: sequence, subject, error
+        self.imports: dict[str, PendingImport] = {}  # org slug -> its import in parts, not yet committed
         self._problems: list[dict[str, Any]] = []
 
     # -- queries ---------------------------------------------------------------------------
@@ -165,17 +240,76 @@ class DomainState:
             self.skipped.append(events.describe())
             self.sequence = sequence
             return changes
+        events = list(events)
+        staging: PendingImport | None = None
+        if events and events[0].aggregate == ORG and events[0].aggregate_id in self.imports \
+                and not any(e.type in IMPORT_EVENTS for e in events):
+            self._drop_import(events[0].aggregate_id, sequence, "a change to the org came between its parts")
         for event in events:
-            if self._folds is None or event.type in self._folds:
-                handler = getattr(self, f"_on_{event.type}", None)
-                if handler is not None:
-                    result = handler(event, sequence)
-                    if result is not None:
-                        changes.update(result)
+            if event.type in IMPORT_EVENTS:
+                staging = self._import_event(event, sequence, changes)
+            elif staging is not None:
+                staging.staged_events += 1
+                _note_staged(staging, event)
+                if self._folds is None or event.type in self._folds:
+                    staging.events.append(event)
+            else:
+                self._fold(event, sequence, changes)
             if self._versions:
                 self.aggregate_sequence[(event.aggregate, event.aggregate_id)] = sequence
         self.sequence = sequence
         return changes
+
+    def _fold(self, event: DomainEvent, sequence: int, changes: Changes) -> None:
+        if self._folds is None or event.type in self._folds:
+            handler = getattr(self, f"_on_{event.type}", None)
+            if handler is not None:
+                result = handler(event, sequence)
+                if result is not None:
+                    changes.update(result)
+
+    # -- imports in parts ------------------------------------------------------------------
+
+    def _import_event(self, e: DomainEvent, sequence: int, changes: Changes) -> PendingImport | None:
+        """Start, stage, commit or abandon an import; the import the commit's next events
+        are staged in (None: they are folded as usual)."""
+        slug, import_id = e.aggregate_id, str(e.payload.get("import_id"))
+        pending = self.imports.get(slug)
+        if e.type == "ImportStarted":
+            if pending is not None:
+                self._drop_import(slug, sequence, f"import {import_id} started instead")
+            self.imports[slug] = PendingImport(import_id, slug, e.ts, sequence, int(e.payload.get("projects") or 0))
+            return None
+        if pending is None or pending.import_id != import_id:
+            if e.type == "ImportAbandoned":
+                return None  # nothing to drop
+            # A part or commit of an import that is not under way (dropped before): it stages
+            # nothing for anyone, and no event of it is folded.
+            self._problems.append({"event": "state.import_not_pending", "org": slug, "import_id": import_id,
+                                   "type": e.type, "sequence": sequence})
+            return PendingImport(import_id, slug, e.ts, sequence, 0)  # thrown away with what it holds
+        if e.type == "ImportPart":
+            pending.parts += 1
+            pending.ranges.append((int(e.payload.get("first") or 0), int(e.payload.get("count") or 0)))
+            pending.header = pending.header or bool(e.payload.get("header"))
+            return pending
+        del self.imports[slug]
+        if e.type == "ImportCommitted":
+            for staged in pending.events:
+                self._fold(staged, sequence, changes)
+        return None
+
+    def _drop_import(self, slug: str, sequence: int, reason: str) -> None:
+        pending = self.imports.pop(slug)
+        self._problems.append({"event": "state.import_dropped", "org": slug, "import_id": pending.import_id,
+                               "reason": reason, "sequence": sequence})
+
+    def pending_import(self, slug: str) -> PendingImport | None:
+        return self.imports.get(slug)
+
+    def import_holding_key(self, public_key: str) -> PendingImport | None:
+        """The pending import whose parts name `public_key`, if any."""
+        return next((p for p in self.imports.values() if public_key in p.keys), None)
 
     def _new_id(self, kind: str, stored: Any, taken: Container[int], sequence: int) -> int:
         """The id of a new object: the one its event carries, else (a legacy event) the
@@ -509,12 +643,13 @@ class DomainState:
             "aggregates": [[a, i, s] for (a, i), s in self.aggregate_sequence.items()],
             "key_claims": [[k, c.org, c.org_version, c.sequence] for k, c in self.key_claims.items()],
             "skipped": [dict(s) for s in self.skipped],
+            "imports": [p.to_map() for p in self.imports.values()],
         }
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any], projection: Projection = EVERYTHING) -> DomainState:
         """The state a full snapshot describes, as far as `projection` holds it."""
-        if data.get("format") != SNAPSHOT_FORMAT:
+        if data.get("format") not in READABLE_SNAPSHOT_FORMATS:
             raise ValueError("snapshot format mismatch")
         state = cls(projection)
         holds = projection.holds
@@ -552,4 +687,9 @@ class DomainState:
         if holds(CLAIMS):
             state.key_claims = {k: KeyClaim(org, version, seq) for k, org, version, seq in data["key_claims"]}
         state.skipped = [dict(s) for s in data["skipped"]]
+        for raw in data.get("imports") or []:
+            pending = PendingImport.from_map(raw)
+            if not projection.is_full:
+                pending.events = [e for e in pending.events if e.type in projection.events]
+            state.imports[pending.org] = pending
         return state

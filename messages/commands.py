@@ -112,7 +112,10 @@ CONTROL: dict[str, Schema] = {
     # a project's options with their template, org and default values (`private`: also the
     # values of options outside the public ones)
     "api.project_options": {**_org_project, "private": field(bool, required=False, default=False)},
-    "import.org": {"org": field(dict)},
+    # `part`: a piece of an import in parts (domain/importer.py): {id, first, projects, last};
+    # `restart`: abandon an unfinished import of the org of another id first
+    "import.org": {"org": field(dict), "part": field(dict, required=False, nullable=True),
+                   "restart": field(bool, required=False, default=False)},
     # Everything `import.org` reads, for every org: the answer is `{"orgs": [...]}`.
     "export.orgs": {},
     # The event stream as the command handlers see it (`relayctl status`): folded sequence,

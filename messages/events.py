@@ -43,6 +43,9 @@ IDS = "ids"  # id: the kind of id ("org", "project", "key")
 CLAIMS = "claims"  # id: what is claimed ("keys")
 SNAPSHOT = "snapshot"  # id: the signing key's public key
 AGGREGATES = (ORG, RELAY, USER, IDS, CLAIMS, SNAPSHOT)
+# The events that frame an import in parts: a commit holding `ImportPart` stages its other
+# events; `ImportCommitted` folds everything its parts staged (domain/state.py).
+IMPORT_EVENTS = frozenset({"ImportStarted", "ImportPart", "ImportCommitted", "ImportAbandoned"})
 ID_KINDS = ("org", "project", "key")
 
 # type -> (aggregate, current version)
@@ -73,6 +76,12 @@ EVENT_TYPES: dict[str, tuple[str, int]] = {
     "TeamDeleted": (ORG, 1),  # team (its projects leave it)
     "ProjectTeamAdded": (ORG, 1),  # project, team
     "ProjectTeamRemoved": (ORG, 1),  # project, team
+    # an import in parts (domain/importer.py): the org's events are staged by its parts and
+    # folded, all at once, only when the import is committed
+    "ImportStarted": (ORG, 1),  # import_id, projects (in the file)
+    "ImportPart": (ORG, 1),  # import_id, part (1, 2, ...), first, count (file projects it decided), header
+    "ImportCommitted": (ORG, 1),  # import_id, parts
+    "ImportAbandoned": (ORG, 1),  # import_id, reason
     # relay aggregate (id: the relay's public key)
     "RelayAllowed": (RELAY, 1),
     "RelayDenied": (RELAY, 1),
