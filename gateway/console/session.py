@@ -13,26 +13,23 @@ the history records the token's user. A change (any method but GET/HEAD/OPTIONS)
 carry the session's CSRF token in `X-CSRF-Token`, else 403 before anything is asked.
 
 Sessions live in this gateway process (lost on restart: log in again; with several gateways,
-sticky routing or one gateway for the console). `/console/catalogue.json` is the option
-catalogue (domain/options.py) as the editor needs it: static data from code, not state.
+sticky routing or one gateway for the console). The option editor reads the option
+catalogue with each value's source from the API (`GET .../relayctl/options/`).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from domain import options as option_catalogue
 from gateway.api.auth import bearer, principal
 from gateway.errors import HTTPFailure, json_response
 
@@ -174,28 +171,6 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
-# The editor's input for each validator of the catalogue (domain/options.py).
-_KINDS = {"_bool": ("boolean", "true or false"), "_toggle": ("toggle", '"0" (off) or "1" (on)'),
-          "_str_list": ("lines", "list of strings, one per line"),
-          "_ip_list": ("lines", "list of IP addresses or CIDR networks, one per line"),
-          "_legacy_browsers": ("text", '"0", "1" or a JSON list of browser ids'),
-          "_str": ("text", "string"), "_non_empty_str": ("text", "non-empty string"),
-          "_features": ("lines", "feature flags (projects:*), one per line"),
-          "_rate_limit": ("json", 'JSON {"window": seconds, "count": n} or null')}
-
-
-def catalogue() -> list[dict[str, Any]]:
-    """The project options of the catalogue: key, type, default, whether the API shows it."""
-    entries = []
-    for key, spec in sorted(option_catalogue.OPTIONS.items()):
-        if "project" not in spec.scopes:
-            continue
-        kind, described = _KINDS.get(spec.validate.__name__, ("json", "JSON value"))
-        entries.append({"key": key, "kind": kind, "type": described, "default": spec.default,
-                        "orgToo": "org" in spec.scopes, "readable": key in option_catalogue.PUBLIC_OPTION_KEYS})
-    return entries
-
-
 def _headers(content_type: str) -> dict[str, str]:
     return {"Content-Type": f"{content_type}; charset=utf-8", "Content-Security-Policy": CSP,
             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
@@ -214,17 +189,12 @@ def add_console_routes(app: web.Application) -> None:
     reads the body (a request is cloned with its bearer token only before that)."""
     app[SESSIONS] = SessionStore()
     app.middlewares.insert(min(1, len(app.middlewares)), session_middleware)
-    catalogue_body = json.dumps(catalogue()).encode()
-
-    async def catalogue_file(request: web.Request) -> web.Response:
-        return web.Response(body=catalogue_body, headers=_headers("application/json"))
 
     async def to_console(request: web.Request) -> web.Response:
         return web.Response(status=308, headers={"Location": "/console/"})
 
     app.router.add_get("/console", to_console)
     app.router.add_get("/console/", static_file)
-    app.router.add_get("/console/catalogue.json", catalogue_file)
     app.router.add_post("/console/session", login)
     app.router.add_get("/console/session", current)
     app.router.add_delete("/console/session", logout)

@@ -195,9 +195,6 @@ def test_the_pages_are_served_with_a_strict_content_security_policy(system: Syst
     assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
     assert http_request(system.url + "/console/app.js")[1]["content-type"].startswith("text/javascript")
     assert http_request(system.url + "/console/nothing.js")[0] == 404
-    status, _, body = http_request(system.url + "/console/catalogue.json")
-    entries = {e["key"]: e for e in json.loads(body)}
-    assert entries["sentry:blacklisted_ips"]["default"] == [] and "ai:policy" not in entries
 
 
 # -- in the browser ---------------------------------------------------------------------------
@@ -378,6 +375,8 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     page.button("Save", within=editor).click()
     page.wait.until(lambda d: "10.0.0.0/8" in editor.text and not editor.find_element(
         By.CSS_SELECTOR, "[data-error-for]").text)
+    assert "10.0.0.0/8" in editor.find_element(By.CSS_SELECTOR, "[data-layer=project]").text
+    assert editor.find_element(By.CSS_SELECTOR, ".source").get_attribute("data-source") == "project"
 
     # live: a change made elsewhere (the CLI, on a project of its own, so storefront's history
     # below stays the browser's) appears as its config goes live, with its propagation time
@@ -531,7 +530,49 @@ def walk_through(system: SystemUnderTest, people: dict[str, str], browser: Any, 
     keys = call(system, "GET", f"/api/0/projects/{org}/storefront/keys/",
                 headers={"Authorization": f"Bearer {people['token']}"})[2]
     assert public_key not in {k["public"] for k in keys}
+
+    # option sources: the template's and the org's values inherited, where each value comes
+    # from; the project's own set, then unset (its template's again)
+    option_sources(system, page, org)
     page.button("Log out").click()
     page.text("h1", "Log in")
     page.shot("logged-out")
     assert tag
+
+
+def option_sources(system: SystemUnderTest, page: Page, org: str) -> None:
+    """A project made from a template in an org with an option of its own: the editor shows
+    each layer and the source, and a project value set then unset."""
+    from selenium.webdriver.common.by import By
+
+    system.cli_ok("org", "option", "set", org, "sentry:sensitive_fields", '["card_number"]')
+    system.cli_ok("org", "template", "set", org, "web", '{"sentry:origins": ["shop.example.com"]}')
+    system.cli_ok("project", "create", org, "templated", "--template", "web", "--json")
+    page.driver.get(f"{system.url}/console/#/project/{org}/templated")
+    page.text("h1", "templated")
+
+    def source(editor: Any) -> str:
+        return str(editor.find_element(By.CSS_SELECTOR, ".source").get_attribute("data-source"))
+
+    def layer(editor: Any, name: str) -> str:
+        return str(editor.find_element(By.CSS_SELECTOR, f"[data-layer={name}]").text)
+
+    origins = page.css('[data-option="sentry:origins"]')
+    assert "shop.example.com" in layer(origins, "template") and layer(origins, "project") == "not set"
+    assert source(origins) == "template" and "template “web”" in origins.find_element(By.CSS_SELECTOR, ".source").text
+    assert "list of strings" in origins.text and '"*"' in origins.text  # type and default
+    sensitive = page.css('[data-option="sentry:sensitive_fields"]')
+    assert "card_number" in layer(sensitive, "org") and source(sensitive) == "org"
+    assert "card_number" in layer(sensitive, "value")
+    assert layer(page.css('[data-option="sentry:scrub_data"]'), "value") == "true"
+    page.driver.execute_script("arguments[0].scrollIntoView()", origins)
+    page.shot("option-sources")
+    page.fill("Value of sentry:origins", "own.example.com", within=origins)
+    page.button("Save", within=origins).click()
+    page.wait.until(lambda d: source(origins) == "project")
+    assert "own.example.com" in layer(origins, "value") and "shop.example.com" in layer(origins, "template")
+    page.button("Unset (inherit)", within=origins).click()
+    page.wait.until(lambda d: source(origins) == "template")
+    assert layer(origins, "project") == "not set" and "shop.example.com" in layer(origins, "value")
+    assert origins.find_element(By.TAG_NAME, "textarea").get_attribute("value") == "shop.example.com"
+    page.text("#status", "sentry:origins unset")

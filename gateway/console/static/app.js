@@ -3,7 +3,6 @@
 // (/console/session). The session cookie is HttpOnly; every change sends X-CSRF-Token.
 
 const session = { csrf: null, username: null, scopes: [] };
-let catalogue = null;
 const main = document.getElementById("main");
 
 // -- DOM helpers -------------------------------------------------------------------------------
@@ -279,8 +278,8 @@ async function orgPage(org, known = null) {
 
 async function projectPage(org, project) {
   const base = `/api/0/projects/${enc(org)}/${enc(project)}`;
-  const [detail, keys] = await Promise.all([api("GET", `${base}/`), api("GET", `${base}/keys/`)]);
-  catalogue ||= await (await fetch("/console/catalogue.json")).json();
+  const [detail, keys, sources] = await Promise.all([api("GET", `${base}/`), api("GET", `${base}/keys/`),
+    api("GET", `${base}/relayctl/options/`)]);
   const rows = keys.map((k) => {
     // The PUT answers with the key read at its write: the row shows that answer.
     const status = h("td", {}, k.isActive ? "active" : "disabled");
@@ -315,9 +314,11 @@ async function projectPage(org, project) {
       : h("p", { class: "muted" }, "No keys yet."), h("h2", {}, "New key"), create),
     aiSection(org, project),
     h("section", { id: "options" }, h("h2", {}, "Options"),
-      h("p", { class: "muted" }, "Every project option of the catalogue. The value shown is what the API answers: "
-        + "the project's own, else its template's, else the default."),
-      catalogue.map((spec) => optionEditor(base, spec, detail.options || {})))];
+      h("p", { class: "muted" }, "Every project option of the catalogue: its type and default, the value of the "
+        + (sources.template ? `project template “${sources.template}”` : "project template (this project has none)")
+        + " and of the organization, this project's own, and the value its config is built from with where it "
+        + "comes from. Unset a project value to inherit again."),
+      sources.options.map((entry) => optionEditor(base, entry, sources.template)))];
 }
 
 // -- an event's AI fix suggestion, streamed as the model writes ------------------------------------
@@ -407,10 +408,10 @@ function inputFor(spec, value) {
     return area;
   }
   if (spec.kind === "text") {
-    return h("input", { type: "text", value: typeof value === "string" ? value : (value === undefined ? "" : JSON.stringify(value)) });
+    return h("input", { type: "text", value: typeof value === "string" ? value : (value === undefined || value === null ? "" : JSON.stringify(value)) });
   }
   const area = h("textarea", { rows: 3 });
-  area.value = value === undefined ? "" : JSON.stringify(value, null, 1);
+  area.value = value === undefined || value === null ? "" : JSON.stringify(value, null, 1);
   return area;
 }
 
@@ -421,39 +422,82 @@ function valueOf(spec, raw) {
   return raw.trim() === "" ? null : JSON.parse(raw);
 }
 
-function optionEditor(base, spec, options) {
-  const value = spec.readable ? options[spec.key] : undefined;
-  const control = inputFor(spec, value);
-  const current = h("dd", {}, spec.readable ? shown(value) : "not shown by the API");
-  const fromDefault = h("dd", {}, spec.readable
-    ? (JSON.stringify(value) === JSON.stringify(spec.default) ? "no: the default" : "yes") : "—");
-  const form = actionForm([field(`Value of ${spec.key}`, spec.key, control)], "Save", async (data) => {
+// Where the value an option's config is built from comes from, in words.
+function sourceText(entry, template) {
+  if (entry.forcedBy) return `the organization: ${entry.forcedBy} forces it on`;
+  const named = template ? `template “${template}”` : "the template";
+  return { project: "this project", template: named, org: "the organization", default: "the default",
+           "org+project": "the organization's, then this project's", "org+template": `the organization's, then ${named}'s` }[entry.source]
+    || entry.source;
+}
+
+// One place an option may be set (template, org, project): its value, "not set", or hidden.
+function layerText(layer, readable) {
+  if (!layer?.isSet) return "not set";
+  return readable ? shown(layer.value) : "set (value not shown: needs project:write)";
+}
+
+// The value a project edit starts from: its own, else its template's, else the default (never
+// the organization's part of a merged option: saving that would copy it into the project).
+function startingValue(entry) {
+  if (!entry.readable) return undefined;
+  if (entry.project?.isSet) return entry.project.value;
+  if (entry.template?.isSet) return entry.template.value;
+  return entry.default;
+}
+
+function optionFacts(entry, template) {
+  const combined = { append: "the organization's entries come first", union: "merged with the organization's",
+                     pii: "the organization's rules apply first", fallback: "the organization's when the project sets none" };
+  return [h("dt", {}, "Type"), h("dd", {}, entry.type), h("dt", {}, "Default"), h("dd", {}, shown(entry.default)),
+    h("dt", {}, template ? `Template “${template}”` : "Template"),
+    h("dd", { "data-layer": "template" }, template ? layerText(entry.template, entry.readable) : "no template"),
+    entry.org ? [h("dt", {}, "Organization"), h("dd", { "data-layer": "org" }, layerText(entry.org, entry.readable)
+      + (entry.combine ? ` (${combined[entry.combine]})` : ""))] : null,
+    h("dt", {}, "This project"), h("dd", { "data-layer": "project" }, layerText(entry.project, entry.readable)),
+    h("dt", {}, "Value now"), h("dd", { "data-layer": "value" }, entry.readable ? shown(entry.value) : "not shown"),
+    h("dt", {}, "From"), h("dd", { class: "source", "data-source": entry.source }, sourceText(entry, template))];
+}
+
+function optionEditor(base, entry, template) {
+  const facts = h("dl", {}, optionFacts(entry, template));
+  let control = inputFor(entry, startingValue(entry));
+  const form = actionForm([field(`Value of ${entry.key}`, entry.key, control)], "Save", async (data) => {
     let wanted;
-    try { wanted = valueOf(spec, data.get(spec.key)); } catch (error) {
-      throw new ApiError(400, { [spec.key]: [`Not valid JSON: ${error.message}`] });
+    try { wanted = valueOf(entry, data.get(entry.key)); } catch (error) {
+      throw new ApiError(400, { [entry.key]: [`Not valid JSON: ${error.message}`] });
     }
     await save(wanted);
   });
-  async function save(wanted) {
-    const project = await api("PUT", `${base}/`, { options: { [spec.key]: wanted } });
-    const now = project.options?.[spec.key];
-    if (spec.readable) {
-      current.textContent = shown(now);
-      fromDefault.textContent = JSON.stringify(now) === JSON.stringify(spec.default) ? "no: the default" : "yes";
-    }
-    say(`${spec.key} saved`);
-  }
   const reset = h("button", { type: "button", class: "secondary" }, "Unset (inherit)");
+  reset.disabled = !entry.project?.isSet;
+  // The PUT stores the project's value (null clears it); the sources are then read again:
+  // the API answers at the write's sequence, so the read shows it.
+  async function save(wanted) {
+    await api("PUT", `${base}/`, { options: { [entry.key]: wanted } });
+    const sources = await api("GET", `${base}/relayctl/options/`);
+    const now = sources.options.find((o) => o.key === entry.key);
+    if (now) {
+      entry = now;
+      facts.replaceChildren(...optionFacts(entry, sources.template).flat(Infinity).filter(Boolean));
+      reset.disabled = !entry.project?.isSet;
+      if (wanted === null) {
+        const fresh = inputFor(entry, startingValue(entry));
+        fresh.id = control.id;
+        fresh.name = control.name;
+        fresh.setAttribute("aria-describedby", control.getAttribute("aria-describedby"));
+        control.replaceWith(fresh);
+        control = fresh;
+      }
+    }
+    say(wanted === null ? `${entry.key} unset` : `${entry.key} saved`);
+  }
   reset.addEventListener("click", async () => {
     showErrors(form, null);
     try { await save(null); } catch (error) { showErrors(form, asApiError(error)); }
   });
   form.querySelector("button[type=submit]").after(reset);
-  return h("div", { class: "option", "data-option": spec.key }, h("h3", {}, spec.key),
-    h("dl", {}, h("dt", {}, "Type"), h("dd", {}, spec.type), h("dt", {}, "Default"), h("dd", {}, shown(spec.default)),
-      h("dt", {}, "Value now"), current, h("dt", {}, "Changed from default"), fromDefault,
-      spec.orgToo ? [h("dt", {}, "Org"), h("dd", {}, "also set per organization (merged)")] : null),
-    form);
+  return h("div", { class: "option", "data-option": entry.key }, h("h3", {}, entry.key), facts, form);
 }
 
 // -- a key's config and history -----------------------------------------------------------------
