@@ -26,7 +26,7 @@ import aiohttp
 from actors.ai import AIConfig
 from bench._servers import percentile, servers
 from domain.ai_prompt import describe_event_for_ai
-from gateway.ai import AI_LIMITER
+from gateway.keys import AI_LIMITER
 from tests.ai_helpers import error_event, start_ai_worker
 from tests.openai_stub import OpenAIStub
 from tests.system import SystemUnderTest

@@ -41,9 +41,10 @@ from bus.streaming import Chunk, Final, stream_request
 from domain.access import org_scopes
 from gateway.ask import ask
 from gateway.errors import HTTPFailure, from_error, json_response
+from gateway.keys import AI_LIMITER, NC
 from messages.errors import RelayctlError, Unauthorized
 
-__all__ = ["AI_LIMITER", "AI_PATH", "UserRateLimiter", "add_ai_routes"]
+__all__ = ["AI_PATH", "UserRateLimiter", "add_ai_routes"]
 BEARER = {"WWW-Authenticate": "Bearer"}
 
 log = structlog.get_logger(__name__)
@@ -92,9 +93,6 @@ class UserRateLimiter:
         """Drop buckets that have refilled: they hold nothing a fresh bucket would not."""
         self._buckets = {user: (tokens, updated) for user, (tokens, updated) in self._buckets.items()
                          if tokens + (now - updated) * self.rate < self.burst}
-
-
-AI_LIMITER = web.AppKey("ai_user_limiter", UserRateLimiter)
 
 
 def add_ai_routes(app: web.Application, limiter: UserRateLimiter | None = None) -> None:
@@ -154,7 +152,7 @@ async def ai_fix_suggest(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, payload: dict[str, Any], actor: str) -> web.StreamResponse:
-    replies = stream_request(request.app["nc"], "ai.suggest", payload, timeout=STREAM_TIMEOUT,
+    replies = stream_request(request.app[NC], "ai.suggest", payload, timeout=STREAM_TIMEOUT,
                              idle_timeout=STREAM_IDLE_TIMEOUT, correlation_id=_correlation_id(), actor=actor)
     async with replies:
         try:

@@ -44,6 +44,25 @@ from gateway.binding import PortLock, port_problem
 from gateway.console import add_console_routes
 from gateway.errors import HTTPFailure, error_response, from_error, json_response
 from gateway.ingest import add_ingest_routes
+from gateway.keys import (
+    ACCESS_SAMPLER,
+    BODIES,
+    DEPENDENCY_REPORTER,
+    MAC_KEY_PREFETCH,
+    MAC_KEYS,
+    NATS_LOST,
+    NC,
+    OWN_SERIES,
+    PROJECT_CONFIGS,
+    REDIS,
+    REDIS_READ,
+    RELAY_ACTIVITY,
+    RELAY_AUTH,
+    RELAY_AUTH_CACHE,
+    SECRET,
+    SETTINGS,
+    SYSTEM_ID,
+)
 from gateway.limits import HttpLimits, limits_middleware, serve
 from gateway.mac_keys import MacKeys
 from gateway.project_configs import BodyCache, ProjectConfigs
@@ -167,11 +186,11 @@ async def _answer(request: web.Request, handler: Handler, cid: str, route: str) 
         tags["version"] = version if version in TAGGED_VERSIONS else "other"
     elapsed = time.perf_counter() - started
     metrics.timing("gateway.requests", elapsed, tags)
-    log_access(request, route, response.status, elapsed, request.app.get("access_sampler"))
-    activity: RelayActivity | None = request.app.get("relay_activity")
+    log_access(request, route, response.status, elapsed, request.app.get(ACCESS_SAMPLER))
+    activity: RelayActivity | None = request.app.get(RELAY_ACTIVITY)
     if activity is not None:
-        relay_id = request.headers.get("X-Sentry-Relay-Id")
-        known = bool(relay_id) and request.app["relay_auth"].get(relay_id) is not None
+        relay_id = request.headers.get("X-Sentry-Relay-Id", "")
+        known = bool(relay_id) and request.app[RELAY_AUTH_CACHE].get(relay_id) is not None
         activity.observe(request, route, response, known)
     return response
 
@@ -223,13 +242,13 @@ async def _shared_value_once(nc: Any, key: str, make: Callable[[], str]) -> str:
 
 async def dependencies(app: web.Application) -> dict[str, str]:
     """The state of NATS and Redis as this gateway sees them now."""
-    nc = app["nc"]
+    nc = app[NC]
     state: dict[str, str] = {"nats": "ok" if nc is not None and nc.is_connected else "unavailable"}
-    if app["redis"] is None:
+    if app[REDIS] is None:
         state["redis"] = "not configured"
     else:
         try:
-            await asyncio.wait_for(app["redis"].ping(), 1.0)
+            await asyncio.wait_for(app[REDIS].ping(), 1.0)
             state["redis"] = "ok"
         except Exception:
             state["redis"] = "unavailable"
@@ -274,7 +293,7 @@ async def health(request: web.Request) -> web.Response:
     healthy = state["nats"] == "ok" and state["redis"] in ("ok", "not configured")
     # "system": which system this gateway serves, so another gateway (or `up`) about to
     # listen on this port can tell its own system's gateways from another's.
-    return json_response({"healthy": healthy, "dependencies": state, "system": app.get("system_id")},
+    return json_response({"healthy": healthy, "dependencies": state, "system": app.get(SYSTEM_ID)},
                          200 if healthy else 503)
 
 
@@ -304,10 +323,10 @@ async def prometheus(request: web.Request) -> web.Response:
     not each (every gateway serves the same aggregate). Without NATS or the metrics actor,
     this gateway's own series, marked as such."""
     try:
-        text = await bus_request(request.app["nc"], "metrics.snapshot", {"format": "prometheus"}, timeout=3.0,
+        text = await bus_request(request.app[NC], "metrics.snapshot", {"format": "prometheus"}, timeout=3.0,
                                  retries=1)
     except Exception as exc:  # NATS down, reconnecting, no metrics actor: all the same here
-        own: OwnSeries = request.app["own_series"]
+        own: OwnSeries = request.app[OWN_SERIES]
         log.warning("gateway.metrics_local_only", error=str(exc))
         return web.Response(body=OWN_SERIES_NOTE + own.text(),
                             headers={"Content-Type": PROMETHEUS_TYPE, "X-Relayctl-Metrics": "gateway-only"})
@@ -327,17 +346,19 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     # handler_args carries the header limits to whichever runner serves the app.
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware, limits_middleware(limits)],
                           handler_args=limits.handler_args())
-    app["nc"] = None
-    app["redis"] = None
-    app["access_sampler"] = AccessSampler.from_settings(settings)
-    app["own_series"] = OwnSeries()
-    app["relay_activity"] = RelayActivity()
-    app["relay_auth"] = RelayAuthCache()
-    app["bodies"] = BodyCache()
+    app[SETTINGS] = settings
+    app[NC] = None
+    app[REDIS] = None
+    app[REDIS_READ] = None
+    app[ACCESS_SAMPLER] = AccessSampler.from_settings(settings)
+    app[OWN_SERIES] = OwnSeries()
+    app[RELAY_ACTIVITY] = RelayActivity()
+    app[RELAY_AUTH_CACHE] = RelayAuthCache()
+    app[BODIES] = BodyCache()
     # One of each per gateway: the relay routes and ingest check and cache with the same ones.
-    app["mac_keys"] = MacKeys()
-    auth = app["relay_auth_check"] = RelayAuth(app, app["relay_auth"], app["mac_keys"])
-    configs = app["project_configs"] = ProjectConfigs(app, auth, app["mac_keys"], app["bodies"])
+    app[MAC_KEYS] = MacKeys()
+    auth = app[RELAY_AUTH] = RelayAuth(app, app[RELAY_AUTH_CACHE], app[MAC_KEYS])
+    configs = app[PROJECT_CONFIGS] = ProjectConfigs(app, auth, app[MAC_KEYS], app[BODIES])
     registration = Registration(app)
     lookups = RelayLookups(app, auth)
 
@@ -345,54 +366,54 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
         # Resolved when the NATS connection drops, so requests in flight fail at once (503)
         # instead of at their deadline; a new one is made on reconnect.
         loop = asyncio.get_running_loop()
-        app["nats_lost"] = loop.create_future()
+        app[NATS_LOST] = loop.create_future()
 
         def lost() -> None:
-            if not app["nats_lost"].done():
-                app["nats_lost"].set_result(None)
+            if not app[NATS_LOST].done():
+                app[NATS_LOST].set_result(None)
 
         def back() -> None:
-            if app["nats_lost"].done():
-                app["nats_lost"] = loop.create_future()
+            if app[NATS_LOST].done():
+                app[NATS_LOST] = loop.create_future()
 
-        app["nc"] = await connect(nats_url, name="gateway", on_disconnect=lost, on_reconnect=back)
-        app["secret"] = await registration_secret(app["nc"])
-        app["system_id"] = await system_id(app["nc"])
+        app[NC] = await connect(nats_url, name="gateway", on_disconnect=lost, on_reconnect=back)
+        app[SECRET] = await registration_secret(app[NC])
+        app[SYSTEM_ID] = await system_id(app[NC])
         try:
-            await app["relay_activity"].open(app["nc"])
+            await app[RELAY_ACTIVITY].open(app[NC])
         except Exception:  # `relay status` then lacks this gateway's news; serving goes on
             log.warning("gateway.relay_activity_unavailable", exc_info=True)
         async def relay_changed(msg: Any) -> None:
-            app["relay_auth"].drop(msg.data.decode() or None)
+            app[RELAY_AUTH_CACHE].drop(msg.data.decode() or None)
 
-        await app["nc"].subscribe(RELAY_CHANGED, cb=relay_changed)
+        await app[NC].subscribe(RELAY_CHANGED, cb=relay_changed)
         if instrument_process:
-            instrument(app["nc"], asyncio.get_running_loop(), "gateway")
+            instrument(app[NC], asyncio.get_running_loop(), "gateway")
             metrics.declare(GATEWAY_COUNTERS)
             if metrics.metrics.instance is not None:
-                metrics.metrics.instance.add_tap(app["own_series"].tap)
+                metrics.metrics.instance.add_tap(app[OWN_SERIES].tap)
         if redis_url:
             # On a cluster (--redis-cluster) the URL names start nodes; with a read URL the
             # config cache is read there (replicas), rate-limit counts still go to `redis`.
             cluster = bool(settings.value("RELAYCTL_REDIS_CLUSTER"))
-            app["redis"] = redis_clients.async_client(redis_url, cluster=cluster)
+            app[REDIS] = redis_clients.async_client(redis_url, cluster=cluster)
             read_url = settings.value("RELAYCTL_REDIS_READ_URL")
             if read_url:
-                app["redis_read"] = redis_clients.async_client(read_url, cluster=cluster, replicas=True)
-        app["dependency_reporter"] = asyncio.get_running_loop().create_task(report_dependencies(app))
-        app["mac_key_prefetch"] = asyncio.get_running_loop().create_task(
-            app["mac_keys"].prefetch(app["nc"], (CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET)))
+                app[REDIS_READ] = redis_clients.async_client(read_url, cluster=cluster, replicas=True)
+        app[DEPENDENCY_REPORTER] = asyncio.get_running_loop().create_task(report_dependencies(app))
+        app[MAC_KEY_PREFETCH] = asyncio.get_running_loop().create_task(
+            app[MAC_KEYS].prefetch(app[NC], (CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET)))
 
     async def cleanup(app: web.Application) -> None:
-        for task_name in ("dependency_reporter", "mac_key_prefetch"):
-            task = app.get(task_name)
+        for task_key in (DEPENDENCY_REPORTER, MAC_KEY_PREFETCH):
+            task = app.get(task_key)
             if task is not None:
                 task.cancel()
-        if app.get("redis_read") is not None:
-            await app["redis_read"].aclose()
-        if app["redis"] is not None:
-            await app["redis"].aclose()
-        nc = app["nc"]
+        if app[REDIS_READ] is not None:
+            await app[REDIS_READ].aclose()
+        if app[REDIS] is not None:
+            await app[REDIS].aclose()
+        nc = app[NC]
         if nc is not None:
             # Drained when connected; during a NATS outage there is nothing to drain to, and
             # a gateway stopped then must still stop cleanly.
@@ -438,7 +459,7 @@ def run_gateway(host: str, port: int, nats_url: str, redis_url: str | None, *, d
         # After the other startup hooks (the system id is known), right before the bind:
         # the lock is held from this check until the socket listens.
         await asyncio.to_thread(lock.acquire)
-        problem = await asyncio.to_thread(port_problem, host, port, app["system_id"])
+        problem = await asyncio.to_thread(port_problem, host, port, app[SYSTEM_ID])
         if problem:
             lock.release()
             raise PortInUse(problem)

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from bus.client import request as bus_request
+from gateway.keys import NATS_LOST, NC
 from messages.errors import Unavailable
 
 NATS_DOWN = "the control plane (NATS) is unavailable"
@@ -26,14 +27,14 @@ RELAY_TIMEOUT = 4.0
 
 async def ask(app: web.Application, message_type: str, payload: dict[str, Any], *, timeout: float,
               retries: int = 0, actor: str = "gateway") -> Any:
-    nc = app.get("nc")
+    nc = app.get(NC)
     if nc is None or not nc.is_connected:
         raise Unavailable(NATS_DOWN)
     asked = asyncio.ensure_future(bus_request(
         nc, message_type, payload, timeout=timeout, retries=retries, actor=actor,
         attempt_timeout=timeout / (retries + 1) if retries else None,
         correlation_id=structlog.contextvars.get_contextvars().get("correlation_id")))
-    lost: asyncio.Future[None] | None = app.get("nats_lost")
+    lost: asyncio.Future[None] | None = app.get(NATS_LOST)
     if lost is None:  # an app whose startup (the connection watch) has not run
         return await asked
     try:

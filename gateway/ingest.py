@@ -59,6 +59,7 @@ from bus.rate_limits import ITEM_CATEGORIES, Quota, RateLimiter, envelope_catego
 from gateway.ask import ask_for_relay
 from gateway.envelopes import MalformedEnvelope, check, normalize_event_id, wrap_event
 from gateway.errors import HTTPFailure, error_response, json_response, parse_json
+from gateway.keys import INGEST, INGEST_HELD, INGEST_OUTCOME_TASK, INGEST_STORE, NC, PROJECT_CONFIGS, REDIS, RELAY_AUTH
 from gateway.project_configs import ProjectConfigs
 from gateway.relay_auth import SIGNED_MAX_AGE, UUID_RE, RelayAuth, RelayIdentity
 from messages.errors import RelayctlError, Unavailable
@@ -351,14 +352,14 @@ class IngestEndpoints:
     def __init__(self, app: web.Application, settings: IngestSettings | None = None) -> None:
         self.app = app
         self.settings = settings or IngestSettings.from_env()
-        self.auth: RelayAuth = app["relay_auth_check"]
-        self.keys = KeyResolver(app["project_configs"])
+        self.auth: RelayAuth = app[RELAY_AUTH]
+        self.keys = KeyResolver(app[PROJECT_CONFIGS])
         self.refused = RefusedOutcomes(self)
         self.in_flight = 0  # decompressed bytes the requests being handled hold
 
     @property
     def store(self) -> IngestStore:
-        store: IngestStore | None = self.app.get("ingest_store")
+        store: IngestStore | None = self.app[INGEST_STORE]
         if store is None:
             raise Unavailable("the ingest stream (NATS) is unavailable")
         return store
@@ -429,7 +430,7 @@ class IngestEndpoints:
             origin = request.headers.get("Origin")
             if origin and not origin_allowed(origin, info.allowed_domains):
                 raise rejected(403, f"origin {origin[:100]} is not allowed for this project")
-            limited = await RateLimiter(self.app["redis"]).check(info.quotas, envelope_categories(item_types))
+            limited = await RateLimiter(self.app[REDIS]).check(info.quotas, envelope_categories(item_types))
             if limited is not None:
                 self.refused.add(info, RATE_LIMITED, limited.quota.reason_code or "rate_limited", item_types)
                 raise rejected(429, f"rate limited by the {limited.quota.scope} quota, retry later",
@@ -449,7 +450,7 @@ class IngestEndpoints:
         return json_response({"id": event_id})
 
     async def _append(self, append: Callable[[], Awaitable[int]]) -> int:
-        nc = self.app.get("nc")
+        nc = self.app[NC]
         if nc is None or not nc.is_connected:
             raise HTTPFailure(503, "cannot store the envelope now: NATS is unavailable; retry")
         try:
@@ -516,10 +517,10 @@ class IngestEndpoints:
         if self.in_flight + size > self.settings.max_in_flight:
             raise HTTPFailure(503, "the gateway holds as many envelopes as it may right now; retry")
         self.in_flight += size
-        request["ingest_held"] = request.get("ingest_held", 0) + size
+        request[INGEST_HELD] = request.get(INGEST_HELD, 0) + size
 
     def _release(self, request: web.Request) -> None:
-        self.in_flight -= request.pop("ingest_held", 0)
+        self.in_flight -= request.pop(INGEST_HELD, 0)
 
     @staticmethod
     def _too_large(cap: int) -> HTTPFailure:
@@ -615,20 +616,20 @@ class IngestEndpoints:
 def add_ingest_routes(app: web.Application) -> None:
     """Register the data-plane routes, and the ingest stream's setup, on the gateway app."""
     ingest = IngestEndpoints(app)
-    app["ingest"] = ingest
-    app["ingest_store"] = None
+    app[INGEST] = ingest
+    app[INGEST_STORE] = None
 
     async def startup(app: web.Application) -> None:
-        store = IngestStore(app["nc"])
+        store = IngestStore(app[NC])
         try:
             await store.ensure()
         except Exception as exc:  # made on the first append instead; until then it answers 503
             log.warning("ingest.stream_unavailable", error=str(exc))
-        app["ingest_store"] = store
-        app["ingest_outcomes"] = asyncio.ensure_future(ingest.refused.run())
+        app[INGEST_STORE] = store
+        app[INGEST_OUTCOME_TASK] = asyncio.ensure_future(ingest.refused.run())
 
     async def cleanup(app: web.Application) -> None:
-        task = app.get("ingest_outcomes")
+        task = app.get(INGEST_OUTCOME_TASK)
         if task is not None:
             task.cancel()
             await ingest.refused.flush()

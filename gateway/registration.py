@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.ask import ask_for_relay
 from gateway.errors import HTTPFailure, json_response, parse_json
+from gateway.keys import SECRET
 from gateway.relay_auth import UUID_RE, signature_of
 from messages.errors import BadRequest, Forbidden
 
@@ -76,7 +77,7 @@ class Registration:
         except Exception as exc:
             raise HTTPFailure(400, f"Invalid public key: {first_line(exc)}") from None
         try:
-            challenge = sentry_relay.create_register_challenge(body, signature, self.app["secret"],
+            challenge = sentry_relay.create_register_challenge(body, signature, self.app[SECRET],
                                                                max_age=REGISTER_MAX_AGE)
         except Exception as exc:
             raise HTTPFailure(400, f"Invalid relay signature: {first_line(exc)}") from None
@@ -106,7 +107,7 @@ class Registration:
             raise HTTPFailure(400, "Invalid registration response", errors=errors)
         signature = _signature(request, data)
         try:
-            validated = sentry_relay.validate_register_response(body, signature, self.app["secret"],
+            validated = sentry_relay.validate_register_response(body, signature, self.app[SECRET],
                                                                 max_age=REGISTER_MAX_AGE)
         except sentry_relay.UnpackErrorSignatureExpired:
             raise HTTPFailure(401, "Challenge expired") from None

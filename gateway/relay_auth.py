@@ -27,6 +27,7 @@ from bus.cache_keys import RELAY_AUTH_MAC_BUCKET
 from bus.config_cache import RELAY_AUTH_PREFIX, unseal
 from gateway.ask import ask_for_relay
 from gateway.errors import HTTPFailure
+from gateway.keys import NC, REDIS, REDIS_READ
 from gateway.mac_keys import MacKeys
 
 log = structlog.get_logger(__name__)
@@ -127,7 +128,7 @@ class RelayAuth:
         if cached is not None:
             return cached
         info = None
-        redis_read = self.app.get("redis_read") or self.app["redis"]
+        redis_read = self.app[REDIS_READ] or self.app[REDIS]
         if redis_read is not None:
             try:
                 raw = await redis_read.get(RELAY_AUTH_PREFIX + relay_id)
@@ -145,7 +146,7 @@ class RelayAuth:
     async def _checked_relay_auth(self, relay_id: str, raw: bytes) -> dict[str, Any] | None:
         """A relayauth entry's content if it is sealed with the org access actor's key and
         has not expired; else None (logged), and the caller asks over NATS."""
-        nc = self.app["nc"]
+        nc = self.app[NC]
         key = await self.mac_keys.get(nc, RELAY_AUTH_MAC_BUCKET)
         if key is None:
             return None

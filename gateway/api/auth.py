@@ -22,6 +22,7 @@ from aiohttp import web
 
 from bus.client import request as bus_request
 from gateway.errors import HTTPFailure, json_response
+from gateway.keys import API_AUTH_FAILURES, NC
 from messages.errors import Unauthorized, Unavailable
 
 AUTH_TIMEOUT = 4.0
@@ -59,9 +60,6 @@ class FailureLimiter:
                                  if t + (now - u) * self.rate < self.burst}
 
 
-FAILURES = web.AppKey("api_auth_failures", FailureLimiter)
-
-
 def failure_limiter() -> FailureLimiter:
     """`RELAYCTL_API_AUTH_FAILURES`: bad tokens a client address may send at once (default 10)."""
     try:
@@ -93,7 +91,7 @@ def unauthorized(detail: str) -> HTTPFailure:
 
 async def ask(request: web.Request, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
               actor: str = "gateway", after: int = 0, retries: int = 1) -> Any:
-    nc = request.app["nc"]
+    nc = request.app[NC]
     if nc is None or not nc.is_connected:
         raise Unavailable("the control plane (NATS) is unavailable")
     return await bus_request(nc, message_type, payload, timeout=timeout, retries=retries, actor=actor,
@@ -108,7 +106,7 @@ async def principal(request: web.Request, *, required: bool = True) -> dict[str,
         if not required:
             return None
         raise unauthorized("Authentication credentials were not provided.")
-    limiter = request.app[FAILURES]
+    limiter = request.app[API_AUTH_FAILURES]
     client = request.remote or "unknown"
     wait = limiter.wait(client)
     if wait is not None:

@@ -26,6 +26,7 @@ from aiohttp import web
 from domain.access import org_scopes
 from gateway.api.auth import principal
 from gateway.errors import HTTPFailure
+from gateway.keys import CONFIG_CHANGES, NC
 from messages.errors import Unavailable
 from messages.subjects import CONFIG_CHANGED
 
@@ -88,9 +89,6 @@ class ConfigChanges:
                 client.put(change)
 
 
-CHANGES = web.AppKey("config_changes", ConfigChanges)
-
-
 def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -118,8 +116,8 @@ async def config_changes(request: web.Request) -> web.StreamResponse:
     """
     who = await principal(request)
     assert who is not None
-    hub = request.app[CHANGES]
-    await hub.start(request.app["nc"])
+    hub = request.app[CONFIG_CHANGES]
+    await hub.start(request.app[NC])
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)

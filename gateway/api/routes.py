@@ -26,6 +26,7 @@ from domain.access import org_scopes, spans_orgs, token_scopes, visible_orgs
 from domain.management import rfc3339
 from gateway.api.auth import FieldErrors, ask, principal
 from gateway.errors import HTTPFailure, json_response
+from gateway.keys import NC
 from messages.commands import SLUG_RE
 from messages.errors import BadRequest, NotFound
 
@@ -118,7 +119,7 @@ async def api_index(request: web.Request) -> web.Response:
 async def internal_health(request: web.Request) -> web.Response:
     """`GET /api/0/internal/health/`: 200 when the API can serve (the Terraform provider's
     first call; anything else fails its whole run)."""
-    nc = request.app["nc"]
+    nc = request.app[NC]
     if nc is None or not nc.is_connected:
         return json_response({"healthy": {"nats": False}, "problems": [{"message": "NATS is unavailable"}]}, 503)
     return json_response({"healthy": {"nats": True}, "problems": []})

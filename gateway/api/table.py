@@ -12,8 +12,9 @@ from gateway.api import ingest as i
 from gateway.api import options as o
 from gateway.api import routes as r
 from gateway.api import writes as w
-from gateway.api.auth import FAILURES, failure_limiter
+from gateway.api.auth import failure_limiter
 from gateway.api.openapi import OPENAPI_PATH, openapi_handler
+from gateway.keys import API_AUTH_FAILURES, CONFIG_CHANGES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 P = r.PREFIX
@@ -65,8 +66,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 def add_management_routes(app: web.Application) -> None:
-    app[FAILURES] = failure_limiter()
-    app[c.CHANGES] = c.ConfigChanges()
+    app[API_AUTH_FAILURES] = failure_limiter()
+    app[CONFIG_CHANGES] = c.ConfigChanges()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.router.add_get(OPENAPI_PATH, openapi_handler(ROUTES))

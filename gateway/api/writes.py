@@ -41,6 +41,7 @@ from gateway.api.routes import (
     relay_row,
 )
 from gateway.errors import HTTPFailure, json_response
+from gateway.keys import NC
 from messages.commands import RELAY_KEY_RE, SLUG_RE
 from messages.endpoints import TOKEN_FIELD, api_subject
 from messages.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
@@ -88,7 +89,7 @@ async def write(request: web.Request, who: dict[str, Any], message_type: str,
                 payload: dict[str, Any]) -> tuple[Any, int]:
     """One command on behalf of the request's token (`who`: what it authenticated as): its
     result and the stream sequence it is at."""
-    nc = request.app["nc"]
+    nc = request.app[NC]
     if nc is None or not nc.is_connected:
         raise Unavailable("the control plane (NATS) is unavailable")
     token = bearer(request)

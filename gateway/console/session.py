@@ -32,6 +32,7 @@ from multidict import CIMultiDict
 
 from gateway.api.auth import bearer, principal
 from gateway.errors import HTTPFailure, json_response
+from gateway.keys import CONSOLE_SESSIONS
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -88,9 +89,6 @@ class SessionStore:
             self._sessions.pop(session_id, None)
 
 
-SESSIONS = web.AppKey("console_sessions", SessionStore)
-
-
 def _csrf_ok(request: web.Request, session: Session) -> bool:
     sent = request.headers.get(CSRF_HEADER, "")
     return bool(sent) and hmac.compare_digest(sent.encode(), session.csrf.encode())
@@ -108,7 +106,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     if (not request.path.startswith("/api/0/") or request.path.startswith("/api/0/relays/")
             or "Authorization" in request.headers or COOKIE not in request.cookies):
         return await handler(request)
-    session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    session = request.app[CONSOLE_SESSIONS].get(request.cookies.get(COOKIE))
     if session is None:
         raise HTTPFailure(401, "The console session has ended; log in again.")
     if request.method not in SAFE_METHODS and not _csrf_ok(request, session):
@@ -136,8 +134,8 @@ async def login(request: web.Request) -> web.Response:
             return json_response({"token": ["Invalid token"]}, 401)
         raise
     assert who is not None
-    request.app[SESSIONS].drop(request.cookies.get(COOKIE))
-    session_id, session = request.app[SESSIONS].create(token, who["username"])
+    request.app[CONSOLE_SESSIONS].drop(request.cookies.get(COOKIE))
+    session_id, session = request.app[CONSOLE_SESSIONS].create(token, who["username"])
     log.info("console.login", user=who["username"])
     response = json_response({"username": session.username, "csrf": session.csrf})
     _set_cookie(request, response, session_id, SESSION_SECONDS)
@@ -145,7 +143,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 def _session_of(request: web.Request) -> Session:
-    session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    session = request.app[CONSOLE_SESSIONS].get(request.cookies.get(COOKIE))
     if session is None:
         raise HTTPFailure(401, "Not logged in.")
     return session
@@ -154,7 +152,7 @@ def _session_of(request: web.Request) -> Session:
 async def current(request: web.Request) -> web.Response:
     """`GET /console/session`: the session's user and CSRF token, both null when not logged
     in (a 200: the page asks this first, and a browser logs every 4xx as an error)."""
-    session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    session = request.app[CONSOLE_SESSIONS].get(request.cookies.get(COOKIE))
     if session is None:
         return json_response({"username": None, "csrf": None})
     return json_response({"username": session.username, "csrf": session.csrf})
@@ -165,7 +163,7 @@ async def logout(request: web.Request) -> web.Response:
     session = _session_of(request)
     if not _csrf_ok(request, session):
         raise HTTPFailure(403, "CSRF token missing or wrong.")
-    request.app[SESSIONS].drop(request.cookies.get(COOKIE))
+    request.app[CONSOLE_SESSIONS].drop(request.cookies.get(COOKIE))
     response = web.Response(status=204)
     _set_cookie(request, response, "", 0)
     return response
@@ -187,7 +185,7 @@ def add_console_routes(app: web.Application) -> None:
     """The console's routes and its session middleware: second, right after the error
     middleware (its refusals are the gateway's JSON errors) and before the limits middleware
     reads the body (a request is cloned with its bearer token only before that)."""
-    app[SESSIONS] = SessionStore()
+    app[CONSOLE_SESSIONS] = SessionStore()
     app.middlewares.insert(min(1, len(app.middlewares)), session_middleware)
 
     async def to_console(request: web.Request) -> web.Response:

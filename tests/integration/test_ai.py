@@ -22,7 +22,7 @@ from bus.embedded import ServerProcess
 from bus.runtime import BusRuntime
 from cli.main import main as cli_main
 from domain.ai_prompt import describe_event_for_ai
-from gateway.ai import AI_LIMITER
+from gateway.keys import AI_LIMITER
 from messages.envelope import Request
 from tests.ai_helpers import error_event, parse_sse, sse_text, start_ai_worker
 from tests.openai_stub import OpenAIStub

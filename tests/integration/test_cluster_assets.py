@@ -19,6 +19,7 @@ from actors.worker import Worker
 from bus.runtime import BusRuntime
 from bus.settings import Settings
 from cli.stream_health import stream_report
+from gateway.keys import SECRET
 from messages.subjects import EVENT_STREAM, GATEWAY_BUCKET
 from tests.integration.test_cluster import start_cluster, wait_for_jetstream
 from tests.system import GatewayThread, run_cli
@@ -56,7 +57,7 @@ def test_a_single_copy_secret_is_replicated_and_survives_its_node(tmp_path: Path
         worker = Worker(["commands", "configs", "orgs"], urls, None, process_name="assets-worker",
                         instrument=False, settings=settings).start()
         gateways.append(GatewayThread(urls, None, settings=settings).start())
-        secret = gateways[0].app["secret"]
+        secret = gateways[0].app[SECRET]
 
         copies = run_cli(urls, "stream", "copies", "--json")
         assert copies.exit_code == 0, copies.stderr
@@ -83,7 +84,7 @@ def test_a_single_copy_secret_is_replicated_and_survives_its_node(tmp_path: Path
         victim.kill()
         survivors = ",".join(n.url for n in nodes if n is not victim)
         gateways.append(GatewayThread(survivors, None, settings=settings).start())
-        assert gateways[0].app["secret"] == secret
+        assert gateways[0].app[SECRET] == secret
     finally:
         for gateway in gateways:
             gateway.stop()

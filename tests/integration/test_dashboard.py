@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors.ai import AIConfig
 from actors.worker import ACTOR_NAMES, Worker
 from bus.embedded import ServerProcess
-from gateway.ai import AI_LIMITER
+from gateway.keys import AI_LIMITER
 from tests.ai_helpers import error_event, start_ai_worker
 from tests.openai_stub import OpenAIStub
 from tests.sentry_stub import SentryStub

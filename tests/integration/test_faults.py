@@ -32,6 +32,7 @@ from bus.embedded import start_nats
 from bus.runtime import connect
 from cli.services import ACTORS, pid_alive
 from gateway.ask import ask_for_relay
+from gateway.keys import NC
 from messages.envelope import decode_request, encode_result
 from tests.system import RELAYCTL, RelayClient, RelayctlProcess, http_request
 
@@ -331,7 +332,7 @@ def test_a_query_lost_with_its_instance_is_retried_within_relays_budget(tmp_path
         try:
             await nc.subscribe("rc.config.get", queue="rc-configs", cb=instance)
             app = web.Application()
-            app["nc"] = nc
+            app[NC] = nc
             started = time.monotonic()
             result = await ask_for_relay(app, "config.get", {"public_keys": []})
             return result, time.monotonic() - started, len(taken)

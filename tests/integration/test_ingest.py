@@ -26,6 +26,7 @@ import zstandard
 from bus.ingest_store import HEADER_BLOB, read_envelope
 from bus.runtime import connect
 from gateway.ingest import IngestSettings
+from gateway.keys import INGEST
 from messages.subjects import INGEST_OUTCOMES, INGEST_STREAM, ingest_subject
 from tests.system import RelayClient, SystemUnderTest, http_request
 
@@ -104,7 +105,7 @@ def relay(system: SystemUnderTest) -> RelayClient:
 def small_cap(system: SystemUnderTest) -> Iterator[int]:
     """The envelope size cap lowered to 1 MiB for one test."""
     assert system.gateway is not None
-    ingest = system.gateway.app["ingest"]
+    ingest = system.gateway.app[INGEST]
     before = ingest.settings
     ingest.settings = IngestSettings(max_envelope=1024 * 1024)
     yield 1024 * 1024
@@ -306,7 +307,7 @@ def test_an_oversized_envelope_is_refused(system: SystemUnderTest, project: dict
 def test_past_the_in_flight_budget_the_answer_is_503(system: SystemUnderTest, project: dict[str, Any]) -> None:
     """What all requests hold at once is bounded: past it Relay is told to retry (503)."""
     assert system.gateway is not None
-    ingest = system.gateway.app["ingest"]
+    ingest = system.gateway.app[INGEST]
     before = ingest.settings
     ingest.settings = IngestSettings(max_in_flight=1024)
     try:

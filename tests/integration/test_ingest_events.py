@@ -21,7 +21,7 @@ import sentry_sdk
 from actors.ai import AIConfig
 from actors.worker import ACTOR_NAMES, Worker
 from bus.embedded import ServerProcess
-from gateway.ai import AI_LIMITER
+from gateway.keys import AI_LIMITER
 from tests.ai_helpers import start_ai_worker
 from tests.conftest import gateway_redis_url
 from tests.openai_stub import OpenAIStub

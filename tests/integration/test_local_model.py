@@ -19,7 +19,7 @@ from actors.ai import AIConfig
 from bus import local_model
 from bus.embedded import ServerProcess, free_port
 from cli.main import main as cli_main
-from gateway.ai import AI_LIMITER
+from gateway.keys import AI_LIMITER
 from tests.ai_helpers import error_event, parse_sse, sse_text, start_ai_worker
 from tests.system import SystemUnderTest, http_request
 

@@ -23,6 +23,7 @@ import redis
 
 from bus.config_cache import RELAY_AUTH_PREFIX, cache_key, encode_entry
 from bus.embedded import ServerProcess, start_nats, start_redis
+from gateway.keys import MAC_KEYS, RELAY_AUTH_CACHE
 from tests.system import RelayClient, SystemUnderTest
 
 DISABLED = {"disabled": True}
@@ -242,7 +243,7 @@ def test_evicted_entries_fall_back_and_are_written_again(tmp_path: Path) -> None
                 break
         assert cache.exists(*names) == 0, "the entries were never evicted"
         assert sut.gateway is not None
-        sut.gateway.app["relay_auth"].drop()  # forget what the gateway itself holds
+        sut.gateway.app[RELAY_AUTH_CACHE].drop()  # forget what the gateway itself holds
         doc = relay.poll([key], lambda r: key in r["configs"], timeout=5)["configs"][key]
         assert doc["slug"] == project["slug"]
         assert cache.exists(*names) == 2
@@ -264,7 +265,7 @@ def test_a_gateway_holds_the_mac_keys_before_its_first_request(system: SystemUnd
     system.registered_relay()  # the org access actor has made its key by now
     gateway = GatewayThread(system.nats_url, system.gateway_redis_url or system.redis_url).start()
     try:
-        keys = gateway.app["mac_keys"]
+        keys = gateway.app[MAC_KEYS]
         wait_for(lambda: keys.known(CONFIG_MAC_BUCKET) and keys.known(RELAY_AUTH_MAC_BUCKET), 20,
                  "both MAC keys fetched by a gateway that served nothing")
     finally:

@@ -16,6 +16,7 @@ import pytest
 import sentry_relay
 from sentry_relay.auth import SecretKey
 
+from gateway.keys import SECRET
 from tests.system import RelayClient, SystemUnderTest
 
 # -- signatures with a chosen timestamp ---------------------------------------------------------
@@ -464,10 +465,10 @@ def test_response_relay_id_differing_from_header_is_400(relay: RelayClient) -> N
 def test_expired_challenge_is_401(system: SystemUnderTest, relay: RelayClient) -> None:
     """A token issued more than 60 s ago answers 401 {"detail": "Challenge expired"}."""
     assert system.gateway is not None
-    token = backdated_token(token_for(relay), system.gateway.app["secret"], seconds=120)
+    token = backdated_token(token_for(relay), system.gateway.app[SECRET], seconds=120)
     assert respond(relay, token) == (401, {"detail": "Challenge expired"})
     assert relay.configs([], version=3)[0] == 401
-    fresh = backdated_token(token_for(relay), system.gateway.app["secret"], seconds=5)
+    fresh = backdated_token(token_for(relay), system.gateway.app[SECRET], seconds=5)
     assert respond(relay, fresh) == (200, {"relay_id": relay.relay_id})
 
 

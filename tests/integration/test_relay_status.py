@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sentry_relay
 
+from gateway.keys import RELAY_ACTIVITY
 from tests.system import RelayClient, Relayctl, SystemUnderTest
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -19,7 +20,7 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 def cli(system: SystemUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Relayctl:
     # The in-process gateway writes what it saw within 0.2 s, not 10 s: the test need not wait.
     assert system.gateway is not None
-    activity = system.gateway.app["relay_activity"]
+    activity = system.gateway.app[RELAY_ACTIVITY]
     activity.write_every = activity.error_write_every = 0.2
     return Relayctl(system.nats_url, tmp_path_factory.mktemp("cli") / "data")
 

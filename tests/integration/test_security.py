@@ -17,6 +17,7 @@ from aiohttp import web
 
 from bus.embedded import free_port
 from gateway.app import create_app
+from gateway.keys import SECRET
 from gateway.limits import HttpLimits, TokenBuckets, serve
 from tests.integration.test_relay_registration import backdated_token, sign_at
 from tests.system import RelayClient, SystemUnderTest, http_request
@@ -266,7 +267,7 @@ def test_registration_response_replayed_after_60s_is_refused(system: SystemUnder
     system.cli_ok("relay", "allow", "--internal", "--", relay.public_key_str)
     status, challenge = relay.challenge()
     assert status == 200
-    token = backdated_token(challenge["token"], system.gateway.app["secret"], seconds=90)
+    token = backdated_token(challenge["token"], system.gateway.app[SECRET], seconds=90)
     raw = json.dumps({"relay_id": relay.relay_id, "token": token, "version": relay.version}).encode()
     captured = sign_at(relay.secret_key, raw, time.time() - 90)
     status, data = relay.post("register/response/", raw, signature=captured)

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.api import changes
 from gateway.errors import HTTPFailure
+from gateway.keys import CONFIG_CHANGES, NC
 
 ANN = {"username": "ann", "scopes": ["project:read"], "memberships": {"acme": "member"}}
 ROOT = {"username": "root", "superuser": True}
@@ -78,15 +79,15 @@ def test_the_stream_sends_drops_and_heartbeats_and_forgets_a_client_that_left(
     async def run() -> None:
         app = web.Application()
         hub = changes.ConfigChanges()
-        app[changes.CHANGES] = hub
-        app["nc"] = FakeNats()
+        app[CONFIG_CHANGES] = hub
+        app[NC] = FakeNats()
         app.router.add_get("/changes/", changes.config_changes)
         async with TestClient(TestServer(app)) as http:
             response = await http.get("/changes/")
             assert response.headers["Content-Type"] == "text/event-stream"
             assert await response.content.readline() == b": live\n"
             assert await response.content.readline() == b"\n"
-            assert app["nc"].subscribed == ["rc.config.changed.*"]
+            assert app[NC].subscribed == ["rc.config.changed.*"]
             (client,) = hub.clients
             client.pending = type(client.pending)(maxlen=2)
             for rev in ("r1", "r2", "r3"):
@@ -124,12 +125,12 @@ def test_a_revoked_token_ends_its_stream(monkeypatch: pytest.MonkeyPatch) -> Non
 
     async def run() -> None:
         app = web.Application()
-        app[changes.CHANGES] = changes.ConfigChanges()
-        app["nc"] = FakeNats()
+        app[CONFIG_CHANGES] = changes.ConfigChanges()
+        app[NC] = FakeNats()
         app.router.add_get("/changes/", changes.config_changes)
         async with TestClient(TestServer(app)) as http:
             response = await http.get("/changes/")
             assert await asyncio.wait_for(response.content.read(), 5) == b": live\n\n"  # then the end
-            assert not app[changes.CHANGES].clients
+            assert not app[CONFIG_CHANGES].clients
 
     asyncio.run(run())

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.ask import ask
+from gateway.keys import NATS_LOST, NC
 from messages.errors import Unavailable
 
 
@@ -27,7 +28,7 @@ class HangingNats:
 def test_no_connection_is_unavailable_at_once() -> None:
     async def run() -> None:
         with pytest.raises(Unavailable, match="control plane"):
-            await ask({"nc": None}, "keys.lookup", {"public_keys": []}, timeout=5)  # type: ignore[arg-type]
+            await ask({NC: None}, "keys.lookup", {"public_keys": []}, timeout=5)  # type: ignore[arg-type]
 
     asyncio.run(run())
 
@@ -37,11 +38,12 @@ def test_a_dropped_connection_ends_the_wait_at_once_not_at_the_deadline() -> Non
 
     async def run() -> None:
         nc = HangingNats()
-        app: dict[str, Any] = {"nc": nc, "nats_lost": asyncio.get_running_loop().create_future()}
+        lost = asyncio.get_running_loop().create_future()
+        app: dict[Any, Any] = {NC: nc, NATS_LOST: lost}
         asked = asyncio.ensure_future(ask(app, "ai.suggest", {}, timeout=3600))  # type: ignore[arg-type]
         while not nc.sent:
             await asyncio.sleep(0.001)
-        app["nats_lost"].set_result(None)
+        lost.set_result(None)
         with pytest.raises(Unavailable, match="control plane"):
             await asyncio.wait_for(asked, 5)
 
