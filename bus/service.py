@@ -119,6 +119,13 @@ class ActorService:
             _publish_chunk(msg, chunk)
 
         data, headers = await self.answer(msg.data, subject, stream)
+        limit = int(getattr(getattr(msg._msg, "_client", None), "max_payload", 0) or 0)
+        if limit and len(data) + REPLY_HEADER_RESERVE > limit:
+            # Unsent, the caller would wait out its deadline and hear nothing: say why instead.
+            log.warning("service.reply_too_large", service=self.name, subject=subject, size=len(data), limit=limit)
+            data, headers = encode_error(BadRequest(
+                f"the answer is {len(data):,} bytes, over the NATS message size limit (max_payload) of "
+                f"{limit:,} bytes: ask for less at a time, or raise max_payload", {"size": len(data), "limit": limit}))
         try:
             await msg.respond(data, headers=headers)
         except BUS_ERRORS as exc:  # the caller went away: nobody to tell
@@ -165,6 +172,9 @@ class ActorService:
             return encode_error(RelayctlError("internal error"))
         finally:
             self.in_flight -= 1
+
+
+REPLY_HEADER_RESERVE = 512  # what a reply's headers may take of max_payload (an error's are the largest)
 
 
 def _is_inbox(reply: str) -> bool:

@@ -7,7 +7,6 @@ commands see every change acknowledged before them. Every command that prints da
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -552,74 +551,6 @@ def config_history(ctx: Context, public_key: str, as_json: bool) -> None:
     emit(as_json, {"events": [{**e, "ts": rfc3339(e["ts"])} for e in result["events"]]}, "\n".join(lines))
 
 
-# -- import -------------------------------------------------------------------------------------
-
-@main.command("import")
-@click.argument("file", type=click.File("r"))
-@json_option
-@pass_ctx
-def import_(ctx: Context, file: Any, as_json: bool) -> None:
-    """Bulk-load orgs, projects, keys and options from FILE (`-`: stdin).
-
-    All-or-nothing per org; running it again skips what is stored already, so an import
-    that was interrupted completes when run again. `relayctl export` writes this format.
-
-    \b
-    FILE is one JSON object:
-    {"orgs": [{
-        "slug": "acme",                        required, an org slug
-        "name": "Acme Inc",                    optional, default: the slug
-        "options": {"KEY": VALUE, ...},        optional, org options
-        "trustedRelays": [{"public_key": "...", "name": "edge"}],   optional
-        "projects": [{
-            "slug": "web",                     required
-            "name": "Web",                     optional
-            "options": {"KEY": VALUE, ...},    optional, project options
-            "keys": [{"publicKey": "<32 hex>", "status": "active" | "disabled"}]
-        }]                                     optional; a project without "keys" gets one
-    }]}
-
-    Option keys and values as `relayctl option list` describes them.
-
-    Ids are not carried: orgs, projects and numeric key ids get this system's next free ids,
-    in file order; public keys are kept. Into an empty system, a file from `relayctl
-    export` gets the ids it had (export lists in id order, if they were made one after
-    another); otherwise project ids change, and a DSN names its project id
-    (https://KEY@HOST/PROJECT_ID): give SDKs the new DSNs, or import into an empty system.
-    """
-    try:
-        data = json.load(file)
-    except ValueError as exc:
-        fail(f"{file.name} is not valid JSON: {exc}")
-    orgs = data.get("orgs") if isinstance(data, dict) else None
-    if not isinstance(orgs, list):
-        fail(f"{file.name}: expected {{\"orgs\": [...]}}")
-    started = time.monotonic()
-    totals = {"orgs": 0, "projects": 0, "keys": 0, "events": 0}
-    show_progress = not as_json and sys.stderr.isatty()
-    progress_to = sys.stderr if show_progress else io.StringIO()
-    done = 0
-    try:
-        with click.progressbar(orgs, label="Importing orgs", file=progress_to) as bar:
-            for spec in bar:
-                result = ctx.request("import.org", {"org": spec}, timeout=60.0)
-                done += 1
-                for k in totals:
-                    totals[k] += result[k]
-    except KeyboardInterrupt:
-        # Each org is one all-or-nothing commit: say where it stopped and that a rerun
-        # finishes the job (orgs stored already are skipped).
-        fail(f"interrupted: the first {done} of {len(orgs)} orgs in {file.name} are stored "
-             f"({totals['orgs']} new, {totals['projects']} projects, {totals['keys']} keys); the org being "
-             "imported when it stopped is stored whole or not at all. Run the same `relayctl import` again "
-             "to import the rest: what is stored already is skipped", 130, error_code="interrupted")
-    summary = {**totals, "seconds": round(time.monotonic() - started, 3)}
-    note = ("\nIds are this system's own (public keys are kept): a project's id, which its DSNs name, may "
-            "differ from the source system's; see `relayctl import --help`" if totals["projects"] else "")
-    emit(as_json, summary, f"Imported {summary['orgs']} orgs, {summary['projects']} projects, "
-                           f"{summary['keys']} keys ({summary['events']} events) in {summary['seconds']}s" + note)
-
-
 from cli import observe as _observe  # noqa: E402  (registers metrics/transport)
 from cli import run as _run  # noqa: E402  (registers worker/gateway)
 from cli import up as _up  # noqa: E402  (registers up/down/status)
@@ -633,6 +564,9 @@ _ai.register(main)
 from cli import export as _export  # noqa: E402  (registers export)
 
 _export.register(main)
+from cli import importing as _importing  # noqa: E402  (registers import)
+
+_importing.register(main)
 from cli import ingest as _ingest  # noqa: E402  (registers event list/show, ingest, project stats)
 
 _ingest.register(main)

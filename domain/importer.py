@@ -315,18 +315,19 @@ def decide_import(decider: EventMaker, spec: dict[str, Any], part: dict[str, Any
                                 reason="restarted by another import")
     flat = ([abandon] if abandon is not None else []) + [e for u in units for e in u.events]
     summary = {**counts, "events": sum(len(u.events) for u in units)}
-    import_id = session.import_id if session is not None else None
-    resumed = session is not None and session.resumed
+    decision = ImportDecision(ORG, slug, flat, explicit_keys=explicit_keys, session=session, units=units,
+                              abandon=abandon, event_of=decider.event)
 
     def result(after: DomainState) -> dict[str, Any]:
         out: dict[str, Any] = dict(summary)
-        if import_id is not None:
+        made = decision.session  # also one the command handler made for a whole org too large for one commit
+        if made is not None:
             still = after.pending_import(slug)
-            ongoing = still is not None and still.import_id == import_id
-            out["import"] = {"id": import_id, "resumed": resumed, "committed": not ongoing,
+            ongoing = still is not None and still.import_id == made.import_id
+            out["import"] = {"id": made.import_id, "resumed": made.resumed, "committed": not ongoing,
                              "projects_staged": still.decided() if ongoing and still else None,
                              "abandoned": abandoned.import_id if abandoned is not None else None}
         return out
 
-    return ImportDecision(ORG, slug, flat, result, explicit_keys=explicit_keys, session=session, units=units,
-                          abandon=abandon, event_of=decider.event)
+    decision.result = result
+    return decision
