@@ -7,7 +7,7 @@
 In order: the token is checked with the `user.authenticate` control message (missing ->
 401 with `WWW-Authenticate: Bearer`, unknown -> 401); the user must be a member of the
 event's org or a superuser (else 404, as for any org it may not see); the user's token bucket in this
-gateway process is charged (`UserRateLimiter`: `USER_BURST` requests at once, refilled
+gateway process is charged (`user_limiter`: `USER_BURST` requests at once, refilled
 at `USER_RATE` per second; empty -> 429 with `Retry-After`); then `ai.suggest` goes to
 the AI actor (actors/ai.py), which checks the org's policy before its cache.
 
@@ -30,8 +30,9 @@ Answers:
 from __future__ import annotations
 
 import json
-import threading
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -42,9 +43,10 @@ from domain.access import org_scopes
 from gateway.ask import ask
 from gateway.errors import HTTPFailure, from_error, json_response
 from gateway.keys import AI_LIMITER, NC
+from gateway.limits import TokenBuckets
 from messages.errors import RelayctlError, Unauthorized
 
-__all__ = ["AI_PATH", "UserRateLimiter", "add_ai_routes"]
+__all__ = ["AI_PATH", "add_ai_routes", "user_limiter"]
 BEARER = {"WWW-Authenticate": "Bearer"}
 
 log = structlog.get_logger(__name__)
@@ -62,41 +64,17 @@ AUTH_TIMEOUT = 4.0
 # answers count too: the limit protects the model budget and the actors alike.
 USER_BURST = 10
 USER_RATE = 0.5
+MAX_USERS = 10_000  # buckets held before the full ones are dropped (gateway/limits.py)
 
 
-class UserRateLimiter:
-    """A token bucket per user: `burst` requests at once, refilled at `rate` per second."""
-
-    MAX_USERS = 10_000
-
-    def __init__(self, rate: float = USER_RATE, burst: int = USER_BURST) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, updated)
-        self._lock = threading.Lock()
-
-    def acquire(self, user: str, now: float | None = None) -> float | None:
-        """Take a token: None when allowed, else the seconds until one is available."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            tokens, updated = self._buckets.get(user, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - updated) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[user] = (tokens - 1.0, now)
-                if len(self._buckets) > self.MAX_USERS:
-                    self._forget_full(now)
-                return None
-            self._buckets[user] = (tokens, now)
-            return (1.0 - tokens) / self.rate if self.rate > 0 else 60.0
-
-    def _forget_full(self, now: float) -> None:
-        """Drop buckets that have refilled: they hold nothing a fresh bucket would not."""
-        self._buckets = {user: (tokens, updated) for user, (tokens, updated) in self._buckets.items()
-                         if tokens + (now - updated) * self.rate < self.burst}
+def user_limiter(rate: float = USER_RATE, burst: int = USER_BURST,
+                 clock: Callable[[], float] = time.monotonic) -> TokenBuckets:
+    """The per-user token buckets: `burst` requests at once, refilled at `rate` per second."""
+    return TokenBuckets(rate, burst, max_keys=MAX_USERS, clock=clock)
 
 
-def add_ai_routes(app: web.Application, limiter: UserRateLimiter | None = None) -> None:
-    app[AI_LIMITER] = limiter or UserRateLimiter()
+def add_ai_routes(app: web.Application, limiter: TokenBuckets | None = None) -> None:
+    app[AI_LIMITER] = limiter or user_limiter()
     app.router.add_get(AI_PATH, ai_fix_suggest)
 
 
@@ -134,11 +112,11 @@ async def ai_fix_suggest(request: web.Request) -> web.StreamResponse:
     scopes = org_scopes(principal, request.match_info["org"])
     if scopes is None or "event:read" not in scopes:
         raise HTTPFailure(404, "The requested resource does not exist")
-    wait = request.app[AI_LIMITER].acquire(username)
-    if wait is not None:
+    wait = request.app[AI_LIMITER].take(username)
+    if wait > 0:
         message = "You are making too many AI suggestion requests; slow down"
-        return json_response({"error": message, "detail": message}, 429,
-                             headers={"Retry-After": str(max(1, round(wait)))})
+        retry = 60 if math.isinf(wait) else max(1, round(wait))  # rate 0: ask again in a minute
+        return json_response({"error": message, "detail": message}, 429, headers={"Retry-After": str(retry)})
     info = request.match_info
     payload = {"org": info["org"], "project": info["project"], "event_id": info["event_id"],
                "stream": _flag(request, "stream"), "consent": _flag(request, "consent"),

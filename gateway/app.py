@@ -56,6 +56,7 @@ from gateway.keys import (
     PROJECT_CONFIGS,
     REDIS,
     REDIS_READ,
+    REGISTRATIONS,
     RELAY_ACTIVITY,
     RELAY_AUTH,
     RELAY_AUTH_CACHE,
@@ -63,7 +64,7 @@ from gateway.keys import (
     SETTINGS,
     SYSTEM_ID,
 )
-from gateway.limits import HttpLimits, limits_middleware, serve
+from gateway.limits import HttpLimits, limits_middleware, registration_buckets, serve
 from gateway.mac_keys import MacKeys
 from gateway.project_configs import BodyCache, ProjectConfigs
 from gateway.registration import Registration
@@ -344,8 +345,11 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     settings = settings or Settings.load()
     limits = limits or HttpLimits.from_settings(settings)
     # handler_args carries the header limits to whichever runner serves the app.
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware, limits_middleware(limits)],
+    registrations = registration_buckets(limits)
+    app = web.Application(client_max_size=MAX_BODY,
+                          middlewares=[errors_middleware, limits_middleware(limits, registrations)],
                           handler_args=limits.handler_args())
+    app[REGISTRATIONS] = registrations
     app[SETTINGS] = settings
     app[NC] = None
     app[REDIS] = None

@@ -17,8 +17,6 @@ from aiohttp import web
 if TYPE_CHECKING:
     from bus.ingest_store import IngestStore
     from bus.settings import Settings
-    from gateway.ai import UserRateLimiter
-    from gateway.api.auth import FailureLimiter
     from gateway.api.changes import ConfigChanges
     from gateway.app import AccessSampler, OwnSeries
     from gateway.console.session import SessionStore
@@ -60,7 +58,7 @@ INGEST_OUTCOME_TASK: web.AppKey[asyncio.Future[None]] = web.AppKey("ingest_outco
 INGEST_HELD: web.RequestKey[int] = web.RequestKey("ingest_held")  # decompressed bytes a request holds
 
 # -- the user API, AI suggestions, the console
-AI_LIMITER: web.AppKey[UserRateLimiter] = web.AppKey("ai_user_limiter")
-API_AUTH_FAILURES: web.AppKey[FailureLimiter] = web.AppKey("api_auth_failures")
+AI_LIMITER: web.AppKey[TokenBuckets] = web.AppKey("ai_user_limiter")  # AI suggestions per user
+API_AUTH_FAILURES: web.AppKey[TokenBuckets] = web.AppKey("api_auth_failures")  # bad tokens per client IP
 CONFIG_CHANGES: web.AppKey[ConfigChanges] = web.AppKey("config_changes")
 CONSOLE_SESSIONS: web.AppKey[SessionStore] = web.AppKey("console_sessions")

@@ -93,27 +93,50 @@ class HttpLimits:
 
 
 class TokenBuckets:
-    """One token bucket per key (a client IP), refilled `rate` tokens per second up to
-    `burst`. Bounded: when `max_keys` buckets exist, the full ones (clients that have been
-    quiet long enough to be back at `burst`) are dropped, then all if none is full."""
+    """One token bucket per key - a client IP (registration, failed API tokens), a user (AI
+    suggestions) - refilled `rate` tokens per second up to `burst`. `clock` is what time it
+    is (seconds; a test passes its own instead of waiting for a refill). Bounded: when
+    `max_keys` buckets exist, the full ones (keys quiet long enough to be back at `burst`,
+    which hold nothing a new bucket would not) are dropped, then all if none is full.
+    `rate` and `burst` may be changed while in use."""
 
     def __init__(self, rate: float, burst: int, max_keys: int = 100_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self.max_keys, self.clock = rate, burst, max_keys, clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
-    def take(self, key: str) -> float:
-        """Take a token: 0.0 when granted, else the seconds until one is available."""
-        now = self.clock()
+    def _tokens(self, key: str, now: float) -> float:
         tokens, at = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        return min(float(self.burst), tokens + (now - at) * self.rate)
+
+    def _until_one(self, tokens: float) -> float:
+        return (1.0 - tokens) / self.rate if self.rate > 0 else math.inf
+
+    def take(self, key: str) -> float:
+        """Take a token: 0.0 when granted, else the seconds until one is available (inf at
+        rate 0)."""
+        now = self.clock()
+        tokens = self._tokens(key, now)
         if tokens >= 1.0:
-            if key not in self._buckets and len(self._buckets) >= self.max_keys:
-                self._evict(now)
-            self._buckets[key] = (tokens - 1.0, now)
+            self._put(key, tokens - 1.0, now)
             return 0.0
         self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self.rate if self.rate > 0 else math.inf
+        return self._until_one(tokens)
+
+    def wait(self, key: str) -> float:
+        """0.0 when a token is there now (none is taken), else the seconds until one is."""
+        tokens = self._tokens(key, self.clock())
+        return 0.0 if tokens >= 1.0 else self._until_one(tokens)
+
+    def spend(self, key: str) -> None:
+        """Take a token if there is one (a failure that was let through: counted, never refused)."""
+        now = self.clock()
+        self._put(key, max(0.0, self._tokens(key, now) - 1.0), now)
+
+    def _put(self, key: str, tokens: float, now: float) -> None:
+        if key not in self._buckets and len(self._buckets) >= self.max_keys:
+            self._evict(now)
+        self._buckets[key] = (tokens, now)
 
     def _evict(self, now: float) -> None:
         full = [k for k, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.burst]
@@ -123,9 +146,15 @@ class TokenBuckets:
             self._buckets.clear()
 
 
-def limits_middleware(limits: HttpLimits) -> Any:
-    """The middleware enforcing the body timeout and the registration rate limit."""
-    buckets = TokenBuckets(limits.register_rate, limits.register_burst)
+def registration_buckets(limits: HttpLimits) -> TokenBuckets:
+    """The registration rate limit's buckets, one per client IP."""
+    return TokenBuckets(limits.register_rate, limits.register_burst)
+
+
+def limits_middleware(limits: HttpLimits, registrations: TokenBuckets | None = None) -> Any:
+    """The middleware enforcing the body timeout and the registration rate limit
+    (`registrations`: its buckets, by default new ones)."""
+    buckets = registrations if registrations is not None else registration_buckets(limits)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -5,7 +5,7 @@ token - user, superuser, permissions, the token's scopes and org, the user's org
 or refuses with 401. Nothing is cached: a revoked token is refused by the next request
 (`user.authenticate` is CAUGHT_UP, so it sees a revocation stored before it).
 
-Failed checks are limited per client address (`FailureLimiter`): a client that sent
+Failed checks are limited per client address (`failure_limiter`, gateway/limits.py): a client that sent
 `burst` bad tokens waits (429 with `Retry-After`) before it may try again, so tokens
 cannot be guessed at network speed. The address is the TCP peer, as for registration
 (gateway/limits.py): `X-Forwarded-For` is never trusted.
@@ -14,8 +14,8 @@ cannot be guessed at network speed. The address is the TCP peer, as for registra
 from __future__ import annotations
 
 import os
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,50 +23,23 @@ from aiohttp import web
 from bus.client import request as bus_request
 from gateway.errors import HTTPFailure, json_response
 from gateway.keys import API_AUTH_FAILURES, NC
+from gateway.limits import TokenBuckets
 from messages.errors import Unauthorized, Unavailable
 
 AUTH_TIMEOUT = 4.0
 FAILURE_BURST = 10  # bad tokens a client address may send at once
 FAILURE_RATE = 0.2  # then one more every 5 s
+MAX_CLIENTS = 10_000  # buckets held before the full ones are dropped (gateway/limits.py)
 
 
-class FailureLimiter:
-    """A token bucket per client address, spent only by failed token checks."""
-
-    MAX_CLIENTS = 10_000
-
-    def __init__(self, rate: float = FAILURE_RATE, burst: int = FAILURE_BURST) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def _tokens(self, client: str, now: float) -> float:
-        tokens, updated = self._buckets.get(client, (float(self.burst), now))
-        return min(float(self.burst), tokens + (now - updated) * self.rate)
-
-    def wait(self, client: str, now: float | None = None) -> float | None:
-        """None when `client` may try a token now, else the seconds until it may."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            tokens = self._tokens(client, now)
-        return None if tokens >= 1.0 else (1.0 - tokens) / self.rate
-
-    def failed(self, client: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            self._buckets[client] = (max(0.0, self._tokens(client, now) - 1.0), now)
-            if len(self._buckets) > self.MAX_CLIENTS:
-                self._buckets = {c: (t, u) for c, (t, u) in self._buckets.items()
-                                 if t + (now - u) * self.rate < self.burst}
-
-
-def failure_limiter() -> FailureLimiter:
-    """`RELAYCTL_API_AUTH_FAILURES`: bad tokens a client address may send at once (default 10)."""
+def failure_limiter(clock: Callable[[], float] = time.monotonic) -> TokenBuckets:
+    """A token bucket per client address, spent only by failed token checks.
+    `RELAYCTL_API_AUTH_FAILURES`: bad tokens a client address may send at once (default 10)."""
     try:
         burst = int(os.environ.get("RELAYCTL_API_AUTH_FAILURES", FAILURE_BURST))
     except ValueError:
         burst = FAILURE_BURST
-    return FailureLimiter(burst=max(1, burst))
+    return TokenBuckets(FAILURE_RATE, max(1, burst), max_keys=MAX_CLIENTS, clock=clock)
 
 
 def bearer(request: web.Request) -> str | None:
@@ -109,12 +82,12 @@ async def principal(request: web.Request, *, required: bool = True) -> dict[str,
     limiter = request.app[API_AUTH_FAILURES]
     client = request.remote or "unknown"
     wait = limiter.wait(client)
-    if wait is not None:
+    if wait > 0:
         raise HTTPFailure(429, "Too many failed authentication attempts; slow down",
                           headers={"Retry-After": str(max(1, round(wait)))})
     try:
         answer: dict[str, Any] = await ask(request, "user.authenticate", {"token": token}, timeout=AUTH_TIMEOUT)
     except Unauthorized:
-        limiter.failed(client)
+        limiter.spend(client)
         raise unauthorized("Invalid token") from None
     return answer

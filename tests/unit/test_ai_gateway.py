@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.ai import UserRateLimiter, sse_event
+from gateway.ai import sse_event, user_limiter
 from gateway.errors import from_error
 from messages.errors import Forbidden, NotFound, Overloaded, RelayctlError, Unavailable
 from tests.ai_helpers import parse_sse
@@ -14,20 +14,24 @@ from tests.ai_helpers import parse_sse
 
 def test_a_user_gets_the_burst_then_waits_for_the_refill() -> None:
     """`burst` requests pass at once; the next is refused with the wait until a token is back."""
-    limiter = UserRateLimiter(rate=0.5, burst=3)
-    assert [limiter.acquire("ann", now=100.0) for _ in range(3)] == [None, None, None]
-    assert limiter.acquire("ann", now=100.0) == pytest.approx(2.0)
-    assert limiter.acquire("bob", now=100.0) is None  # buckets are per user
-    assert limiter.acquire("ann", now=102.0) is None
+    now = [100.0]
+    limiter = user_limiter(rate=0.5, burst=3, clock=lambda: now[0])
+    assert [limiter.take("ann") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("ann") == pytest.approx(2.0)
+    assert limiter.take("bob") == 0.0  # buckets are per user
+    now[0] = 102.0
+    assert limiter.take("ann") == 0.0
 
 
 def test_the_limiter_forgets_users_whose_bucket_is_full_again() -> None:
     """Memory stays bounded: refilled buckets are dropped once there are too many."""
-    limiter = UserRateLimiter(rate=1.0, burst=1)
-    limiter.MAX_USERS = 10
+    now = [0.0]
+    limiter = user_limiter(rate=1.0, burst=1, clock=lambda: now[0])
+    limiter.max_keys = 10
     for index in range(11):
-        limiter.acquire(f"user{index}", now=0.0)
-    limiter.acquire("late", now=100.0)
+        limiter.take(f"user{index}")
+    now[0] = 100.0
+    limiter.take("late")
     assert len(limiter._buckets) <= 2
 
 
