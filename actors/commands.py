@@ -94,7 +94,9 @@ class CommandActor(ProjectionActor):
     def stream_status(self) -> dict[str, Any]:
         """What `relayctl status` shows of the event stream, as this handler sees it."""
         return {"folded": self.state.sequence, "replayed": self.is_replayed(), "skipped": list(self.state.skipped),
-                "write_error": self.write_error}
+                "write_error": self.write_error,
+                # imports in parts started and neither committed nor abandoned (domain/importer.py)
+                "imports": [p.describe() for p in self.state.imports.values()]}
 
     def _attempt(self, call: Call, attempt: int, synced: bool) -> None:
         if call.expired:

@@ -86,6 +86,7 @@ def stream_report(nats_url: str, nats_log_error: str | None) -> dict[str, Any]:
     handlers = handlers or {}
     write_error = nats_log_error or (handlers.get("write_error") or {}).get("message")
     skipped = list(handlers.get("skipped") or [])
+    imports = list(handlers.get("imports") or [])
     parts = [f"last sequence {last if last is not None else '?'}"]
     if handlers:
         parts.append(f"the command handlers folded {handlers.get('folded')}")
@@ -99,6 +100,11 @@ def stream_report(nats_url: str, nats_log_error: str | None) -> dict[str, Any]:
     if skipped:
         parts.append(f"WARNING: {len(skipped)} undecodable commit(s) skipped: " + "; ".join(
             f"#{s.get('sequence')} {s.get('subject')} ({s.get('error')})" for s in skipped[:5]))
+    for pending in imports:
+        parts.append(f"NOTE: org `{pending.get('org')}` has an unfinished import {pending.get('import_id')} "
+                     f"({pending.get('projects_staged')} of {pending.get('projects')} projects staged, not visible, "
+                     f"the org locked): run `relayctl import` again with its file to finish it, or "
+                     f"`relayctl import --restart FILE` to replace it")
     return {"healthy": write_error is None, "detail": "; ".join(parts), "last_sequence": last,
             "folded": handlers.get("folded"), "skipped": skipped, "write_error": write_error,
-            "short_copies": [c.to_dict() for c in short]}
+            "short_copies": [c.to_dict() for c in short], "imports": imports}

@@ -22,6 +22,7 @@ from bus.embedded import ServerProcess, free_port, nats_command, start_redis, wa
 from bus.eventstore import JetStreamEventStore, decode_stored
 from bus.runtime import connect
 from cli.importing import ENVELOPE_RESERVE, import_id, pieces
+from cli.stream_health import stream_report
 from messages.errors import Conflict
 from messages.subjects import EVENT_STREAM
 from tests.conftest import gateway_redis_url
@@ -176,6 +177,13 @@ def test_an_import_interrupted_between_parts_shows_nothing_and_a_rerun_resumes_i
     with pytest.raises(Conflict, match="unfinished import .* run `relayctl import` again"):
         on_loop(small.nats_url, other_file)
 
+    # `relayctl status` names it and says how to finish or replace it
+    report = stream_report(small.nats_url, None)
+    [pending] = [p for p in report["imports"] if p["org"] == spec["slug"]]
+    assert (pending["import_id"], pending["projects_staged"], pending["projects"]) == (ident, staged, len(keys))
+    assert f"org `{spec['slug']}` has an unfinished import {ident}" in report["detail"]
+    assert "run `relayctl import` again with its file" in report["detail"]
+
     resumed = small.cli_ok("import", str(path), "--json")
     print(f"\nresumed: {resumed}")
     assert resumed["resumed"] == [{"org": spec["slug"], "import_id": ident}]
@@ -183,6 +191,7 @@ def test_an_import_interrupted_between_parts_shows_nothing_and_a_rerun_resumes_i
     text = small.cli_ok("import", str(path))
     assert "Imported 0 orgs" in text and "Resumed" not in text
     eventually(all_served(relay, keys), f"all {len(keys)} keys served", timeout=60)
+    assert spec["slug"] not in {p["org"] for p in stream_report(small.nats_url, None)["imports"]}
 
 
 def test_restart_drops_an_unfinished_import_and_imports_the_file(small: SystemUnderTest, tmp_path: Path) -> None:
