@@ -3,7 +3,10 @@
 An event is a map `{"id": uuid hex, "type": str, "v": int, "aggregate": str,
 "aggregate_id": str, "ts": float, "actor": str, "payload": map}`. Events are appended in
 commits: one JetStream message holds the events one command produced (one or more, all
-of one aggregate), so a command is stored whole or not at all. The message's subject is
+of one aggregate), so a command is stored whole or not at all - except an org import too
+large for one message, stored as part commits that the fold folds only once the last one
+is stored (`ImportStarted`/`ImportPart`/`ImportCommitted`, docs/architecture.md "Imports in
+parts"), so it too is seen whole or not at all. The message's subject is
 `rc.ev.<aggregate>.<aggregate_id>.<type of its first event>` (the id escaped to one
 token, see `subject_token`) and its `Nats-Msg-Id` is the
 first event's id, so a retried append is stored once.
