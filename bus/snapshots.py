@@ -33,9 +33,11 @@ counted (`snapshots.rejected`); a missing one is the normal first start.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import sentry_relay
 import structlog
 import zstandard
@@ -79,7 +81,62 @@ class SnapshotSigner:
         return str(self._secret.sign(data))
 
 
-_SAVE_ERRORS: tuple[type[Exception], ...] = (*BUS_ERRORS, SnapshotRejected)
+_PACK_CHUNK = 1 << 20  # bytes of msgpack handed to the compressor at a time
+_PLAIN = (dict, list, tuple, str, bytes, int, float, bool, type(None))
+
+
+def pack_body(snapshot: dict[str, Any]) -> bytes:
+    """The zstd-compressed msgpack of `snapshot`, made piece by piece: a value that is sized
+    and iterable but no plain value (domain/state.py `Rows`) is packed one row at a time as
+    it is read, so the state of a million projects is never copied whole (the bytes are
+    those `pack(snapshot)` would give, the rows written as arrays)."""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+    compressor = zstandard.ZstdCompressor(level=3).compressobj()
+    out: list[bytes] = []
+    pending: list[bytes] = []
+    size = 0
+
+    def write(data: bytes) -> None:
+        nonlocal size
+        pending.append(data)
+        size += len(data)
+        if size >= _PACK_CHUNK:
+            out.append(compressor.compress(b"".join(pending)))
+            pending.clear()
+            size = 0
+
+    write(packer.pack_map_header(len(snapshot)))
+    for name, value in snapshot.items():
+        write(packer.pack(name))
+        if isinstance(value, Sized) and isinstance(value, Iterable) and not isinstance(value, _PLAIN):
+            write(packer.pack_array_header(len(value)))
+            written = 0
+            for row in value:
+                write(packer.pack(row))
+                written += 1
+            if written != len(value):
+                raise ValueError(f"snapshot section {name!r} said {len(value)} rows and gave {written}")
+        else:
+            write(packer.pack(value))
+    out.append(compressor.compress(b"".join(pending)))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+@dataclass(frozen=True)
+class PackedSnapshot:
+    """A snapshot packed where its state lives (`of`, on the actor's thread, so the event
+    loop is not held while a million rows are packed), to be signed and stored by `save`."""
+
+    sequence: int
+    body: bytes  # pack_body's
+
+    @classmethod
+    def of(cls, snapshot: dict[str, Any]) -> PackedSnapshot:
+        return cls(int(snapshot["sequence"]), pack_body(snapshot))
+
+
+_SAVE_ERRORS: tuple[type[Exception], ...] = (*BUS_ERRORS, SnapshotRejected, ValueError, TypeError, OverflowError)
 _LOAD_ERRORS: tuple[type[Exception], ...] = (*BUS_ERRORS, KeyError)  # KeyError: InMemoryObjects has none
 
 
@@ -134,14 +191,17 @@ class SnapshotStore:
                     self.bucket, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=self.replicas))
         return self._store
 
-    async def save(self, name: str, snapshot: dict[str, Any], signer: SnapshotSigner, actor: str) -> bool:
-        """Sign and store `snapshot` (the state as of its `sequence`) under `name`."""
+    async def save(self, name: str, snapshot: dict[str, Any] | PackedSnapshot, signer: SnapshotSigner,
+                   actor: str) -> bool:
+        """Sign and store `snapshot` (the state as of its `sequence`, or packed already)
+        under `name`. Rows streamed (`Rows`) are read while it is packed, before the first
+        await: the state they read must not change until then."""
         try:
-            sequence = int(snapshot["sequence"])
+            packed = snapshot if isinstance(snapshot, PackedSnapshot) else PackedSnapshot.of(snapshot)
+            sequence, body = packed.sequence, packed.body
             covered = await self.events.message(sequence)
             if covered is None:
                 raise SnapshotRejected(f"the stream has no message at sequence {sequence}")
-            body = zstandard.ZstdCompressor(level=3).compress(pack(snapshot))
             header = pack({"format": SNAPSHOT_OBJECT_FORMAT, "name": name, "stream": self.stream,
                            "sequence": sequence, "msg_id": covered.msg_id,
                            "msg_digest": hashlib.sha256(covered.data).hexdigest(),
@@ -162,7 +222,8 @@ class SnapshotStore:
             return None  # none yet (or no bucket yet): replay from the start
         try:
             checked = await self._check(name, bytes(result.data or b""))
-            value = unpack(zstandard.ZstdDecompressor().decompress(checked.body))
+            # pack_body's frames do not say their size up front: read as a stream
+            value = unpack(zstandard.ZstdDecompressor().decompressobj().decompress(checked.body))
             if not isinstance(value, dict) or value.get("sequence") != checked.header["sequence"]:
                 raise SnapshotRejected("the state does not cover the sequence its header names")
         except Exception as exc:  # untrusted bytes: whatever they cause, the snapshot is refused

@@ -24,8 +24,9 @@ events - they were decided on a state that no longer holds - which `Changes.prob
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
-from dataclasses import asdict, dataclass, field
+import sys
+from collections.abc import Container, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from domain.model import ACTIVE, DELETED, DISABLED, TRUSTED_RELAYS, Org, Project, ProjectKey, Relay, User
@@ -46,12 +47,38 @@ from messages.events import ID_KINDS, IMPORT_EVENTS, ORG, DomainEvent, Undecodab
 # 2: relays carry every id they registered under (Relay.relay_ids)
 # 3: key claims and skipped (undecodable) commits
 # 4: imports in parts not yet committed (a format 3 snapshot has none)
-SNAPSHOT_FORMAT = 4
-READABLE_SNAPSHOT_FORMATS = (3, 4)
+# 5: projects and keys as rows of values (their names in "columns"), empty options and teams None:
+#    a million of each is made and packed in seconds, at a third of the size of maps
+SNAPSHOT_FORMAT = 5
+READABLE_SNAPSHOT_FORMATS = (3, 4, 5)
+PROJECT_COLUMNS = tuple(f.name for f in fields(Project))
+KEY_COLUMNS = tuple(f.name for f in fields(ProjectKey))
+# `to_snapshot` writes the rows in these orders: a new field must be added there too
+assert PROJECT_COLUMNS == ("id", "org_id", "slug", "name", "status", "options", "template", "created",
+                           "last_change", "platform", "teams"), PROJECT_COLUMNS
+assert KEY_COLUMNS == ("public_key", "numeric_id", "project_id", "status", "rate_limit", "created", "last_change",
+                       "name"), KEY_COLUMNS
 _UNSET: Any = object()
 
 
 MAX_RELAY_USAGE = 50  # (relay id, version) entries kept per relay key
+
+
+# Memory layout (a million projects are held by several processes at once, bench_scale):
+# strings that repeat across objects (statuses, option keys) are interned, a project whose
+# name is its slug holds one string, the keys of a project are a tuple, and projects are
+# found by slug in a dict per org (no (org id, slug) tuple per project).
+_intern = sys.intern
+
+
+def _interned_keys(options: dict[str, Any]) -> dict[str, Any]:
+    return {_intern(k): v for k, v in options.items()}
+
+
+def _without_first(items: tuple[str, ...], item: str) -> tuple[str, ...]:
+    """`items` less the first `item` (list.remove's semantics, on a tuple)."""
+    i = items.index(item)
+    return items[:i] + items[i + 1:]
 
 
 def _record_usage(relay: Relay, ts: float) -> None:
@@ -175,10 +202,10 @@ class DomainState:
         self.orgs: dict[int, Org] = {}
         self.org_by_slug: dict[str, int] = {}
         self.projects: dict[int, Project] = {}
-        self.project_by_slug: dict[tuple[int, str], int] = {}
+        self.project_by_slug: dict[int, dict[str, int]] = {}  # org id -> {project slug: project id}
         self.keys: dict[str, ProjectKey] = {}
         self.key_by_numeric_id: dict[int, str] = {}
-        self.keys_of_project: dict[int, list[str]] = {}
+        self.keys_of_project: dict[int, tuple[str, ...]] = {}
         self.projects_of_org: dict[int, list[int]] = {}
         self.relays: dict[str, Relay] = {}
         self.relay_key_by_id: dict[str, str] = {}
@@ -203,11 +230,11 @@ class DomainState:
         org = self.org(org_slug)
         if org is None:
             return None
-        project_id = self.project_by_slug.get((org.id, project_slug))
+        project_id = self.project_by_slug.get(org.id, {}).get(project_slug)
         return self.projects.get(project_id) if project_id is not None else None
 
     def keys_of(self, project_id: int) -> list[ProjectKey]:
-        return [self.keys[k] for k in self.keys_of_project.get(project_id, []) if k in self.keys]
+        return [self.keys[k] for k in self.keys_of_project.get(project_id, ()) if k in self.keys]
 
     def org_of_key(self, public_key: str) -> Org | None:
         key = self.keys.get(public_key)
@@ -217,7 +244,7 @@ class DomainState:
         return self.orgs.get(project.org_id) if project else None
 
     def all_keys_of_org(self, org_id: int) -> set[str]:
-        return {k for p in self.projects_of_org.get(org_id, []) for k in self.keys_of_project.get(p, [])}
+        return {k for p in self.projects_of_org.get(org_id, []) for k in self.keys_of_project.get(p, ())}
 
     def relay_by_id(self, relay_id: str) -> Relay | None:
         public_key = self.relay_key_by_id.get(relay_id)
@@ -333,12 +360,12 @@ class DomainState:
         org = self.org(event.aggregate_id)
         if org is None:
             return None
-        project_id = self.project_by_slug.get((org.id, event.payload["project"]))
+        project_id = self.project_by_slug.get(org.id, {}).get(event.payload["project"])
         return self.projects.get(project_id) if project_id is not None else None
 
     def _project_changed(self, project: Project, ts: float) -> Changes:
         project.last_change = ts
-        return Changes(public_keys=set(self.keys_of_project.get(project.id, [])))
+        return Changes(public_keys=set(self.keys_of_project.get(project.id, ())))
 
     def _on_OrgCreated(self, e: DomainEvent, seq: int) -> None:
         slug = e.aggregate_id
@@ -383,15 +410,16 @@ class DomainState:
         if org is None:
             return None
         slug = e.payload["project"]
+        name = e.payload.get("name") or slug
         project = Project(id=self._new_id("project", e.payload.get("id"), self.projects, seq),
-                          org_id=org.id, slug=slug, name=e.payload.get("name") or slug,
+                          org_id=org.id, slug=slug, name=slug if name == slug else name,
                           template=e.payload.get("template"),
-                          options=dict(e.payload.get("options") or {}) if self._holds_options else {},
+                          options=_interned_keys(e.payload.get("options") or {}) if self._holds_options else {},
                           created=e.ts, last_change=e.ts)
         self.projects[project.id] = project
-        self.project_by_slug[(org.id, slug)] = project.id
+        self.project_by_slug.setdefault(org.id, {})[slug] = project.id
         self.projects_of_org[org.id].append(project.id)
-        self.keys_of_project[project.id] = []
+        self.keys_of_project[project.id] = ()
         return None
 
     def _set_project_status(self, e: DomainEvent, status: str) -> Changes | None:
@@ -402,7 +430,7 @@ class DomainState:
         project.status = status
         if status == DELETED:
             # The slug is free again; the keys stay known (served as disabled) until replaced.
-            self.project_by_slug.pop((project.org_id, project.slug), None)
+            self.project_by_slug.get(project.org_id, {}).pop(project.slug, None)
         return changes
 
     def _on_ProjectDisabled(self, e: DomainEvent, seq: int) -> Changes | None:
@@ -418,7 +446,7 @@ class DomainState:
         project = self._project_event(e)
         if project is None:
             return None
-        project.options[e.payload["key"]] = e.payload["value"]
+        project.options[_intern(e.payload["key"])] = e.payload["value"]
         return self._project_changed(project, e.ts)
 
     def _on_ProjectOptionUnset(self, e: DomainEvent, seq: int) -> Changes | None:
@@ -435,14 +463,17 @@ class DomainState:
         public_key = e.payload["public_key"]
         numeric_id = self._new_id("key", e.payload.get("numeric_id"), self.key_by_numeric_id, seq)
         key = ProjectKey(public_key=public_key, numeric_id=numeric_id, project_id=project.id,
-                         status=e.payload.get("status") or ACTIVE,
+                         status=_intern(e.payload.get("status") or ACTIVE),
                          rate_limit=e.payload.get("rate_limit"), created=e.ts, last_change=e.ts)
         replaced = self.keys.get(public_key)
         if replaced is not None:
             self.key_by_numeric_id.pop(replaced.numeric_id, None)
         self.keys[public_key] = key
         self.key_by_numeric_id[numeric_id] = public_key
-        self.keys_of_project[project.id].append(public_key)
+        self.keys_of_project[project.id] += (public_key,)
+        claim = self.key_claims.pop(public_key, None)
+        if claim is not None:  # the claim's entry keyed by this same string: one copy of the key
+            self.key_claims[public_key] = claim
         return Changes(public_keys={public_key})
 
     def _set_key_status(self, e: DomainEvent, status: str | None) -> Changes | None:
@@ -453,7 +484,7 @@ class DomainState:
         if status is None:
             del self.keys[public_key]
             self.key_by_numeric_id.pop(key.numeric_id, None)
-            self.keys_of_project[key.project_id].remove(public_key)
+            self.keys_of_project[key.project_id] = _without_first(self.keys_of_project[key.project_id], public_key)
         else:
             key.status = status
             key.last_change = e.ts
@@ -539,9 +570,10 @@ class DomainState:
             project.platform = e.payload["platform"]
         new_slug = e.payload.get("slug")
         if isinstance(new_slug, str) and new_slug != project.slug:
-            self.project_by_slug.pop((project.org_id, project.slug), None)
+            slugs = self.project_by_slug.setdefault(project.org_id, {})
+            slugs.pop(project.slug, None)
             project.slug = new_slug
-            self.project_by_slug[(project.org_id, new_slug)] = project.id
+            slugs[new_slug] = project.id
         return self._project_changed(project, e.ts)
 
     def _relay(self, public_key: str) -> Relay:
@@ -622,7 +654,11 @@ class DomainState:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self, streamed: bool = False) -> dict[str, Any]:
+        """The whole state as plain data (`from_snapshot` restores it). `streamed`: projects
+        and keys as `Rows` made while they are read, without a copy of their options, so a
+        million of them cost no memory beyond their packed bytes - to be packed at once,
+        before anything else is folded (bus/snapshots.py `pack_body`)."""
         if not self.projection.is_full:
             # Every projection starts from it: it must hold everything.
             raise ValueError(f"a snapshot of the {self.projection.name!r} projection would lack the other parts")
@@ -636,8 +672,10 @@ class DomainState:
             # a copy: a snapshot written later (e.g. from the loop) must still describe `sequence`
             "format": SNAPSHOT_FORMAT, "sequence": self.sequence, "next_ids": dict(self.next_ids),
             "orgs": [asdict(o) for o in self.orgs.values()],
-            "projects": [asdict(p) for p in self.projects.values()],
-            "keys": [asdict(k) for k in self.keys.values()],
+            "columns": {"projects": list(PROJECT_COLUMNS), "keys": list(KEY_COLUMNS)},
+            "projects": Rows(len(self.projects), self._project_rows(copy=False)) if streamed
+            else list(self._project_rows(copy=True)),
+            "keys": Rows(len(self.keys), self._key_rows()) if streamed else list(self._key_rows()),
             "relays": [asdict(r) for r in self.relays.values()],
             "users": [user_map(u) for u in self.users.values()],
             "aggregates": [[a, i, s] for (a, i), s in self.aggregate_sequence.items()],
@@ -646,9 +684,25 @@ class DomainState:
             "imports": [p.to_map() for p in self.imports.values()],
         }
 
+    def _project_rows(self, copy: bool) -> Iterator[tuple[Any, ...]]:
+        # Options and teams are changed in place by later folds: copied unless read at once;
+        # the other values are only ever replaced.
+        for p in list(self.projects.values()):
+            options: Any = (dict(p.options) if copy else p.options) if p.options else None
+            teams: Any = (list(p.teams) if copy else p.teams) if p.teams else None
+            yield (p.id, p.org_id, p.slug, p.name, p.status, options, p.template, p.created, p.last_change,
+                   p.platform, teams)
+
+    def _key_rows(self) -> Iterator[tuple[Any, ...]]:
+        for k in list(self.keys.values()):
+            yield k.public_key, k.numeric_id, k.project_id, k.status, k.rate_limit, k.created, k.last_change, k.name
+
     @classmethod
-    def from_snapshot(cls, data: dict[str, Any], projection: Projection = EVERYTHING) -> DomainState:
-        """The state a full snapshot describes, as far as `projection` holds it."""
+    def from_snapshot(cls, data: dict[str, Any], projection: Projection = EVERYTHING,
+                      consume: bool = False) -> DomainState:
+        """The state a full snapshot describes, as far as `projection` holds it. `consume`:
+        the rows of `data`'s projects and keys are dropped as they are restored (a million
+        unpacked rows are not held beside the objects made of them)."""
         if data.get("format") not in READABLE_SNAPSHOT_FORMATS:
             raise ValueError("snapshot format mismatch")
         state = cls(projection)
@@ -662,18 +716,24 @@ class DomainState:
             state.projects_of_org[org.id] = []
             for username, role in org.members.items():
                 state.member_orgs.setdefault(username, {})[org.slug] = role
-        for p in data["projects"] if holds(PROJECTS) else ():
-            project = Project(**p) if holds(PROJECT_OPTIONS) else Project(**{**p, "options": {}})
+        columns = data.get("columns") or {}
+        options = holds(PROJECT_OPTIONS)
+        for project in _rows(data, "projects", columns.get("projects"), Project, consume) if holds(PROJECTS) else ():
+            project.options = _interned_keys(project.options or {}) if options else {}
+            project.teams = list(project.teams or [])
+            project.status = _intern(project.status)
+            if project.name == project.slug:
+                project.name = project.slug
             state.projects[project.id] = project
             state.projects_of_org.setdefault(project.org_id, []).append(project.id)
-            state.keys_of_project[project.id] = []
+            state.keys_of_project[project.id] = ()
             if project.status != DELETED:
-                state.project_by_slug[(project.org_id, project.slug)] = project.id
-        for k in data["keys"] if holds(KEYS) else ():
-            key = ProjectKey(**k)
+                state.project_by_slug.setdefault(project.org_id, {})[project.slug] = project.id
+        for key in _rows(data, "keys", columns.get("keys"), ProjectKey, consume) if holds(KEYS) else ():
+            key.status = _intern(key.status)
             state.keys[key.public_key] = key
             state.key_by_numeric_id[key.numeric_id] = key.public_key
-            state.keys_of_project.setdefault(key.project_id, []).append(key.public_key)
+            state.keys_of_project[key.project_id] = state.keys_of_project.get(key.project_id, ()) + (key.public_key,)
         for r in data["relays"] if holds(RELAYS) else ():
             relay = Relay(**r)
             state.relays[relay.public_key] = relay
@@ -685,7 +745,9 @@ class DomainState:
         if holds(VERSIONS):
             state.aggregate_sequence = {(a, i): s for a, i, s in data["aggregates"]}
         if holds(CLAIMS):
-            state.key_claims = {k: KeyClaim(org, version, seq) for k, org, version, seq in data["key_claims"]}
+            known = state.keys
+            state.key_claims = {known[k].public_key if k in known else k: KeyClaim(org, version, seq)
+                                for k, org, version, seq in data["key_claims"]}
         state.skipped = [dict(s) for s in data["skipped"]]
         for raw in data.get("imports") or []:
             pending = PendingImport.from_map(raw)
@@ -693,3 +755,39 @@ class DomainState:
                 pending.events = [e for e in pending.events if e.type in projection.events]
             state.imports[pending.org] = pending
         return state
+
+
+class Rows:
+    """`count` rows of a snapshot, made as they are read (`to_snapshot(streamed=True)`)."""
+
+    def __init__(self, count: int, rows: Iterable[tuple[Any, ...]]) -> None:
+        self.count = count
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._rows)
+
+
+def _consumed(rows: list[Any]) -> Iterator[Any]:
+    """The items of `rows`, each dropped from it once read (the list ends empty)."""
+    rows.reverse()
+    while rows:
+        yield rows.pop()
+
+
+def _rows(data: dict[str, Any], section: str, columns: list[str] | None, cls: type[Any],
+          consume: bool) -> Iterator[Any]:
+    """The objects of a snapshot's rows: maps (formats 3, 4) or value rows named by `columns`
+    (format 5; positional when they are the class's own fields, else by name)."""
+    names = tuple(f.name for f in fields(cls))
+    rows = data[section]
+    for row in _consumed(rows) if consume and isinstance(rows, list) else rows:
+        if isinstance(row, dict):
+            yield cls(**row)
+        elif columns is None or tuple(columns) == names:
+            yield cls(*row)
+        else:
+            yield cls(**dict(zip(columns, row, strict=True)))

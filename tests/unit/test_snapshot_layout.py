@@ -1,0 +1,99 @@
+"""What a million projects cost: the state's memory layout and snapshots made and restored
+without copying the state whole (bench_scale; issue 15). Same behaviour as before, less held."""
+
+from __future__ import annotations
+
+import sys
+
+import msgpack
+import pytest
+import zstandard
+
+from bus.snapshots import PackedSnapshot, pack_body
+from domain.model import Org, Project, ProjectKey, Relay, User
+from domain.projections import EVERYTHING, KEYS, ORG_OPTIONS, PROJECT_OPTIONS, Projection
+from domain.state import DomainState, Rows
+from messages.envelope import pack, unpack
+from tests.unit.test_state import KEY_A, KEY_B, ev, fold, history
+
+
+def unpacked(body: bytes) -> object:
+    return unpack(zstandard.ZstdDecompressor().decompressobj().decompress(body))
+
+
+def test_domain_objects_have_no_instance_dict() -> None:
+    """Slotted: a project or key is its fields, not a dict of them besides."""
+    for obj in (Org(1, "o", "o"), Project(1, 1, "p", "p"), ProjectKey("k" * 32, 1, 1), Relay("r"), User("u")):
+        assert not hasattr(obj, "__dict__"), type(obj).__name__
+
+
+def test_repeated_strings_are_held_once() -> None:
+    """A project named as its slug holds one string; statuses and option keys are interned
+    (every event decodes its own copy of them); a key's claim and the key share its string."""
+    key = "".join(["d"] * 32)  # not interned by the compiler
+    state = fold([[ev("OrgCreated", "acme", name="Acme", id=1)],
+                  [ev("KeysClaimed", "keys", org="acme", org_version=1, public_keys=["".join(["d"] * 32)])],
+                  [ev("ProjectCreated", "acme", project="web", name="".join("web"), template=None, id=1,
+                      options={"".join("sentry:origins"): ["*"]}),
+                   ev("KeyCreated", "acme", project="web", public_key=key, status="".join("active"),
+                      rate_limit=None, numeric_id=1)]])
+    project = state.project("acme", "web")
+    assert project is not None and project.name is project.slug
+    assert next(iter(project.options)) is sys.intern("sentry:origins")  # interned: the same object
+    assert state.keys[key].status is sys.intern("active")
+    claimed = next(k for k in state.key_claims if k == key)
+    assert claimed is state.keys[key].public_key
+
+
+def test_a_streamed_snapshot_packs_to_what_the_plain_one_holds() -> None:
+    """`to_snapshot(streamed=True)` packed row by row (pack_body) unpacks to exactly the
+    plain snapshot, and restores the same state in every projection."""
+    state = fold(history())
+    state.apply(40, [ev("KeysClaimed", "keys", org="acme", org_version=9, public_keys=["e" * 32])])
+    plain = state.to_snapshot()
+    streamed = state.to_snapshot(streamed=True)
+    assert isinstance(streamed["projects"], Rows) and isinstance(streamed["keys"], Rows)
+    body = pack_body(streamed)
+    assert unpacked(body) == unpack(pack(plain))
+    for projection in (EVERYTHING, Projection("keys", {KEYS}), Projection("configs", {ORG_OPTIONS, PROJECT_OPTIONS, KEYS})):
+        restored = DomainState.from_snapshot(unpack(pack(plain)), projection)
+        assert repr(DomainState.from_snapshot(unpacked(body), projection).__dict__) == repr(restored.__dict__)
+    assert PackedSnapshot.of(state.to_snapshot(streamed=True)) == PackedSnapshot(40, body)
+
+
+def test_a_streamed_section_that_gives_fewer_rows_than_it_says_is_refused() -> None:
+    with pytest.raises(ValueError, match="said 2 rows and gave 1"):
+        pack_body({"sequence": 1, "projects": Rows(2, iter([(1,)]))})
+
+
+def test_restoring_with_consume_drops_the_rows_and_restores_the_same_state() -> None:
+    state = fold(history())
+    data = msgpack.unpackb(msgpack.packb(state.to_snapshot()), strict_map_key=False)
+    restored = DomainState.from_snapshot(data, consume=True)
+    assert data["projects"] == [] and data["keys"] == []
+    assert restored.to_snapshot() == state.to_snapshot()
+
+
+def test_keys_of_a_project_after_deletes_and_replacements() -> None:
+    """The keys of a project (a tuple now) keep their order; a delete removes one."""
+    state = fold(history())
+    web = state.project("acme", "web")
+    assert web is not None
+    state.apply(30, [ev("KeyCreated", "acme", project="web", public_key="f" * 32, rate_limit=None)])
+    state.apply(31, [ev("KeyDeleted", "acme", public_key=KEY_B)])
+    assert [k.public_key for k in state.keys_of(web.id)] == [KEY_A, "f" * 32]
+    again = DomainState.from_snapshot(state.to_snapshot())
+    assert [k.public_key for k in again.keys_of(web.id)] == [KEY_A, "f" * 32]
+
+
+def test_a_format_4_snapshot_of_maps_is_still_read() -> None:
+    """Snapshots written before rows (projects and keys as maps) restore the same state."""
+    state = fold(history())
+    snapshot = state.to_snapshot()
+    old = dict(snapshot, format=4)
+    del old["columns"]
+    old["projects"] = [dict(zip(snapshot["columns"]["projects"], row, strict=True)) for row in snapshot["projects"]]
+    old["keys"] = [dict(zip(snapshot["columns"]["keys"], row, strict=True)) for row in snapshot["keys"]]
+    for p in old["projects"]:
+        p["options"], p["teams"] = p["options"] or {}, p["teams"] or []
+    assert DomainState.from_snapshot(old).to_snapshot() == snapshot
