@@ -20,7 +20,9 @@ from gateway.errors import json_response
 
 
 async def project_options(request: web.Request) -> web.Response:
-    """Each project option: type, default, the template's, the org's and the project's own
+    """A project's options, each with where its value comes from (relayctl's own).
+
+    For each option its type, default, the template's, the org's and the project's own
     value, and the value the config is built from with its source (`project:read`; values of
     options outside the public ones with `project:write`)."""
     who, org = await org_access(request, "project:read")
