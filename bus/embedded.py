@@ -29,7 +29,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from urllib.parse import quote
 
 from bus.config_cache import KEY_PREFIX, RELAY_AUTH_PREFIX
 from bus.rate_limits import RATE_LIMIT_PREFIX
+from bus.spawn import DISCARD, spawn, wait_ready
 from messages.endpoints import ENDPOINTS, KV, OBJECT, OPERATOR, REPLY_WINDOW, ROLES, STORES, STREAM, TOPICS, Store
 from messages.subjects import inbox_prefix
 
@@ -128,25 +128,12 @@ def redis_command(config: Path) -> list[str]:
     return [redis_server_binary(), str(config)]
 
 
-def _spawn(name: str, cmd: list[str], log_path: Path | None, detach: bool) -> subprocess.Popen[bytes]:
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    try:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=detach)
-    finally:
-        if log_path:
-            out.close()  # type: ignore[union-attr]
-
-
-def wait_port(proc: subprocess.Popen[bytes], name: str, port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with status {proc.returncode}")
-        if port_open("127.0.0.1", port):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{name} did not listen on port {port} within {timeout:.0f}s")
+def wait_port(proc: subprocess.Popen[bytes], name: str, port: int, timeout: float = 15.0,
+              log: Path | None = None) -> None:
+    """Until `proc` listens on loopback `port`; `NotReady` (a RuntimeError) saying how it
+    ended, with the end of `log`, if it ends first."""
+    late = f"did not listen on port {port} within {timeout:.0f}s"
+    wait_ready(proc, name, lambda: (port_open("127.0.0.1", port), late), timeout=timeout, log=log)
 
 
 def start_nats(data_dir: Path, port: int | None = None, *, log_path: Path | None = None,
@@ -156,8 +143,8 @@ def start_nats(data_dir: Path, port: int | None = None, *, log_path: Path | None
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config = write_nats_auth_config(data_dir, passwords) if passwords else None
-    proc = _spawn("nats", nats_command(data_dir, port, config=config), log_path, detach)
-    wait_port(proc, "nats-server", port)
+    proc = spawn(nats_command(data_dir, port, config=config), log=log_path or DISCARD, detach=detach)
+    wait_port(proc, "nats-server", port, log=log_path)
     url = f"nats://127.0.0.1:{port}"
     return ServerProcess("nats", proc, role_url(url, "operator", passwords) if passwords else url, port)
 
@@ -170,8 +157,8 @@ def start_redis(data_dir: Path, port: int | None = None, *, log_path: Path | Non
     port = port or free_port()
     passwords = redis_passwords(data_dir)
     config = write_redis_config(data_dir, port, passwords, maxmemory=maxmemory)
-    proc = _spawn("redis", redis_command(config), log_path, detach)
-    wait_port(proc, "redis-server", port)
+    proc = spawn(redis_command(config), log=log_path or DISCARD, detach=detach)
+    wait_port(proc, "redis-server", port, log=log_path)
     url = f"redis://127.0.0.1:{port}/0"
     return ServerProcess("redis", proc, redis_role_url(url, "operator", passwords), port, passwords)
 

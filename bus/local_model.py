@@ -26,9 +26,11 @@ import argparse
 import importlib.util
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
+
+from bus.spawn import INHERIT, exit_signal, spawn
+from bus.spawn import describe_exit as describe_how
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "smollm2-135m-instruct"
@@ -140,24 +142,20 @@ def describe_exit(returncode: int, cpuinfo: str | None = None) -> str:
 
     `returncode` is Popen's (negative: the signal) or a shell's (128 + signal).
     """
-    signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
-    if not signum:
-        return f"exited with status {returncode}; its log says why"
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
+    how, signum = describe_how(returncode), exit_signal(returncode)  # "was killed by SIGILL"
+    if signum is None:
+        return f"{how}; its log says why"
     if signum == signal.SIGILL:
         missing = missing_cpu_flags(cpuinfo)
         if missing:
-            return (f"was killed by {name} (illegal instruction): this CPU lacks {', '.join(missing).upper()}, "
+            return (f"{how} (illegal instruction): this CPU lacks {', '.join(missing).upper()}, "
                     "which the portable build needs; build llama-server for this CPU: "
                     + reinstall_command(native=True))
-        return (f"was killed by {name} (illegal instruction): llama-server was built for another CPU; "
+        return (f"{how} (illegal instruction): llama-server was built for another CPU; "
                 "reinstall it with: " + reinstall_command())
     if signum == signal.SIGKILL:
-        return f"was killed by {name} (out of memory, or killed by hand)"
-    return f"was killed by {name}; its log says more"
+        return f"{how} (out of memory, or killed by hand)"
+    return f"{how}; its log says more"
 
 
 def failure_reason(path: Path | str | None) -> str | None:
@@ -179,7 +177,7 @@ def serve(port: int, failure_file: Path | None) -> int:
     if failure_file is not None:
         failure_file.unlink(missing_ok=True)
     try:
-        proc = subprocess.Popen(server_command(port), preexec_fn=_die_with_parent)
+        proc = spawn(server_command(port), log=INHERIT, die_with_parent=True)
     except OSError as exc:
         return _failed(failure_file, f"llama-server could not be started: {exc}", 1)
     stopping = []
@@ -202,15 +200,6 @@ def _failed(failure_file: Path | None, reason: str, returncode: int) -> int:
         failure_file.write_text(reason + "\n")
     # A signal as a shell reports it (128 + signal), not by dying of it too: no core dump here.
     return 128 - returncode if returncode < 0 else returncode if 0 < returncode < 256 else 1
-
-
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: `up`'s SIGTERM still reaches the server through this process
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,14 +22,6 @@ def host_port(url: str) -> tuple[str, int]:
     return (host or "127.0.0.1"), int(port) if port.isdigit() else 0
 
 
-def log_tail(path: Path, lines: int = 5) -> str:
-    """The last lines of a service's log, on one line."""
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def http_health(url: str) -> tuple[bool, str]:
     path = "/" + url.split("://", 1)[-1].split("/", 1)[-1]
     try:

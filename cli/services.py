@@ -41,6 +41,7 @@ from bus.embedded import (
     write_private,
     write_redis_config,
 )
+from bus.spawn import NotReady, describe_exit, log_tail, spawn, wait_ready
 from cli import health
 from cli.context import Context, fail
 from cli.stream_health import nats_write_error, stream_report
@@ -177,13 +178,11 @@ class Orchestrator:
         return pid_alive(rec.get("pid"), rec.get("marker"))
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None, **extra: Any) -> None:
-        import subprocess
-
+        """Start service `name` detached (it outlives this command), its output appended to
+        `<data dir>/logs/<name>.log`, and record it."""
         self.logs.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{name}.log"
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env={**os.environ, **(env or {})})
+        proc = spawn(cmd, log=log_path, detach=True, env={**os.environ, **(env or {})})
         self.procs[name] = proc
         self.state["services"][name] = {"pid": proc.pid, "cmd": cmd, "log": str(log_path),
                                         "marker": extra.pop("marker", None), "started": time.time(), **extra}
@@ -207,7 +206,7 @@ class Orchestrator:
                 return False, f"not running: {reason}" if reason else "not running"
             if reason:
                 return False, f"process {rec.get('pid')} is not running: {reason}"
-            return False, f"process {rec.get('pid')} is not running; log: {health.log_tail(Path(rec.get('log', '')))}"
+            return False, f"process {rec.get('pid')} is not running; log: {log_tail(Path(rec.get('log', '')))}"
         if name == "llm":
             return health.http_health(self.state["llm"] + "/health")
         if name in ("nats", "redis"):
@@ -234,17 +233,21 @@ class Orchestrator:
         return ok, detail
 
     def wait_healthy(self, name: str, timeout: float = HEALTH_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        last = "not checked"
-        while time.monotonic() < deadline:
-            ok, last = self.healthy(name)
-            if ok:
-                return
-            rec = self.record(name)
-            if rec and not pid_alive(rec.get("pid")):
-                break
-            time.sleep(0.2)
-        raise Unhealthy(name, last)
+        """Until service `name`, just started by this command, is healthy; else `Unhealthy`
+        with its last check's answer, or how its process ended (the status, or the signal)
+        and the end of its log."""
+        rec = self.record(name)
+        log = Path(rec["log"]) if rec.get("log") else None
+        try:
+            wait_ready(self.procs[name], name, lambda: self.healthy(name), timeout=timeout, interval=0.2,
+                       explain=lambda returncode: self._ended(name, returncode), log=log)
+        except NotReady as exc:
+            raise Unhealthy(name, exc.detail) from None
+
+    def _ended(self, name: str, returncode: int) -> str:
+        pid = self.record(name).get("pid")
+        reason = local_model.failure_reason(self.llm_failure_file()) if name == "llm" else None
+        return f"process {pid} is not running: {reason}" if reason else f"process {pid} {describe_exit(returncode)}"
 
     def optional_failed(self, failure: Unhealthy) -> str:
         """An optional service did not come up: stop what is left of it and keep the reason

@@ -3,12 +3,12 @@ again, with a growing delay while it keeps dying, and `up` says so on stderr."""
 
 from __future__ import annotations
 
-import signal
 import time
 
 import click
 
 from bus import local_model
+from bus.spawn import describe_exit
 from cli.services import Orchestrator
 
 
@@ -71,13 +71,6 @@ class Supervisor:
             reason = local_model.failure_reason(self.orch.llm_failure_file())
             if reason:
                 return f"stopped: {reason}"
-        if returncode is None:
-            return "is not running"
-        if returncode < 0:
-            try:
-                return f"was killed by {signal.Signals(-returncode).name}"
-            except ValueError:
-                return f"was killed by signal {-returncode}"
-        return f"exited with status {returncode}"
+        return "is not running" if returncode is None else describe_exit(returncode)
 
 
