@@ -36,6 +36,8 @@ TEXT = "(selector) => [...document.querySelectorAll(selector)].map((e) => e.text
 
 @pytest.fixture(scope="module")
 def firefox() -> Iterator[Firefox]:
+    """One headless Firefox for the module (first in each test's arguments: without
+    firefox-esr the tests skip before anything else is set up)."""
     if FIREFOX is None:
         pytest.skip("needs Debian's firefox-esr (apt-get install firefox-esr)")
     with Firefox(FIREFOX) as browser:
@@ -112,7 +114,7 @@ class FirefoxPage:
         assert not self.browser.errors(), f"{name}: JavaScript errors: {self.browser.errors()}"
 
 
-def test_the_console_in_firefox(system: SystemUnderTest, world: dict[str, Any], firefox: Firefox,
+def test_the_console_in_firefox(firefox: Firefox, system: SystemUnderTest, world: dict[str, Any],
                                 tmp_path: Path) -> None:
     page = FirefoxPage(firefox, system.url, tmp_path)
     try:
@@ -194,7 +196,7 @@ def walk_through(system: SystemUnderTest, world: dict[str, Any], page: FirefoxPa
     page.shot("logged-out")
 
 
-def test_a_javascript_error_in_a_console_page_fails_the_check(system: SystemUnderTest, firefox: Firefox) -> None:
+def test_a_javascript_error_in_a_console_page_fails_the_check(firefox: Firefox, system: SystemUnderTest) -> None:
     """The check above can fail: an uncaught exception and a console.error in a console page
     are both reported (then forgotten, so later tests of the module start clean)."""
     firefox.navigate(system.url + "/console/")
