@@ -35,7 +35,7 @@ from bus.config_cache import DISABLED_BODY, DISABLED_ENTRY, GLOBAL_KEY, cache_ke
 from bus.service import Call
 from domain.project_config import build_project_config
 from domain.projections import KEYS, ORG_OPTIONS, PROJECT_OPTIONS, Projection
-from domain.state import Changes, trusted_relay_keys
+from domain.state import Changes, folded_events, trusted_relay_keys
 from messages.errors import NotFound
 from messages.events import ORG, DomainEvent, aggregate_subject
 from messages.subjects import config_changed
@@ -258,11 +258,11 @@ class ConfigActor(MaterializingActor):
         project = self.state.projects[key.project_id]
         commits = self.runtime.call(self.store.read(aggregate_subject(ORG, org.slug)))
         events = []
-        for sequence, commit in commits:
-            for event in commit:
-                if _relevant(event, project.slug, public_key):
-                    events.append({"sequence": sequence, "type": event.type, "id": event.id,
-                                   "ts": event.ts, "actor": event.actor, "payload": event.payload})
+        # as folded: an import's parts at its commit, none of one never committed
+        for sequence, event in folded_events(commits):
+            if _relevant(event, project.slug, public_key):
+                events.append({"sequence": sequence, "type": event.type, "id": event.id,
+                               "ts": event.ts, "actor": event.actor, "payload": event.payload})
         return {"publicKey": public_key, "events": events}
 
 

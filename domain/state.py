@@ -160,6 +160,42 @@ class PendingImport:
         return pending
 
 
+def folded_events(commits: Iterable[tuple[int, list[DomainEvent]]]) -> list[tuple[int, DomainEvent]]:
+    """The events of `commits` (in stream order) as the fold applies them, each with the
+    sequence it takes effect at: a plain commit's events at its own, an import's staged
+    events at its `ImportCommitted` - and none of an import never committed or dropped. The
+    framing events themselves are left out. What reads the stream itself (a key's config
+    history) shows what readers saw, never a staged part."""
+    out: list[tuple[int, DomainEvent]] = []
+    pending: dict[str, tuple[str, list[DomainEvent]]] = {}  # org -> (import id, staged events)
+    for sequence, events in commits:
+        if events and events[0].aggregate == ORG and events[0].aggregate_id in pending \
+                and not any(e.type in IMPORT_EVENTS for e in events):
+            del pending[events[0].aggregate_id]
+        staging: list[DomainEvent] | None = None
+        for e in events:
+            if e.type not in IMPORT_EVENTS:
+                if staging is not None:
+                    staging.append(e)
+                else:
+                    out.append((sequence, e))
+                continue
+            import_id, current = str(e.payload.get("import_id")), pending.get(e.aggregate_id)
+            if e.type == "ImportStarted":
+                pending[e.aggregate_id] = (import_id, [])
+                staging = None
+            elif current is None or current[0] != import_id:
+                staging = None if e.type == "ImportAbandoned" else []  # a stale part: thrown away
+            elif e.type == "ImportPart":
+                staging = current[1]
+            else:
+                del pending[e.aggregate_id]
+                if e.type == "ImportCommitted":
+                    out.extend((sequence, staged) for staged in current[1])
+                staging = None
+    return out
+
+
 def _note_staged(pending: PendingImport, e: DomainEvent) -> None:
     """What a decision of the import's next part must know of an event its parts staged."""
     first = pending.ranges[-1][0] if pending.ranges else 0

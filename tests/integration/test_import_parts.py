@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,8 +27,8 @@ from cli.stream_health import stream_report
 from messages.errors import Conflict
 from messages.subjects import EVENT_STREAM
 from tests.conftest import gateway_redis_url
-from tests.system import RelayClient, SystemUnderTest
-from tests.waiting import eventually
+from tests.system import RELAYCTL, RelayClient, SystemUnderTest
+from tests.waiting import eventually, wait_for
 
 MAX_PAYLOAD = 64 * 1024
 PROJECTS = 3000
@@ -192,6 +193,11 @@ def test_an_import_interrupted_between_parts_shows_nothing_and_a_rerun_resumes_i
     assert "Imported 0 orgs" in text and "Resumed" not in text
     eventually(all_served(relay, keys), f"all {len(keys)} keys served", timeout=60)
     assert spec["slug"] not in {p["org"] for p in stream_report(small.nats_url, None)["imports"]}
+    # a key's history reads the stream: it shows the import as folded, at its commit
+    history = small.cli_ok("config", "history", keys[0], "--json")["events"]
+    assert [e["type"] for e in history] == ["OrgCreated", "OrgOptionSet", "ProjectCreated", "ProjectOptionSet",
+                                            "KeyCreated"]
+    assert len({e["sequence"] for e in history}) == 1
 
 
 def test_restart_drops_an_unfinished_import_and_imports_the_file(small: SystemUnderTest, tmp_path: Path) -> None:
@@ -224,3 +230,35 @@ def test_an_export_larger_than_one_message_is_refused_saying_why(small: SystemUn
     result = small.cli("export", str(tmp_path / "out.json"))
     assert result.exit_code == 1 and "over the NATS message size limit (max_payload)" in result.stderr, result.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+def test_ctrl_c_between_parts_says_the_org_is_staged_and_a_rerun_resumes_it(
+        small: SystemUnderTest, tmp_path: Path) -> None:
+    """The real `relayctl import`, a real SIGINT while an org's parts are being sent."""
+    spec, keys = big_org("sig-" + uuid.uuid4().hex[:6], 12000)
+    path = tmp_path / "sig.json"
+    path.write_text(json.dumps({"orgs": [spec]}))
+    data_dir = tmp_path / "cli"
+    command = [RELAYCTL, "--data-dir", str(data_dir), "--nats-url", small.nats_url, "import", str(path)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def staged() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return any(p["org"] == spec["slug"] for p in stream_report(small.nats_url, None)["imports"])
+        wait_for(staged, timeout=60, what="the import's first part", interval=0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"Org `{spec['slug']}` was being imported in" in stderr and "resumes it" in stderr, stderr
+    relay = small.registered_relay()
+    status, body = relay.configs(keys[:20])
+    assert status == 200 and body["configs"] == {k: {"disabled": True} for k in keys[:20]}  # nothing visible
+
+    rerun = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["resumed"] == [{"org": spec["slug"], "import_id": import_id(spec)}]
+    eventually(all_served(relay, keys[::97]), "the keys served", timeout=60)

@@ -244,3 +244,21 @@ def test_a_bad_part_is_refused() -> None:
     with pytest.raises(BadRequest, match="part: must be"):
         Importer().decider().decide("import.org", {"org": org(3), "part": {"id": "x", "first": 2, "projects": 3,
                                                                            "last": True}})
+
+
+def test_the_events_as_folded_leave_out_staged_parts_until_committed() -> None:
+    """What a key's config history shows (it reads the stream): an import's events at its
+    commit's sequence, nothing of one abandoned, no framing events."""
+    from domain.state import folded_events
+
+    imp = Importer()
+    _, dropped = imp.piece(org(3), "imp-1", 0, 3, last=True, store=1)
+    _, kept = imp.piece(org(3), "imp-2", 0, 3, last=True, restart=True, store=0)
+    commits = [(1, dropped[0]), *((n, c) for n, c in enumerate(kept, start=2))]
+    folded = folded_events(commits)
+    assert {sequence for sequence, _ in folded} == {len(kept) + 1}
+    assert [e.type for _, e in folded if e.type == "KeyCreated"] == ["KeyCreated"] * 3
+    assert all(e.id not in {x.id for x in dropped[0]} for _, e in folded)
+    assert not [e for _, e in folded if e.type.startswith("Import")]
+    plain = [DomainEvent("OrgCreated", "beta", {"name": "beta", "id": 9})]
+    assert folded_events([(1, plain)]) == [(1, plain[0])]
