@@ -32,7 +32,6 @@ header line, then items, each a JSON header line and a payload that is either
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import threading
 import time
@@ -42,6 +41,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
+
+import structlog
 
 from bus.retry import Backoff, retry_blocking
 from bus.sentry_transport import PROCESSING_PROJECT_TAG, UNSAFE_ENVELOPE_HEADER, UNSAFE_TAG
@@ -64,7 +65,7 @@ __all__ = [
     "serialize_envelope",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 UPSTREAM: Final = "upstream"
 RELAY: Final = "relay"
@@ -336,7 +337,7 @@ class _DsnWorker:
                 self._deliver(body)
             except Exception:
                 # A bug here must cost one envelope, not the worker thread.
-                log.exception("transport %s: unexpected error", self.name)
+                log.exception("transport.unexpected_error", transport=self.name)
                 self._drop("error")
             finally:
                 self._queue.task_done()
@@ -347,16 +348,16 @@ class _DsnWorker:
             try:
                 status = self._send(self.dsn, body)
             except Exception as exc:  # the boundary of a send: any failure to get an answer is worth a retry
-                log.info("transport %s: attempt %d failed: %s", self.name, n + 1, exc)
+                log.info("transport.attempt_failed", transport=self.name, attempt=n + 1, error=str(exc))
                 raise _TryAgain from exc
             if 200 <= status < 300:
                 return
             if 400 <= status < 500 and status != 429:
                 # The DSN understood and refused; sending again cannot help.
-                log.warning("transport %s: envelope rejected with %d", self.name, status)
+                log.warning("transport.envelope_rejected", transport=self.name, status=status)
                 self._drop("rejected")
                 return
-            log.info("transport %s: attempt %d got %d", self.name, n + 1, status)
+            log.info("transport.attempt_status", transport=self.name, attempt=n + 1, status=status)
             raise _TryAgain
 
         try:
@@ -420,7 +421,7 @@ class TransportMultiplexer:
                 internal_project_id=self._internal_project_id,
             )
         except MalformedEnvelope:
-            log.warning("transport: dropping malformed envelope", exc_info=True)
+            log.warning("transport.malformed_envelope_dropped", exc_info=True)
             self._metrics.incr("internal.uncaptured.envelopes", tags={"reason": "malformed"})
             return
         for name in DSN_NAMES:

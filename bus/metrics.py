@@ -48,7 +48,6 @@ no-ops, so library code can record metrics unconditionally.
 
 from __future__ import annotations
 
-import logging
 import platform
 import queue
 import threading
@@ -58,6 +57,7 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 import msgpack
+import structlog
 
 from bus.metric_catalogue import WATCHED_COUNTERS
 from messages.metrics import COUNTER, DISTRIBUTION, GAUGE, KINDS, TIMER
@@ -86,7 +86,7 @@ __all__ = [
     "timing",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 # Tag names carrying per-entity values: one series per project/event would make the
@@ -287,7 +287,7 @@ class Metrics:
                 time.time(),
             ]
         except Exception:
-            log.debug("metrics: unrecordable point %s", name, exc_info=True)
+            log.debug("metrics.unrecordable_point", name=name, exc_info=True)
             return
         if self._closed.is_set():
             return
@@ -337,7 +337,7 @@ class Metrics:
                 self.flush()
             except Exception:
                 # The flusher outlives any bug in a single flush.
-                log.exception("metrics: flush failed")
+                log.exception("metrics.flush_failed")
 
     def _drain(self) -> list[Point]:
         points: list[Point] = []
@@ -361,7 +361,7 @@ class Metrics:
             try:
                 tap(self.process, points)
             except Exception:
-                log.debug("metrics: tap failed", exc_info=True)
+                log.debug("metrics.tap_failed", exc_info=True)
         if self._stuck_publish is not None:
             if self._stuck_publish.is_alive():
                 self._count_drop(publish=len(points))
@@ -370,7 +370,7 @@ class Metrics:
         try:
             data = encode_batch(self.process, points)
         except Exception:
-            log.exception("metrics: cannot encode batch")
+            log.exception("metrics.encode_failed")
             self._count_drop(publish=len(points))
             return
 
@@ -381,7 +381,7 @@ class Metrics:
                 self._publish(data)
             except Exception:
                 failed.set()
-                log.debug("metrics: publish failed", exc_info=True)
+                log.debug("metrics.publish_failed", exc_info=True)
 
         sender = threading.Thread(target=call_publish, name="metrics-publish", daemon=True)
         sender.start()
@@ -390,7 +390,7 @@ class Metrics:
             # Leave it running; later batches are dropped until it returns.
             self._stuck_publish = sender
             self._count_drop(publish=len(points))
-            log.warning("metrics: publish hung for %.1fs", self._publish_timeout)
+            log.warning("metrics.publish_hung", seconds=self._publish_timeout)
         elif failed.is_set():
             self._count_drop(publish=len(points))
 

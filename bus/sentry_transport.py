@@ -22,12 +22,12 @@ three.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
 import sentry_sdk
+import structlog
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.scope import Scope
 from sentry_sdk.transport import Transport
@@ -45,7 +45,7 @@ __all__ = [
     "unsafe_scope",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 UNSAFE_TAG: Final = "relayctl.unsafe"
 PROCESSING_PROJECT_TAG: Final = "relayctl.processing_project_id"
@@ -73,7 +73,7 @@ class PublishingTransport(Transport):
             self._publish(envelope.serialize())
         except Exception:
             # Error reporting must never become the error; logging is all we can do.
-            log.warning("sentry envelope could not be published", exc_info=True)
+            log.warning("sentry.envelope_unpublished", exc_info=True)
 
 
 def init_sentry(

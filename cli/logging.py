@@ -1,8 +1,12 @@
 """structlog set-up for every process: JSON lines in production, readable in a terminal.
 
+One style: relayctl's own modules log with structlog (`structlog.get_logger(__name__)`,
+an event name and fields). The stdlib records of libraries (nats-py, asyncio, aiohttp),
+warnings and up, are routed into the same chain (`_StdlibToStructlog`), so every line has
+the same shape.
+
 No log line carries a credential: every event passes `messages.redact.redact_processor`
-(after tracebacks are formatted), and stdlib logging (libraries such as nats-py and asyncio)
-goes to stderr through `RedactingFormatter`; so do the tracebacks of uncaught exceptions.
+(after tracebacks are formatted); the tracebacks of uncaught exceptions are redacted too.
 
 No log line is huge either: `cap_processor` cuts every field to `MAX_FIELD` characters
 (`MAX_TRACEBACK` for a traceback) and says how long it was, so a payload that made its way
@@ -23,10 +27,10 @@ from typing import Any
 
 import structlog
 
-from messages.redact import RedactingFormatter, redact_processor, redact_url
+from messages.redact import redact_processor, redact_url
 
-# Marks the stderr handler installed here, so a second set-up does not add another.
-_HANDLER_NAME = "relayctl-redacting-stderr"
+# Marks the stdlib handler installed here, so a second set-up does not add another.
+_HANDLER_NAME = "relayctl-to-structlog"
 MAX_FIELD = 2000
 MAX_TRACEBACK = 20000
 
@@ -72,7 +76,7 @@ def setup_logging(process: str, level: str | None = None, *, cache: bool = True)
         cache_logger_on_first_use=cache,
     )
     structlog.contextvars.bind_contextvars(process=process, pid=os.getpid())
-    _redact_stdlib_logging()
+    _route_stdlib_logging()
     # A crash's traceback is printed by the interpreter, not logged: redacted all the same.
     sys.excepthook = _redacting_excepthook
     threading.excepthook = _redacting_thread_excepthook
@@ -90,26 +94,27 @@ def _redacting_thread_excepthook(args: threading.ExceptHookArgs) -> None:
     _redacting_excepthook(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
 
 
-class _StderrHandler(logging.StreamHandler[Any]):
-    """Writes to whatever `sys.stderr` is when a record comes (like logging's last resort)."""
+class _StdlibToStructlog(logging.Handler):
+    """A stdlib record as a structlog event: its message, the logger's name and its
+    traceback go through the processors every line passes (redaction, the caps)."""
 
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **fields)
+        except Exception:  # noqa: BLE001 - logging's own boundary: a record that cannot be written
+            self.handleError(record)
 
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
 
-
-def _redact_stdlib_logging() -> None:
+def _route_stdlib_logging() -> None:
     """Stdlib records (warnings and up, as Python's last-resort handler would print them)
-    reach stderr redacted."""
+    go through structlog."""
     root = logging.getLogger()
     if any(handler.get_name() == _HANDLER_NAME for handler in root.handlers):
         return
-    handler = _StderrHandler()
+    handler = _StdlibToStructlog()
     handler.set_name(_HANDLER_NAME)
     handler.setLevel(logging.WARNING)
-    handler.setFormatter(RedactingFormatter("%(message)s"))
     root.addHandler(handler)

@@ -4,7 +4,7 @@ NATS and Redis URLs carry their role's password in the userinfo
 (``nats://operator:<password>@127.0.0.1:4222``). Whatever text may end up on a terminal, in a
 log file or in an error reply goes through `redact_url` first: the CLI's error output, the
 connect errors, `up`'s messages and, as a structlog processor (`redact_processor`, installed
-by cli/logging.py) and a stdlib logging formatter (`RedactingFormatter`), every log line.
+by cli/logging.py, which routes libraries' stdlib records through it too), every log line.
 
 `redact_url` keeps the user name and masks the password (``nats://operator:***@...``); a
 userinfo with no password is masked whole (``nats://***@...``), since that is where a token
@@ -13,12 +13,11 @@ goes. Anything else in the text is left as it is.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["MASK", "RedactingFormatter", "redact", "redact_processor", "redact_url"]
+__all__ = ["MASK", "redact", "redact_processor", "redact_url"]
 
 MASK = "***"
 
@@ -67,10 +66,3 @@ def redact_processor(logger: Any, method: str, event_dict: MutableMapping[str, A
     for key, value in list(event_dict.items()):
         event_dict[key] = redact(value)
     return event_dict
-
-
-class RedactingFormatter(logging.Formatter):
-    """A stdlib logging formatter whose output (message and traceback) is redacted."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_url(super().format(record))

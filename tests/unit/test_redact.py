@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
-import sys
 
 import pytest
+import structlog
 
-from messages.redact import RedactingFormatter, redact, redact_processor, redact_url
+from messages.redact import redact, redact_processor, redact_url
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -43,11 +45,22 @@ def test_structlog_processor_redacts_every_value() -> None:
     assert "pw" not in repr(redact_processor(None, "error", event))
 
 
-def test_stdlib_formatter_redacts_messages_and_tracebacks() -> None:
+def test_stdlib_records_go_through_structlog_redacted() -> None:
+    """A library's stdlib record (message and traceback) becomes a structlog line like any
+    other (cli/logging.py), with no credential in it."""
+    from cli.logging import setup_logging
+
+    saved = structlog.get_config()
+    out = io.StringIO()
     try:
-        raise RuntimeError("cannot reach redis://u:pw@h")
-    except RuntimeError:
-        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed %s", ("nats://a:pw@h",),
-                                   exc_info=sys.exc_info())
-    text = RedactingFormatter("%(message)s").format(record)
-    assert "pw" not in text and "nats://a:***@h" in text and "redis://u:***@h" in text
+        setup_logging(process="tests", level="warning", cache=False)
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(out))
+        try:
+            raise RuntimeError("cannot reach redis://u:pw@h")
+        except RuntimeError:
+            logging.getLogger("some.library").error("failed %s", "nats://a:pw@h", exc_info=True)
+    finally:
+        structlog.configure(**saved)
+    line = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert line["event"] == "failed nats://a:***@h" and line["logger"] == "some.library", line
+    assert "redis://u:***@h" in line["exception"] and "pw" not in out.getvalue()
