@@ -11,7 +11,11 @@ Entries are sealed with the builder's MAC key (bus/config_cache.py). A key nobod
 relays asking for made-up keys cannot grow Redis.
 At start, once replay reaches the end of the stream, it materializes every key, so a
 restart with an empty Redis fills it from the event log; so does Redis coming back after
-it died or restarted under a running builder (actors/redis_watch.py).
+it died or restarted under a running builder (actors/redis_watch.py). When Redis still
+holds what a builder wrote (the global config, sealed with this builder's key, is there) it
+serves at once and writes every key again in the background, a chunk per actor message
+(the keys its replay from a snapshot changed first): at a million keys the rewrite takes
+minutes, and the gateway serves the cached configs meanwhile.
 
 It also answers `config.get` (v2, and v3 with noCache: built on the spot), `config.get_v1`
 (by project id), `config.build` (a v3 cache miss: build, store and return) and
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -78,6 +83,15 @@ DISABLED: Entry = ("", (), DISABLED_BODY)
 UNKNOWN: Entry = ("", (), DISABLED_BODY)  # answered like DISABLED, never stored (told apart by identity)
 assert UNKNOWN is not DISABLED
 GLOBAL_ENTRY: Entry = ("global", (), dumps(GLOBAL_CONFIG))
+
+
+@dataclass
+class Refill:
+    """Write the configs of `keys[at:]` again, a chunk now and the rest in later messages."""
+
+    keys: list[str]
+    at: int
+    started: float
 
 
 class ConfigActor(MaterializingActor):
@@ -177,12 +191,16 @@ class ConfigActor(MaterializingActor):
 
         self.runtime.submit(publish())
 
+    refilling = False
+    replay_changed: set[str] | None = None  # what the replay from a snapshot changed (written first)
+
     def on_changes(self, changes: Changes, batch: list[tuple[int, list[DomainEvent]]]) -> None:
         if not self.is_replayed():
+            if self.replay_changed is not None:
+                self.replay_changed |= changes.public_keys
             return
         if not self.materialized:
-            self.materialize_all("replayed")
-            self.materialized = True
+            self._replayed(changes.public_keys)
             return
         if changes.public_keys:
             # From the moment the change was made to the moment its config is in the cache.
@@ -200,6 +218,51 @@ class ConfigActor(MaterializingActor):
         if self.live_from == 0:  # empty stream: nothing to replay, still publish the global config
             self.materialize([], with_global=True)
             self.materialized = True
+        elif self.is_replayed():  # the snapshot covers the whole stream: no commit will come
+            self._replayed(set())
+        elif self.snapshot_sequence:
+            self.replay_changed = set()
+
+    def _replayed(self, changed: set[str]) -> None:
+        """Replay is done: write every config, in the background when Redis still holds them."""
+        changed = (self.replay_changed or set()) | changed
+        self.replay_changed = None
+        self.materialized = True
+        if not self._cache_filled():
+            self.materialized = False  # announces nothing while every key is written
+            self.materialize_all("replayed")
+            self.materialized = True
+            return
+        keys = [k for k in self.state.keys if k not in changed]
+        log.info("configs.refill_started", keys=len(keys) + len(changed), changed_first=len(changed))
+        self.refilling = True
+        self.actor_ref.tell(Refill([*changed, *keys], 0, time.monotonic()))
+
+    def _cache_filled(self) -> bool:
+        """Whether the cache holds what this builder writes: the global config, sealed with its
+        key, is written with the last chunk of every full write."""
+        if self.cache is None:
+            return False
+        try:
+            return self.cache.get(GLOBAL_KEY) == self._sealed(GLOBAL_KEY, GLOBAL_ENTRY)
+        except CacheUnavailable:
+            return False
+
+    def on_other(self, message: Any) -> Any:
+        if isinstance(message, Refill):
+            chunk = message.keys[message.at:message.at + MATERIALIZE_CHUNK]
+            message.at += len(chunk)
+            last = message.at >= len(message.keys)
+            # Revisions did not change: gateways need no rc.config.changed for a refill.
+            self.materialize(chunk, with_global=last, keep=False, announce=False)
+            if last:
+                self.refilling = False
+                log.info("configs.materialized_all", keys=len(message.keys), reason="replayed",
+                         seconds=round(time.monotonic() - message.started, 3), background=True)
+            else:
+                self.actor_ref.tell(message)
+            return None
+        return super().on_other(message)
 
     def rewrite_all(self) -> None:
         self.materialize_all("redis_back")

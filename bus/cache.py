@@ -33,6 +33,9 @@ class ConfigCache(Protocol):
     def server_id(self) -> str:
         """Names the running server: it changes when the cache restarts (and forgot all)."""
 
+    def get(self, name: str) -> bytes | None:
+        """The value stored under `name` (None: none)."""
+
 
 class RedisConfigCache:
     """A Redis server, or a Redis Cluster (`cluster`: `url` names start nodes); bounded
@@ -68,6 +71,13 @@ class RedisConfigCache:
         except redis.RedisError as exc:
             raise CacheUnavailable(f"redis does not answer: {exc}") from None
 
+    def get(self, name: str) -> bytes | None:
+        try:
+            value = self.client.get(name)
+        except redis.RedisError as exc:
+            raise CacheUnavailable(f"redis does not answer: {exc}") from None
+        return bytes(value) if value is not None else None  # type: ignore[arg-type]
+
 
 class InMemoryConfigCache:
     """A cache in a dict. `down` makes every call fail; `restart()` forgets everything and
@@ -98,6 +108,12 @@ class InMemoryConfigCache:
     def server_id(self) -> str:
         self._check()
         return self._id
+
+    def get(self, name: str) -> bytes | None:
+        self._check()
+        if name in self.expires and self.expires[name] <= time.monotonic():
+            return None
+        return self.values.get(name)
 
     def restart(self) -> None:
         self.values.clear()

@@ -1,0 +1,61 @@
+"""A config builder restarted over a cache that still holds what it wrote: it serves at
+once and writes every config again in the background (issue 15: a million keys take
+minutes to write; the gateway serves the cached ones meanwhile)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from actors.configs import ConfigActor
+from bus.config_cache import GLOBAL_KEY, cache_key, decode_entry
+from bus.testing import ActorHarness
+from messages.subjects import config_changed
+from tests.unit.actors.conftest import KEY, ORG, OTHER_KEY, PROJECT, given_project
+
+
+def refilled(ref: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while ref.proxy().refilling.get():  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the refill did not end"
+        time.sleep(0.01)
+
+
+def restart(harness: ActorHarness, first: object) -> object:
+    first.stop()  # type: ignore[attr-defined]
+    return harness.start(ConfigActor, harness.cache, serve=False)
+
+
+def test_a_restart_over_a_filled_cache_writes_every_config_again_in_the_background(harness: ActorHarness) -> None:
+    given_project(harness)
+    harness.given("KeyCreated", ORG, project=PROJECT, public_key=OTHER_KEY, numeric_id=101, rate_limit=None)
+    first = harness.start(ConfigActor, harness.cache)
+    harness.cache.values[cache_key(OTHER_KEY)] = b"stale"  # whatever happened to it meanwhile
+    first.stop()
+    harness.given("ProjectOptionSet", ORG, project=PROJECT, key="sentry:origins", value=["while.down"])
+    announced = len(harness.published(config_changed("")))
+    second = harness.start(ConfigActor, harness.cache, serve=False)
+    refilled(second)
+    for key in (KEY, OTHER_KEY):
+        doc = json.loads(decode_entry(harness.cache.values[cache_key(key)]).body)
+        assert doc["config"]["allowedDomains"] == ["while.down"]
+    assert GLOBAL_KEY in harness.cache.values
+    assert len(harness.published(config_changed(""))) == announced  # a refill changes no revision
+
+
+def test_a_restart_over_an_empty_cache_has_written_every_config_once_ready(harness: ActorHarness) -> None:
+    given_project(harness)
+    first = harness.start(ConfigActor, harness.cache)
+    harness.cache.restart()  # empty: no global config sealed by this builder
+    second = restart(harness, first)
+    assert not second.proxy().refilling.get()  # type: ignore[attr-defined]
+    assert cache_key(KEY) in harness.cache.values and GLOBAL_KEY in harness.cache.values
+
+
+def test_a_global_config_sealed_with_another_key_is_no_filled_cache(harness: ActorHarness) -> None:
+    given_project(harness)
+    first = harness.start(ConfigActor, harness.cache)
+    harness.cache.values[GLOBAL_KEY] = b"forged"
+    del harness.cache.values[cache_key(KEY)]
+    restart(harness, first)
+    assert cache_key(KEY) in harness.cache.values  # written before it was ready
