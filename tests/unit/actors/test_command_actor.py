@@ -138,3 +138,31 @@ def test_a_management_api_write_is_decided_for_the_user_of_the_token_it_carries(
     (_, commit), = [c for c in harness.runtime.call(harness.store.read()) if c[0] > before]
     assert [(e.type, e.actor) for e in commit] == [("ProjectDeleted", "user:ann")]
     assert "secret" not in repr(commit) and tokens["ann"] not in repr(commit)
+
+
+def test_an_import_over_the_commit_limit_is_stored_in_parts_each_within_it() -> None:
+    """The command actor splits an org whose events exceed one commit into part commits
+    within the store's limit, after claiming its ids and keys, and replies once the org is
+    folded whole (its claims too are split to fit)."""
+    from bus.eventstore import InMemoryEventStore
+
+    store = InMemoryEventStore(max_commit_bytes=8 * 1024)
+    with ActorHarness(store=store) as h:
+        h.start(CommandActor)
+        keys = [f"{i:032x}" for i in range(1, 301)]
+        spec = {"slug": ORG, "projects": [{"slug": f"p{i}", "keys": [{"publicKey": keys[i]}]} for i in range(300)]}
+        reply = h.ask("import.org", {"org": spec, "part": {"id": "imp-1", "first": 0, "projects": 300, "last": True}})
+        assert (reply["projects"], reply["keys"]) == (300, 300)
+        assert reply["import"] == {"id": "imp-1", "resumed": False, "committed": True, "projects_staged": None,
+                                   "abandoned": None}
+        messages = [h.runtime.call(store.message(s)) for s in range(1, h.runtime.call(store.last_sequence()) + 1)]
+        assert all(m is not None and len(m.data) <= 8 * 1024 for m in messages)
+        kinds = [m.subject.split(".")[2] + "." + m.subject.rsplit(".", 1)[-1] for m in messages if m is not None]
+        assert kinds.count("claims.KeysClaimed") > 1  # 300 keys do not fit in one claim either
+        assert kinds.count("org.ImportPart") > 5 and "org.ImportStarted" in kinds
+        listed = h.ask("key.list", {"org": ORG, "project": "p299"})["keys"]
+        assert [k["publicKey"] for k in listed] == [keys[299]]
+        # the same again: nothing differs, nothing is stored
+        before = h.runtime.call(store.last_sequence())
+        again = h.ask("import.org", {"org": spec, "part": {"id": "imp-1", "first": 0, "projects": 300, "last": True}})
+        assert again["events"] == 0 and h.runtime.call(store.last_sequence()) == before
