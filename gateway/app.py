@@ -31,7 +31,6 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceU
 from bus import metrics, otel, redis_clients
 from bus.cache_keys import CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET
 from bus.client import request as bus_request
-from bus.eventstore import stream_replicas
 from bus.metric_catalogue import GATEWAY_COUNTERS, HELP
 from bus.process import instrument
 from bus.retry import Backoff, retry
@@ -196,13 +195,13 @@ async def _answer(request: web.Request, handler: Handler, cid: str, route: str) 
     return response
 
 
-async def registration_secret(nc: Any) -> str:
-    return await _shared_value(nc, SECRET_KEY, lambda: secrets.token_urlsafe(48))
+async def registration_secret(nc: Any, replicas: int = 1) -> str:
+    return await _shared_value(nc, SECRET_KEY, lambda: secrets.token_urlsafe(48), replicas)
 
 
-async def system_id(nc: Any) -> str:
+async def system_id(nc: Any, replicas: int = 1) -> str:
     """This system's id: one per NATS (JetStream) the gateways share, kept across restarts."""
-    return await _shared_value(nc, SYSTEM_KEY, lambda: uuid.uuid4().hex)
+    return await _shared_value(nc, SYSTEM_KEY, lambda: uuid.uuid4().hex, replicas)
 
 
 # Right after a NATS node is lost JetStream elects new leaders for its streams, and a
@@ -210,22 +209,23 @@ async def system_id(nc: Any) -> str:
 SHARED_VALUE_DEADLINE = 30.0
 
 
-async def _shared_value(nc: Any, key: str, make: Callable[[], str]) -> str:
-    """The value of `key` in the gateways' KV bucket, created by whichever gateway comes first."""
+async def _shared_value(nc: Any, key: str, make: Callable[[], str], replicas: int) -> str:
+    """The value of `key` in the gateways' KV bucket, created (with `replicas` copies: the
+    event stream's) by whichever gateway comes first."""
     deadline = time.monotonic() + SHARED_VALUE_DEADLINE
-    return await retry(lambda _n: _shared_value_once(nc, key, make), deadline=deadline,
+    return await retry(lambda _n: _shared_value_once(nc, key, make, replicas), deadline=deadline,
                        retry_on=(NatsTimeoutError, NoRespondersError, ServiceUnavailableError),
                        backoff=Backoff(initial=0.2, maximum=2.0))
 
 
-async def _shared_value_once(nc: Any, key: str, make: Callable[[], str]) -> str:
+async def _shared_value_once(nc: Any, key: str, make: Callable[[], str], replicas: int) -> str:
     js = nc.jetstream()
     try:
         kv = await js.key_value(GATEWAY_BUCKET)
     except Exception:
         # as many copies as the event stream: losing the node that holds the secret must
         # not stop every new gateway (bus/replication.py)
-        kv = await js.create_key_value(bucket=GATEWAY_BUCKET, history=1, replicas=stream_replicas())
+        kv = await js.create_key_value(bucket=GATEWAY_BUCKET, history=1, replicas=replicas)
     try:
         entry = await kv.get(key)
         return entry.value.decode()  # type: ignore[no-any-return]
@@ -381,10 +381,11 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
                 app[NATS_LOST] = loop.create_future()
 
         app[NC] = await connect(nats_url, name="gateway", on_disconnect=lost, on_reconnect=back)
-        app[SECRET] = await registration_secret(app[NC])
-        app[SYSTEM_ID] = await system_id(app[NC])
+        replicas = int(settings.value("RELAYCTL_STREAM_REPLICAS"))
+        app[SECRET] = await registration_secret(app[NC], replicas)
+        app[SYSTEM_ID] = await system_id(app[NC], replicas)
         try:
-            await app[RELAY_ACTIVITY].open(app[NC])
+            await app[RELAY_ACTIVITY].open(app[NC], replicas)
         except Exception:  # `relay status` then lacks this gateway's news; serving goes on
             log.warning("gateway.relay_activity_unavailable", exc_info=True)
         async def relay_changed(msg: Any) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
 import time
 import uuid
@@ -56,10 +55,21 @@ from bus.ingest_store import (
     IngestStore,
 )
 from bus.rate_limits import ITEM_CATEGORIES, Quota, RateLimiter, envelope_categories, quotas_of
+from bus.settings import Settings
 from gateway.ask import ask_for_relay
 from gateway.envelopes import MalformedEnvelope, check, normalize_event_id, wrap_event
 from gateway.errors import HTTPFailure, error_response, json_response, parse_json
-from gateway.keys import INGEST, INGEST_HELD, INGEST_OUTCOME_TASK, INGEST_STORE, NC, PROJECT_CONFIGS, REDIS, RELAY_AUTH
+from gateway.keys import (
+    INGEST,
+    INGEST_HELD,
+    INGEST_OUTCOME_TASK,
+    INGEST_STORE,
+    NC,
+    PROJECT_CONFIGS,
+    REDIS,
+    RELAY_AUTH,
+    SETTINGS,
+)
 from gateway.project_configs import ProjectConfigs
 from gateway.relay_auth import SIGNED_MAX_AGE, UUID_RE, RelayAuth, RelayIdentity
 from messages.errors import RelayctlError, Unavailable
@@ -76,8 +86,9 @@ CORS_ALLOW_HEADERS = ("x-sentry-auth, x-requested-with, origin, accept, content-
                       "authentication, authorization, sentry-trace, baggage")
 CORS_EXPOSE_HEADERS = "x-sentry-error, x-sentry-rate-limits, retry-after"
 # How long a key's config read from Redis is used without reading it again: a disabled key,
-# a new rate limit or origin reaches ingest this much later than the cache.
-KEY_FRESH_FOR = float(os.environ.get("RELAYCTL_INGEST_KEY_CACHE_SECONDS") or 1.0)
+# a new rate limit or origin reaches ingest this much later than the cache
+# (`RELAYCTL_INGEST_KEY_CACHE_SECONDS`).
+KEY_FRESH_FOR = 1.0
 KEY_ASK_TIMEOUT = 3.0  # a cache miss asks the config builder once, within Relay's patience
 UNKNOWN_KEY_TTL = 10.0  # a key the builder said is unknown is not asked again for this long
 PUBLIC_KEY_RE = re.compile(r"[0-9a-f]{32}")  # with fullmatch: no trailing newline slips through
@@ -101,12 +112,21 @@ class IngestSettings:
     # decompressed bytes all requests of this gateway may hold at once; past it a 503 (Relay
     # retries), so many large envelopes at once cannot exhaust the process's memory
     max_in_flight: int = 4 * DEFAULT_MAX_ENVELOPE
+    key_fresh_for: float = KEY_FRESH_FOR  # seconds a key's config read from Redis is used
 
     @classmethod
-    def from_env(cls) -> IngestSettings:
-        return cls(max_envelope=int(os.environ.get("RELAYCTL_INGEST_MAX_ENVELOPE_SIZE") or DEFAULT_MAX_ENVELOPE),
-                   body_timeout=float(os.environ.get("RELAYCTL_INGEST_BODY_TIMEOUT") or 60.0),
-                   max_in_flight=int(os.environ.get("RELAYCTL_INGEST_MAX_IN_FLIGHT") or 4 * DEFAULT_MAX_ENVELOPE))
+    def from_settings(cls, settings: Settings) -> IngestSettings:
+        """`RELAYCTL_INGEST_*` of the process's settings (bus/settings.py); unset: the defaults."""
+        d = cls()
+
+        def value(name: str, default: float) -> float:
+            found = settings.value(f"RELAYCTL_INGEST_{name}")
+            return float(found) if found is not None else default
+
+        return cls(max_envelope=int(value("MAX_ENVELOPE_SIZE", d.max_envelope)),
+                   body_timeout=value("BODY_TIMEOUT", d.body_timeout),
+                   max_in_flight=int(value("MAX_IN_FLIGHT", d.max_in_flight)),
+                   key_fresh_for=value("KEY_CACHE_SECONDS", d.key_fresh_for))
 
 
 @dataclass(frozen=True)
@@ -351,9 +371,9 @@ class RefusedOutcomes:
 class IngestEndpoints:
     def __init__(self, app: web.Application, settings: IngestSettings | None = None) -> None:
         self.app = app
-        self.settings = settings or IngestSettings.from_env()
+        self.settings = settings or IngestSettings.from_settings(app[SETTINGS])
         self.auth: RelayAuth = app[RELAY_AUTH]
-        self.keys = KeyResolver(app[PROJECT_CONFIGS])
+        self.keys = KeyResolver(app[PROJECT_CONFIGS], fresh_for=self.settings.key_fresh_for)
         self.refused = RefusedOutcomes(self)
         self.in_flight = 0  # decompressed bytes the requests being handled hold
 

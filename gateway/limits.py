@@ -79,11 +79,6 @@ class HttpLimits:
                    register_burst=int(value("REGISTER_BURST", d.register_burst)),
                    max_connections_per_ip=int(value("MAX_CONNECTIONS_PER_IP", d.max_connections_per_ip)))
 
-    @classmethod
-    def from_env(cls) -> HttpLimits:
-        """`from_settings` of this process's environment."""
-        return cls.from_settings(Settings.load())
-
     def handler_args(self) -> dict[str, Any]:
         """Keyword arguments of aiohttp's request handler (the HTTP parser's limits)."""
         return {"max_line_size": self.max_line_size, "max_field_size": self.max_field_size,

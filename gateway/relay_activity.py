@@ -24,7 +24,6 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from bus.eventstore import stream_replicas
 from messages.subjects import RELAY_ACTIVITY_BUCKET
 
 log = structlog.get_logger(__name__)
@@ -63,13 +62,14 @@ class RelayActivity:
         self._kv: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def open(self, nc: Any) -> None:
+    async def open(self, nc: Any, replicas: int = 1) -> None:
+        """Open the activity bucket, made (with `replicas` copies) when it does not exist yet."""
         js = nc.jetstream()
         try:
             self._kv = await js.key_value(RELAY_ACTIVITY_BUCKET)
         except Exception:
             self._kv = await js.create_key_value(bucket=RELAY_ACTIVITY_BUCKET, history=1, ttl=RECORD_TTL,
-                                                 replicas=stream_replicas())
+                                                 replicas=replicas)
 
     def observe(self, request: web.Request, route: str, response: web.StreamResponse, known: bool) -> None:
         """Note one answered request (the middleware calls this for every request)."""

@@ -31,6 +31,7 @@ from bus.embedded import free_port
 from bus.settings import Settings
 from cli.main import main as cli_main
 from gateway.app import create_app
+from gateway.keys import SETTINGS
 from gateway.limits import HttpLimits, serve
 
 
@@ -66,7 +67,7 @@ class GatewayThread:
         self.thread.start()
 
         async def go() -> None:
-            await serve(self.runner, "127.0.0.1", self.port, HttpLimits.from_env())
+            await serve(self.runner, "127.0.0.1", self.port, HttpLimits.from_settings(self.app[SETTINGS]))
 
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(30)
         return self

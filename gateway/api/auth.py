@@ -13,7 +13,6 @@ cannot be guessed at network speed. The address is the TCP peer, as for registra
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from bus.client import request as bus_request
+from bus.settings import Settings
 from gateway.errors import HTTPFailure, json_response
 from gateway.keys import API_AUTH_FAILURES, NC
 from gateway.limits import TokenBuckets
@@ -32,14 +32,12 @@ FAILURE_RATE = 0.2  # then one more every 5 s
 MAX_CLIENTS = 10_000  # buckets held before the full ones are dropped (gateway/limits.py)
 
 
-def failure_limiter(clock: Callable[[], float] = time.monotonic) -> TokenBuckets:
+def failure_limiter(settings: Settings, clock: Callable[[], float] = time.monotonic) -> TokenBuckets:
     """A token bucket per client address, spent only by failed token checks.
     `RELAYCTL_API_AUTH_FAILURES`: bad tokens a client address may send at once (default 10)."""
-    try:
-        burst = int(os.environ.get("RELAYCTL_API_AUTH_FAILURES", FAILURE_BURST))
-    except ValueError:
-        burst = FAILURE_BURST
-    return TokenBuckets(FAILURE_RATE, max(1, burst), max_keys=MAX_CLIENTS, clock=clock)
+    burst = settings.value("RELAYCTL_API_AUTH_FAILURES")
+    return TokenBuckets(FAILURE_RATE, max(1, FAILURE_BURST if burst is None else burst), max_keys=MAX_CLIENTS,
+                        clock=clock)
 
 
 def bearer(request: web.Request) -> str | None:

@@ -16,7 +16,6 @@ Lists are paginated as Sentry's: `?cursor=` and a `Link` header with a `previous
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from domain.access import org_scopes, spans_orgs, token_scopes, visible_orgs
 from domain.management import rfc3339
 from gateway.api.auth import FieldErrors, ask, principal
 from gateway.errors import HTTPFailure, json_response
-from gateway.keys import NC
+from gateway.keys import NC, SETTINGS
 from messages.commands import SLUG_RE
 from messages.errors import BadRequest, NotFound
 
@@ -38,7 +37,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def public_url(request: web.Request) -> str:
     """`RELAYCTL_PUBLIC_URL`, else where this request came in: what keys' DSNs point at."""
-    configured = os.environ.get("RELAYCTL_PUBLIC_URL")
+    configured = request.app[SETTINGS].value("RELAYCTL_PUBLIC_URL")
     return (configured or f"{request.scheme}://{request.host}").rstrip("/")
 
 

@@ -14,7 +14,7 @@ from gateway.api import routes as r
 from gateway.api import writes as w
 from gateway.api.auth import failure_limiter
 from gateway.api.openapi import OPENAPI_PATH, openapi_handler
-from gateway.keys import API_AUTH_FAILURES, CONFIG_CHANGES
+from gateway.keys import API_AUTH_FAILURES, CONFIG_CHANGES, SETTINGS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 P = r.PREFIX
@@ -66,7 +66,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 def add_management_routes(app: web.Application) -> None:
-    app[API_AUTH_FAILURES] = failure_limiter()
+    app[API_AUTH_FAILURES] = failure_limiter(app[SETTINGS])
     app[CONFIG_CHANGES] = c.ConfigChanges()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bus.settings import Settings
 from gateway.limits import HttpLimits
 from tests.integration.test_security import LimitedGateway, status_of
 from tests.system import SystemUnderTest, http_request
@@ -115,4 +116,4 @@ def test_connections_per_client_address_are_capped(limited: LimitedGateway) -> N
 def test_connection_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """`RELAYCTL_HTTP_MAX_CONNECTIONS_PER_IP` sets the cap like every other HTTP limit."""
     monkeypatch.setenv("RELAYCTL_HTTP_MAX_CONNECTIONS_PER_IP", "7")
-    assert HttpLimits.from_env().max_connections_per_ip == 7
+    assert HttpLimits.from_settings(Settings.load()).max_connections_per_ip == 7

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from bus.settings import Settings
 from gateway.api import auth
 from gateway.errors import HTTPFailure
 from gateway.keys import API_AUTH_FAILURES
@@ -27,8 +28,6 @@ async def whoami(request: web.Request) -> web.Response:
 def test_bad_tokens_past_the_burst_wait_for_the_refill(monkeypatch: pytest.MonkeyPatch) -> None:
     """`burst` bad tokens answer 401; the next is 429 with the seconds until one more try
     (one every 5 s), a good token is not charged, and the refill lets one more bad one in."""
-    monkeypatch.setenv("RELAYCTL_API_AUTH_FAILURES", "3")
-
     async def authenticate(request: web.Request, message_type: str, payload: dict[str, Any],
                            **_: Any) -> dict[str, Any]:
         if payload["token"] != "good":
@@ -40,7 +39,8 @@ def test_bad_tokens_past_the_burst_wait_for_the_refill(monkeypatch: pytest.Monke
 
     async def run() -> None:
         app = web.Application()
-        app[API_AUTH_FAILURES] = auth.failure_limiter(clock=lambda: now[0])
+        app[API_AUTH_FAILURES] = auth.failure_limiter(Settings.load({"RELAYCTL_API_AUTH_FAILURES": "3"}),
+                                                      clock=lambda: now[0])
         app.router.add_get("/whoami/", whoami)
         async with TestClient(TestServer(app)) as http:
             async def status(token: str) -> tuple[int, str | None]:
