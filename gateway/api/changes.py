@@ -43,6 +43,7 @@ class Client:
         self.who = who
         self.pending: deque[dict[str, Any]] = deque(maxlen=size)
         self.dropped = 0
+        self.closing = False  # the gateway is stopping: the stream ends
         self.ready = asyncio.Event()
 
     def visible(self, change: dict[str, Any]) -> bool:
@@ -89,6 +90,14 @@ class ConfigChanges:
                 client.put(change)
 
 
+async def close_streams(app: web.Application) -> None:
+    """on_shutdown: every open stream ends now (its client reconnects, to a sibling gateway
+    if there is one), rather than holding the gateway's stop until its next heartbeat."""
+    for client in app[CONFIG_CHANGES].clients:
+        client.closing = True
+        client.ready.set()
+
+
 def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -112,7 +121,8 @@ async def config_changes(request: web.Request) -> web.StreamResponse:
 
     Each event's data: `publicKey`, `projectId`, `projectSlug`, `orgSlug`, `revision` and
     `propagationMs` (commit to live at this gateway; null for a rebuild). `dropped` events
-    say how many older changes a slow client lost; comment lines every 15 s keep it alive.
+    say how many older changes a slow client lost; comment lines every 15 s keep it alive;
+    `shutdown` ends the stream when this gateway stops (reconnect).
     """
     who = await principal(request)
     assert who is not None
@@ -134,6 +144,9 @@ async def config_changes(request: web.Request) -> web.StreamResponse:
                 await response.write(b": heartbeat\n\n")
                 continue
             client.ready.clear()
+            if client.closing:
+                await response.write(_event("shutdown", {}))
+                break
             if client.dropped:
                 dropped, client.dropped = client.dropped, 0
                 await response.write(_event("dropped", {"dropped": dropped}))

@@ -68,6 +68,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
 def add_management_routes(app: web.Application) -> None:
     app[API_AUTH_FAILURES] = failure_limiter(app[SETTINGS])
     app[CONFIG_CHANGES] = c.ConfigChanges()
+    app.on_shutdown.append(c.close_streams)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.router.add_get(OPENAPI_PATH, openapi_handler(ROUTES))

@@ -134,3 +134,30 @@ def test_a_revoked_token_ends_its_stream(monkeypatch: pytest.MonkeyPatch) -> Non
             assert not app[CONFIG_CHANGES].clients
 
     asyncio.run(run())
+
+
+def test_a_gateway_shutting_down_ends_its_streams_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On shutdown every open stream ends with an `event: shutdown` (clients reconnect to a
+    sibling gateway) instead of keeping the gateway's stop waiting for its next heartbeat
+    and being cut off when the shutdown timeout runs out."""
+    async def who(request: web.Request) -> dict[str, Any]:
+        return ROOT
+
+    monkeypatch.setattr(changes, "principal", who)  # HEARTBEAT stays 15 s
+
+    async def run() -> None:
+        app = web.Application()
+        app[CONFIG_CHANGES] = changes.ConfigChanges()
+        app[NC] = FakeNats()
+        app.on_shutdown.append(changes.close_streams)
+        app.router.add_get("/changes/", changes.config_changes)
+        server = TestServer(app)
+        async with TestClient(server) as http:
+            response = await http.get("/changes/")
+            assert await response.content.readline() == b": live\n"
+            shutdown = asyncio.ensure_future(app.shutdown())
+            rest = await asyncio.wait_for(response.content.read(), 5)
+            await asyncio.wait_for(shutdown, 5)
+            assert rest == b"\nevent: shutdown\ndata: {}\n\n" and not app[CONFIG_CHANGES].clients
+
+    asyncio.run(run())
