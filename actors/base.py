@@ -223,12 +223,13 @@ class ProjectionActor(ServiceActor):
 
     def _load_snapshot(self) -> None:
         started = time.monotonic()
-        data = self.runtime.call(self.bus.snapshots.load(self.SNAPSHOT_NAME))
+        # Unpacked as it is restored (projects and keys one row at a time): never whole in
+        # memory beside the state made of it.
+        data = self.runtime.call(self.bus.snapshots.load_streamed(self.SNAPSHOT_NAME))
         if not data:
             return
         loaded = time.monotonic()
         try:
-            # Its rows are dropped as they become objects: never both whole in memory.
             state = DomainState.from_snapshot(data, self.projection, consume=True)
         except Exception as exc:
             # Signed, so written by a command handler: of another version (another format).

@@ -33,7 +33,8 @@ counted (`snapshots.rejected`); a missing one is the normal first start.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sized
+import io
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,15 +217,27 @@ class SnapshotStore:
 
     async def load(self, name: str) -> dict[str, Any] | None:
         """The snapshot stored under `name` if every check passes; None otherwise."""
+        return await self._load(name, streamed=False)  # type: ignore[return-value]
+
+    async def load_streamed(self, name: str) -> StreamedSnapshot | None:
+        """`load`, its body unpacked as it is read: the rows of its large sections (projects,
+        keys, key claims) one at a time, in order, each once (`StreamedSnapshot`)."""
+        return await self._load(name, streamed=True)  # type: ignore[return-value]
+
+    async def _load(self, name: str, streamed: bool) -> Mapping[str, Any] | None:
         try:
             result = await (await self._objects(create=False)).get(name)
         except _LOAD_ERRORS:
             return None  # none yet (or no bucket yet): replay from the start
         try:
             checked = await self._check(name, bytes(result.data or b""))
-            # pack_body's frames do not say their size up front: read as a stream
-            value = unpack(zstandard.ZstdDecompressor().decompressobj().decompress(checked.body))
-            if not isinstance(value, dict) or value.get("sequence") != checked.header["sequence"]:
+            value: Any
+            if streamed:
+                value = StreamedSnapshot(checked.body)
+            else:
+                # pack_body's frames do not say their size up front: read as a stream
+                value = unpack(zstandard.ZstdDecompressor().decompressobj().decompress(checked.body))
+            if not isinstance(value, Mapping) or value.get("sequence") != checked.header["sequence"]:
                 raise SnapshotRejected("the state does not cover the sequence its header names")
         except Exception as exc:  # untrusted bytes: whatever they cause, the snapshot is refused
             reason = str(exc) if isinstance(exc, SnapshotRejected) else f"unreadable: {type(exc).__name__}: {exc}"
@@ -270,3 +283,71 @@ class SnapshotStore:
                 hashlib.sha256(covered.data).hexdigest() != header.get("msg_digest"):
             raise SnapshotRejected(f"the stream's message at sequence {sequence} is not the one it was made at")
         return _Checked(header, outer["body"])
+
+
+class StreamedSnapshot(Mapping[str, Any]):
+    """A snapshot body read as it is asked for: a section's value is unpacked when it (or one
+    after it) is looked up, and the sections in `LAZY` are `Section`s whose rows are unpacked
+    one at a time as they are iterated - so a million projects are never all unpacked at
+    once beside the objects made of them. Sections must be read in the order they were
+    written (domain/state.py `from_snapshot` does); one skipped is passed over unread. Only
+    for a body whose signature and digest were checked (its bytes are trusted)."""
+
+    LAZY = frozenset({"projects", "keys", "key_claims"})
+
+    def __init__(self, body: bytes) -> None:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body))
+        self._unpacker = msgpack.Unpacker(reader, raw=False, strict_map_key=False, max_buffer_size=1 << 30)
+        self._left = self._unpacker.read_map_header()
+        self._read: dict[str, Any] = {}
+        self._open: Section | None = None
+
+    def _advance(self, key: str) -> None:
+        while key not in self._read and self._left:
+            if self._open is not None:
+                self._open.skip()
+                self._open = None
+            name = self._unpacker.unpack()
+            self._left -= 1
+            if name in self.LAZY:
+                self._open = Section(self._unpacker, self._unpacker.read_array_header())
+                self._read[name] = self._open
+            else:
+                self._read[name] = self._unpacker.unpack()
+
+    def __getitem__(self, key: str) -> Any:
+        self._advance(key)
+        return self._read[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self._advance("")  # everything (no section is named "")
+        return iter(self._read)
+
+    def __len__(self) -> int:
+        return len(self._read) + self._left
+
+
+class Section:
+    """The rows of one large snapshot section, unpacked as they are iterated (once)."""
+
+    def __init__(self, unpacker: msgpack.Unpacker, count: int) -> None:
+        self._unpacker = unpacker
+        self.count = count
+        self._left = count
+        self._skipped = False
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._skipped:
+            raise ValueError("a snapshot section asked for after a later one: sections are read in order")
+        while self._left:
+            self._left -= 1
+            yield self._unpacker.unpack()
+
+    def skip(self) -> None:
+        self._skipped = self._left > 0
+        while self._left:
+            self._left -= 1
+            self._unpacker.skip()

@@ -25,7 +25,7 @@ events - they were decided on a state that no longer holds - which `Changes.prob
 from __future__ import annotations
 
 import sys
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -734,11 +734,12 @@ class DomainState:
             yield k.public_key, k.numeric_id, k.project_id, k.status, k.rate_limit, k.created, k.last_change, k.name
 
     @classmethod
-    def from_snapshot(cls, data: dict[str, Any], projection: Projection = EVERYTHING,
+    def from_snapshot(cls, data: Mapping[str, Any], projection: Projection = EVERYTHING,
                       consume: bool = False) -> DomainState:
         """The state a full snapshot describes, as far as `projection` holds it. `consume`:
         the rows of `data`'s projects and keys are dropped as they are restored (a million
-        unpacked rows are not held beside the objects made of them)."""
+        unpacked rows are not held beside the objects made of them). `data` is read in the
+        order `to_snapshot` writes it (it may be read as a stream: bus/snapshots.py)."""
         if data.get("format") not in READABLE_SNAPSHOT_FORMATS:
             raise ValueError("snapshot format mismatch")
         state = cls(projection)
@@ -752,24 +753,39 @@ class DomainState:
             state.projects_of_org[org.id] = []
             for username, role in org.members.items():
                 state.member_orgs.setdefault(username, {})[org.slug] = role
-        columns = data.get("columns") or {}
+        # (a snapshot read as a stream is read in the order it was written: columns only where written)
+        columns = (data.get("columns") or {}) if data["format"] >= 5 else {}
         options = holds(PROJECT_OPTIONS)
+        # Each row unpacks its own copy of every value: values the fold shares (the org's id
+        # object, the key's project id, the change time a creation sets twice) are shared again.
+        orgs, projects, keys_of_project = state.orgs, state.projects, state.keys_of_project
         for project in _rows(data, "projects", columns.get("projects"), Project, consume) if holds(PROJECTS) else ():
-            project.options = _interned_keys(project.options or {}) if options else {}
-            project.teams = list(project.teams or [])
+            opts = project.options
+            project.options = _interned_keys(opts) if opts and options else {}
+            project.teams = list(project.teams) if project.teams else []
             project.status = _intern(project.status)
             if project.name == project.slug:
                 project.name = project.slug
-            state.projects[project.id] = project
+            if project.last_change == project.created:
+                project.last_change = project.created
+            holder = orgs.get(project.org_id)
+            if holder is not None:
+                project.org_id = holder.id
+            projects[project.id] = project
             state.projects_of_org.setdefault(project.org_id, []).append(project.id)
-            state.keys_of_project[project.id] = ()
+            keys_of_project[project.id] = ()
             if project.status != DELETED:
                 state.project_by_slug.setdefault(project.org_id, {})[project.slug] = project.id
         for key in _rows(data, "keys", columns.get("keys"), ProjectKey, consume) if holds(KEYS) else ():
             key.status = _intern(key.status)
+            if key.last_change == key.created:
+                key.last_change = key.created
+            owner = projects.get(key.project_id)
+            if owner is not None:
+                key.project_id = owner.id
             state.keys[key.public_key] = key
             state.key_by_numeric_id[key.numeric_id] = key.public_key
-            state.keys_of_project[key.project_id] = state.keys_of_project.get(key.project_id, ()) + (key.public_key,)
+            keys_of_project[key.project_id] = keys_of_project.get(key.project_id, ()) + (key.public_key,)
         for r in data["relays"] if holds(RELAYS) else ():
             relay = Relay(**r)
             state.relays[relay.public_key] = relay
@@ -782,8 +798,10 @@ class DomainState:
             state.aggregate_sequence = {(a, i): s for a, i, s in data["aggregates"]}
         if holds(CLAIMS):
             known = state.keys
-            state.key_claims = {known[k].public_key if k in known else k: KeyClaim(org, version, seq)
-                                for k, org, version, seq in data["key_claims"]}
+            claims = state.key_claims
+            for k, org_slug, version, seq in data["key_claims"]:
+                key = known.get(k)
+                claims[key.public_key if key is not None else k] = KeyClaim(org_slug, version, seq)
         state.skipped = [dict(s) for s in data["skipped"]]
         for raw in data.get("imports") or []:
             pending = PendingImport.from_map(raw)
@@ -814,16 +832,16 @@ def _consumed(rows: list[Any]) -> Iterator[Any]:
         yield rows.pop()
 
 
-def _rows(data: dict[str, Any], section: str, columns: list[str] | None, cls: type[Any],
+def _rows(data: Mapping[str, Any], section: str, columns: list[str] | None, cls: type[Any],
           consume: bool) -> Iterator[Any]:
     """The objects of a snapshot's rows: maps (formats 3, 4) or value rows named by `columns`
     (format 5; positional when they are the class's own fields, else by name)."""
-    names = tuple(f.name for f in fields(cls))
+    positional = columns is None or tuple(columns) == tuple(f.name for f in fields(cls))
     rows = data[section]
     for row in _consumed(rows) if consume and isinstance(rows, list) else rows:
-        if isinstance(row, dict):
+        if type(row) is dict:
             yield cls(**row)
-        elif columns is None or tuple(columns) == names:
+        elif positional:
             yield cls(*row)
         else:
-            yield cls(**dict(zip(columns, row, strict=True)))
+            yield cls(**dict(zip(columns or (), row, strict=True)))
