@@ -44,6 +44,11 @@ ID_BLOCK = 50  # ids a handler claims at a time; a restart leaves the rest of it
 # Of each part commit of an import in parts, the bytes left for its markers (ImportStarted,
 # ImportPart, ImportCommitted, ImportAbandoned: well under this) beside the projects' events.
 IMPORT_MARKER_RESERVE = 2048
+# The most bytes of events an import puts in one commit, even when the store takes more: every
+# projection process receives each commit once per actor it runs (five pushes of an 8 MB
+# commit to one connection outlast nats-server's write deadline on a busy machine, which
+# then drops the connection as a slow consumer), and a smaller part is a smaller step to resume from.
+IMPORT_PART_BYTES = 1024 * 1024
 CLAIM_KEY_BYTES = 40  # what one public key takes in a KeysClaimed commit, at most
 
 # Changes that decide which relays may register or fetch what: their reply waits for the
@@ -204,15 +209,14 @@ class CommandActor(ProjectionActor):
         its part commits, each within the store's limit."""
         if not isinstance(decision, ImportDecision):
             return [decision.events] if decision.events else []
+        budget = min(self.store.commit_limit(), IMPORT_PART_BYTES) - IMPORT_MARKER_RESERVE
         if decision.whole:
-            try:
-                if decision.events:
-                    self.store.check_size(decision.events)
-                return [decision.events] if decision.events else []
-            except CommitTooLarge:
-                if decision.session is None:
-                    decision.with_session(uuid.uuid4().hex)  # a client that sent it whole: no resume by id
-        budget = self.store.commit_limit() - IMPORT_MARKER_RESERVE
+            if not decision.events:
+                return []
+            if len(encode_commit(decision.events)) <= budget:
+                return [decision.events]
+            if decision.session is None:
+                decision.with_session(uuid.uuid4().hex)  # a client that sent it whole: no resume by id
         return decision.commits(budget, lambda e: len(encode_commit([e])))
 
     def _append(self, call: Call, attempt: int, decision: Decision, draw: IdDraw | None,

@@ -1,7 +1,7 @@
 """`relayctl import FILE`: orgs, projects, keys and options from a file, org by org.
 
-An org is sent as one `import.org` when it fits in one NATS message, else in pieces of its
-projects, each within the server's max_payload, all naming one import id: a hash of the
+An org is sent as one `import.org` when it fits in one NATS message (and `PIECE_BYTES`),
+else in pieces of its projects, each within the server's max_payload, all naming one import id: a hash of the
 org's part of the file, so running the same file again names the same import and resumes
 it (the command handlers skip what its stored parts decided). The command handlers store
 each piece as part commits within the event store's limit and fold the org, all at once,
@@ -26,6 +26,8 @@ from cli.context import Context, emit, fail
 
 PIECE_TIMEOUT = 60.0
 ENVELOPE_RESERVE = 4096  # bytes of a request besides its org's projects (envelope, ids, trace context)
+# A piece is at most this large even when the server takes more: a step of progress, and of resuming.
+PIECE_BYTES = 1024 * 1024
 
 
 def import_id(spec: Any) -> str:
@@ -118,7 +120,7 @@ def register(main: click.Group) -> None:
         if not isinstance(orgs, list):
             fail(f"{file.name}: expected {{\"orgs\": [...]}}")
         started = time.monotonic()
-        budget = server_max_payload(ctx) - ENVELOPE_RESERVE
+        budget = min(server_max_payload(ctx) - ENVELOPE_RESERVE, PIECE_BYTES)
         totals = {"orgs": 0, "projects": 0, "keys": 0, "events": 0}
         resumed: list[dict[str, Any]] = []
         abandoned: list[str] = []
@@ -156,10 +158,11 @@ def register(main: click.Group) -> None:
             # Each org is stored whole or not at all: say where it stopped and that a rerun
             # finishes the job (orgs stored already are skipped, an org in parts is resumed).
             partly = ""
-            if current.get("parts", 1) > 1 and current.get("sent"):
-                partly = (f" Org `{current['slug']}` was being imported in {current['parts']} parts, "
-                          f"{current['sent']} sent: what is stored of it is staged and not visible, and running "
-                          f"the same import again resumes it (`relayctl import --restart` drops it instead).")
+            if current.get("parts", 1) > 1:
+                partly = (f" Org `{current['slug']}` was being imported in {current['parts']} pieces, "
+                          f"{current['sent']} of them stored: what is stored of it is staged and not visible, "
+                          f"and running the same import again resumes it (`relayctl import --restart` drops it "
+                          f"instead).")
             fail(f"interrupted: the first {done} of {len(orgs)} orgs in {file.name} are stored "
                  f"({totals['orgs']} new, {totals['projects']} projects, {totals['keys']} keys); the org being "
                  "imported when it stopped is stored whole or not at all. Run the same `relayctl import` again "
