@@ -24,24 +24,30 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    ServiceUnavailableError,
+)
 
 from bus import metrics, otel, redis_clients
 from bus.cache_keys import CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET
-from bus.client import request as bus_request
 from bus.metric_catalogue import GATEWAY_COUNTERS, HELP
 from bus.process import instrument
 from bus.retry import Backoff, retry
-from bus.runtime import connect
+from bus.runtime import BUS_ERRORS, connect
 from bus.settings import Settings
 from domain.metrics_store import MetricsStore
 from gateway.ai import add_ai_routes
 from gateway.api import add_management_routes
+from gateway.ask import ask
 from gateway.binding import PortLock, port_problem
 from gateway.console import add_console_routes
-from gateway.errors import HTTPFailure, error_response, from_error, json_response
+from gateway.errors import REDIS_ERRORS, HTTPFailure, error_response, from_error, json_response
 from gateway.ingest import add_ingest_routes
 from gateway.keys import (
     ACCESS_SAMPLER,
@@ -175,7 +181,7 @@ async def _answer(request: web.Request, handler: Handler, cid: str, route: str) 
         response = error_response(exc.status, exc.reason)
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception:  # one request's boundary: a bug is logged and answered, never a 500 page
         log.exception("gateway.unhandled")
         response = error_response(503, "Temporary failure; retry")
     response.headers["X-Request-Id"] = cid
@@ -222,7 +228,7 @@ async def _shared_value_once(nc: Any, key: str, make: Callable[[], str], replica
     js = nc.jetstream()
     try:
         kv = await js.key_value(GATEWAY_BUCKET)
-    except Exception:
+    except BucketNotFoundError:
         # as many copies as the event stream: losing the node that holds the secret must
         # not stop every new gateway (bus/replication.py)
         kv = await js.create_key_value(bucket=GATEWAY_BUCKET, history=1, replicas=replicas)
@@ -235,7 +241,7 @@ async def _shared_value_once(nc: Any, key: str, make: Callable[[], str], replica
         await kv.create(key, make().encode())
     except KeyWrongLastSequenceError:
         pass  # another gateway created it first; use theirs
-    except Exception as exc:
+    except NatsError as exc:  # the same, as some servers word it
         if "wrong last sequence" not in str(exc):
             raise
     return (await kv.get(key)).value.decode()  # type: ignore[no-any-return]
@@ -251,7 +257,7 @@ async def dependencies(app: web.Application) -> dict[str, str]:
         try:
             await asyncio.wait_for(app[REDIS].ping(), 1.0)
             state["redis"] = "ok"
-        except Exception:
+        except REDIS_ERRORS:
             state["redis"] = "unavailable"
     return state
 
@@ -267,7 +273,7 @@ async def report_dependencies(app: web.Application) -> None:
             for name, state in (await dependencies(app)).items():
                 if state != "not configured":
                     metrics.gauge("gateway.dependency_up", 1 if state == "ok" else 0, {"dependency": name})
-        except Exception:
+        except Exception:  # a background task's boundary: this round is lost, not the task
             log.debug("gateway.dependency_report_failed", exc_info=True)
         await asyncio.sleep(DEPENDENCY_EVERY)
 
@@ -324,9 +330,8 @@ async def prometheus(request: web.Request) -> web.Response:
     not each (every gateway serves the same aggregate). Without NATS or the metrics actor,
     this gateway's own series, marked as such."""
     try:
-        text = await bus_request(request.app[NC], "metrics.snapshot", {"format": "prometheus"}, timeout=3.0,
-                                 retries=1)
-    except Exception as exc:  # NATS down, reconnecting, no metrics actor: all the same here
+        text = await ask(request.app, "metrics.snapshot", {"format": "prometheus"}, timeout=3.0, retries=1)
+    except BUS_ERRORS as exc:  # NATS down, reconnecting, no metrics actor: all the same here
         own: OwnSeries = request.app[OWN_SERIES]
         log.warning("gateway.metrics_local_only", error=str(exc))
         return web.Response(body=OWN_SERIES_NOTE + own.text(),
@@ -386,7 +391,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
         app[SYSTEM_ID] = await system_id(app[NC], replicas)
         try:
             await app[RELAY_ACTIVITY].open(app[NC], replicas)
-        except Exception:  # `relay status` then lacks this gateway's news; serving goes on
+        except BUS_ERRORS:  # `relay status` then lacks this gateway's news; serving goes on
             log.warning("gateway.relay_activity_unavailable", exc_info=True)
         async def relay_changed(msg: Any) -> None:
             app[RELAY_AUTH_CACHE].drop(msg.data.decode() or None)
@@ -424,7 +429,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
             # a gateway stopped then must still stop cleanly.
             try:
                 await (nc.drain() if nc.is_connected else nc.close())
-            except Exception:
+            except BUS_ERRORS:
                 log.warning("gateway.nats_close_failed", exc_info=True)
                 await nc.close()
 
@@ -482,7 +487,7 @@ def run_gateway(host: str, port: int, nats_url: str, redis_url: str | None, *, d
         except BaseException:
             try:
                 await runner.cleanup()
-            except Exception:
+            except Exception:  # the process's boundary: the start failed, that error is raised
                 log.warning("gateway.cleanup_failed", exc_info=True)
             raise
         finally:

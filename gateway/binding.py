@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import http.client
 import json
 import os
 import socket
@@ -85,7 +86,7 @@ def holder_system(host: str, port: int) -> tuple[bool, str | None]:
             body = resp.read(65536)
     except urllib.error.HTTPError as exc:  # a 503 from an unhealthy gateway still names its system
         body = exc.read(65536)
-    except Exception:
+    except (OSError, http.client.HTTPException, ValueError):  # nothing listens, or not HTTP
         return False, None
     try:
         answer = json.loads(body)

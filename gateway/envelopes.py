@@ -117,7 +117,7 @@ def check(data: bytes) -> ScannedEnvelope:
     scanned = scan(data, payloads=False)  # sentry_sdk parses the event payloads: once is enough
     try:
         parsed = Envelope.deserialize(data)
-    except Exception as exc:
+    except Exception as exc:  # untrusted bytes: whatever sentry_sdk's parser raises, the envelope is refused
         scan(data)  # names the item whose payload is not JSON, if that is what failed
         raise MalformedEnvelope(f"the envelope cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}") from None
     for number, item in enumerate(parsed.items, 1):

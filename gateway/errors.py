@@ -12,9 +12,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import redis
 from aiohttp import web
+from redis.exceptions import RedisClusterException
 
 from messages.errors import Forbidden, RelayctlError
+
+# What a gateway's Redis call fails with when Redis is down, slow or refuses: redis-py's
+# errors, a cluster's own (RedisClusterException is not a RedisError: a slot no node
+# covers) and the socket's (OSError, TimeoutError). A route that reads the cache without
+# Redis goes on without it; anything else is a bug, answered by the errors middleware.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException, OSError)
 
 
 def parse_json(body: bytes) -> Any:

@@ -55,10 +55,11 @@ from bus.ingest_store import (
     IngestStore,
 )
 from bus.rate_limits import ITEM_CATEGORIES, Quota, RateLimiter, envelope_categories, quotas_of
+from bus.runtime import BUS_ERRORS
 from bus.settings import Settings
 from gateway.ask import ask_for_relay
 from gateway.envelopes import MalformedEnvelope, check, normalize_event_id, wrap_event
-from gateway.errors import HTTPFailure, error_response, json_response, parse_json
+from gateway.errors import REDIS_ERRORS, HTTPFailure, error_response, json_response, parse_json
 from gateway.keys import (
     INGEST,
     INGEST_HELD,
@@ -71,7 +72,7 @@ from gateway.keys import (
     SETTINGS,
 )
 from gateway.project_configs import ProjectConfigs
-from gateway.relay_auth import SIGNED_MAX_AGE, UUID_RE, RelayAuth, RelayIdentity
+from gateway.relay_auth import RELAY_INPUT_ERRORS, SIGNED_MAX_AGE, UUID_RE, RelayAuth, RelayIdentity
 from messages.errors import RelayctlError, Unavailable
 from messages.subjects import INGEST_METRICS, INGEST_OUTCOMES
 
@@ -92,6 +93,9 @@ KEY_FRESH_FOR = 1.0
 KEY_ASK_TIMEOUT = 3.0  # a cache miss asks the config builder once, within Relay's patience
 UNKNOWN_KEY_TTL = 10.0  # a key the builder said is unknown is not asked again for this long
 PUBLIC_KEY_RE = re.compile(r"[0-9a-f]{32}")  # with fullmatch: no trailing newline slips through
+# What writing to the ingest stream fails with when it cannot be written: not acknowledged,
+# or NATS away (then no envelope is answered 200; counts are dropped, logged).
+STORE_ERRORS: tuple[type[Exception], ...] = (IngestCannotWrite, *BUS_ERRORS)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -198,7 +202,7 @@ class KeyResolver:
             return None
         try:
             return await redis.get(name)  # type: ignore[no-any-return]
-        except Exception as exc:
+        except REDIS_ERRORS as exc:
             log.warning("gateway.redis_unavailable", error=str(exc))
             return None
 
@@ -362,7 +366,7 @@ class RefusedOutcomes:
         headers = {HEADER_MSG_ID: f"outcomes:{uuid.uuid4().hex}", HEADER_KIND: "outcomes", HEADER_RECEIVED_AT: stamp}
         try:
             await self.endpoints.store.append(INGEST_OUTCOMES, body, headers)
-        except Exception as exc:
+        except STORE_ERRORS as exc:
             log.warning("ingest.outcomes_dropped", entries=len(counts), error=str(exc))
 
 
@@ -567,7 +571,7 @@ class IngestEndpoints:
             raise rejected(403, "relay is banned")
         try:
             valid = sentry_relay.PublicKey.parse(info["publicKey"]).verify(b"", signature, max_age=SIGNED_MAX_AGE)
-        except Exception:
+        except RELAY_INPUT_ERRORS:
             valid = False
         if not valid:
             log.info("ingest.relay_signature_invalid", relay_id=relay_id)
@@ -643,7 +647,7 @@ def add_ingest_routes(app: web.Application) -> None:
         store = IngestStore(app[NC])
         try:
             await store.ensure()
-        except Exception as exc:  # made on the first append instead; until then it answers 503
+        except STORE_ERRORS as exc:  # made on the first append instead; until then it answers 503
             log.warning("ingest.stream_unavailable", error=str(exc))
         app[INGEST_STORE] = store
         app[INGEST_OUTCOME_TASK] = asyncio.ensure_future(ingest.refused.run())

@@ -16,6 +16,7 @@ import structlog
 
 from bus.cache_keys import reader_key
 from bus.config_cache import verify
+from bus.runtime import BUS_ERRORS
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +47,7 @@ class MacKeys:
         self._fetched[bucket] = time.monotonic()
         try:
             key = await reader_key(nc, bucket)
-        except Exception as exc:
+        except BUS_ERRORS as exc:
             log.warning("gateway.mac_key_unavailable", bucket=bucket, error=str(exc))
             return self._keys.get(bucket)
         if key is not None:

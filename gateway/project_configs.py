@@ -32,7 +32,7 @@ from bus.cache_keys import CONFIG_MAC_BUCKET
 from bus.config_cache import DISABLED_BODY, GLOBAL_KEY, CachedConfig, cache_key, decode_entry, verify
 from bus.redis_clients import get_many
 from gateway.ask import ask_for_relay
-from gateway.errors import HTTPFailure, from_error, parse_json
+from gateway.errors import REDIS_ERRORS, HTTPFailure, from_error, parse_json
 from gateway.keys import NC, REDIS, REDIS_READ
 from gateway.mac_keys import MacKeys, VerifiedValues
 from gateway.relay_auth import RelayAuth, RelayIdentity
@@ -139,7 +139,7 @@ class ProjectConfigs:
             try:
                 values = (await get_many(self.redis_read, names) if self.redis_read is not None
                           else [None] * len(names))
-            except Exception as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("gateway.redis_unavailable", error=str(exc))
                 return await self._configs_built(relay, keys, with_global, v3=True)
         # The hits: one lookup per key in `served` (the entry as verified and prepared when

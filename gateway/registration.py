@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway.ask import ask_for_relay
 from gateway.errors import HTTPFailure, json_response, parse_json
 from gateway.keys import SECRET
-from gateway.relay_auth import UUID_RE, signature_of
+from gateway.relay_auth import RELAY_INPUT_ERRORS, UUID_RE, signature_of
 from messages.errors import BadRequest, Forbidden
 
 REGISTER_MAX_AGE = 60
@@ -35,7 +35,7 @@ def check_version(version: str | None) -> None:
         return
     try:
         supported = sentry_relay.is_version_supported(version)
-    except Exception as exc:
+    except RELAY_INPUT_ERRORS as exc:
         raise HTTPFailure(400, f"Invalid relay version: {first_line(exc)}") from None
     if not supported:
         raise HTTPFailure(400, f"Relay version {version} is not supported")
@@ -74,12 +74,12 @@ class Registration:
         check_version(version)
         try:
             sentry_relay.PublicKey.parse(data["public_key"])
-        except Exception as exc:
+        except RELAY_INPUT_ERRORS as exc:
             raise HTTPFailure(400, f"Invalid public key: {first_line(exc)}") from None
         try:
             challenge = sentry_relay.create_register_challenge(body, signature, self.app[SECRET],
                                                                max_age=REGISTER_MAX_AGE)
-        except Exception as exc:
+        except RELAY_INPUT_ERRORS as exc:
             raise HTTPFailure(400, f"Invalid relay signature: {first_line(exc)}") from None
         auth = await ask_for_relay(self.app, "org.relay_auth",
                                    {"relay_id": data["relay_id"], "public_key": data["public_key"]})
@@ -111,7 +111,7 @@ class Registration:
                                                                 max_age=REGISTER_MAX_AGE)
         except sentry_relay.UnpackErrorSignatureExpired:
             raise HTTPFailure(401, "Challenge expired") from None
-        except Exception as exc:
+        except RELAY_INPUT_ERRORS as exc:
             raise HTTPFailure(400, f"Invalid registration response: {first_line(exc)}") from None
         if str(validated["relay_id"]) != data["relay_id"]:
             raise HTTPFailure(400, "The token was issued to another relay")

@@ -23,7 +23,9 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from nats.js.errors import BucketNotFoundError
 
+from bus.runtime import BUS_ERRORS
 from messages.subjects import RELAY_ACTIVITY_BUCKET
 
 log = structlog.get_logger(__name__)
@@ -67,7 +69,7 @@ class RelayActivity:
         js = nc.jetstream()
         try:
             self._kv = await js.key_value(RELAY_ACTIVITY_BUCKET)
-        except Exception:
+        except BucketNotFoundError:
             self._kv = await js.create_key_value(bucket=RELAY_ACTIVITY_BUCKET, history=1, ttl=RECORD_TTL,
                                                  replicas=replicas)
 
@@ -128,7 +130,7 @@ class RelayActivity:
     async def _put(self, relay_id: str, data: bytes) -> None:
         try:
             await self._kv.put(relay_id, data)
-        except Exception as exc:  # NATS down: the next write carries it
+        except BUS_ERRORS as exc:  # NATS down: the next write carries it
             self._written.pop(relay_id, None)
             log.debug("gateway.relay_activity_not_written", relay_id=relay_id, error=str(exc))
 
@@ -138,13 +140,13 @@ async def read_activity(nc: Any, relay_ids: list[str]) -> dict[str, dict[str, An
     js = nc.jetstream()
     try:
         kv = await js.key_value(RELAY_ACTIVITY_BUCKET)
-    except Exception:
+    except BUS_ERRORS:  # no gateway wrote any yet, or NATS away: nothing to tell
         return {}
     out: dict[str, dict[str, Any]] = {}
     for relay_id in relay_ids:
         try:
             entry = await kv.get(relay_id)
-        except Exception:
+        except BUS_ERRORS:  # KeyNotFoundError: this relay was not seen
             continue
         if entry.value:
             try:

@@ -26,13 +26,17 @@ from bus import metrics
 from bus.cache_keys import RELAY_AUTH_MAC_BUCKET
 from bus.config_cache import RELAY_AUTH_PREFIX, unseal
 from gateway.ask import ask_for_relay
-from gateway.errors import HTTPFailure
+from gateway.errors import REDIS_ERRORS, HTTPFailure
 from gateway.keys import NC, REDIS, REDIS_READ
 from gateway.mac_keys import MacKeys
 
 log = structlog.get_logger(__name__)
 
 SIGNED_MAX_AGE = 300
+# What `sentry_relay` raises for input it cannot read (a key, a signature, a version, a
+# signed body): its own errors, and a ValueError (UnicodeEncodeError) for text that is not
+# UTF-8 - a lone surrogate from a JSON escape or an undecodable header byte.
+RELAY_INPUT_ERRORS: tuple[type[Exception], ...] = (sentry_relay.RelayError, ValueError)
 # Used with fullmatch: `$` alone would let a trailing newline through, and the key is
 # spliced into the response unescaped.
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -104,7 +108,7 @@ class RelayAuth:
             raise HTTPFailure(401, "Relay is banned")
         try:
             valid = self._public_key(info["publicKey"]).verify(body, signature, max_age=SIGNED_MAX_AGE)
-        except Exception:
+        except RELAY_INPUT_ERRORS:
             valid = False
         if not valid:
             raise HTTPFailure(401, "Invalid relay signature")
@@ -132,7 +136,7 @@ class RelayAuth:
         if redis_read is not None:
             try:
                 raw = await redis_read.get(RELAY_AUTH_PREFIX + relay_id)
-            except Exception as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("gateway.redis_unavailable", error=str(exc))
                 raw = None
             if raw:

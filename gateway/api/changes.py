@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from bus.runtime import BUS_ERRORS
 from domain.access import org_scopes
 from gateway.api.auth import principal
 from gateway.errors import HTTPFailure
@@ -109,7 +110,7 @@ async def _recheck(request: web.Request, client: Client) -> bool:
         who = await principal(request)
     except HTTPFailure as exc:
         return exc.status != 401
-    except Exception:
+    except BUS_ERRORS:
         return True
     if who is not None:
         client.who = who
