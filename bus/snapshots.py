@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,12 @@ class SnapshotSigner:
 
 
 _PACK_CHUNK = 1 << 20  # bytes of msgpack handed to the compressor at a time
+_ROWS_AT_ONCE = 1000  # rows of a streamed section packed by one call
+
+
+def _array_header_size(length: int) -> int:
+    """Bytes of msgpack's header of an array of `length` items (fixarray, array 16, array 32)."""
+    return 1 if length < 16 else 3 if length < 1 << 16 else 5
 _PLAIN = (dict, list, tuple, str, bytes, int, float, bool, type(None))
 
 
@@ -112,9 +119,12 @@ def pack_body(snapshot: dict[str, Any]) -> bytes:
         if isinstance(value, Sized) and isinstance(value, Iterable) and not isinstance(value, _PLAIN):
             write(packer.pack_array_header(len(value)))
             written = 0
-            for row in value:
-                write(packer.pack(row))
-                written += 1
+            rows = iter(value)
+            while chunk := list(itertools.islice(rows, _ROWS_AT_ONCE)):
+                # one call for many rows: the chunk's items, its own array header cut off
+                packed = packer.pack(chunk)
+                write(packed[_array_header_size(len(chunk)):])
+                written += len(chunk)
             if written != len(value):
                 raise ValueError(f"snapshot section {name!r} said {len(value)} rows and gave {written}")
         else:

@@ -132,3 +132,15 @@ def test_a_streamed_section_asked_for_after_a_later_one_is_refused() -> None:
     assert data["relays"]
     with pytest.raises(ValueError, match="in order"):
         list(projects)
+
+
+def test_rows_packed_many_at_once_are_the_rows_packed_one_by_one() -> None:
+    """pack_body packs a section's rows a chunk per call and cuts the chunk's own array
+    header: for every header size the bytes are those of the rows packed one by one."""
+    from bus.snapshots import _ROWS_AT_ONCE, _array_header_size
+
+    for n in (1, 15, 16, _ROWS_AT_ONCE, 65535, 65536):
+        assert len(msgpack.packb([None] * n)) - n == _array_header_size(n), n
+    rows = [(i, "p", None) for i in range(2 * _ROWS_AT_ONCE + 7)]
+    body = pack_body({"sequence": 1, "projects": Rows(len(rows), iter(rows))})
+    assert unpacked(body) == {"sequence": 1, "projects": [list(r) for r in rows]}
