@@ -154,21 +154,22 @@ class CommandActor(ProjectionActor):
             return
         try:
             # Before anything is claimed for it: a commit that can never be stored needs nothing.
-            for events in commits:
-                self.store.check_size(events)
+            # (An import's commits were measured as they were packed.)
+            if not isinstance(decision, ImportDecision):
+                self.store.check_size(commits[0])
         except CommitTooLarge as exc:
             call.error(self._too_large(call, exc))
             return
-        if draw.short:
-            # Not stored as it is (it holds placeholder ids): claim ids, then decide again.
-            kind, missing = next(iter(draw.short.items()))
-            block = decider.claim_ids(kind, max(ID_BLOCK, missing), self.owner)
-            payload = block.events[0].payload
-            self._prerequisite(call, attempt, block,
-                               lambda: self.ids.add(kind, payload["first"], payload["count"]))
-            return
-        if claim is not None:
-            self._prerequisite(call, attempt, claim, lambda: None)
+        if draw.short or claim is not None:
+            # Not stored as it is: it holds placeholder ids, or names keys not claimed yet.
+            # Claim every kind of id it lacks and its keys, then decide it again, once.
+            prerequisites: list[tuple[Decision, Callable[[], None]]] = []
+            for kind, missing in draw.short.items():
+                block = decider.claim_ids(kind, max(ID_BLOCK, missing), self.owner)
+                prerequisites.append((block, self._pool_adds(kind, block.events[0].payload)))
+            if claim is not None:
+                prerequisites.append((claim, lambda: None))
+            self._prerequisites(call, attempt, prerequisites)
             return
         sequence = self._append(call, attempt, decision, draw, commits[0])
         for n, events in enumerate(commits[1:], start=2):
@@ -192,16 +193,24 @@ class CommandActor(ProjectionActor):
         else:
             self.after(sequence, reply, call)
 
-    def _prerequisite(self, call: Call, attempt: int, decision: Decision, stored: Callable[[], None]) -> None:
-        """Append a commit the command needs first (ids, key claims), then decide it again
-        once that commit is folded."""
-        sequence = self._append(call, attempt, decision, None)
-        if sequence is None:
-            return
-        stored()
-        log.info("commands.prerequisite_stored", type=call.request.type, sequence=sequence,
-                 commit=decision.events[0].type, correlation_id=call.request.id)
-        self.after(sequence, lambda: self._attempt(call, attempt + 1, True), call)
+    def _pool_adds(self, kind: str, claimed: dict[str, Any]) -> Callable[[], None]:
+        """Once a claimed block of ids is stored: this handler may hand them out."""
+        return lambda: self.ids.add(kind, claimed["first"], claimed["count"])
+
+    def _prerequisites(self, call: Call, attempt: int,
+                       commits: list[tuple[Decision, Callable[[], None]]]) -> None:
+        """Append the commits the command needs first (ids, key claims; `stored` runs once
+        each is stored), then decide it again once they are folded."""
+        sequence: int | None = None
+        for decision, stored in commits:
+            sequence = self._append(call, attempt, decision, None)
+            if sequence is None:
+                return
+            stored()
+            log.info("commands.prerequisite_stored", type=call.request.type, sequence=sequence,
+                     commit=decision.events[0].type, correlation_id=call.request.id)
+        if sequence is not None:
+            self.after(sequence, lambda: self._attempt(call, attempt + 1, True), call)
 
     def _commits(self, decision: Decision) -> list[list[DomainEvent]]:
         """The commits that store `decision`: its events as one, or none when it changes
