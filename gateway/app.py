@@ -44,7 +44,7 @@ from bus.settings import Settings
 from domain.metrics_store import MetricsStore
 from gateway.ai import add_ai_routes
 from gateway.api import add_management_routes
-from gateway.ask import ask
+from gateway.ask import NatsWatch, ask
 from gateway.binding import PortLock, port_problem
 from gateway.console import add_console_routes
 from gateway.errors import REDIS_ERRORS, HTTPFailure, error_response, from_error, json_response
@@ -55,7 +55,7 @@ from gateway.keys import (
     DEPENDENCY_REPORTER,
     MAC_KEY_PREFETCH,
     MAC_KEYS,
-    NATS_LOST,
+    NATS_WATCH,
     NC,
     OWN_SERIES,
     PROJECT_CONFIGS,
@@ -357,6 +357,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     app[REGISTRATIONS] = registrations
     app[SETTINGS] = settings
     app[NC] = None
+    app[NATS_WATCH] = NatsWatch()
     app[REDIS] = None
     app[REDIS_READ] = None
     app[ACCESS_SAMPLER] = AccessSampler.from_settings(settings)
@@ -372,20 +373,9 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
     lookups = RelayLookups(app, auth)
 
     async def startup(app: web.Application) -> None:
-        # Resolved when the NATS connection drops, so requests in flight fail at once (503)
-        # instead of at their deadline; a new one is made on reconnect.
-        loop = asyncio.get_running_loop()
-        app[NATS_LOST] = loop.create_future()
-
-        def lost() -> None:
-            if not app[NATS_LOST].done():
-                app[NATS_LOST].set_result(None)
-
-        def back() -> None:
-            if app[NATS_LOST].done():
-                app[NATS_LOST] = loop.create_future()
-
-        app[NC] = await connect(nats_url, name="gateway", on_disconnect=lost, on_reconnect=back)
+        watch = app[NATS_WATCH]  # requests in flight fail at once when the connection drops
+        watch.start()
+        app[NC] = await connect(nats_url, name="gateway", on_disconnect=watch.dropped, on_reconnect=watch.restored)
         replicas = int(settings.value("RELAYCTL_STREAM_REPLICAS"))
         app[SECRET] = await registration_secret(app[NC], replicas)
         app[SYSTEM_ID] = await system_id(app[NC], replicas)

@@ -2,7 +2,7 @@
 
 Every route asks through `ask`: it fails at once with `Unavailable` when the gateway has
 no NATS connection, and as soon as the connection drops while it waits (the app's
-`nats_lost` future, set by gateway/app.py's connection watch) instead of at the deadline;
+`NatsWatch`, told by gateway/app.py's connection callbacks) instead of at the deadline;
 a retry-safe request (`retries` > 0) gets an equal share of the timeout per try, so a try
 lost with an instance that died is retried on another within the caller's deadline. Its
 errors are wire errors, which the errors middleware answers (gateway/errors.py).
@@ -17,12 +17,35 @@ import structlog
 from aiohttp import web
 
 from bus.client import request as bus_request
-from gateway.keys import NATS_LOST, NC
+from gateway.keys import NATS_WATCH, NC
 from messages.errors import Unavailable
 
 NATS_DOWN = "the control plane (NATS) is unavailable"
 # Relay gives a request 5 s; what the gateway waits for actors stays below, with room to answer.
 RELAY_TIMEOUT = 4.0
+
+
+class NatsWatch:
+    """Whether the gateway's NATS connection is up: `lost` is resolved when it drops, so
+    requests in flight fail at once (503) instead of at their deadline, and a new one is
+    made on reconnect. One per app, made before the app starts: its state must not change
+    once it runs (aiohttp), this object's does."""
+
+    def __init__(self) -> None:
+        self.lost: asyncio.Future[None] | None = None  # None until `start`
+
+    def start(self) -> None:
+        """On the app's loop, before the connection is made."""
+        self._loop = asyncio.get_running_loop()
+        self.lost = self._loop.create_future()
+
+    def dropped(self) -> None:
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+
+    def restored(self) -> None:
+        if self.lost is not None and self.lost.done():
+            self.lost = self._loop.create_future()
 
 
 async def ask(app: web.Application, message_type: str, payload: dict[str, Any], *, timeout: float,
@@ -34,7 +57,8 @@ async def ask(app: web.Application, message_type: str, payload: dict[str, Any], 
         nc, message_type, payload, timeout=timeout, retries=retries, actor=actor,
         attempt_timeout=timeout / (retries + 1) if retries else None,
         correlation_id=structlog.contextvars.get_contextvars().get("correlation_id")))
-    lost: asyncio.Future[None] | None = app.get(NATS_LOST)
+    watch = app.get(NATS_WATCH)
+    lost = watch.lost if watch is not None else None
     if lost is None:  # an app whose startup (the connection watch) has not run
         return await asked
     try:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from bus.settings import Settings
     from gateway.api.changes import ConfigChanges
     from gateway.app import AccessSampler, OwnSeries
+    from gateway.ask import NatsWatch
     from gateway.console.session import SessionStore
     from gateway.ingest import IngestEndpoints
     from gateway.limits import TokenBuckets
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 # -- the process: its settings, its connections (None until startup, or without Redis)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 NC: web.AppKey[Any] = web.AppKey("nc")  # the NATS client
-NATS_LOST: web.AppKey[asyncio.Future[None]] = web.AppKey("nats_lost")  # done while NATS is away (gateway/ask.py)
+NATS_WATCH: web.AppKey[NatsWatch] = web.AppKey("nats_watch")  # whether NATS is up (gateway/ask.py)
 REDIS: web.AppKey[Any] = web.AppKey("redis")  # the config cache's Redis (rate-limit counts too)
 REDIS_READ: web.AppKey[Any] = web.AppKey("redis_read")  # where the cache is read: replicas, else None
 SECRET: web.AppKey[str] = web.AppKey("secret")  # the relay registration secret (shared in JetStream KV)

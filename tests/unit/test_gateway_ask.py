@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from gateway.ask import ask
-from gateway.keys import NATS_LOST, NC
+from gateway.ask import NatsWatch, ask
+from gateway.keys import NATS_WATCH, NC
 from messages.errors import Unavailable
 
 
@@ -38,12 +40,40 @@ def test_a_dropped_connection_ends_the_wait_at_once_not_at_the_deadline() -> Non
 
     async def run() -> None:
         nc = HangingNats()
-        lost = asyncio.get_running_loop().create_future()
-        app: dict[Any, Any] = {NC: nc, NATS_LOST: lost}
+        watch = NatsWatch()
+        watch.start()
+        app: dict[Any, Any] = {NC: nc, NATS_WATCH: watch}
         asked = asyncio.ensure_future(ask(app, "ai.suggest", {}, timeout=3600))  # type: ignore[arg-type]
         while not nc.sent:
             await asyncio.sleep(0.001)
-        lost.set_result(None)
+        watch.dropped()
+        with pytest.raises(Unavailable, match="control plane"):
+            await asyncio.wait_for(asked, 5)
+
+    asyncio.run(run())
+
+
+def test_after_a_reconnect_requests_wait_for_their_answer_and_the_running_app_is_not_changed() -> None:
+    """A drop, then a reconnect: a new request waits again (a fresh `lost`), and the watch
+    changes its own state, never the app's - aiohttp deprecates changing a started app."""
+
+    async def run() -> None:
+        nc = HangingNats()
+        app = web.Application()
+        app[NC] = nc
+        app[NATS_WATCH] = watch = NatsWatch()
+        watch.start()
+        app.freeze()  # as it is once it serves
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            watch.dropped()
+            watch.restored()
+        asked = asyncio.ensure_future(ask(app, "ai.suggest", {}, timeout=3600))
+        while not nc.sent:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        assert not asked.done()
+        watch.dropped()
         with pytest.raises(Unavailable, match="control plane"):
             await asyncio.wait_for(asked, 5)
 
