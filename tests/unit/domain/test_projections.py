@@ -68,6 +68,23 @@ def stream() -> list[list[DomainEvent]]:
         [event("OrgOptionUnset", "acme", key=TRUSTED_RELAYS)],
         [event("RelayRegistered", RELAY, relay_id="r-2", version="1.2"),
          event("OrgOptionSet", "beta", key=TRUSTED_RELAYS, value=trust)],
+        # an import in parts, committed: folded at its commit
+        [event("ImportStarted", "gamma", import_id="i-1", projects=2),
+         event("ImportPart", "gamma", import_id="i-1", part=1, first=0, count=1, header=True),
+         event("OrgCreated", "gamma", name="Gamma", id=7),
+         event("OrgOptionSet", "gamma", key=TRUSTED_RELAYS, value=trust),
+         event("ProjectCreated", "gamma", project="g1", name="g1", template=None, id=7),
+         event("KeyCreated", "gamma", project="g1", public_key=key(5), rate_limit=None, numeric_id=7)],
+        [event("ImportPart", "gamma", import_id="i-1", part=2, first=1, count=1, header=False),
+         event("ProjectCreated", "gamma", project="g2", name="g2", template=None, id=8),
+         event("KeyCreated", "gamma", project="g2", public_key=key(6), rate_limit=None, numeric_id=8),
+         event("ImportCommitted", "gamma", import_id="i-1", parts=2)],
+        # one still pending: nothing of it folded (and it is in a snapshot)
+        [event("ImportStarted", "delta", import_id="i-2", projects=2),
+         event("ImportPart", "delta", import_id="i-2", part=1, first=0, count=1, header=True),
+         event("OrgCreated", "delta", name="Delta", id=9),
+         event("ProjectCreated", "delta", project="d1", name="d1", template=None, id=9),
+         event("KeyCreated", "delta", project="d1", public_key=key(7), rate_limit=None, numeric_id=9)],
     ]
 
 
@@ -77,7 +94,7 @@ def fold(projection: Projection) -> tuple[DomainState, list[Changes]]:
     return state, changes
 
 
-ALL_KEYS = [key(n) for n in range(1, 6)]
+ALL_KEYS = [key(n) for n in range(1, 8)]
 
 
 def key_lookup_answers(state: DomainState) -> Any:
@@ -179,3 +196,18 @@ def test_a_projection_adds_the_parts_its_parts_refer_to() -> None:
     assert Projection("r", {RELAYS}).parts == {RELAYS}
     with pytest.raises(ValueError, match="unknown parts"):
         Projection("x", {"widgets"})
+
+
+@pytest.mark.parametrize("projection", [EVERYTHING, KeyLookupActor.projection, OrgAccessActor.projection,
+                                        ConfigActor.projection], ids=lambda p: p.name)
+def test_every_projection_folds_an_import_in_parts_only_when_committed(projection: Projection) -> None:
+    state, changes = fold(projection)
+    assert changes[-3].public_keys == set() and changes[-1].public_keys == set()  # a part, the pending one
+    if projection.holds(KEYS):
+        assert {key(5), key(6)} <= set(state.keys) and key(7) not in state.keys
+        assert changes[-2].public_keys >= {key(5), key(6)}  # the commit
+    assert state.org("gamma") is not None and state.org("delta") is None
+    assert set(state.imports) == {"delta"}
+    restored = DomainState.from_snapshot(fold(EVERYTHING)[0].to_snapshot(), projection)
+    assert [e.type for e in restored.imports["delta"].events] == [
+        e for e in ("OrgCreated", "ProjectCreated", "KeyCreated") if projection.is_full or e in projection.events]
