@@ -76,18 +76,21 @@ def server_max_payload(ctx: Context) -> int:
 
 def register(main: click.Group) -> None:
     @main.command("import")
-    @click.argument("file", type=click.File("r"))
+    @click.argument("file", type=click.File("r"), required=False)
     @click.option("--restart", is_flag=True,
                   help="Drop an unfinished import of an org in FILE (one started by another file) and import FILE.")
+    @click.option("--abandon", "abandon", metavar="ORG",
+                  help="Drop ORG's unfinished import (nothing of it is ever visible); no FILE.")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
     @click.pass_obj
-    def import_(ctx: Context, file: Any, restart: bool, as_json: bool) -> None:
+    def import_(ctx: Context, file: Any, restart: bool, abandon: str | None, as_json: bool) -> None:
         """Bulk-load orgs, projects, keys and options from FILE (`-`: stdin).
 
         All-or-nothing per org: an org too large for one message is sent in parts, which
         readers see only once the last is stored. Running it again skips what is stored
         already, so an import that was interrupted completes when run again (an org
-        interrupted between its parts is resumed). `relayctl export` writes this format.
+        interrupted between its parts is resumed; until then it is locked, and `relayctl
+        status` names it; `--abandon ORG` drops it instead). `relayctl export` writes this format.
 
         \b
         FILE is one JSON object:
@@ -112,6 +115,15 @@ def register(main: click.Group) -> None:
         another); otherwise project ids change, and a DSN names its project id
         (https://KEY@HOST/PROJECT_ID): give SDKs the new DSNs, or import into an empty system.
         """
+        if abandon is not None:
+            if file is not None or restart:
+                fail("--abandon ORG takes no FILE and no --restart", 2)
+            dropped = ctx.request("import.abandon", {"org": abandon})
+            emit(as_json, dropped, f"Dropped the unfinished import {dropped['import_id']} of org `{abandon}` "
+                                   f"({dropped['projects_staged']} of {dropped['projects']} projects were staged)")
+            return
+        if file is None:
+            fail("missing FILE (or --abandon ORG)", 2)
         try:
             data = json.load(file)
         except ValueError as exc:

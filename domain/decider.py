@@ -61,7 +61,7 @@ COMMAND_TYPES = frozenset({
     "project.enable", "project.delete", "key.create", "key.disable", "key.enable", "key.delete",
     "key.rate_limit",
     "relay.allow", "relay.deny", "relay.register", "user.create", "user.token_create", "user.permission_add",
-    "user.permission_remove", "import.org",
+    "user.permission_remove", "import.org", "import.abandon",
     # the management API (gateway/api/, domain/access.py)
     "token.create", "token.revoke", "org.update", "org.member_add", "team.create", "team.delete",
     "project.team_add", "project.team_remove", "org.member_remove", "project.update", "key.update",
@@ -91,7 +91,7 @@ class Decider:
             raise BadRequest(f"unknown command {message_type}")
         decision = method(**payload)
         pending = self.state.pending_import(decision.aggregate_id) if decision.aggregate == ORG else None
-        if pending is not None and decision.events and message_type != "import.org":
+        if pending is not None and decision.events and message_type not in ("import.org", "import.abandon"):
             # Its parts were decided on the org as it is: nothing may change it in between.
             raise Conflict(
                 f"org `{pending.org}` is being imported (import {pending.import_id}, {pending.decided()} of "
@@ -433,6 +433,19 @@ class Decider:
 
     def import_org(self, org: dict[str, Any], part: dict[str, Any] | None = None, restart: bool = False) -> Decision:
         return decide_import(self, org, part, restart)
+
+    def import_abandon(self, org: str, import_id: str | None = None) -> Decision:
+        """Drop the org's unfinished import in parts: nothing of it is ever folded."""
+        pending = self.state.pending_import(org)
+        if pending is None:
+            raise NotFound(f"org `{org}` has no unfinished import", {"org": org})
+        if import_id is not None and import_id != pending.import_id:
+            raise Conflict(f"org `{org}`'s unfinished import is {pending.import_id}, not {import_id}",
+                           {"org": org, "import_id": pending.import_id})
+        summary = {"org": org, "import_id": pending.import_id, "projects_staged": pending.decided(),
+                   "projects": pending.projects}
+        return Decision(ORG, org, [self.event("ImportAbandoned", org, import_id=pending.import_id,
+                                              reason="abandoned by " + self.actor)], lambda s: summary)
 
     # the global aggregates a decision may need first
 

@@ -116,6 +116,8 @@ CONTROL: dict[str, Schema] = {
     # `restart`: abandon an unfinished import of the org of another id first
     "import.org": {"org": field(dict), "part": field(dict, required=False, nullable=True),
                    "restart": field(bool, required=False, default=False)},
+    # drop an org's unfinished import in parts (`import_id`: only if it is that one)
+    "import.abandon": {"org": slug, "import_id": field(str, required=False, nullable=True)},
     # Everything `import.org` reads, for every org: the answer is `{"orgs": [...]}`.
     "export.orgs": {},
     # The event stream as the command handlers see it (`relayctl status`): folded sequence,

@@ -206,6 +206,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _control("api.key", query=True, callers=(GATEWAY,)),
     _control("api.project_options", query=True, callers=(GATEWAY,)),
     _control("import.org"),
+    _control("import.abandon"),
     _control("export.orgs", query=True),
     _control("stream.status", query=True, caught_up=False),  # answered at once, even when the store is down
     # actor queries

@@ -215,9 +215,28 @@ def test_restart_drops_an_unfinished_import_and_imports_the_file(small: SystemUn
     assert "--restart" in refused.stderr
     done = small.cli_ok("import", "--restart", str(path), "--json")
     assert done["abandoned"] == [f"{spec['slug']} (import old-import)"]
+    assert "Dropped" not in small.cli_ok("import", str(path))
     assert done["projects"] == len(spec["projects"])
     relay = small.registered_relay()
     eventually(all_served(relay, keys), f"all {len(keys)} keys served", timeout=60)
+
+
+def test_abandon_drops_an_unfinished_import(small: SystemUnderTest) -> None:
+    spec, keys = big_org("ab-" + uuid.uuid4().hex[:6], 600)
+    first, piece = pieces(spec, MAX_PAYLOAD - ENVELOPE_RESERVE)[0]
+
+    async def start(nc: NATS) -> Any:
+        return await request(nc, "import.org", {"org": piece, "part": {
+            "id": "left-behind", "first": first, "projects": len(spec["projects"]), "last": False}}, timeout=60)
+    on_loop(small.nats_url, start)
+    dropped = small.cli_ok("import", "--abandon", spec["slug"], "--json")
+    assert dropped["import_id"] == "left-behind" and dropped["projects_staged"] > 0
+    assert spec["slug"] not in {p["org"] for p in stream_report(small.nats_url, None)["imports"]}
+    small.cli_ok("org", "create", spec["slug"])  # no longer locked; nothing of the import is there
+    again = small.cli("import", "--abandon", spec["slug"])
+    assert again.exit_code == 1 and "has no unfinished import" in again.stderr
+    status, body = small.registered_relay().configs(keys[:5])
+    assert body["configs"] == {k: {"disabled": True} for k in keys[:5]}
 
 
 def test_an_export_larger_than_one_message_is_refused_saying_why(small: SystemUnderTest, tmp_path: Path) -> None:

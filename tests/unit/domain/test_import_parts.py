@@ -16,7 +16,7 @@ from domain.importer import ImportDecision
 from domain.queries import export_orgs
 from domain.state import DomainState
 from messages.envelope import pack, unpack
-from messages.errors import BadRequest, Conflict
+from messages.errors import BadRequest, Conflict, NotFound
 from messages.events import ID_KINDS, DomainEvent, encode_commit
 from tests.unit.domain.gwt import NOW, acme_web, key
 
@@ -262,3 +262,23 @@ def test_the_events_as_folded_leave_out_staged_parts_until_committed() -> None:
     assert not [e for _, e in folded if e.type.startswith("Import")]
     plain = [DomainEvent("OrgCreated", "beta", {"name": "beta", "id": 9})]
     assert folded_events([(1, plain)]) == [(1, plain[0])]
+
+
+def test_import_abandon_drops_the_unfinished_import_and_unlocks_the_org() -> None:
+    imp = Importer()
+    imp.piece(org(6), "imp-1", 0, 6, last=True, store=1)
+    decision = imp.decider().decide("import.abandon", {"org": "acme", "import_id": None})
+    assert [(e.type, e.payload["import_id"]) for e in decision.events] == [("ImportAbandoned", "imp-1")]
+    imp.store(decision.events)
+    assert decision.result(imp.state)["import_id"] == "imp-1"
+    assert imp.state.pending_import("acme") is None and imp.state.org("acme") is None and not imp.state.keys
+    imp.decider().decide("org.create", {"slug": "acme", "name": None})  # no longer locked
+
+
+def test_import_abandon_of_no_or_another_import_is_refused() -> None:
+    with pytest.raises(NotFound, match="has no unfinished import"):
+        Importer().decider().decide("import.abandon", {"org": "acme", "import_id": None})
+    imp = Importer()
+    imp.piece(org(6), "imp-1", 0, 6, last=True, store=1)
+    with pytest.raises(Conflict, match="is imp-1, not imp-2"):
+        imp.decider().decide("import.abandon", {"org": "acme", "import_id": "imp-2"})
