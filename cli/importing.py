@@ -21,8 +21,9 @@ from typing import Any
 import click
 import msgpack
 
-from bus.runtime import connect
+from bus.runtime import BUS_ERRORS, connect
 from cli.context import Context, emit, fail
+from messages.errors import RelayctlError
 
 PIECE_TIMEOUT = 60.0
 ENVELOPE_RESERVE = 4096  # bytes of a request besides its org's projects (envelope, ids, trace context)
@@ -70,7 +71,9 @@ def server_max_payload(ctx: Context) -> int:
 
     try:
         return asyncio.run(ask())
-    except Exception as exc:  # the NATS connection's errors, said as the other commands say them
+    except RelayctlError as exc:  # as every other command says it (cli/context.py)
+        fail(exc.message, error_code=exc.code)
+    except BUS_ERRORS as exc:
         fail(f"cannot reach NATS at {ctx.nats_url}: {exc}", error_code="unavailable")
 
 
