@@ -47,10 +47,9 @@ closed, as `denied`.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -79,6 +78,7 @@ from bus import local_model, metrics, redis_clients
 from bus.runtime import BusRuntime
 from bus.seams import Bus
 from bus.service import Call
+from bus.settings import Settings
 from domain.ai_prompt import InvalidEvent, describe_event_for_ai
 from domain.projections import ORG_OPTIONS, PROJECT_OPTIONS, Projection
 from messages.errors import (
@@ -146,18 +146,16 @@ class AIConfig:
         return AIUnavailable(f"the local AI model (service `llm`) is not running: {reason}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> AIConfig:
-        """OPENAI_BASE_URL, OPENAI_API_KEY, RELAYCTL_AI_MODEL, RELAYCTL_AI_TIMEOUT and
-        RELAYCTL_AI_MAX_TOKENS."""
-        env = os.environ if environ is None else environ
-        timeout = env.get("RELAYCTL_AI_TIMEOUT")
-        max_tokens = env.get("RELAYCTL_AI_MAX_TOKENS")
-        return cls(base_url=env.get("OPENAI_BASE_URL") or None,
-                   api_key=env.get("OPENAI_API_KEY") or None,
-                   model=env.get("RELAYCTL_AI_MODEL") or DEFAULT_MODEL,
-                   timeout=float(timeout) if timeout else DEFAULT_TIMEOUT,
-                   max_tokens=int(max_tokens) if max_tokens else MAX_TOKENS,
-                   local_failure_file=env.get(local_model.FAILURE_ENV) or None)
+    def from_settings(cls, settings: Settings) -> AIConfig:
+        """OPENAI_BASE_URL, OPENAI_API_KEY, RELAYCTL_AI_MODEL, RELAYCTL_AI_TIMEOUT,
+        RELAYCTL_AI_MAX_TOKENS and RELAYCTL_LOCAL_MODEL_FAILURE, from the process's settings."""
+        timeout = settings.value("RELAYCTL_AI_TIMEOUT")
+        return cls(base_url=settings.value("OPENAI_BASE_URL") or None,
+                   api_key=settings.value("OPENAI_API_KEY") or None,
+                   model=settings.value("RELAYCTL_AI_MODEL") or DEFAULT_MODEL,
+                   timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                   max_tokens=settings.value("RELAYCTL_AI_MAX_TOKENS"),
+                   local_failure_file=settings.value(local_model.FAILURE_ENV) or None)
 
     def client(self, model: str | None = None, timeout: float | None = None) -> ModelClient:
         """A model client for one request; raises `AINotConfigured`."""
@@ -525,7 +523,7 @@ def ai_actor_factory(ai_config: AIConfig | None = None, **options: Any) -> Calla
 
     def start(deps: Any) -> pykka.ActorRef[Any]:
         cache = RedisSuggestionCache(deps.redis_url, cluster=deps.redis_cluster) if deps.redis_url else None
-        config = ai_config or AIConfig.from_env(deps.settings.environment())
+        config = ai_config or AIConfig.from_settings(deps.settings)
         return AISuggestionActor.start(deps.runtime, deps.bus, ai_config=config,
                                        events=JetStreamErrorEventStore(deps.nc), cache=cache, **options)
 

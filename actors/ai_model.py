@@ -21,12 +21,12 @@ BEHAVIOUR.md promises (502/503); `AIUnavailable.timed_out` tells them apart.
 from __future__ import annotations
 
 import importlib
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Self
 
 import openai
 
+from bus.settings import Settings
 from domain.ai_prompt import build_messages
 from messages.errors import NotFound, Overloaded, Unavailable
 
@@ -175,18 +175,16 @@ class ModelClient:
         )
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, timeout: float = DEFAULT_TIMEOUT
-    ) -> ModelClient:
-        """Build a client from OPENAI_BASE_URL, OPENAI_API_KEY and RELAYCTL_AI_MODEL.
+    def from_settings(cls, settings: Settings, *, timeout: float = DEFAULT_TIMEOUT) -> ModelClient:
+        """Build a client from OPENAI_BASE_URL, OPENAI_API_KEY and RELAYCTL_AI_MODEL (the
+        process's settings, bus/settings.py).
 
         Raises `AINotConfigured` when neither the base URL nor the key is set.
         """
-        env = os.environ if environ is None else environ
         return cls(
-            base_url=env.get("OPENAI_BASE_URL") or None,
-            api_key=env.get("OPENAI_API_KEY") or None,
-            model=env.get("RELAYCTL_AI_MODEL") or DEFAULT_MODEL,
+            base_url=settings.value("OPENAI_BASE_URL") or None,
+            api_key=settings.value("OPENAI_API_KEY") or None,
+            model=settings.value("RELAYCTL_AI_MODEL") or DEFAULT_MODEL,
             timeout=timeout,
         )
 

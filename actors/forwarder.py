@@ -65,12 +65,12 @@ from actors.base import DEFERRED, ProjectionActor
 from actors.error_events import JetStreamErrorEventStore, StoredEvent, prepare_event
 from actors.ingest_stats import IngestStats, InMemoryIngestStats, RedisIngestStats, summarize
 from bus import metrics
-from bus.eventstore import stream_replicas
 from bus.ingest_store import HEADER_CLIENT_IP, HEADER_EVENT_ID, HEADER_PROJECT_ID, HEADER_RECEIVED_AT, read_envelope
 from bus.retry import Backoff
 from bus.runtime import BusRuntime
 from bus.seams import Bus
 from bus.service import Call, settle
+from bus.settings import InvalidSetting, Settings
 from domain.ai_prompt import InvalidEvent
 from domain.dsn import Dsn, InvalidDsn, parse_dsn
 from domain.ingest import (
@@ -118,8 +118,8 @@ MAX_SCAN = 20_000
 
 @dataclass(frozen=True)
 class ForwardSettings:
-    """RELAYCTL_FORWARD_ACK_WAIT, _TIMEOUT, _CONCURRENCY, _BACKOFF_BASE, _BACKOFF_MAX, _MAX_ACK_PENDING,
-    _CONSUMERS."""
+    """How the forwarder forwards: RELAYCTL_FORWARD_ACK_WAIT, _TIMEOUT, _CONCURRENCY, _BACKOFF_BASE,
+    _BACKOFF_MAX, _MAX_ACK_PENDING, _CONSUMERS (`from_settings`)."""
 
     ack_wait: float = 30.0  # an unacked delivery goes to another puller after this
     timeout: float = 10.0  # one HTTP request to the target
@@ -134,25 +134,25 @@ class ForwardSettings:
     # separated): instances may be given one job each, e.g. to scale error events apart
     consumers: frozenset[str] = frozenset(CONSUMERS)
     dead_letter_ttl: float = 7 * 24 * 3600.0
+    replicas: int = 1  # copies of the dead-letter bucket when this instance creates it
 
     @classmethod
-    def from_env(cls) -> ForwardSettings:
-        env = os.environ
-
-        def number(name: str, default: float) -> float:
-            value = env.get(f"RELAYCTL_FORWARD_{name}")
-            return float(value) if value else default
-
-        names = frozenset(n.strip() for n in (env.get("RELAYCTL_FORWARD_CONSUMERS") or ",".join(CONSUMERS)).split(",")
-                          if n.strip())
+    def from_settings(cls, settings: Settings) -> ForwardSettings:
+        """From the process's settings (bus/settings.py); an unknown consumer name is refused."""
+        raw = settings.value("RELAYCTL_FORWARD_CONSUMERS") or ",".join(CONSUMERS)
+        names = frozenset(n.strip() for n in raw.split(",") if n.strip())
         unknown = sorted(names - set(CONSUMERS))
         if unknown or not names:
-            raise ValueError(f"RELAYCTL_FORWARD_CONSUMERS: unknown consumer {', '.join(unknown) or '(none given)'}; "
-                             f"known: {', '.join(CONSUMERS)}")
-        return cls(consumers=names, ack_wait=number("ACK_WAIT", 30.0), timeout=number("TIMEOUT", 10.0),
-                   concurrency=int(number("CONCURRENCY", 32)), backoff_base=number("BACKOFF_BASE", 1.0),
-                   backoff_max=number("BACKOFF_MAX", 60.0),
-                   max_ack_pending=int(number("MAX_ACK_PENDING", 10_000)))
+            given = ", ".join(unknown) or "(none given)"
+            raise InvalidSetting(f"RELAYCTL_FORWARD_CONSUMERS: unknown consumer {given}; known: {', '.join(CONSUMERS)}",
+                                 {"setting": "RELAYCTL_FORWARD_CONSUMERS"})
+        return cls(consumers=names, ack_wait=settings.value("RELAYCTL_FORWARD_ACK_WAIT"),
+                   timeout=settings.value("RELAYCTL_FORWARD_TIMEOUT"),
+                   concurrency=settings.value("RELAYCTL_FORWARD_CONCURRENCY"),
+                   backoff_base=settings.value("RELAYCTL_FORWARD_BACKOFF_BASE"),
+                   backoff_max=settings.value("RELAYCTL_FORWARD_BACKOFF_MAX"),
+                   max_ack_pending=settings.value("RELAYCTL_FORWARD_MAX_ACK_PENDING"),
+                   replicas=settings.value("RELAYCTL_STREAM_REPLICAS"))
 
     def backoff(self, attempt: int) -> float:
         """The wait after delivery number `attempt` (1: the first) failed: bus/retry.py's."""
@@ -285,7 +285,7 @@ class ForwarderActor(ProjectionActor):
         # JetStream consumers are NATS itself (no seam of the bus has them): the connection
         # is given explicitly, None in a unit test of the projection side.
         self.nc = nc
-        self.settings = settings or ForwardSettings.from_env()
+        self.settings = settings or ForwardSettings()
         self.stats: IngestStats = stats or InMemoryIngestStats()
         self._closed = False
         self._tasks: list[Any] = []
@@ -538,7 +538,8 @@ class ForwarderActor(ProjectionActor):
             return await self.js.key_value(DEAD_LETTER_BUCKET)
         except (BucketNotFoundError, NotFoundError):
             return await self.js.create_key_value(api.KeyValueConfig(
-                bucket=DEAD_LETTER_BUCKET, history=1, ttl=self.settings.dead_letter_ttl, replicas=stream_replicas(),
+                bucket=DEAD_LETTER_BUCKET, history=1, ttl=self.settings.dead_letter_ttl,
+                replicas=self.settings.replicas,
                 description="relayctl: envelopes a downstream Sentry refused for good"))
 
     async def _dead_letter(self, project_id: int, sequence: int, msg: Any, target: Dsn, result: Permanent,
@@ -990,7 +991,8 @@ def forwarder_factory(settings: ForwardSettings | None = None) -> Callable[[Any]
 
     def start(deps: Any) -> pykka.ActorRef[Any]:
         stats = RedisIngestStats(deps.redis_url, cluster=deps.redis_cluster) if deps.redis_url else None
-        return ForwarderActor.start(deps.runtime, deps.bus, nc=deps.nc, settings=settings, stats=stats)
+        return ForwarderActor.start(deps.runtime, deps.bus, nc=deps.nc,
+                                    settings=settings or ForwardSettings.from_settings(deps.settings), stats=stats)
 
     return start
 

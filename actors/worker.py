@@ -133,7 +133,7 @@ class Worker:
         runtime = self.runtime = BusRuntime(self.nats_url, name=self.process_name).start()
         assert runtime.nc is not None
         if self.instrument:
-            instrument(runtime.nc, runtime.loop, f"worker:{self.process_name}")
+            instrument(runtime.nc, runtime.loop, f"worker:{self.process_name}", settings=self.settings)
             # At 0 from the start, so an alert on restarts has a series before the first one.
             metrics.declare([("actor.restarts", {"actor": kind.name}) for kind in self.kinds]
                             + [c for kind in self.kinds for c in ACTOR_COUNTERS.get(kind.name, ())])

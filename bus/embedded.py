@@ -36,6 +36,7 @@ from urllib.parse import quote
 
 from bus.config_cache import KEY_PREFIX, RELAY_AUTH_PREFIX
 from bus.rate_limits import RATE_LIMIT_PREFIX
+from bus.settings import Settings
 from bus.spawn import DISCARD, spawn, wait_ready
 from messages.endpoints import ENDPOINTS, KV, OBJECT, OPERATOR, REPLY_WINDOW, ROLES, STORES, STREAM, TOPICS, Store
 from messages.subjects import inbox_prefix
@@ -79,8 +80,9 @@ def redis_server_binary() -> str:
     return found
 
 
-def nats_config_path() -> Path | None:
-    configured = os.environ.get("RELAYCTL_NATS_CONF")
+def nats_config_path(settings: Settings | None = None) -> Path | None:
+    """`RELAYCTL_NATS_CONF`, else the repository's nats.conf."""
+    configured = (settings or Settings.load()).value("RELAYCTL_NATS_CONF")
     if configured:
         return Path(configured)
     default = REPO_ROOT / "nats.conf"
@@ -111,11 +113,12 @@ class ServerProcess:
             self.process.wait(5)
 
 
-def nats_command(data_dir: Path, port: int, host: str = "127.0.0.1", config: Path | None = None) -> list[str]:
+def nats_command(data_dir: Path, port: int, host: str = "127.0.0.1", config: Path | None = None,
+                 settings: Settings | None = None) -> list[str]:
     """The nats-server command line; `config` (an auth config of `write_nats_auth_config`)
     replaces the repository's nats.conf, which it includes."""
     cmd = [nats_server_binary()]
-    config = config or nats_config_path()
+    config = config or nats_config_path(settings)
     if config is not None:
         cmd += ["-c", str(config)]
     return cmd + ["-a", host, "-p", str(port), "-js", "-sd", str(data_dir / "jetstream"),
@@ -137,26 +140,29 @@ def wait_port(proc: subprocess.Popen[bytes], name: str, port: int, timeout: floa
 
 
 def start_nats(data_dir: Path, port: int | None = None, *, log_path: Path | None = None,
-               detach: bool = False, passwords: dict[str, str] | None = None) -> ServerProcess:
+               detach: bool = False, passwords: dict[str, str] | None = None,
+               settings: Settings | None = None) -> ServerProcess:
     """A nats-server; with `passwords` (role -> password) it requires the role users, and
     `url` is the operator's."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    config = write_nats_auth_config(data_dir, passwords) if passwords else None
-    proc = spawn(nats_command(data_dir, port, config=config), log=log_path or DISCARD, detach=detach)
+    config = write_nats_auth_config(data_dir, passwords, settings) if passwords else None
+    proc = spawn(nats_command(data_dir, port, config=config, settings=settings), log=log_path or DISCARD,
+                 detach=detach)
     wait_port(proc, "nats-server", port, log=log_path)
     url = f"nats://127.0.0.1:{port}"
     return ServerProcess("nats", proc, role_url(url, "operator", passwords) if passwords else url, port)
 
 
 def start_redis(data_dir: Path, port: int | None = None, *, log_path: Path | None = None,
-                detach: bool = False, maxmemory: str | None = None) -> ServerProcess:
+                detach: bool = False, maxmemory: str | None = None,
+                settings: Settings | None = None) -> ServerProcess:
     """A redis-server that requires the role users (`REDIS_ROLES`), with the passwords of
     `data_dir` (`redis_passwords`); `url` is the operator's, `passwords` give the others."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     passwords = redis_passwords(data_dir)
-    config = write_redis_config(data_dir, port, passwords, maxmemory=maxmemory)
+    config = write_redis_config(data_dir, port, passwords, maxmemory=maxmemory, settings=settings)
     proc = spawn(redis_command(config), log=log_path or DISCARD, detach=detach)
     wait_port(proc, "redis-server", port, log=log_path)
     url = f"redis://127.0.0.1:{port}/0"
@@ -268,10 +274,10 @@ def write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_nats_auth_config(directory: Path, passwords: dict[str, str]) -> Path:
+def write_nats_auth_config(directory: Path, passwords: dict[str, str], settings: Settings | None = None) -> Path:
     """`<directory>/auth.conf` (mode 0600): the repository's nats.conf plus one user per role."""
     lines = []
-    base = nats_config_path()
+    base = nats_config_path(settings)
     if base is not None:
         # nats-server resolves an include against the including file's directory, even an
         # absolute path: give it the relative one.
@@ -348,10 +354,10 @@ def redis_passwords(data_dir: Path) -> dict[str, str]:
 
 
 def write_redis_config(directory: Path, port: int, passwords: dict[str, str], host: str = "127.0.0.1",
-                       maxmemory: str | None = None) -> Path:
+                       maxmemory: str | None = None, settings: Settings | None = None) -> Path:
     """`<directory>/redis.conf` (mode 0600): no persistence, the memory limit, and one ACL
     user per role; the default user is off, so a client without credentials gets NOAUTH."""
-    maxmemory = maxmemory or os.environ.get("RELAYCTL_REDIS_MAXMEMORY") or REDIS_MAXMEMORY
+    maxmemory = maxmemory or (settings or Settings.load()).value("RELAYCTL_REDIS_MAXMEMORY") or REDIS_MAXMEMORY
     lines = [f"port {port}", f"bind {host}", f"dir {json.dumps(str(directory.resolve()))}", 'save ""',
              "appendonly no", "daemonize no", "protected-mode yes",
              f"maxmemory {maxmemory}", f"maxmemory-policy {REDIS_EVICTION}", "user default off"]

@@ -23,7 +23,6 @@ stream and ack only when done; they are not part of this module.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,8 @@ import structlog
 from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError, ObjectNotFoundError
 
-from bus.eventstore import CANNOT_WRITE_CODES, stream_replicas
+from bus.eventstore import CANNOT_WRITE_CODES
+from bus.settings import Settings
 from messages.subjects import (
     INGEST_BLOB_BUCKET,
     INGEST_METRICS,
@@ -85,11 +85,13 @@ class IngestSettings:
     timeout: float = 3.0  # per publish: Relay gives an envelope request a few seconds
 
     @classmethod
-    def from_env(cls) -> IngestSettings:
-        return cls(max_age=float(os.environ.get("RELAYCTL_INGEST_MAX_AGE") or DEFAULT_MAX_AGE),
-                   max_bytes=int(os.environ.get("RELAYCTL_INGEST_MAX_BYTES") or DEFAULT_MAX_BYTES),
-                   replicas=stream_replicas(),
-                   timeout=float(os.environ.get("RELAYCTL_INGEST_PUBLISH_TIMEOUT") or 3.0))
+    def from_settings(cls, settings: Settings | None = None) -> IngestSettings:
+        """From the process's settings (bus/settings.py; default: built from the environment)."""
+        settings = settings or Settings.load()
+        return cls(max_age=settings.value("RELAYCTL_INGEST_MAX_AGE") or DEFAULT_MAX_AGE,
+                   max_bytes=settings.value("RELAYCTL_INGEST_MAX_BYTES") or DEFAULT_MAX_BYTES,
+                   replicas=settings.value("RELAYCTL_STREAM_REPLICAS"),
+                   timeout=settings.value("RELAYCTL_INGEST_PUBLISH_TIMEOUT"))
 
 
 def stream_config(settings: IngestSettings) -> api.StreamConfig:
@@ -111,7 +113,7 @@ class IngestStore:
 
     def __init__(self, nc: Any, settings: IngestSettings | None = None) -> None:
         self.nc = nc
-        self.settings = settings or IngestSettings.from_env()
+        self.settings = settings or IngestSettings.from_settings()
         self.js = nc.jetstream(timeout=self.settings.timeout)
         self._ready = False
         self._blobs: Any = None
@@ -220,7 +222,7 @@ async def blob_store(js: Any, settings: IngestSettings | None = None, *, create:
     except NotFoundError:
         if not create:
             raise
-    settings = settings or IngestSettings.from_env()
+    settings = settings or IngestSettings.from_settings()
     try:
         return await js.create_object_store(INGEST_BLOB_BUCKET, config=api.ObjectStoreConfig(
             storage=api.StorageType.FILE, replicas=settings.replicas, ttl=settings.max_age,

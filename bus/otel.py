@@ -12,10 +12,11 @@ off the request path; without the extra every call here costs nothing.
 from __future__ import annotations
 
 import contextvars
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+
+from bus.settings import Settings
 
 _tracer: Any = None
 # (trace id, span id) the next span started must have: the ids messages/tracing.py chose.
@@ -27,11 +28,12 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-def configure(service: str) -> bool:
-    """Export this process's spans when the environment asks for it and the extra is there."""
-    exporter_kind = os.environ.get("OTEL_TRACES_EXPORTER", "")
-    wanted = exporter_kind == "console" or bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                                                or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+def configure(service: str, settings: Settings | None = None) -> bool:
+    """Export this process's spans when its settings ask for it and the extra is there."""
+    settings = settings or Settings.load()
+    exporter_kind = settings.value("OTEL_TRACES_EXPORTER") or ""
+    wanted = exporter_kind == "console" or bool(settings.value("OTEL_EXPORTER_OTLP_ENDPOINT")
+                                                or settings.value("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     if not wanted or exporter_kind == "none":
         return False
     try:

@@ -9,11 +9,11 @@ publish is handed to the connection's event loop, so neither path ever blocks a 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from typing import Any
 
 from bus import metrics
+from bus.settings import Settings
 from messages.subjects import METRICS_RECORD, TRANSPORT_ENVELOPE
 
 
@@ -28,10 +28,12 @@ def loop_publisher(nc: Any, loop: asyncio.AbstractEventLoop, subject: str) -> Ca
     return publish
 
 
-def instrument(nc: Any, loop: asyncio.AbstractEventLoop, process: str, *, sentry: bool = True) -> None:
+def instrument(nc: Any, loop: asyncio.AbstractEventLoop, process: str, *, sentry: bool = True,
+               settings: Settings | None = None) -> None:
+    """Metrics always; sentry-sdk unless `sentry` is False or `RELAYCTL_SENTRY` is 0."""
     metrics.configure(loop_publisher(nc, loop, METRICS_RECORD), process=process,
                       global_tags={"process": process.split(":")[0]})
-    if sentry and os.environ.get("RELAYCTL_SENTRY", "1") != "0":
+    if sentry and (settings or Settings.load()).value("RELAYCTL_SENTRY"):
         from bus.sentry_transport import init_sentry
 
         init_sentry(loop_publisher(nc, loop, TRANSPORT_ENVELOPE), process=process)

@@ -84,6 +84,8 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("RELAYCTL_FORWARD_CONCURRENCY", INT, "32", "envelopes in flight per forwarder instance"),
     _s("RELAYCTL_FORWARD_BACKOFF_BASE", FLOAT, "1", "first wait before forwarding again"),
     _s("RELAYCTL_FORWARD_BACKOFF_MAX", FLOAT, "60", "longest wait before forwarding again"),
+    _s("RELAYCTL_FORWARD_MAX_ACK_PENDING", INT, "10000",
+       "envelopes delivered and not yet acknowledged, per consumer for all instances"),
     _s("RELAYCTL_FORWARD_CONSUMERS", TEXT, None, "which of the forwarder's consumers an instance pulls for (all)"),
     # AI suggestions
     _s("OPENAI_BASE_URL", TEXT, None, "the AI backend (any OpenAI-compatible server)"),
@@ -94,6 +96,10 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("RELAYCTL_LLAMA_SERVER", TEXT, None, "a llama-server binary for the local model"),
     _s("RELAYCTL_LLAMA_MODEL", TEXT, None, "a GGUF file for the local model"),
     _s("RELAYCTL_LOCAL_MODEL_FAILURE", TEXT, None, "set by `up`: why the local model is not running"),
+    # OpenTelemetry's own variables (bus/otel.py; the exporter reads its other OTEL_* itself)
+    _s("OTEL_TRACES_EXPORTER", TEXT, None, "`console`: print spans; `none`: export none"),
+    _s("OTEL_EXPORTER_OTLP_ENDPOINT", TEXT, None, "export spans over OTLP/HTTP here"),
+    _s("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", TEXT, None, "the same, for traces only"),
 )
 
 _BY_ENV: dict[str, Setting] = {s.env: s for s in CATALOGUE}

@@ -5,7 +5,7 @@
   and prints its id; an invalid event is refused with the reason, nothing is stored.
 - `relayctl openai --event FILE [--model M] [--dump-prompt] [--json]` explains one event.
   `--dump-prompt` prints `describe_event_for_ai(event, model)` as indented JSON and calls
-  no model. Otherwise the command asks the model itself (`AIConfig.from_env`:
+  no model. Otherwise the command asks the model itself (`AIConfig.from_settings`:
   OPENAI_BASE_URL, OPENAI_API_KEY, RELAYCTL_AI_MODEL, RELAYCTL_AI_TIMEOUT; `--model`
   wins) and prints the suggestion as it streams, then a newline; `--json` prints
   `{"suggestion": ...}` once it is complete. Going to the model directly rather than
@@ -69,7 +69,7 @@ def register(main: click.Group) -> None:
             checked = validate_error_event(_read_event(file))
         except InvalidEvent as exc:
             fail(f"{file.name}: {exc}")
-        config = AIConfig.from_env()
+        config = AIConfig.from_settings(ctx.settings)
         local = ctx.load_state().get("llm")
         if not config.configured and local:
             # No backend of the user's: the local model that `relayctl up` started.

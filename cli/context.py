@@ -12,7 +12,7 @@ import getpass
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,6 +20,7 @@ import click
 
 from bus.client import request_sequence
 from bus.runtime import connect
+from bus.settings import InvalidSetting, Settings
 from messages.endpoints import is_query, retry_safe
 from messages.errors import RelayctlError
 from messages.redact import redact_url
@@ -35,6 +36,19 @@ class Context:
     # The stream sequence of this process's last stored change: later reads pass it as
     # `after`, so a command that writes, then reads, sees its write (messages/endpoints.py).
     last_write: int = 0
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        """This process's settings (bus/settings.py), built once on first use: the global
+        options over the environment; a value that does not parse is a usage error."""
+        if self._settings is None:
+            try:
+                self._settings = Settings.load(RELAYCTL_DATA_DIR=str(self.data_dir),
+                                               RELAYCTL_NATS_URL=self.nats_url_option)
+            except InvalidSetting as exc:
+                fail(exc.message, 2)
+        return self._settings
 
     @property
     def state_path(self) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from bus.settings import Settings
 from messages.redact import redact_processor, redact_url
 
 # Marks the stdlib handler installed here, so a second set-up does not add another.
@@ -56,10 +57,15 @@ def cap_processor(logger: Any, method: str, event_dict: MutableMapping[str, Any]
     return event_dict
 
 
-def setup_logging(process: str, level: str | None = None, *, cache: bool = True) -> None:
-    level_name = (level or os.environ.get("RELAYCTL_LOG_LEVEL", "info")).upper()
+def setup_logging(process: str, level: str | None = None, *, cache: bool = True,
+                  settings: Settings | None = None) -> None:
+    """Configure structlog for this process: `level` (default `RELAYCTL_LOG_LEVEL`), JSON
+    lines unless stderr is a terminal and `RELAYCTL_LOG_JSON` is not set, from `settings`
+    (the process's; default: built from the environment)."""
+    settings = settings or Settings.load()
+    level_name = (level or settings.value("RELAYCTL_LOG_LEVEL")).upper()
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if sys.stderr.isatty() and not os.environ.get("RELAYCTL_LOG_JSON")
+        structlog.dev.ConsoleRenderer() if sys.stderr.isatty() and not settings.value("RELAYCTL_LOG_JSON")
         else structlog.processors.JSONRenderer())
     structlog.configure(
         processors=[

@@ -84,7 +84,7 @@ def main(ctx: click.Context, data_dir: Path, nats_url: str | None) -> None:
     """An event-sourced upstream for Sentry Relay."""
     ctx.obj = Context(data_dir=data_dir.resolve(), nats_url_option=nats_url)
     if not structlog.is_configured():
-        setup_logging(process="cli", level="warning")
+        setup_logging(process="cli", level="warning", settings=ctx.obj.settings)
 
 
 # -- orgs ---------------------------------------------------------------------------------------

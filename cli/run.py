@@ -9,10 +9,20 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import click
 
+from bus.settings import InvalidSetting, Settings
 from cli.context import Context, check_redis_urls, fail, parse_bind_option
+
+
+def process_settings(**flags: Any) -> Settings:
+    """The process's settings, once: its flags over its environment (bus/settings.py)."""
+    try:
+        return Settings.load(**flags)
+    except InvalidSetting as exc:
+        fail(exc.message)
 
 
 def register(main: click.Group) -> None:
@@ -33,12 +43,14 @@ def register(main: click.Group) -> None:
         unknown = [n for n in names if n not in ACTOR_NAMES]
         if unknown:
             fail(f"unknown actor {', '.join(unknown)}; known: {', '.join(ACTOR_NAMES)}", 2)
-        setup_logging(process="worker:" + ",".join(names))
-        from bus import otel
-
-        otel.configure("relayctl-worker")  # spans exported only with the `otel` extra and an endpoint
         if nats_url:
             ctx.nats_url_option = nats_url
+        settings = process_settings(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url,
+                                    RELAYCTL_REDIS_CLUSTER=redis_cluster)
+        setup_logging(process="worker:" + ",".join(names), settings=settings)
+        from bus import otel
+
+        otel.configure("relayctl-worker", settings)  # spans exported only with the `otel` extra and an endpoint
         exit_code = []
 
         def give_up(name: str) -> None:
@@ -48,18 +60,11 @@ def register(main: click.Group) -> None:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        from bus.settings import InvalidSetting, Settings
-
-        try:  # the process's settings, once: its flags over its environment (bus/settings.py)
-            settings = Settings.load(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url,
-                                     RELAYCTL_REDIS_CLUSTER=redis_cluster)
-        except InvalidSetting as exc:
-            fail(exc.message)
         check_redis_urls(settings.value("RELAYCTL_REDIS_URL"), None, settings.value("RELAYCTL_REDIS_CLUSTER"))
         try:
             running = Worker(names, settings.value("RELAYCTL_NATS_URL"), settings.value("RELAYCTL_REDIS_URL"),
                              process_name=",".join(names), on_give_up=give_up, settings=settings).start()
-        except Exception as exc:
+        except Exception as exc:  # the process's boundary: any failure to start is said, not a traceback
             fail(f"worker failed to start: {exc}")
         stop.wait()
         running.stop()
@@ -80,20 +85,15 @@ def register(main: click.Group) -> None:
         from cli.logging import setup_logging
         from gateway.app import PortInUse, run_gateway
 
-        setup_logging(process="gateway")
-        from bus import otel
-
-        otel.configure("relayctl-gateway")
         if nats_url:
             ctx.nats_url_option = nats_url
         host, port = parse_bind_option(bind)
-        from bus.settings import InvalidSetting, Settings
+        settings = process_settings(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url,
+                                    RELAYCTL_REDIS_CLUSTER=redis_cluster, RELAYCTL_REDIS_READ_URL=redis_read_url)
+        setup_logging(process="gateway", settings=settings)
+        from bus import otel
 
-        try:  # the process's settings, once: its flags over its environment (bus/settings.py)
-            settings = Settings.load(RELAYCTL_NATS_URL=ctx.nats_url, RELAYCTL_REDIS_URL=redis_url or ctx.redis_url,
-                                     RELAYCTL_REDIS_CLUSTER=redis_cluster, RELAYCTL_REDIS_READ_URL=redis_read_url)
-        except InvalidSetting as exc:
-            fail(exc.message)
+        otel.configure("relayctl-gateway", settings)
         check_redis_urls(settings.value("RELAYCTL_REDIS_URL"), settings.value("RELAYCTL_REDIS_READ_URL"),
                           settings.value("RELAYCTL_REDIS_CLUSTER"))
         try:

@@ -75,9 +75,6 @@ def service_names(state: dict[str, Any]) -> list[str]:
     return list(SERVICES) + extra
 
 
-HEALTH_TIMEOUT = float(os.environ.get("RELAYCTL_HEALTH_TIMEOUT", "90"))
-
-
 def pid_alive(pid: int | None, marker: str | None = None) -> bool:
     if not pid:
         return False
@@ -232,10 +229,12 @@ class Orchestrator:
             return (False, f"{detail}; {write_error}") if write_error else (ok, detail)
         return ok, detail
 
-    def wait_healthy(self, name: str, timeout: float = HEALTH_TIMEOUT) -> None:
-        """Until service `name`, just started by this command, is healthy; else `Unhealthy`
-        with its last check's answer, or how its process ended (the status, or the signal)
-        and the end of its log."""
+    def wait_healthy(self, name: str, timeout: float | None = None) -> None:
+        """Until service `name`, just started by this command, is healthy (within `timeout`,
+        default `RELAYCTL_HEALTH_TIMEOUT` seconds); else `Unhealthy` with its last check's
+        answer, or how its process ended (the status, or the signal) and the end of its log."""
+        if timeout is None:
+            timeout = float(self.ctx.settings.value("RELAYCTL_HEALTH_TIMEOUT"))
         rec = self.record(name)
         log = Path(rec["log"]) if rec.get("log") else None
         try:
@@ -271,7 +270,7 @@ class Orchestrator:
             if port_open("127.0.0.1", port) and not self.running("nats"):
                 port = free_port()
             passwords = nats_passwords(self.data_dir)
-            config = write_nats_auth_config(self.data_dir / "nats", passwords)
+            config = write_nats_auth_config(self.data_dir / "nats", passwords, self.ctx.settings)
             self.state["nats"] = role_url(f"nats://127.0.0.1:{port}", "operator", passwords)
             self.state["nats_roles"] = True
             self.spawn("nats", nats_command(self.data_dir / "nats", port, config=config), marker=f"relayctl-{port}")
@@ -280,7 +279,7 @@ class Orchestrator:
             if port_open("127.0.0.1", port) and not self.running("redis"):
                 port = free_port()
             passwords = redis_passwords(self.data_dir)
-            config = write_redis_config(self.data_dir / "redis", port, passwords)
+            config = write_redis_config(self.data_dir / "redis", port, passwords, settings=self.ctx.settings)
             self.state["redis"] = redis_role_url(f"redis://127.0.0.1:{port}/0", "operator", passwords)
             self.state["redis_roles"] = True
             # redis-server shows "<binary> 127.0.0.1:<port>" as its command line

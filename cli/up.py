@@ -71,13 +71,14 @@ class Up:
         """Which of the selected services to start: not an external one, not the local model
         when another backend is configured or its packages are missing, not one running
         already (unless `--recreate`, or a gateway that moves to another address)."""
-        orch = self.orch
+        orch, settings = self.orch, self.orch.ctx.settings
+        configured = local_model.backend_configured(settings)
         for name in self.selected:
             if external.get(name):
                 self.report[name] = "external"
                 continue
-            if name == "llm" and (local_model.backend_configured() or not local_model.available()):
-                self.skipped[name] = ("not needed: an AI backend is configured" if local_model.backend_configured()
+            if name == "llm" and (configured or not local_model.available(settings)):
+                self.skipped[name] = ("not needed: an AI backend is configured" if configured
                                       else "not installed: " + local_model.install_command())
                 orch.state.pop("llm", None)
                 continue
@@ -110,10 +111,11 @@ class Up:
 
     def prepare_environment(self, redis_url: str | None, redis_cluster: bool | None,
                             redis_read_url: str | None) -> None:
-        """What every service gets in its environment: the external Redis's kind (kept in the
-        state for every later `up` and `status`) and where the local model answers."""
+        """What every service gets in its environment besides this process's own: the
+        external Redis's kind (kept in the state for every later `up` and `status`) and where
+        the local model answers."""
         orch = self.orch
-        self.env = {k: v for k, v in os.environ.items() if k.startswith(("OPENAI_", "RELAYCTL_"))}
+        self.env = {}
         if redis_url:
             orch.state["redis_cluster"] = bool(redis_cluster)
             orch.state["redis_read_url"] = redis_read_url
@@ -128,7 +130,7 @@ class Up:
         if "llm" in self.selected and "llm" in self.to_start + already:
             port = health.host_port(orch.state.get("llm", ""))[1] or free_port()
             orch.state["llm"] = f"http://127.0.0.1:{port}"
-            self.env.update(local_model.client_environment(port))
+            self.env.update(local_model.client_environment(port, orch.ctx.settings))
             self.env[local_model.FAILURE_ENV] = str(orch.llm_failure_file())
 
     def start(self) -> None:

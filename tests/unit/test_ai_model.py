@@ -18,6 +18,7 @@ from actors.ai_model import (
     AIUnavailable,
     ModelClient,
 )
+from bus.settings import Settings
 from domain.ai_prompt import SYSTEM_PROMPT
 from tests.openai_stub import OpenAIStub
 
@@ -168,20 +169,20 @@ def test_closing_a_stream_early_releases_it(stub: OpenAIStub, client: ModelClien
     assert client.suggestion(DESCRIPTION) == REPLY
 
 
-def test_from_env_reads_the_configuration() -> None:
-    """from_env takes base URL, key and model from the environment."""
-    client = ModelClient.from_env(
-        {"OPENAI_BASE_URL": "http://127.0.0.1:1/v1", "RELAYCTL_AI_MODEL": "gpt-4o"}
+def test_from_settings_reads_the_configuration() -> None:
+    """from_settings takes base URL, key and model from the process's settings."""
+    client = ModelClient.from_settings(
+        Settings.load({"OPENAI_BASE_URL": "http://127.0.0.1:1/v1", "RELAYCTL_AI_MODEL": "gpt-4o"})
     )
     assert client.model == "gpt-4o"
     assert client.base_url == "http://127.0.0.1:1/v1"
-    assert ModelClient.from_env({"OPENAI_API_KEY": "sk-x"}).model == "gpt-3.5-turbo"
+    assert ModelClient.from_settings(Settings.load({"OPENAI_API_KEY": "sk-x"})).model == "gpt-3.5-turbo"
 
 
-def test_from_env_without_url_or_key_is_not_configured() -> None:
+def test_from_settings_without_url_or_key_is_not_configured() -> None:
     """With neither OPENAI_BASE_URL nor OPENAI_API_KEY the backend is not configured (404)."""
     with pytest.raises(AINotConfigured) as caught:
-        ModelClient.from_env({"RELAYCTL_AI_MODEL": "gpt-4"})
+        ModelClient.from_settings(Settings.load({"RELAYCTL_AI_MODEL": "gpt-4"}))
     assert caught.value.status == 404
     assert str(caught.value) == "no AI backend configured"
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from actors.forwarder import Delivered, ForwardSettings, Permanent, Retry, classify
+from bus.settings import InvalidSetting, Settings
 from domain.dsn import InvalidDsn, parse_dsn
 from domain.ingest import (
     InvalidEnvelope,
@@ -143,11 +144,20 @@ def test_stats_windows_count_the_last_hour_and_day() -> None:
         "accepted": 2, "filtered": 1, "rate_limited": 8}, "span": {"invalid": 4}}
 
 
-def test_an_instance_may_run_some_consumers_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RELAYCTL_FORWARD_CONSUMERS", "forwarder, outcomes")
-    assert ForwardSettings.from_env().consumers == {"forwarder", "outcomes"}
-    monkeypatch.setenv("RELAYCTL_FORWARD_CONSUMERS", "forwarder,nope")
-    with pytest.raises(ValueError, match="unknown consumer nope; known: forwarder, error-events, outcomes"):
-        ForwardSettings.from_env()
-    monkeypatch.delenv("RELAYCTL_FORWARD_CONSUMERS")
-    assert ForwardSettings.from_env().consumers == {"forwarder", "error-events", "outcomes"}
+def test_an_instance_may_run_some_consumers_only() -> None:
+    def consumers(value: str | None) -> frozenset[str]:
+        return ForwardSettings.from_settings(Settings.load({"RELAYCTL_FORWARD_CONSUMERS": value} if value else {})
+                                             ).consumers
+
+    assert consumers("forwarder, outcomes") == {"forwarder", "outcomes"}
+    with pytest.raises(InvalidSetting, match="unknown consumer nope; known: forwarder, error-events, outcomes"):
+        consumers("forwarder,nope")
+    assert consumers(None) == {"forwarder", "error-events", "outcomes"}
+
+
+def test_the_forwarders_settings_come_from_the_process_settings() -> None:
+    settings = ForwardSettings.from_settings(Settings.load({"RELAYCTL_FORWARD_ACK_WAIT": "2",
+                                                            "RELAYCTL_FORWARD_MAX_ACK_PENDING": "7",
+                                                            "RELAYCTL_STREAM_REPLICAS": "3"}))
+    assert (settings.ack_wait, settings.max_ack_pending, settings.replicas) == (2.0, 7, 3)
+    assert ForwardSettings.from_settings(Settings.load({})) == ForwardSettings()  # the catalogue's defaults

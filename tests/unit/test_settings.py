@@ -10,7 +10,7 @@ import pytest
 from bus.settings import CATALOGUE, InvalidSetting, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-NAME = re.compile(r"\b(?:RELAYCTL|OPENAI)_[A-Z0-9_]*")
+NAME = re.compile(r"\b(?:RELAYCTL|OPENAI|OTEL)_[A-Z0-9_]*")
 
 
 def readme_table() -> set[str]:
