@@ -254,7 +254,7 @@ def test_an_export_larger_than_one_message_is_refused_saying_why(small: SystemUn
 def test_ctrl_c_between_parts_says_the_org_is_staged_and_a_rerun_resumes_it(
         small: SystemUnderTest, tmp_path: Path) -> None:
     """The real `relayctl import`, a real SIGINT while an org's parts are being sent."""
-    spec, keys = big_org("sig-" + uuid.uuid4().hex[:6], 12000)
+    spec, keys = big_org("sig-" + uuid.uuid4().hex[:6], 8000)
     path = tmp_path / "sig.json"
     path.write_text(json.dumps({"orgs": [spec]}))
     data_dir = tmp_path / "cli"
