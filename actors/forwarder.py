@@ -56,18 +56,18 @@ from typing import Any
 import aiohttp
 import pykka
 import structlog
-from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import BucketNotFoundError, NotFoundError
+from redis.exceptions import RedisError
 
 from actors.base import DEFERRED, ProjectionActor
-from actors.error_events import JetStreamErrorEventStore, StoredEvent, prepare_event
+from actors.error_events import ErrorEventStore, JetStreamErrorEventStore, StoredEvent, prepare_event
 from actors.ingest_stats import IngestStats, InMemoryIngestStats, RedisIngestStats, summarize
 from bus import metrics
 from bus.ingest_store import HEADER_CLIENT_IP, HEADER_EVENT_ID, HEADER_PROJECT_ID, HEADER_RECEIVED_AT, read_envelope
 from bus.retry import Backoff
-from bus.runtime import BusRuntime
+from bus.runtime import BUS_ERRORS, BusRuntime
 from bus.seams import Bus
 from bus.service import Call, settle
 from bus.settings import InvalidSetting, Settings
@@ -274,17 +274,23 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# What stopping may meet: NATS gone, the loop's call timing out, the stats' Redis gone.
+_CLOSE_ERRORS: tuple[type[Exception], ...] = (*BUS_ERRORS, OSError, RedisError)
+
+
 class ForwarderActor(ProjectionActor):
     name = "forwarder"
     # where and how to forward: orgs and projects with their options (no keys, relays, users)
     projection = Projection("forwarder", {ORG_OPTIONS, PROJECT_OPTIONS})
 
-    def __init__(self, runtime: BusRuntime, bus: Bus, *, nc: NATS | None, settings: ForwardSettings | None = None,
-                 stats: IngestStats | None = None) -> None:
+    def __init__(self, runtime: BusRuntime, bus: Bus, *, jetstream: JetStreamContext, events: ErrorEventStore,
+                 settings: ForwardSettings | None = None, stats: IngestStats | None = None) -> None:
         super().__init__(runtime, bus)
-        # JetStream consumers are NATS itself (no seam of the bus has them): the connection
-        # is given explicitly, None in a unit test of the projection side.
-        self.nc = nc
+        # The ingest stream's durable consumers, its blobs and the dead letters are JetStream's
+        # own (the bus's seam has none of them): given where the worker puts the actor
+        # together (`forwarder_factory`), like the error-event store, as the AI actor's is.
+        self.js = jetstream
+        self.events = events
         self.settings = settings or ForwardSettings()
         self.stats: IngestStats = stats or InMemoryIngestStats()
         self._closed = False
@@ -295,16 +301,11 @@ class ForwarderActor(ProjectionActor):
         # or the backoff after it failed): per instance, so each probes on its own
         self._held_back: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="forwarder-scrub")
-        if nc is not None:
-            self.js = nc.jetstream(timeout=5.0)
-            self.events = JetStreamErrorEventStore(nc)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def on_start(self) -> None:
         super().on_start()
-        if self.nc is None:
-            return
         consumers = (
             _Consumer(FORWARD_CONSUMER, INGEST_ENVELOPES, self._forward),
             _Consumer(EVENTS_CONSUMER, INGEST_ENVELOPES, self._store_events),
@@ -317,11 +318,10 @@ class ForwarderActor(ProjectionActor):
         for task in self._tasks:
             task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self.nc is not None:
-            try:
-                self.runtime.call(self._close(), timeout=5)
-            except Exception:
-                pass
+        try:
+            self.runtime.call(self._close(), timeout=5)
+        except _CLOSE_ERRORS:
+            pass  # stopping anyway: the session and the stats' client go with the process
         super().on_stop()
 
     async def _close(self) -> None:
@@ -991,7 +991,9 @@ def forwarder_factory(settings: ForwardSettings | None = None) -> Callable[[Any]
 
     def start(deps: Any) -> pykka.ActorRef[Any]:
         stats = RedisIngestStats(deps.redis_url, cluster=deps.redis_cluster) if deps.redis_url else None
-        return ForwarderActor.start(deps.runtime, deps.bus, nc=deps.nc,
+        replicas = deps.settings.value("RELAYCTL_STREAM_REPLICAS")
+        return ForwarderActor.start(deps.runtime, deps.bus, jetstream=deps.nc.jetstream(timeout=5.0),
+                                    events=JetStreamErrorEventStore(deps.nc, replicas=replicas),
                                     settings=settings or ForwardSettings.from_settings(deps.settings), stats=stats)
 
     return start
