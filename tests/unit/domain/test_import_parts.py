@@ -228,12 +228,17 @@ def test_a_project_too_large_for_one_part_is_refused_naming_it() -> None:
 def test_a_pending_import_survives_a_snapshot() -> None:
     imp = Importer()
     _, commits = imp.piece(org(6), "imp-1", 0, 6, last=True, store=2)
+    from bus.snapshots import StreamedSnapshot, pack_body
+
     restored = DomainState.from_snapshot(unpack(pack(imp.state.to_snapshot())))
+    streamed = DomainState.from_snapshot(StreamedSnapshot(pack_body(imp.state.to_snapshot())), consume=True)
     for sequence, events in enumerate(commits[2:], start=imp.sequence + 1):
         restored.apply(sequence, events)
+        streamed.apply(sequence, events)
         imp.state.apply(sequence, events)
-    assert restored.pending_import("acme") is None
-    assert sorted(restored.keys) == sorted(imp.state.keys) == [key(1000 + i) for i in range(6)]
+    assert restored.pending_import("acme") is None and streamed.pending_import("acme") is None
+    assert sorted(restored.keys) == sorted(streamed.keys) == sorted(imp.state.keys) == [
+        key(1000 + i) for i in range(6)]
     # a snapshot of format 3 (before imports in parts) still loads
     old = {**imp.state.to_snapshot(), "format": 3}
     del old["imports"]
