@@ -31,8 +31,8 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, LoadBalancingStrategy, RedisCluster
 
-__all__ = ["RedisUrlError", "async_client", "check_url", "get_many", "is_cluster", "server_id", "sync_client",
-           "write_batch"]
+__all__ = ["RedisUrlError", "async_client", "check_url", "follow_topology", "get_many", "is_cluster", "server_id",
+           "sync_client", "write_batch"]
 
 
 class RedisUrlError(ValueError):
@@ -88,6 +88,24 @@ def async_client(url: str, *, cluster: bool = False, timeout: float = 2.0, repli
     return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes], socket_timeout=timeout,
                              socket_connect_timeout=1, **auth,
                              load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN_REPLICAS if replicas else None)
+
+
+TOPOLOGY_EVERY = 30.0  # seconds between two reads of a cluster's slot table by a reading client
+
+
+async def follow_topology(client: Any, every: float = TOPOLOGY_EVERY) -> None:
+    """Read a cluster's slot table again every `every` seconds, for ever (a task): redis-py
+    reads it at the first command and then only after MOVED or a connection error, so a
+    replica added later would never be read from, and a replica that was removed is asked
+    until it fails. A failed read keeps the table it had. Nothing to do on one server."""
+    if not isinstance(client, AsyncRedisCluster):
+        return
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await client.nodes_manager.initialize()
+        except (redis.RedisError, OSError):
+            pass  # the next command, or the next round, tries again
 
 
 def is_cluster(client: Any) -> bool:

@@ -68,6 +68,7 @@ from gateway.keys import (
     SECRET,
     SETTINGS,
     SYSTEM_ID,
+    TOPOLOGY,
 )
 from gateway.limits import HttpLimits, limits_middleware, registration_buckets, serve
 from gateway.mac_keys import MacKeys
@@ -400,12 +401,15 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
             read_url = settings.value("RELAYCTL_REDIS_READ_URL")
             if read_url:
                 app[REDIS_READ] = redis_clients.async_client(read_url, cluster=cluster, replicas=True)
+                # replicas added or removed later are read from, or no longer
+                app[TOPOLOGY] = asyncio.get_running_loop().create_task(
+                    redis_clients.follow_topology(app[REDIS_READ]))
         app[DEPENDENCY_REPORTER] = asyncio.get_running_loop().create_task(report_dependencies(app))
         app[MAC_KEY_PREFETCH] = asyncio.get_running_loop().create_task(
             app[MAC_KEYS].prefetch(app[NC], (CONFIG_MAC_BUCKET, RELAY_AUTH_MAC_BUCKET)))
 
     async def cleanup(app: web.Application) -> None:
-        for task_key in (DEPENDENCY_REPORTER, MAC_KEY_PREFETCH):
+        for task_key in (DEPENDENCY_REPORTER, MAC_KEY_PREFETCH, TOPOLOGY):
             task = app.get(task_key)
             if task is not None:
                 task.cancel()

@@ -38,6 +38,7 @@ SECRET: web.AppKey[str] = web.AppKey("secret")  # the relay registration secret 
 SYSTEM_ID: web.AppKey[str] = web.AppKey("system_id")  # which system this gateway serves (`/_health/`)
 DEPENDENCY_REPORTER: web.AppKey[asyncio.Task[None]] = web.AppKey("dependency_reporter")
 MAC_KEY_PREFETCH: web.AppKey[asyncio.Task[None]] = web.AppKey("mac_key_prefetch")
+TOPOLOGY: web.AppKey[asyncio.Task[None]] = web.AppKey("topology")  # the read cluster's slot table, followed
 
 # -- requests: logs, metrics, limits
 ACCESS_SAMPLER: web.AppKey[AccessSampler] = web.AppKey("access_sampler")

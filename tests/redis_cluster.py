@@ -18,7 +18,6 @@ import redis
 
 from bus.embedded import (
     REDIS_ROLES,
-    _spawn,
     free_port,
     port_open,
     redis_command,
@@ -27,6 +26,7 @@ from bus.embedded import (
     wait_port,
     write_redis_config,
 )
+from bus.spawn import spawn
 
 
 def cluster_ports(count: int) -> list[int]:
@@ -53,6 +53,7 @@ class RedisClusterUnderTest:
     ports: list[int] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     passwords: dict[str, str] = field(default_factory=dict)
+    replicas_of: dict[int, int] = field(default_factory=dict)  # primaries given more replicas (add_replica)
 
     def url(self, role: str = "operator", nodes: int | None = None) -> str:
         """Start-node URLs (comma-separated) with `role`'s credentials."""
@@ -63,7 +64,7 @@ class RedisClusterUnderTest:
         return self.directory / f"node{i}"
 
     def _spawn(self, i: int) -> subprocess.Popen[bytes]:
-        proc = _spawn("redis", redis_command(self._node_dir(i) / "redis.conf"), self._node_dir(i) / "redis.log", False)
+        proc = spawn(redis_command(self._node_dir(i) / "redis.conf"), log=self._node_dir(i) / "redis.log")
         wait_port(proc, "redis-server", self.ports[i])
         return proc
 
@@ -96,6 +97,29 @@ class RedisClusterUnderTest:
         self.wait_ok()
         return self
 
+    def add_replica(self, of: int) -> int:
+        """A new node joins as a replica of node `of` (`redis-cli --cluster add-node
+        --cluster-slave`); its index. Returns once it is linked and every node knows it."""
+        i = len(self.ports)
+        taken = set(self.ports) | {p + 10000 for p in self.ports}
+        port = next(p for p in iter(lambda: cluster_ports(1)[0], None) if p not in taken and p + 10000 not in taken)
+        self.ports.append(port)
+        d = self._node_dir(i)
+        d.mkdir(parents=True, exist_ok=True)
+        with write_redis_config(d, port, self.passwords).open("a") as f:
+            f.write("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 5000\n"
+                    f"masteruser operator\nmasterauth {self.passwords['operator']}\n")
+        self.processes.append(self._spawn(i))
+        primary = self.node(of).execute_command("CLUSTER MYID")
+        primary_id = primary.decode() if isinstance(primary, bytes) else str(primary)
+        subprocess.run([redis_cli_binary(), "--user", "operator", "--pass", self.passwords["operator"],
+                        "--cluster", "add-node", f"127.0.0.1:{port}", f"127.0.0.1:{self.ports[of]}",
+                        "--cluster-slave", "--cluster-master-id", primary_id],
+                       check=True, capture_output=True, timeout=60)
+        self.replicas_of[of] = self.replicas_of.get(of, self.replicas) + 1
+        self.wait_ok()
+        return i
+
     def node(self, i: int) -> redis.Redis:
         return redis.Redis(port=self.ports[i], username="operator", password=self.passwords["operator"],
                            socket_timeout=2)
@@ -120,7 +144,9 @@ class RedisClusterUnderTest:
         """The node's slot table (what a client starting from it learns) names a primary and
         all its replicas for every range: gossip has carried the replicas there too."""
         ranges = node.execute_command("CLUSTER SLOTS")
-        return len(ranges) >= self.size and all(len(r) - 2 == 1 + self.replicas for r in ranges)
+        wanted = {self.ports[i]: self.replicas + 1 + (n - self.replicas) for i, n in self.replicas_of.items()}
+        return len(ranges) >= self.size and all(
+            len(r) - 2 == wanted.get(int(r[2][1]), 1 + self.replicas) for r in ranges)
 
     def restart(self, i: int) -> None:
         """Node `i` crashes (SIGKILL) and starts again, empty, with its slots."""
