@@ -14,10 +14,11 @@ from bus.embedded import ServerProcess, start_nats, start_redis
 
 
 @contextlib.contextmanager
-def servers() -> Iterator[tuple[ServerProcess, ServerProcess]]:
+def servers(redis_maxmemory: str | None = None) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """`redis_maxmemory`: Redis's maxmemory (default: `up`'s, 256mb)."""
     with tempfile.TemporaryDirectory(prefix="relayctl-bench-") as tmp:
         nats = start_nats(Path(tmp) / "nats")
-        redis = start_redis(Path(tmp) / "redis")
+        redis = start_redis(Path(tmp) / "redis", maxmemory=redis_maxmemory)
         try:
             yield nats, redis
         finally:

@@ -372,7 +372,11 @@ def run_system(projects: int, per_org: int, seconds: int, logs: Path) -> Report:
           f" load average {load():.1f} at the start", flush=True)
     build, dumps = build_floor()
     report.add("build_us", "build cost per config", build * 1e6, "us", f"floor json.dumps {dumps * 1e6:.0f} us")
-    with servers() as (nats_server, redis_server):
+    # Room for every config (about 1 KB each) with half again to spare: `up`'s default 256mb
+    # evicts past about 250,000 (allkeys-lru), and evicted keys are built again on demand.
+    maxmemory = f"{max(256, projects * 3 // 2 // 1024)}mb"
+    print(f"Redis maxmemory {maxmemory} (allkeys-lru)", flush=True)
+    with servers(redis_maxmemory=maxmemory) as (nats_server, redis_server):
         urls = ["--nats-url", nats_server.url, "--redis-url", redis_server.url]
         procs = {name: spawn(["worker", name, *urls], logs / f"{name}.log") for name in ACTORS}
         gw_port = free_port()
@@ -406,8 +410,8 @@ def run_system(projects: int, per_org: int, seconds: int, logs: Path) -> Report:
                 await asyncio.sleep(2)  # the last writes' announcements
                 mem = redis_memory(redis_server.url)
                 report.add("redis_mb", "Redis used_memory", mem["used_memory"] / 2**20, "MB",
-                           f"rss {mem['used_memory_rss'] / 2**20:.0f} MB, {mem['keys']} keys,"
-                           f" {mem['used_memory'] / max(1, len(keys)):.0f} B per project")
+                           f"rss {mem['used_memory_rss'] / 2**20:.0f} MB, {mem['keys']} keys (maxmemory {maxmemory}),"
+                           f" {mem['used_memory'] / max(1, mem['keys']):.0f} B per key")
                 hot = await asyncio.get_running_loop().run_in_executor(
                     None, hot_path, gw_url, relay, keys, seconds)
                 note = f"wrk -t2 -c8, 100 keys/request, {hot.keys_per_s(100):.0f} keys/s"

@@ -171,9 +171,12 @@ class InMemoryObjects:
     async def put(self, name: str, data: bytes) -> None:
         self.objects[name] = bytes(data)
 
-    async def get(self, name: str) -> _Object:
+    async def get(self, name: str, writeinto: io.BytesIO | None = None) -> _Object:
         if name not in self.objects:
             raise KeyError(name)
+        if writeinto is not None:
+            writeinto.write(self.objects[name])
+            return _Object(b"")
         return _Object(self.objects[name])
 
 
@@ -235,12 +238,16 @@ class SnapshotStore:
         return await self._load(name, streamed=True)  # type: ignore[return-value]
 
     async def _load(self, name: str, streamed: bool) -> Mapping[str, Any] | None:
+        # Written into a buffer: nats-py's object store otherwise joins the chunks with `+=`,
+        # quadratic in the size (30 s for the 70 MB of a million projects, 4 s this way).
+        buffer = io.BytesIO()
         try:
-            result = await (await self._objects(create=False)).get(name)
+            await (await self._objects(create=False)).get(name, writeinto=buffer)
         except _LOAD_ERRORS:
             return None  # none yet (or no bucket yet): replay from the start
         try:
-            checked = await self._check(name, bytes(result.data or b""))
+            checked = await self._check(name, buffer.getvalue())
+            del buffer
             value: Any
             if streamed:
                 value = StreamedSnapshot(checked.body)
