@@ -240,7 +240,7 @@ class DomainState:
         self.projects: dict[int, Project] = {}
         self.project_by_slug: dict[int, dict[str, int]] = {}  # org id -> {project slug: project id}
         self.keys: dict[str, ProjectKey] = {}
-        self.key_by_numeric_id: dict[int, str] = {}
+        self.key_numeric_ids: set[int] = set()  # the numeric ids of the keys held (taken)
         self.keys_of_project: dict[int, tuple[str, ...]] = {}
         self.projects_of_org: dict[int, list[int]] = {}
         self.relays: dict[str, Relay] = {}
@@ -497,15 +497,15 @@ class DomainState:
         if project is None:
             return None
         public_key = e.payload["public_key"]
-        numeric_id = self._new_id("key", e.payload.get("numeric_id"), self.key_by_numeric_id, seq)
+        numeric_id = self._new_id("key", e.payload.get("numeric_id"), self.key_numeric_ids, seq)
         key = ProjectKey(public_key=public_key, numeric_id=numeric_id, project_id=project.id,
                          status=_intern(e.payload.get("status") or ACTIVE),
                          rate_limit=e.payload.get("rate_limit"), created=e.ts, last_change=e.ts)
         replaced = self.keys.get(public_key)
         if replaced is not None:
-            self.key_by_numeric_id.pop(replaced.numeric_id, None)
+            self.key_numeric_ids.discard(replaced.numeric_id)
         self.keys[public_key] = key
-        self.key_by_numeric_id[numeric_id] = public_key
+        self.key_numeric_ids.add(numeric_id)
         self.keys_of_project[project.id] += (public_key,)
         claim = self.key_claims.pop(public_key, None)
         if claim is not None:  # the claim's entry keyed by this same string: one copy of the key
@@ -519,7 +519,7 @@ class DomainState:
             return None
         if status is None:
             del self.keys[public_key]
-            self.key_by_numeric_id.pop(key.numeric_id, None)
+            self.key_numeric_ids.discard(key.numeric_id)
             self.keys_of_project[key.project_id] = _without_first(self.keys_of_project[key.project_id], public_key)
         else:
             key.status = status
@@ -784,7 +784,7 @@ class DomainState:
             if owner is not None:
                 key.project_id = owner.id
             state.keys[key.public_key] = key
-            state.key_by_numeric_id[key.numeric_id] = key.public_key
+            state.key_numeric_ids.add(key.numeric_id)
             keys_of_project[key.project_id] = keys_of_project.get(key.project_id, ()) + (key.public_key,)
         for r in data["relays"] if holds(RELAYS) else ():
             relay = Relay(**r)
@@ -799,9 +799,13 @@ class DomainState:
         if holds(CLAIMS):
             known = state.keys
             claims = state.key_claims
+            made: dict[tuple[str, int, int], KeyClaim] = {}  # one claim per claiming commit, as folded
             for k, org_slug, version, seq in data["key_claims"]:
                 key = known.get(k)
-                claims[key.public_key if key is not None else k] = KeyClaim(org_slug, version, seq)
+                claim = made.get((org_slug, version, seq))
+                if claim is None:
+                    claim = made[(org_slug, version, seq)] = KeyClaim(org_slug, version, seq)
+                claims[key.public_key if key is not None else k] = claim
         state.skipped = [dict(s) for s in data["skipped"]]
         for raw in data.get("imports") or []:
             pending = PendingImport.from_map(raw)
