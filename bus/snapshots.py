@@ -134,6 +134,36 @@ def pack_body(snapshot: dict[str, Any]) -> bytes:
     return b"".join(out)
 
 
+def _bin_header(length: int) -> bytes:
+    """msgpack's header of a bin of `length` bytes (bin 8, 16 or 32)."""
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
+class _Pieces(io.RawIOBase):
+    """The bytes of `pieces`, one after another, read without joining them."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self._pieces = [memoryview(p) for p in pieces]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._pieces and not len(self._pieces[0]):
+            self._pieces.pop(0)
+        if not self._pieces:
+            return 0
+        piece = self._pieces[0]
+        n = min(len(buffer), len(piece))
+        buffer[:n] = piece[:n]
+        self._pieces[0] = piece[n:]
+        return n
+
+
 @dataclass(frozen=True)
 class PackedSnapshot:
     """A snapshot packed where its state lives (`of`, on the actor's thread, so the event
@@ -168,8 +198,8 @@ class InMemoryObjects:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
 
-    async def put(self, name: str, data: bytes) -> None:
-        self.objects[name] = bytes(data)
+    async def put(self, name: str, data: bytes | io.BufferedIOBase) -> None:
+        self.objects[name] = data.read() if isinstance(data, io.BufferedIOBase) else bytes(data)
 
     async def get(self, name: str, writeinto: io.BytesIO | None = None) -> _Object:
         if name not in self.objects:
@@ -221,8 +251,11 @@ class SnapshotStore:
                            "msg_digest": hashlib.sha256(covered.data).hexdigest(),
                            "digest": hashlib.sha256(body).hexdigest(), "key": str(signer.public_key),
                            "key_sequence": await signer.published(self.events, actor)})
-            data = pack({"header": header, "signature": signer.sign(header), "body": body})
-            await (await self._objects(create=True)).put(name, data)
+            # the object is pack({"header", "signature", "body"}); read from its framing and the
+            # body as they are, not copied into one more buffer of the body's size
+            head = pack({"header": header, "signature": signer.sign(header), "body": b""})
+            framing = head[:-2] + _bin_header(len(body))  # the empty body's bin 8 header (2 bytes), replaced
+            await (await self._objects(create=True)).put(name, io.BufferedReader(_Pieces(framing, body)))
             return True
         except _SAVE_ERRORS as exc:
             log.warning("snapshot.save_failed", name=name, error=str(exc))

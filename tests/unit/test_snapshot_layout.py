@@ -173,3 +173,15 @@ def test_a_snapshot_is_read_into_a_buffer_and_restores() -> None:
     loaded = asyncio.run(run())
     assert loaded is not None
     assert DomainState.from_snapshot(loaded).to_snapshot() == state.to_snapshot()
+
+
+def test_a_stored_object_is_read_from_its_framing_and_body_as_pack_would_make_it() -> None:
+    """save() hands the object store the outer map's framing and the body one after the other
+    (no copy of the body): the bytes read are pack({header, signature, body})'s, at every bin size."""
+    from bus.snapshots import _bin_header, _Pieces
+
+    for size in (0, 5, 255, 256, 1 << 16, 70000):
+        body = b"b" * size
+        head = pack({"header": b"h", "signature": "s", "body": b""})
+        read = io.BufferedReader(_Pieces(head[:-2] + _bin_header(size), body)).read()
+        assert read == pack({"header": b"h", "signature": "s", "body": body}), size
