@@ -12,10 +12,11 @@ relays asking for made-up keys cannot grow Redis.
 At start, once replay reaches the end of the stream, it materializes every key, so a
 restart with an empty Redis fills it from the event log; so does Redis coming back after
 it died or restarted under a running builder (actors/redis_watch.py). When Redis still
-holds what a builder wrote (the global config, sealed with this builder's key, is there) it
-serves at once and writes every key again in the background, a chunk per actor message
-(the keys its replay from a snapshot changed first): at a million keys the rewrite takes
-minutes, and the gateway serves the cached configs meanwhile.
+holds what a builder wrote (the global config, sealed with this builder's key, is there),
+or there are more than `MATERIALIZE_BEFORE_SERVING` keys, it serves at once and writes
+every key again in the background, a chunk per actor message (the keys its replay from a
+snapshot changed first): at a million keys the rewrite takes minutes, and the gateway
+serves the cached configs (and has a missing one built) meanwhile.
 
 It also answers `config.get` (v2, and v3 with noCache: built on the spot), `config.get_v1`
 (by project id), `config.build` (a v3 cache miss: build, store and return) and
@@ -78,6 +79,10 @@ def dumps(doc: Any) -> bytes:
 
 
 MATERIALIZE_CHUNK = 2000
+# Past this many keys a start writes every config in the background even into an empty
+# cache: a million take minutes, past the worker's start timeout (120 s; the 1M bench run's
+# builder never started), and config.build answers the gateway's misses meanwhile.
+MATERIALIZE_BEFORE_SERVING = 50_000
 Entry = tuple[str, tuple[str, ...], bytes]  # (rev, trusted relay keys, document JSON)
 DISABLED: Entry = ("", (), DISABLED_BODY)
 UNKNOWN: Entry = ("", (), DISABLED_BODY)  # answered like DISABLED, never stored (told apart by identity)
@@ -228,7 +233,7 @@ class ConfigActor(MaterializingActor):
         changed = (self.replay_changed or set()) | changed
         self.replay_changed = None
         self.materialized = True
-        if not self._cache_filled():
+        if len(self.state.keys) <= MATERIALIZE_BEFORE_SERVING and not self._cache_filled():
             self.materialized = False  # announces nothing while every key is written
             self.materialize_all("replayed")
             self.materialized = True

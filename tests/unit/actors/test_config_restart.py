@@ -59,3 +59,21 @@ def test_a_global_config_sealed_with_another_key_is_no_filled_cache(harness: Act
     del harness.cache.values[cache_key(KEY)]
     restart(harness, first)
     assert cache_key(KEY) in harness.cache.values  # written before it was ready
+
+
+def test_past_the_limit_an_empty_cache_is_written_in_the_background(harness: ActorHarness,
+                                                                    monkeypatch: object) -> None:
+    """With more keys than MATERIALIZE_BEFORE_SERVING a start does not wait for every config
+    (at a million that is past the worker's start timeout): it serves, then refills."""
+    import actors.configs
+
+    monkeypatch.setattr(actors.configs, "MATERIALIZE_BEFORE_SERVING", 0)  # type: ignore[attr-defined]
+    given_project(harness)
+    first = harness.start(ConfigActor, harness.cache)
+    harness.cache.restart()
+    waited: list[str] = []  # what was written before serving (materialize_all blocks the actor)
+    monkeypatch.setattr(ConfigActor, "materialize_all", lambda self, reason: waited.append(reason))  # type: ignore[attr-defined]
+    second = restart(harness, first)
+    refilled(second)
+    assert not waited
+    assert cache_key(KEY) in harness.cache.values and GLOBAL_KEY in harness.cache.values
