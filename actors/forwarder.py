@@ -274,8 +274,9 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# What stopping may meet: NATS gone, the loop's call timing out, the stats' Redis gone.
-_CLOSE_ERRORS: tuple[type[Exception], ...] = (*BUS_ERRORS, OSError, RedisError)
+# What a JetStream call may meet (nats.js.errors are NatsErrors); stopping, also the stats' Redis gone.
+_NATS_FAILURES: tuple[type[Exception], ...] = (*BUS_ERRORS, OSError)
+_CLOSE_ERRORS: tuple[type[Exception], ...] = (*_NATS_FAILURES, RedisError)
 
 
 class ForwarderActor(ProjectionActor):
@@ -389,7 +390,7 @@ class ForwarderActor(ProjectionActor):
                 subscription = await self._subscribe(consumer)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except _NATS_FAILURES as exc:
                 # The stream is made by the gateway (or `up`); until then, wait for it.
                 if not waiting_logged:
                     log.info("forwarder.waiting_for_stream", consumer=consumer.name,
@@ -423,14 +424,14 @@ class ForwarderActor(ProjectionActor):
                         task.add_done_callback(done)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # the boundary of one consumer's loop: it pulls again after a second
                 log.warning("forwarder.pull_failed", consumer=consumer.name, error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(1.0)
             finally:
                 try:
                     await subscription.unsubscribe()
-                except Exception:
-                    pass
+                except _NATS_FAILURES:
+                    pass  # gone with the connection
 
     async def _handle(self, consumer: _Consumer, msg: Any) -> None:
         try:
@@ -440,8 +441,8 @@ class ForwarderActor(ProjectionActor):
             metrics.incr("ingest.consumer_errors", tags={"consumer": consumer.name})
             try:
                 await msg.nak(delay=self.settings.backoff(msg.metadata.num_delivered))
-            except Exception:
-                pass
+            except _NATS_FAILURES:
+                pass  # unacked all the same: delivered again after ack_wait
 
     # -- forwarding ----------------------------------------------------------------------------
 
@@ -530,7 +531,7 @@ class ForwarderActor(ProjectionActor):
             await asyncio.sleep(max(0.5, self.settings.ack_wait / 3))
             try:
                 await msg.in_progress()
-            except Exception:
+            except _NATS_FAILURES:
                 return
 
     async def _dead_letters(self) -> Any:
@@ -900,8 +901,8 @@ class ForwarderActor(ProjectionActor):
         finally:
             try:
                 await subscription.unsubscribe()
-            except Exception:
-                pass
+            except _NATS_FAILURES:
+                pass  # an ephemeral consumer: the server drops it
         return counts, seen < MAX_SCAN
 
     def handle_ingest_replay(self, call: Call) -> Any:
@@ -927,7 +928,7 @@ class ForwarderActor(ProjectionActor):
             try:
                 msg = await self.js.get_msg(INGEST_STREAM, seq)
                 data = await read_envelope(self.js, msg)
-            except Exception:
+            except _NATS_FAILURES:  # aged out of the stream, its blob gone, or NATS away
                 gone.append({"projectId": pid, "sequence": seq})
                 continue
             target = await self._on_actor(functools.partial(self._target, pid))

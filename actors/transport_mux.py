@@ -31,6 +31,7 @@ header line, then items, each a JSON header line and a payload that is either
 
 from __future__ import annotations
 
+import http.client
 import json
 import queue
 import threading
@@ -335,8 +336,7 @@ class _DsnWorker:
                 continue
             try:
                 self._deliver(body)
-            except Exception:
-                # A bug here must cost one envelope, not the worker thread.
+            except Exception:  # the DSN thread's boundary: a bug costs one envelope, not the thread
                 log.exception("transport.unexpected_error", transport=self.name)
                 self._drop("error")
             finally:
@@ -347,7 +347,7 @@ class _DsnWorker:
             self._metrics.incr("internal.sent_requests", tags={"dsn": self.name})
             try:
                 status = self._send(self.dsn, body)
-            except Exception as exc:  # the boundary of a send: any failure to get an answer is worth a retry
+            except (OSError, http.client.HTTPException) as exc:  # no answer (URLError is an OSError): retried
                 log.info("transport.attempt_failed", transport=self.name, attempt=n + 1, error=str(exc))
                 raise _TryAgain from exc
             if 200 <= status < 300:

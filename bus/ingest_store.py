@@ -31,6 +31,7 @@ from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError, ObjectNotFoundError
 
 from bus.eventstore import CANNOT_WRITE_CODES
+from bus.runtime import BUS_ERRORS
 from bus.settings import Settings
 from messages.subjects import (
     INGEST_BLOB_BUCKET,
@@ -108,6 +109,11 @@ def header_size(headers: dict[str, str]) -> int:
     return _HEADER_OVERHEAD + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
+# What a JetStream publish, stream or bucket call may meet: NATS's errors (nats.js's too),
+# a timeout, a connection gone.
+_NATS_FAILURES: tuple[type[Exception], ...] = (*BUS_ERRORS, OSError)
+
+
 class IngestStore:
     """Appends to `RC_INGEST` over one NATS connection (the gateway's)."""
 
@@ -170,7 +176,7 @@ class IngestStore:
         try:
             ack = await self.js.publish(subject, data, headers=headers, timeout=self.settings.timeout)
             return int(ack.seq)
-        except Exception as exc:
+        except _NATS_FAILURES as exc:
             # No stream answered: it was deleted (or JetStream lost its state). Make it again
             # once; the message id keeps this retry from storing the envelope twice.
             if type(exc).__name__ not in ("NoStreamResponseError", "NoRespondersError"):
@@ -179,7 +185,7 @@ class IngestStore:
         try:
             ack = await self.js.publish(subject, data, headers=headers, timeout=self.settings.timeout)
             return int(ack.seq)
-        except Exception as exc:
+        except _NATS_FAILURES as exc:
             raise self._cannot_write(exc) from None
 
     async def _ensure_or_fail(self) -> None:
@@ -187,7 +193,7 @@ class IngestStore:
             await self.ensure()
         except IngestCannotWrite:
             raise
-        except Exception as exc:
+        except _NATS_FAILURES as exc:
             raise self._cannot_write(exc) from None
 
     async def _put_blob(self, name: str, data: bytes) -> None:
@@ -202,7 +208,7 @@ class IngestStore:
             await store.put(name, data)
         except IngestCannotWrite:
             raise
-        except Exception as exc:
+        except _NATS_FAILURES as exc:
             self._blobs = None
             raise self._cannot_write(exc, what=f"blob bucket {INGEST_BLOB_BUCKET}") from None
 

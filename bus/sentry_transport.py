@@ -71,8 +71,7 @@ class PublishingTransport(Transport):
     def capture_envelope(self, envelope: Envelope) -> None:
         try:
             self._publish(envelope.serialize())
-        except Exception:
-            # Error reporting must never become the error; logging is all we can do.
+        except Exception:  # the SDK's boundary: error reporting must never become the error
             log.warning("sentry.envelope_unpublished", exc_info=True)
 
 

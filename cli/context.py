@@ -19,13 +19,16 @@ from typing import Any, NoReturn
 import click
 
 from bus.client import request_sequence
-from bus.runtime import connect
+from bus.runtime import BUS_ERRORS, connect
 from bus.settings import InvalidSetting, Settings
 from messages.endpoints import is_query, retry_safe
 from messages.errors import RelayctlError
 from messages.redact import redact_url
 
 STATE_FILE = "services.json"
+# What talking to NATS from a command may meet: its errors, a timeout, no server, a URL it
+# cannot use. A command that goes on without an answer (or says it plainly) catches these.
+NATS_FAILURES: tuple[type[Exception], ...] = (*BUS_ERRORS, OSError, ValueError)
 
 
 @dataclass
@@ -100,7 +103,7 @@ def cli_actor() -> str:
     """Who a change made from this shell is recorded as: `cli:<login>`."""
     try:
         return "cli:" + getpass.getuser()
-    except Exception:
+    except (OSError, KeyError):  # no login name: no $USER and no passwd entry
         return "cli"
 
 

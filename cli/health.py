@@ -1,18 +1,22 @@
 """Probes of one running service, for `up`'s readiness checks and `status`: an HTTP health
 endpoint, a Redis PING, an actor's NATS micro-service PING, whether a process listens on a
-port. Each answers `(healthy, detail)` and never raises: what went wrong is the detail.
+port. Each answers `(healthy, detail)`: what went wrong talking to the service is the detail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from bus.runtime import connect
+from cli.context import NATS_FAILURES
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -27,7 +31,7 @@ def http_health(url: str) -> tuple[bool, str]:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.status == 200, f"{path} answered {resp.status}"
-    except Exception as exc:  # a probe: whatever went wrong is its answer
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # refused, timed out, an error status
         return False, f"{path}: {exc}"
 
 
@@ -52,7 +56,7 @@ def redis_ping(url: str, cluster: bool) -> tuple[bool, str]:
         client = redis_clients.sync_client(url, cluster=cluster, timeout=1)
         client.ping()
         return True, "ok"
-    except Exception as exc:  # a probe: whatever went wrong is its answer
+    except (RedisError, OSError, ValueError) as exc:  # down, refused, a URL or credentials it cannot use
         return False, f"redis: {exc}"
 
 
@@ -86,7 +90,7 @@ def ping_actor(nats_url: str, name: str) -> tuple[bool, str]:
 
     try:
         count = asyncio.run(ping())
-    except Exception as exc:  # a probe: whatever went wrong is its answer
+    except NATS_FAILURES as exc:
         return False, f"nats: {exc}"
     return (count > 0), f"{count} instance(s) answered $SRV.PING.{name}"
 

@@ -16,8 +16,7 @@ import click
 
 from bus.replication import AssetCopies, copies, replicate
 from bus.runtime import connect
-from bus.settings import Settings
-from cli.context import Context, emit, fail
+from cli.context import NATS_FAILURES, Context, emit, fail
 
 
 def _run(nats_url: str, work: Any) -> Any:
@@ -31,7 +30,7 @@ def _run(nats_url: str, work: Any) -> Any:
 
     try:
         return asyncio.run(go())
-    except Exception as exc:  # one CLI call: whatever NATS answered, said plainly
+    except NATS_FAILURES as exc:  # NATS's answer (or none), said plainly
         fail(f"nats: {exc}")
 
 
@@ -55,7 +54,7 @@ def register(main: click.Group) -> None:
     @click.pass_obj
     def stream_copies(ctx: Context, as_json: bool) -> None:
         """Copies of every stream, KV bucket and object store (wanted: RELAYCTL_STREAM_REPLICAS)."""
-        wanted = int(Settings.load().value("RELAYCTL_STREAM_REPLICAS"))
+        wanted = int(ctx.settings.value("RELAYCTL_STREAM_REPLICAS"))
         found: list[AssetCopies] = _run(ctx.nats_url, lambda js: copies(js, wanted))
         emit(as_json, {"assets": [c.to_dict() for c in found], "short": [c.asset for c in found if c.short]},
              "\n".join(_line(c) for c in found))
@@ -67,7 +66,7 @@ def register(main: click.Group) -> None:
     @click.pass_obj
     def stream_replicate(ctx: Context, replicas: int | None, as_json: bool) -> None:
         """Raise every existing asset with fewer copies to --replicas (a stream update; never lowers one)."""
-        wanted = replicas or int(Settings.load().value("RELAYCTL_STREAM_REPLICAS"))
+        wanted = replicas or int(ctx.settings.value("RELAYCTL_STREAM_REPLICAS"))
         changed: list[AssetCopies] = _run(ctx.nats_url, lambda js: replicate(js, wanted))
         emit(as_json, {"replicas": wanted, "changed": [c.to_dict() for c in changed]},
              (f"Now {wanted} copies of:\n" + "\n".join(_line(c) for c in changed)) if changed

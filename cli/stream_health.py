@@ -20,8 +20,8 @@ from typing import Any
 
 from bus.client import request
 from bus.replication import AssetCopies, copies
-from bus.runtime import connect
-from bus.settings import Settings
+from bus.runtime import BUS_ERRORS, connect
+from cli.context import NATS_FAILURES
 from messages.subjects import EVENT_STREAM
 
 LOG_TAIL_BYTES = 4 * 1024 * 1024
@@ -52,11 +52,11 @@ def nats_write_error(log_path: Path, pid: int) -> str | None:
     return None
 
 
-def stream_report(nats_url: str, nats_log_error: str | None) -> dict[str, Any]:
+def stream_report(nats_url: str, nats_log_error: str | None, configured: int = 1) -> dict[str, Any]:
     """The `events` entry of `status`: the stream's last sequence and what the command
-    handlers report, healthy unless the store cannot write."""
+    handlers report, healthy unless the store cannot write; assets with fewer copies than
+    `configured` (RELAYCTL_STREAM_REPLICAS) or than the event stream are warned of."""
     short: list[AssetCopies] = []
-    configured = int(Settings.load().value("RELAYCTL_STREAM_REPLICAS"))
 
     async def ask() -> tuple[int | None, dict[str, Any] | None, str | None]:
         nc = await connect(nats_url, name="relayctl-status", allow_reconnect=False, max_reconnect_attempts=1,
@@ -64,24 +64,24 @@ def stream_report(nats_url: str, nats_log_error: str | None) -> dict[str, Any]:
         try:
             try:
                 last: int | None = int((await nc.jetstream(timeout=2).stream_info(EVENT_STREAM)).state.last_seq)
-            except Exception:
+            except BUS_ERRORS:
                 last = None
             try:  # fewer copies than configured, or than the event stream has (bus/replication.py)
                 if last is not None:  # JetStream answers: a few more quick questions
                     short.extend(c for c in await copies(nc.jetstream(timeout=2),
                                                          configured if configured > 1 else None) if c.short)
-            except Exception:
+            except BUS_ERRORS:
                 pass  # a status without this warning, never a failed status
             try:
                 return last, await request(nc, "stream.status", {}, timeout=2.0, retries=0), None
-            except Exception as exc:
+            except BUS_ERRORS as exc:
                 return last, None, str(exc)
         finally:
             await nc.close()
 
     try:
         last, handlers, unanswered = asyncio.run(ask())
-    except Exception as exc:
+    except NATS_FAILURES as exc:  # no NATS, or a URL it cannot use
         return {"healthy": False, "detail": f"nats: {exc}", "last_sequence": None, "skipped": [], "write_error": None}
     handlers = handlers or {}
     write_error = nats_log_error or (handlers.get("write_error") or {}).get("message")

@@ -3,6 +3,7 @@ again, with a growing delay while it keeps dying, and `up` says so on stderr."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import click
@@ -66,7 +67,14 @@ class Supervisor:
 
     def _why(self, name: str) -> str:
         proc = self.orch.procs.get(name)
-        returncode = proc.poll() if proc is not None else None  # also reaps our child
+        returncode = None
+        if proc is not None:
+            # Our child, reaped here. One just killed may look gone (its command line is empty
+            # while it exits) before it has ended: give it a moment to, and say how it did.
+            try:
+                returncode = proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                returncode = None
         if name == "llm":
             reason = local_model.failure_reason(self.orch.llm_failure_file())
             if reason:

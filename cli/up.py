@@ -325,7 +325,7 @@ def status_command(ctx: Context, as_json: bool) -> None:
         # the event stream itself: last sequence, undecodable commits skipped, write errors
         nats_detail = "" if out.get("nats", {}).get("healthy", True) else out["nats"]["detail"]
         report["events"] = stream_report(orch.state["nats"], nats_detail if nats_detail.startswith(
-            "event store cannot write") else None)
+            "event store cannot write") else None, int(ctx.settings.value("RELAYCTL_STREAM_REPLICAS")))
     lines = [f"{n:<9} {'healthy' if e['healthy'] else 'UNHEALTHY'}  pid={e['pid'] or '-'}  {e['detail']}"
              for n, e in out.items()]
     if "events" in report:
