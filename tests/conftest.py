@@ -19,6 +19,24 @@ from tests.system import SystemUnderTest
 setup_logging(process="tests", level="warning", cache=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_actors() -> Iterator[None]:
+    """After each test, no actor it started is still running: a leaked actor is stopped and
+    the test fails naming it. Module-scoped systems are set up before this and stay (their
+    actors, and those restarted in their place, belong to the system, not to the test)."""
+    before = list(pykka.ActorRegistry.get_all())
+    yield
+    urns = {ref.actor_urn for ref in before}
+    # an actor of the system the test restarted (or its supervisor did) replaces one it had
+    replaced = {ref.actor_class for ref in before if not ref.is_alive()}
+    leaked = [ref for ref in pykka.ActorRegistry.get_all()
+              if ref.actor_urn not in urns and ref.is_alive() and ref.actor_class not in replaced]
+    for ref in leaked:
+        ref.stop(block=True, timeout=5)
+    if leaked:
+        pytest.fail("the test left actors running: " + ", ".join(sorted(ref.actor_class.__name__ for ref in leaked)))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _stop_every_actor() -> Iterator[None]:
     """No test run leaves actor threads behind, whatever a test forgot to stop."""
