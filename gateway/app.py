@@ -389,7 +389,7 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
 
         await app[NC].subscribe(RELAY_CHANGED, cb=relay_changed)
         if instrument_process:
-            instrument(app[NC], asyncio.get_running_loop(), "gateway")
+            instrument(app[NC], asyncio.get_running_loop(), "gateway", settings=settings)
             metrics.declare(GATEWAY_COUNTERS)
             if metrics.metrics.instance is not None:
                 metrics.metrics.instance.add_tap(app[OWN_SERIES].tap)
