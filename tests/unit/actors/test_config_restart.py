@@ -5,13 +5,18 @@ minutes to write; the gateway serves the cached ones meanwhile)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from typing import Any
 
+from actors.base import Resume
 from actors.configs import ConfigActor
 from bus.config_cache import GLOBAL_KEY, cache_key, decode_entry
+from bus.service import Call
 from bus.testing import ActorHarness
 from messages.subjects import config_changed
 from tests.unit.actors.conftest import KEY, ORG, OTHER_KEY, PROJECT, given_project
+from tests.waiting import wait_for
 
 
 def refilled(ref: object, timeout: float = 10.0) -> None:
@@ -77,3 +82,35 @@ def test_past_the_limit_an_empty_cache_is_written_in_the_background(harness: Act
     refilled(second)
     assert not waited
     assert cache_key(KEY) in harness.cache.values and GLOBAL_KEY in harness.cache.values
+
+
+def test_commits_queued_behind_a_build_are_folded_first_and_their_keys_written_together(
+        harness: ActorHarness, monkeypatch: object) -> None:
+    """A builder that falls behind folds the commits in its inbox before it builds again: their
+    changed keys wait as keys (not decoded commits) and are written once; a request behind
+    them is answered only once they are in the cache."""
+    given_project(harness)
+    ref = harness.start(ConfigActor, harness.cache)
+    writes: list[list[str]] = []
+    build = ConfigActor.materialize
+
+    def counted(self: ConfigActor, keys: Any, **kwargs: Any) -> Any:
+        keys = list(keys)
+        writes.append(keys)
+        return build(self, keys, **kwargs)
+
+    monkeypatch.setattr(ConfigActor, "materialize", counted)  # type: ignore[attr-defined]
+    busy, go = threading.Event(), threading.Event()
+    ref.tell(Resume(lambda: (busy.set(), go.wait(5))))  # the builder is busy meanwhile
+    assert busy.wait(5)
+    for n in range(5):
+        harness.given("ProjectOptionSet", ORG, project=PROJECT, key="sentry:origins", value=[f"o{n}.example"])
+    answer = harness.send("config.get", {"public_keys": [KEY]})
+    inbox = ref.actor_inbox  # type: ignore[attr-defined]
+    wait_for(lambda: any(isinstance(getattr(e, "message", e), Call) for e in list(inbox.queue)),
+             what="the request queued behind the commits")
+    go.set()
+    answer.result(5)
+    doc = json.loads(decode_entry(harness.cache.values[cache_key(KEY)]).body)
+    assert doc["config"]["allowedDomains"] == ["o4.example"]  # in the cache before the answer
+    assert writes == [[KEY]]  # five changes of one key, written once
