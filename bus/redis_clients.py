@@ -31,8 +31,8 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, LoadBalancingStrategy, RedisCluster
 
-__all__ = ["RedisUrlError", "async_client", "check_url", "follow_topology", "get_many", "is_cluster", "server_id",
-           "sync_client", "write_batch"]
+__all__ = ["RedisUrlError", "async_client", "check_url", "follow_topology", "get_many", "get_one", "is_cluster",
+           "server_id", "sync_client", "write_batch"]
 
 
 class RedisUrlError(ValueError):
@@ -79,15 +79,28 @@ def sync_client(url: str, *, cluster: bool = False, timeout: float = 2.0) -> Any
                         socket_connect_timeout=1, **auth)
 
 
-def async_client(url: str, *, cluster: bool = False, timeout: float = 2.0, replicas: bool = False) -> Any:
+def async_client(url: str, *, cluster: bool = False, timeout: float = 2.0, replicas: bool = False,
+                 deadline: bool = False) -> Any:
     """An asyncio client; `replicas`: on a cluster, read from replicas where there are any
-    (`--redis-read-url`). It connects on first use."""
+    (`--redis-read-url`). It connects on first use.
+
+    `deadline`: `timeout` bounds each whole `get_many`/`get_one` call instead of each socket
+    read and write (redis-py's per-write timeout starts a task for every command: about 5%
+    of the gateway's hot path); such a client is for those two functions only. A call cut
+    off drops its connection (redis-py disconnects on cancel), so no late answer is read
+    by the next one."""
+    socket_timeout = None if deadline else timeout
+    client: Any
     if not cluster:
-        return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=1)
-    nodes, auth = _start_nodes(url)
-    return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes], socket_timeout=timeout,
-                             socket_connect_timeout=1, **auth,
-                             load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN_REPLICAS if replicas else None)
+        client = aioredis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=1)
+    else:
+        nodes, auth = _start_nodes(url)
+        client = AsyncRedisCluster(
+            startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes], socket_timeout=socket_timeout,
+            socket_connect_timeout=1, **auth,
+            load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN_REPLICAS if replicas else None)
+    client.relayctl_deadline = timeout if deadline else None
+    return client
 
 
 TOPOLOGY_EVERY = 30.0  # seconds between two reads of a cluster's slot table by a reading client
@@ -113,7 +126,24 @@ def is_cluster(client: Any) -> bool:
 
 
 async def get_many(client: Any, names: Sequence[str]) -> list[bytes | None]:
-    """The values of `names`, in order (None: missing)."""
+    """The values of `names`, in order (None: missing). Raises redis.RedisError (a
+    redis.TimeoutError past a `deadline` client's timeout)."""
+    deadline = getattr(client, "relayctl_deadline", None)
+    if deadline is None:
+        return await _get_many(client, names)
+    try:
+        async with asyncio.timeout(deadline):
+            return await _get_many(client, names)
+    except TimeoutError as exc:
+        raise redis.TimeoutError(f"no answer from Redis within {deadline:g} s") from exc
+
+
+async def get_one(client: Any, name: str) -> bytes | None:
+    """The value of `name` (None: missing), as `get_many` reads it."""
+    return (await get_many(client, [name]))[0]
+
+
+async def _get_many(client: Any, names: Sequence[str]) -> list[bytes | None]:
     if isinstance(client, AsyncRedisCluster):
         return await _get_many_cluster(client, names)
     return list(await client.mget(list(names)))

@@ -398,10 +398,12 @@ def create_app(nats_url: str, redis_url: str | None, *, instrument_process: bool
             # config cache is read there (replicas), rate-limit counts still go to `redis`.
             cluster = bool(settings.value("RELAYCTL_REDIS_CLUSTER"))
             app[REDIS] = redis_clients.async_client(redis_url, cluster=cluster)
+            # The config cache and relay auth are read by a client of their own, whose
+            # timeout bounds each read as a whole (bus/redis_clients.async_client `deadline`).
             read_url = settings.value("RELAYCTL_REDIS_READ_URL")
-            if read_url:
-                app[REDIS_READ] = redis_clients.async_client(read_url, cluster=cluster, replicas=True)
-                # replicas added or removed later are read from, or no longer
+            app[REDIS_READ] = redis_clients.async_client(read_url or redis_url, cluster=cluster,
+                                                         replicas=bool(read_url), deadline=True)
+            if read_url:  # replicas added or removed later are read from, or no longer
                 app[TOPOLOGY] = asyncio.get_running_loop().create_task(
                     redis_clients.follow_topology(app[REDIS_READ]))
         app[DEPENDENCY_REPORTER] = asyncio.get_running_loop().create_task(report_dependencies(app))

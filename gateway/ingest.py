@@ -55,6 +55,7 @@ from bus.ingest_store import (
     IngestStore,
 )
 from bus.rate_limits import ITEM_CATEGORIES, Quota, RateLimiter, envelope_categories, quotas_of
+from bus.redis_clients import get_one
 from bus.runtime import BUS_ERRORS
 from bus.settings import Settings
 from gateway.ask import ask_for_relay
@@ -201,7 +202,7 @@ class KeyResolver:
         if redis is None:
             return None
         try:
-            return await redis.get(name)  # type: ignore[no-any-return]
+            return await get_one(redis, name)
         except REDIS_ERRORS as exc:
             log.warning("gateway.redis_unavailable", error=str(exc))
             return None

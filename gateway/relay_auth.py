@@ -25,6 +25,7 @@ from aiohttp import web
 from bus import metrics
 from bus.cache_keys import RELAY_AUTH_MAC_BUCKET
 from bus.config_cache import RELAY_AUTH_PREFIX, unseal
+from bus.redis_clients import get_one
 from gateway.ask import ask_for_relay
 from gateway.errors import REDIS_ERRORS, HTTPFailure
 from gateway.keys import NC, REDIS, REDIS_READ
@@ -135,7 +136,7 @@ class RelayAuth:
         redis_read = self.app[REDIS_READ] or self.app[REDIS]
         if redis_read is not None:
             try:
-                raw = await redis_read.get(RELAY_AUTH_PREFIX + relay_id)
+                raw = await get_one(redis_read, RELAY_AUTH_PREFIX + relay_id)
             except REDIS_ERRORS as exc:
                 log.warning("gateway.redis_unavailable", error=str(exc))
                 raw = None

@@ -1,0 +1,44 @@
+"""The gateway's cache reads are bounded as a whole (bus/redis_clients.async_client
+`deadline`): a Redis that stops answering (SIGSTOP: alive, connected, silent) costs a read
+its timeout and a clear redis.TimeoutError - the hot path then builds through NATS - and
+once it answers again the next read gets its own answer, not the late one of the read
+that was cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+import redis
+
+from bus import redis_clients
+from bus.embedded import start_redis
+
+
+def test_a_silent_redis_costs_a_read_its_deadline_and_nothing_after(tmp_path: Path) -> None:
+    server = start_redis(tmp_path)
+    try:
+        writer = redis.Redis.from_url(server.url)
+        writer.mset({"a": b"1", "b": b"2"})
+
+        async def main() -> None:
+            reader = redis_clients.async_client(server.url, timeout=0.5, deadline=True)
+            try:
+                assert await redis_clients.get_many(reader, ["a", "b", "c"]) == [b"1", b"2", None]
+                server.process.send_signal(signal.SIGSTOP)
+                try:
+                    with pytest.raises(redis.TimeoutError, match="within 0.5 s"):
+                        await redis_clients.get_one(reader, "a")
+                finally:
+                    server.process.send_signal(signal.SIGCONT)
+                assert await redis_clients.get_one(reader, "b") == b"2"
+                assert await redis_clients.get_many(reader, ["b", "a"]) == [b"2", b"1"]
+            finally:
+                await reader.aclose()
+
+        asyncio.run(asyncio.wait_for(main(), 20))
+        writer.close()
+    finally:
+        server.stop()
