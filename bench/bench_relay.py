@@ -171,7 +171,8 @@ def main() -> None:
             urls = {"gateway": gw_url, **({"gateway before": f"http://127.0.0.1:{base_port}"} if baseline else {}),
                     "minimal floor": f"http://127.0.0.1:{minimal_port}",
                     "decompress floor": f"http://127.0.0.1:{floor_port}"}
-            sample = f"access log sample {args.access_log_sample or 'default (1)'}"
+            sample = (f"access log sample {args.access_log_sample}" if args.access_log_sample else
+                      "access log default (every request up to RELAYCTL_ACCESS_LOG_FULL_RATE a second, then sampled)")
             print(f"v3 hot path: {args.projects} projects, wrk -t2 -c8, {args.turns} turns of {args.seconds}s per server"
                   f" (medians), 64 pre-signed bodies, {sample};"
                   f" load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
