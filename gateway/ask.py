@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from bus.client import request as bus_request
+from bus.client import request_sequence
 from gateway.keys import NATS_WATCH, NC
 from messages.errors import Unavailable
 
@@ -49,20 +49,37 @@ class NatsWatch:
 
 
 async def ask(app: web.Application, message_type: str, payload: dict[str, Any], *, timeout: float,
-              retries: int = 0, actor: str = "gateway") -> Any:
+              retries: int = 0, actor: str = "gateway", after: int = 0,
+              attempt_timeout: float | None = None) -> Any:
+    """One request from the gateway (every route asks through here): `retries` tries share
+    `timeout`, each bounded by `attempt_timeout` (default: an equal share); `after` serves a
+    read at or after that stream sequence. Unavailable at once when NATS is down or drops."""
+    result, _sequence = await ask_sequence(app, message_type, payload, timeout=timeout, retries=retries,
+                                           actor=actor, after=after, attempt_timeout=attempt_timeout)
+    return result
+
+
+async def ask_sequence(app: web.Application, message_type: str, payload: dict[str, Any], *, timeout: float,
+                       retries: int = 0, actor: str = "gateway", after: int = 0,
+                       attempt_timeout: float | None = None, subject: str | None = None) -> tuple[Any, int]:
+    """`ask`, with the stream sequence the reply names (a stored write's; else 0); `subject`
+    for a request not sent on its type's own subject (the management API's writes)."""
     nc = app.get(NC)
     if nc is None or not nc.is_connected:
         raise Unavailable(NATS_DOWN)
-    asked = asyncio.ensure_future(bus_request(
+    if attempt_timeout is None and retries:
+        attempt_timeout = timeout / (retries + 1)
+    asked = asyncio.ensure_future(request_sequence(
         nc, message_type, payload, timeout=timeout, retries=retries, actor=actor,
-        attempt_timeout=timeout / (retries + 1) if retries else None,
+        attempt_timeout=attempt_timeout, after=after, subject=subject,
         correlation_id=structlog.contextvars.get_contextvars().get("correlation_id")))
     watch = app.get(NATS_WATCH)
     lost = watch.lost if watch is not None else None
     if lost is None:  # an app whose startup (the connection watch) has not run
         return await asked
     try:
-        done, _ = await asyncio.wait({asked, lost}, return_when=asyncio.FIRST_COMPLETED)
+        waited: set[asyncio.Future[Any]] = {asked, lost}
+        done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         asked.cancel()
         raise

@@ -19,12 +19,12 @@ from typing import Any
 
 from aiohttp import web
 
-from bus.client import request as bus_request
 from bus.settings import Settings
+from gateway.ask import ask as gateway_ask
 from gateway.errors import HTTPFailure, json_response
-from gateway.keys import API_AUTH_FAILURES, NC
+from gateway.keys import API_AUTH_FAILURES
 from gateway.limits import TokenBuckets
-from messages.errors import Unauthorized, Unavailable
+from messages.errors import Unauthorized
 
 AUTH_TIMEOUT = 4.0
 FAILURE_BURST = 10  # bad tokens a client address may send at once
@@ -62,11 +62,9 @@ def unauthorized(detail: str) -> HTTPFailure:
 
 async def ask(request: web.Request, message_type: str, payload: dict[str, Any], *, timeout: float = 5.0,
               actor: str = "gateway", after: int = 0, retries: int = 1) -> Any:
-    nc = request.app[NC]
-    if nc is None or not nc.is_connected:
-        raise Unavailable("the control plane (NATS) is unavailable")
-    return await bus_request(nc, message_type, payload, timeout=timeout, retries=retries, actor=actor,
-                             after=after)
+    """The management API's request: the gateway's one `ask`, each try given the whole budget."""
+    return await gateway_ask(request.app, message_type, payload, timeout=timeout, retries=retries, actor=actor,
+                             after=after, attempt_timeout=timeout)
 
 
 async def principal(request: web.Request, *, required: bool = True) -> dict[str, Any] | None:

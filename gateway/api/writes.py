@@ -24,7 +24,6 @@ from typing import Any
 
 from aiohttp import web
 
-from bus.client import request_sequence
 from domain import options as option_catalogue
 from domain.access import ROLE_SCOPES, org_scopes, spans_orgs
 from domain.management import FILTER_LIST_OPTIONS
@@ -40,11 +39,11 @@ from gateway.api.routes import (
     relay_admin,
     relay_row,
 )
+from gateway.ask import ask_sequence
 from gateway.errors import HTTPFailure, json_response
-from gateway.keys import NC
 from messages.commands import RELAY_KEY_RE, SLUG_RE
 from messages.endpoints import TOKEN_FIELD, api_subject
-from messages.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
+from messages.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 
 WRITE_TIMEOUT = 10.0
 MAX_NAME = 64
@@ -89,15 +88,12 @@ async def write(request: web.Request, who: dict[str, Any], message_type: str,
                 payload: dict[str, Any]) -> tuple[Any, int]:
     """One command on behalf of the request's token (`who`: what it authenticated as): its
     result and the stream sequence it is at."""
-    nc = request.app[NC]
-    if nc is None or not nc.is_connected:
-        raise Unavailable("the control plane (NATS) is unavailable")
     token = bearer(request)
     if token is None:
         raise unauthorized("Authentication credentials were not provided.")
     try:
-        return await request_sequence(nc, message_type, {**payload, TOKEN_FIELD: token}, timeout=WRITE_TIMEOUT,
-                                      subject=api_subject(message_type), actor=f"user:{who['username']}")
+        return await ask_sequence(request.app, message_type, {**payload, TOKEN_FIELD: token}, timeout=WRITE_TIMEOUT,
+                                  subject=api_subject(message_type), actor=f"user:{who['username']}")
     except Unauthorized:
         raise unauthorized("Invalid token") from None
     except Forbidden as exc:
