@@ -1,6 +1,6 @@
 """Domain events: facts in the past tense, the source of truth of the whole system.
 
-An event is a map `{"id": uuid hex, "type": str, "v": int, "aggregate": str,
+An event is a map `{"id": 32 random hex digits (messages/ids.py), "type": str, "v": int, "aggregate": str,
 "aggregate_id": str, "ts": float, "actor": str, "payload": map}`. Events are appended in
 commits: one JetStream message holds the events one command produced (one or more, all
 of one aggregate), so a command is stored whole or not at all - except an org import too
@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from messages.envelope import pack, unpack
 from messages.errors import BadMessage
+from messages.ids import random_hex
 
 ORG = "org"
 RELAY = "relay"
@@ -129,7 +129,7 @@ class DomainEvent:
     aggregate_id: str
     payload: dict[str, Any]
     actor: str = "system"
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=random_hex)
     ts: float = field(default_factory=time.time)
     v: int = 0  # 0 = the type's current version
     sequence: int = 0  # the stream sequence of the commit; set when read

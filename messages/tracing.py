@@ -17,11 +17,12 @@ served is the parent of the span that serves the request it makes.
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 from typing import NamedTuple
 
 import structlog
+
+from messages.ids import random_hex
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 HEADER = "traceparent"
@@ -50,24 +51,15 @@ def parse(value: str | None) -> TraceParent | None:
     return TraceParent(trace_id, span_id, flags)
 
 
-# Ids, not keys (the spec asks for random ones, not unguessable ones): Python's generator,
-# seeded from the OS, instead of os.urandom - a system call on every request the gateway serves.
-_random = random.Random()
-
-
-def _hex_id(bits: int) -> str:
-    return f"{_random.getrandbits(bits) or 1:0{bits // 4}x}"  # never all zeros (an invalid id)
-
-
 def new_span_id() -> str:
-    return _hex_id(64)
+    return random_hex(64)
 
 
 def start(incoming: str | None) -> TraceParent:
     """This hop's span: a child of `incoming` when valid, else the root of a new trace."""
     parent = parse(incoming)
     if parent is None:
-        return TraceParent(_hex_id(128), new_span_id())
+        return TraceParent(random_hex(128), new_span_id())
     return TraceParent(parent.trace_id, new_span_id(), parent.flags)
 
 
