@@ -130,10 +130,10 @@ async def get_many(client: Any, names: Sequence[str]) -> list[bytes | None]:
     redis.TimeoutError past a `deadline` client's timeout)."""
     deadline = getattr(client, "relayctl_deadline", None)
     if deadline is None:
-        return await _get_many(client, names)
+        return await _get_many_again(client, names)
     try:
         async with asyncio.timeout(deadline):
-            return await _get_many(client, names)
+            return await _get_many_again(client, names)
     except TimeoutError as exc:
         raise redis.TimeoutError(f"no answer from Redis within {deadline:g} s") from exc
 
@@ -141,6 +141,15 @@ async def get_many(client: Any, names: Sequence[str]) -> list[bytes | None]:
 async def get_one(client: Any, name: str) -> bytes | None:
     """The value of `name` (None: missing), as `get_many` reads it."""
     return (await get_many(client, [name]))[0]
+
+
+async def _get_many_again(client: Any, names: Sequence[str]) -> list[bytes | None]:
+    try:
+        return await _get_many(client, names)
+    except redis.ConnectionError:
+        # A pooled connection the server had closed (Redis restarted, a client killed):
+        # redis-py drops it; once more, on a new one (a Redis that is down fails again).
+        return await _get_many(client, names)
 
 
 async def _get_many(client: Any, names: Sequence[str]) -> list[bytes | None]:

@@ -42,3 +42,28 @@ def test_a_silent_redis_costs_a_read_its_deadline_and_nothing_after(tmp_path: Pa
         writer.close()
     finally:
         server.stop()
+
+
+def test_a_connection_the_server_closed_costs_no_read(tmp_path: Path) -> None:
+    """After a Redis restart every pooled connection is dead: the first read on each must not
+    fail (the gateway would answer that relay request from NATS, or 503 while NATS is down);
+    here the server closes the reader's connections (CLIENT KILL) between two reads."""
+    server = start_redis(tmp_path)
+    try:
+        writer = redis.Redis.from_url(server.url)
+        writer.set("a", b"1")
+
+        async def main() -> None:
+            reader = redis_clients.async_client(server.url, deadline=True)
+            try:
+                await asyncio.gather(*(redis_clients.get_one(reader, "a") for _ in range(4)))  # a pool of several
+                assert writer.client_kill_filter(_type="normal", skipme=True) >= 1
+                for _ in range(4):
+                    assert await redis_clients.get_one(reader, "a") == b"1"
+            finally:
+                await reader.aclose()
+
+        asyncio.run(asyncio.wait_for(main(), 20))
+        writer.close()
+    finally:
+        server.stop()
