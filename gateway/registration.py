@@ -51,20 +51,27 @@ def _signature(request: web.Request, data: dict[str, Any]) -> str:
     return signature
 
 
+async def _read_step(request: web.Request, required: str) -> tuple[bytes, dict[str, Any], dict[str, list[str]]]:
+    """A registration step's body, its JSON object, and the field errors of its `relay_id`
+    (a UUID) and its `required` string (the caller adds its own, then refuses them all)."""
+    body = await request.read()
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise HTTPFailure(400, "No valid json body")
+    errors: dict[str, list[str]] = {}
+    if not isinstance(data.get("relay_id"), str) or not UUID_RE.fullmatch(data["relay_id"]):
+        errors["relay_id"] = ["Must be a valid UUID."]
+    if not isinstance(data.get(required), str) or not data[required]:
+        errors[required] = ["This field is required."]
+    return body, data, errors
+
+
 class Registration:
     def __init__(self, app: web.Application) -> None:
         self.app = app
 
     async def challenge(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        data = parse_json(body)
-        if not isinstance(data, dict):
-            raise HTTPFailure(400, "No valid json body")
-        errors = {}
-        if not isinstance(data.get("relay_id"), str) or not UUID_RE.fullmatch(data["relay_id"]):
-            errors["relay_id"] = ["Must be a valid UUID."]
-        if not isinstance(data.get("public_key"), str) or not data["public_key"]:
-            errors["public_key"] = ["This field is required."]
+        body, data, errors = await _read_step(request, "public_key")
         version = data.get("version")
         if version is not None and not isinstance(version, str):
             errors["version"] = ["Must be a string."]
@@ -94,15 +101,7 @@ class Registration:
         return json_response({"relay_id": str(challenge["relay_id"]), "token": challenge["token"]})
 
     async def response(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        data = parse_json(body)
-        if not isinstance(data, dict):
-            raise HTTPFailure(400, "No valid json body")
-        errors = {}
-        if not isinstance(data.get("relay_id"), str) or not UUID_RE.fullmatch(data["relay_id"]):
-            errors["relay_id"] = ["Must be a valid UUID."]
-        if not isinstance(data.get("token"), str) or not data["token"]:
-            errors["token"] = ["This field is required."]
+        body, data, errors = await _read_step(request, "token")
         if errors:
             raise HTTPFailure(400, "Invalid registration response", errors=errors)
         signature = _signature(request, data)
