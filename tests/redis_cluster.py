@@ -63,6 +63,16 @@ class RedisClusterUnderTest:
     def _node_dir(self, i: int) -> Path:
         return self.directory / f"node{i}"
 
+    def _configure(self, i: int) -> None:
+        """Node `i`'s directory and redis.conf: the role users, cluster mode."""
+        d = self._node_dir(i)
+        d.mkdir(parents=True, exist_ok=True)
+        with write_redis_config(d, self.ports[i], self.passwords).open("a") as f:
+            f.write("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 5000\n"
+                    "cluster-require-full-coverage yes\n"
+                    # the default user is off: a replica logs in to its primary as a user
+                    f"masteruser operator\nmasterauth {self.passwords['operator']}\n")
+
     def _spawn(self, i: int) -> subprocess.Popen[bytes]:
         proc = spawn(redis_command(self._node_dir(i) / "redis.conf"), log=self._node_dir(i) / "redis.log")
         wait_port(proc, "redis-server", self.ports[i])
@@ -80,15 +90,8 @@ class RedisClusterUnderTest:
     def _start(self) -> RedisClusterUnderTest:
         self.passwords = {role: secrets.token_urlsafe(16) for role in REDIS_ROLES}
         self.ports = cluster_ports(self.size * (1 + self.replicas))
-        for i, port in enumerate(self.ports):
-            d = self._node_dir(i)
-            d.mkdir(parents=True, exist_ok=True)
-            config = write_redis_config(d, port, self.passwords)
-            with config.open("a") as f:
-                f.write("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 5000\n"
-                        "cluster-require-full-coverage yes\n"
-                        # the default user is off: a replica logs in to its primary as a user
-                        f"masteruser operator\nmasterauth {self.passwords['operator']}\n")
+        for i in range(len(self.ports)):
+            self._configure(i)
             self.processes.append(self._spawn(i))
         subprocess.run([redis_cli_binary(), "--user", "operator", "--pass", self.passwords["operator"],
                         "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
@@ -102,13 +105,11 @@ class RedisClusterUnderTest:
         --cluster-slave`); its index. Returns once it is linked and every node knows it."""
         i = len(self.ports)
         taken = set(self.ports) | {p + 10000 for p in self.ports}
-        port = next(p for p in iter(lambda: cluster_ports(1)[0], None) if p not in taken and p + 10000 not in taken)
+        port = cluster_ports(1)[0]
+        while port in taken or port + 10000 in taken:
+            port = cluster_ports(1)[0]
         self.ports.append(port)
-        d = self._node_dir(i)
-        d.mkdir(parents=True, exist_ok=True)
-        with write_redis_config(d, port, self.passwords).open("a") as f:
-            f.write("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 5000\n"
-                    f"masteruser operator\nmasterauth {self.passwords['operator']}\n")
+        self._configure(i)
         self.processes.append(self._spawn(i))
         primary = self.node(of).execute_command("CLUSTER MYID")
         primary_id = primary.decode() if isinstance(primary, bytes) else str(primary)
@@ -144,7 +145,7 @@ class RedisClusterUnderTest:
         """The node's slot table (what a client starting from it learns) names a primary and
         all its replicas for every range: gossip has carried the replicas there too."""
         ranges = node.execute_command("CLUSTER SLOTS")
-        wanted = {self.ports[i]: self.replicas + 1 + (n - self.replicas) for i, n in self.replicas_of.items()}
+        wanted = {self.ports[i]: 1 + n for i, n in self.replicas_of.items()}
         return len(ranges) >= self.size and all(
             len(r) - 2 == wanted.get(int(r[2][1]), 1 + self.replicas) for r in ranges)
 
