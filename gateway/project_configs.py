@@ -33,7 +33,7 @@ from bus.config_cache import DISABLED_BODY, GLOBAL_KEY, CachedConfig, cache_key,
 from bus.redis_clients import get_many
 from gateway.ask import ask_for_relay
 from gateway.errors import REDIS_ERRORS, HTTPFailure, from_error, parse_json
-from gateway.keys import NC, REDIS, REDIS_READ
+from gateway.keys import NC, REDIS_READ
 from gateway.mac_keys import MacKeys, VerifiedValues
 from gateway.relay_auth import RelayAuth, RelayIdentity
 from messages.commands import PUBLIC_KEY_RE
@@ -96,8 +96,8 @@ class ProjectConfigs:
 
     @property
     def redis_read(self) -> Any:
-        """Where the cache is read: replicas with `--redis-read-url`, else `redis`."""
-        return self.app[REDIS_READ] or self.app[REDIS]
+        """Where the cache is read (replicas with `--redis-read-url`); None without Redis."""
+        return self.app[REDIS_READ]
 
     async def project_configs(self, request: web.Request) -> web.Response:
         body = await request.read()

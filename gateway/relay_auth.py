@@ -28,7 +28,7 @@ from bus.config_cache import RELAY_AUTH_PREFIX, unseal
 from bus.redis_clients import get_one
 from gateway.ask import ask_for_relay
 from gateway.errors import REDIS_ERRORS, HTTPFailure
-from gateway.keys import NC, REDIS, REDIS_READ
+from gateway.keys import NC, REDIS_READ
 from gateway.mac_keys import MacKeys
 
 log = structlog.get_logger(__name__)
@@ -133,7 +133,7 @@ class RelayAuth:
         if cached is not None:
             return cached
         info = None
-        redis_read = self.app[REDIS_READ] or self.app[REDIS]
+        redis_read = self.app[REDIS_READ]
         if redis_read is not None:
             try:
                 raw = await get_one(redis_read, RELAY_AUTH_PREFIX + relay_id)
