@@ -151,10 +151,11 @@ class Settings:
                 values[name] = _parse(_BY_ENV[name], value) if isinstance(value, str) else value
         return cls(values)
 
-    def value(self, name: str) -> Any:
+    def value(self, name: str, default: Any = None) -> Any:
+        """`name`'s value, else `default` (a setting the catalogue gives no default)."""
         if name not in _BY_ENV:
             raise KeyError(f"{name} is not a setting (bus/settings.py CATALOGUE)")
-        return self._values.get(name)
+        return self._values.get(name, default)
 
     def environment(self) -> dict[str, str]:
         """The values as variables, for a process this one starts."""

@@ -125,8 +125,7 @@ class IngestSettings:
         d = cls()
 
         def value(name: str, default: float) -> float:
-            found = settings.value(f"RELAYCTL_INGEST_{name}")
-            return float(found) if found is not None else default
+            return float(settings.value(f"RELAYCTL_INGEST_{name}", default))
 
         return cls(max_envelope=int(value("MAX_ENVELOPE_SIZE", d.max_envelope)),
                    body_timeout=value("BODY_TIMEOUT", d.body_timeout),

@@ -67,8 +67,7 @@ class HttpLimits:
         d = cls()
 
         def value(name: str, default: float) -> float:
-            found = settings.value(f"RELAYCTL_HTTP_{name}")
-            return float(found) if found is not None else default
+            return float(settings.value(f"RELAYCTL_HTTP_{name}", default))
 
         return cls(max_line_size=int(value("MAX_LINE_SIZE", d.max_line_size)),
                    max_field_size=int(value("MAX_FIELD_SIZE", d.max_field_size)),
