@@ -200,14 +200,19 @@ def test_an_import_interrupted_between_parts_shows_nothing_and_a_rerun_resumes_i
     assert len({e["sequence"] for e in history}) == 1
 
 
-def test_restart_drops_an_unfinished_import_and_imports_the_file(small: SystemUnderTest, tmp_path: Path) -> None:
-    spec, keys = big_org("re-" + uuid.uuid4().hex[:6], 600)
+def send_first_piece(system: SystemUnderTest, spec: dict[str, Any], import_id: str) -> None:
+    """An import of `spec` under `import_id` left unfinished: its first piece only."""
     first, piece = pieces(spec, MAX_PAYLOAD - ENVELOPE_RESERVE)[0]
 
     async def start(nc: NATS) -> Any:
         return await request(nc, "import.org", {"org": piece, "part": {
-            "id": "old-import", "first": first, "projects": len(spec["projects"]), "last": False}}, timeout=60)
-    on_loop(small.nats_url, start)
+            "id": import_id, "first": first, "projects": len(spec["projects"]), "last": False}}, timeout=60)
+    on_loop(system.nats_url, start)
+
+
+def test_restart_drops_an_unfinished_import_and_imports_the_file(small: SystemUnderTest, tmp_path: Path) -> None:
+    spec, keys = big_org("re-" + uuid.uuid4().hex[:6], 600)
+    send_first_piece(small, spec, "old-import")
     path = tmp_path / "re.json"
     path.write_text(json.dumps({"orgs": [spec]}))
     refused = small.cli("import", str(path))
@@ -223,12 +228,7 @@ def test_restart_drops_an_unfinished_import_and_imports_the_file(small: SystemUn
 
 def test_abandon_drops_an_unfinished_import(small: SystemUnderTest) -> None:
     spec, keys = big_org("ab-" + uuid.uuid4().hex[:6], 600)
-    first, piece = pieces(spec, MAX_PAYLOAD - ENVELOPE_RESERVE)[0]
-
-    async def start(nc: NATS) -> Any:
-        return await request(nc, "import.org", {"org": piece, "part": {
-            "id": "left-behind", "first": first, "projects": len(spec["projects"]), "last": False}}, timeout=60)
-    on_loop(small.nats_url, start)
+    send_first_piece(small, spec, "left-behind")
     dropped = small.cli_ok("import", "--abandon", spec["slug"], "--json")
     assert dropped["import_id"] == "left-behind" and dropped["projects_staged"] > 0
     assert spec["slug"] not in {p["org"] for p in stream_report(small.nats_url, None)["imports"]}
