@@ -2,12 +2,12 @@
 
     python -m bench.bench_relay [--seconds 3] [--turns 2] [--projects 2000] [--rounds 40] [--baseline DIR]
 
-Starts nats-server, redis-server, the actors (two worker processes), the gateway and the two
-floor servers (bench/floor_server.py: `decompress` and `minimal`) as separate processes on
-the same Redis values; imports `--projects` projects; then `wrk -t2 -c8 --latency` sends
+Starts nats-server, redis-server, the actors (two worker processes), the gateway and the three
+floor servers (bench/floor_server.py: `decompress`, `minimal`, and `packed` - the minimal one
+reading with the gateway's own MGET) as separate processes on the same Redis values; imports `--projects` projects; then `wrk -t2 -c8 --latency` sends
 v3 requests of 100 and of 500 cached keys to each server in turn, rotating 64 pre-signed
 bodies (each its own random draw of keys, signed with sentry_relay as a Relay signs).
-Prints keys/s, p50 and p99 for the gateway beside both floors, and the gateway's
+Prints keys/s, p50 and p99 for the gateway beside the floors, and the gateway's
 throughput as a fraction of each. Then measures propagation while wrk keeps the gateway's
 hot path loaded: the time from a change being acknowledged (key disable/enable, project
 option, org option) to a polling relay being served the new config.
@@ -149,7 +149,7 @@ def main() -> None:
                    for names in (["commands", "keys", "orgs"], ["configs"])]
         for actor in ("commands", "keys", "orgs", "configs"):
             asyncio.run(wait_instances(nats_server.url, actor, 1))
-        gw_port, floor_port, minimal_port = free_port(), free_port(), free_port()
+        gw_port, floor_port, minimal_port, packed_port = free_port(), free_port(), free_port(), free_port()
         gateway = spawn(["cli", "gateway", "--bind", f"127.0.0.1:{gw_port}", "--nats-url", nats_server.url,
                          "--redis-url", redis_server.url], gw_port,
                         {"RELAYCTL_ACCESS_LOG_SAMPLE": args.access_log_sample} if args.access_log_sample else None)
@@ -159,7 +159,7 @@ def main() -> None:
                            "--redis-url", redis_server.url], base_port, gateway_env, cwd=args.baseline)
                     if args.baseline else None)
         floors = [spawn(["bench.floor_server", "--port", str(port), "--redis-url", redis_server.url, "--kind", kind],
-                        port) for port, kind in ((floor_port, "decompress"), (minimal_port, "minimal"))]
+                        port) for port, kind in ((floor_port, "decompress"), (minimal_port, "minimal"), (packed_port, "packed"))]
         try:
             org = "bench-" + uuid.uuid4().hex[:6]
             gw_url = f"http://127.0.0.1:{gw_port}"
@@ -170,6 +170,7 @@ def main() -> None:
                 relay.poll(keys[i:i + 500], served_all(len(keys[i:i + 500])), timeout=60)
             urls = {"gateway": gw_url, **({"gateway before": f"http://127.0.0.1:{base_port}"} if baseline else {}),
                     "minimal floor": f"http://127.0.0.1:{minimal_port}",
+                    "packed floor": f"http://127.0.0.1:{packed_port}",
                     "decompress floor": f"http://127.0.0.1:{floor_port}"}
             sample = (f"access log sample {args.access_log_sample}" if args.access_log_sample else
                       "access log default (every request up to RELAYCTL_ACCESS_LOG_FULL_RATE a second, then sampled)")

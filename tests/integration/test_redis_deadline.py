@@ -70,3 +70,43 @@ def test_a_connection_the_server_closed_costs_no_read(own_redis: tuple[ServerPro
             await reader.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+NAME_SHAPES = [
+    ["relayconfig:" + "a" * 32],
+    ["relayconfig:" + f"{i:032x}" for i in range(100)],
+    ["relayconfig:" + f"{i:032x}" for i in range(5)] + ["relayconfig:__global__"],
+    ["a", "bb", "ccc", "a"],
+    ["clé-é", "ключ", "plain"],
+    ["x" * 70_000, "y"],
+]
+
+
+@pytest.mark.parametrize("names", NAME_SHAPES, ids=["one", "uniform", "global-last", "mixed", "non-ascii", "long"])
+def test_the_packed_mget_is_the_command_redis_py_would_send(names: list[str]) -> None:
+    """The deadline client packs MGET itself (bus/redis_clients._pack_mget): byte for byte
+    what redis-py's own packing sends, for every shape of names."""
+    from redis.asyncio.connection import Connection
+
+    assert bytes(redis_clients._pack_mget(names)) == b"".join(Connection().pack_command("MGET", *names))
+
+
+def test_a_deadline_client_reads_every_shape_of_names(own_redis: tuple[ServerProcess, redis.Redis]) -> None:
+    server, writer = own_redis
+    every = [name for shape in NAME_SHAPES for name in shape]
+    writer.mset({name: name.encode()[::-1] for name in every[::2]})
+
+    async def main() -> None:
+        reader = redis_clients.async_client(server.url, deadline=True)
+        assert reader.connection_pool.connection_class.__name__ == "PrepackingConnection"  # the packed path
+        try:
+            for names in NAME_SHAPES:
+                expected = [writer.get(name) for name in names]
+                assert await redis_clients.get_many(reader, names) == expected
+            assert await redis_clients.get_many(reader, []) == []
+            await reader.set("other", b"v")  # any other command is packed by redis-py as before
+            assert await reader.get("other") == b"v"
+        finally:
+            await reader.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
