@@ -39,6 +39,8 @@ from bus.client import request
 from bus.embedded import free_port, port_open
 from tests.system import RelayClient
 
+FLOOR_KINDS = ("decompress", "minimal", "packed")
+
 
 def spawn(args: list[str], port: int, env: dict[str, str] | None = None,
           cwd: str | None = None) -> subprocess.Popen[bytes]:
@@ -136,6 +138,8 @@ def main() -> None:
                         "`git archive <commit> | tar -x -C DIR`) on the same Redis, in the same run")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway under the 100-key load: collapsed "
                         "stacks to FILE (needs py-spy, `pip install py-spy`)")
+    parser.add_argument("--profile-server", metavar="NAME", default="gateway",
+                        help="the server --profile samples: gateway (default), packed, minimal or decompress")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     # The actors run in this process: their info lines (an import logs every event) are not the figures.
@@ -159,7 +163,7 @@ def main() -> None:
                            "--redis-url", redis_server.url], base_port, gateway_env, cwd=args.baseline)
                     if args.baseline else None)
         floors = [spawn(["bench.floor_server", "--port", str(port), "--redis-url", redis_server.url, "--kind", kind],
-                        port) for port, kind in ((floor_port, "decompress"), (minimal_port, "minimal"), (packed_port, "packed"))]
+                        port) for port, kind in zip((floor_port, minimal_port, packed_port), FLOOR_KINDS, strict=True)]
         try:
             org = "bench-" + uuid.uuid4().hex[:6]
             gw_url = f"http://127.0.0.1:{gw_port}"
@@ -188,8 +192,9 @@ def main() -> None:
                 for turn in range(args.turns):
                     for name, url in urls.items():
                         spy = None
-                        if args.profile and name == "gateway" and batch == batches[0] and turn == 0:
-                            spy = subprocess.Popen(["py-spy", "record", "-p", str(gateway.pid), "-r", "250", "-f",
+                        if args.profile and name.split()[0] == args.profile_server and batch == batches[0] and turn == 0:
+                            profiled = gateway if name == "gateway" else floors[FLOOR_KINDS.index(name.split()[0])]
+                            spy = subprocess.Popen(["py-spy", "record", "-p", str(profiled.pid), "-r", "250", "-f",
                                                     "raw", "-o", args.profile, "-d", str(args.seconds)],
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         res = _wrk.run(url + _wrk.PATH, lua, args.seconds)

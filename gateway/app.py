@@ -152,10 +152,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     structlog.contextvars.clear_contextvars()
     # This request's span: a child of the caller's W3C traceparent, or a new trace. Every log
     # line of it (the access log too) and every NATS request it makes carry the trace on.
-    incoming = request.headers.get(tracing.HEADER)
-    span, parent = tracing.start(incoming), tracing.parse(incoming)
+    parent = tracing.parse(request.headers.get(tracing.HEADER))
+    span = tracing.child(parent)
     structlog.contextvars.bind_contextvars(correlation_id=cid, path=request.path, **tracing.fields(span, parent))
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    if not otel.enabled():
+        return await _answer(request, handler, cid, route)
     # Exported only with the `otel` extra and an OTLP endpoint (bus/otel.py).
     with otel.span(f"{request.method} {route}", span.trace_id, span.span_id, parent and parent.span_id,
                    {"http.request.method": request.method, "http.route": route}) as exported:

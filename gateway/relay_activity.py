@@ -100,9 +100,12 @@ class RelayActivity:
     def _maybe_write(self, relay_id: str, now: float) -> None:
         if self._kv is None:
             return
-        every = self.error_write_every if relay_id in self._error_since_write else self.write_every
-        wait = self._written.get(relay_id, float("-inf")) + every - now
         due = self._due.get(relay_id)
+        errored = relay_id in self._error_since_write
+        if due is not None and not errored:
+            return  # a write is due already, and writes the record as it is then
+        every = self.error_write_every if errored else self.write_every
+        wait = self._written.get(relay_id, float("-inf")) + every - now
         if wait > 0:
             if due is None or due.when() - asyncio.get_running_loop().time() > wait:
                 # Written when its time comes, with whatever is newest then.

@@ -57,7 +57,11 @@ def new_span_id() -> str:
 
 def start(incoming: str | None) -> TraceParent:
     """This hop's span: a child of `incoming` when valid, else the root of a new trace."""
-    parent = parse(incoming)
+    return child(parse(incoming))
+
+
+def child(parent: TraceParent | None) -> TraceParent:
+    """A new span under `parent` (parsed), or the root of a new trace without one."""
     if parent is None:
         return TraceParent(random_hex(128), new_span_id())
     return TraceParent(parent.trace_id, new_span_id(), parent.flags)
