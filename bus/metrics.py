@@ -17,9 +17,12 @@ Batch wire format (msgpack, produced by `encode_batch`, read by `decode_batch`):
         ],
     }
 
-    kind   str    one of "counter", "timer", "gauge", "distribution"
+    kind   str    one of "counter", "timer", "gauge", "distribution", "timer_summary"
     name   str    dotted metric name, e.g. "relay.cache" (bus/metric_catalogue.py lists them)
-    value  float  counter increment, timer seconds, gauge value, or sample
+    value  float  counter increment, timer seconds, gauge value, or sample; for
+                  "timer_summary" a list: many timings of the series folded where they were
+                  measured (the gateway's per-request timer), [count, sum, min, max,
+                  *bucket counts] (domain/metrics_store.py TimerStats.summary)
     tags   dict   str -> str, global tags merged in, cardinality tags removed
     ts     float  Unix time (seconds) the point was recorded
 
@@ -60,7 +63,7 @@ import msgpack
 import structlog
 
 from bus.metric_catalogue import WATCHED_COUNTERS
-from messages.metrics import COUNTER, DISTRIBUTION, GAUGE, KINDS, TIMER
+from messages.metrics import COUNTER, DISTRIBUTION, GAUGE, KINDS, TIMER, TIMER_SUMMARY
 
 __all__ = [
     "COUNTER",
@@ -83,6 +86,7 @@ __all__ = [
     "metrics",
     "sanitize_tags",
     "timer",
+    "timer_summary",
     "timing",
 ]
 
@@ -162,7 +166,8 @@ def decode_batch(data: bytes) -> dict[str, Any]:
             or len(point) != 5
             or point[0] not in KINDS
             or not isinstance(point[1], str)
-            or not isinstance(point[2], (int, float))
+            or not (isinstance(point[2], (int, float)) if point[0] != TIMER_SUMMARY
+                    else isinstance(point[2], list) and all(isinstance(v, (int, float)) for v in point[2]))
             or not isinstance(point[3], dict)
             or not isinstance(point[4], (int, float))
         ):
@@ -262,6 +267,10 @@ class Metrics:
         """Record one sample of a distribution."""
         self._record(DISTRIBUTION, name, value, tags)
 
+    def timer_summary(self, name: str, summary: Sequence[float], tags: Tags | None = None) -> None:
+        """Record many timings of one series at once (a `TimerStats.summary()`)."""
+        self._record(TIMER_SUMMARY, name, summary, tags)
+
     @contextmanager
     def timer(self, name: str, tags: Tags | None = None) -> Iterator[None]:
         """Time the block in seconds, tagged ``result=success`` or ``result=failure``.
@@ -276,13 +285,13 @@ class Metrics:
         finally:
             self.timing(name, time.perf_counter() - start, {**(tags or {}), "result": result})
 
-    def _record(self, kind: str, name: str, value: float, tags: Tags | None) -> None:
+    def _record(self, kind: str, name: str, value: Any, tags: Tags | None) -> None:
         # The caller's work matters more than its metrics: nothing here may raise.
         try:
             point: Point = [
                 kind,
                 name,
-                float(value),
+                [float(v) for v in value] if kind == TIMER_SUMMARY else float(value),
                 {**self._global_tags, **sanitize_tags(tags)},
                 time.time(),
             ]
@@ -416,6 +425,10 @@ class _DefaultMetrics:
         if self.instance is not None:
             self.instance.distribution(name, value, tags)
 
+    def timer_summary(self, name: str, summary: Sequence[float], tags: Tags | None = None) -> None:
+        if self.instance is not None:
+            self.instance.timer_summary(name, summary, tags)
+
     @contextmanager
     def timer(self, name: str, tags: Tags | None = None) -> Iterator[None]:
         if self.instance is None:
@@ -431,6 +444,7 @@ timing = metrics.timing
 gauge = metrics.gauge
 distribution = metrics.distribution
 timer = metrics.timer
+timer_summary = metrics.timer_summary
 
 
 def configure(

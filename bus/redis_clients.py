@@ -122,7 +122,7 @@ def _prepacking(base: type) -> type:
         def pack_command(self: Any, *args: Any) -> Any:
             if len(args) == 2 and type(args[1]) is _Packed:
                 return [args[1]]
-            return base.pack_command(self, *args)
+            return base.pack_command(self, *args)  # type: ignore[attr-defined]
 
         made = _PREPACKING[base] = type(f"Prepacking{base.__name__}", (base,), {"pack_command": pack_command})
     return made

@@ -7,7 +7,9 @@ no I/O, no threads, no clock (timestamps come from the points).
 Aggregation per kind, for every series (name, tags) and every process:
 
 - counter:      sum of increments
-- timer:        count, sum, min, max and cumulative Prometheus buckets (seconds)
+- timer:        count, sum, min, max and cumulative Prometheus buckets (seconds); a
+                `timer_summary` point (many timings folded where they were measured) adds
+                its count, sum, buckets to the same series
 - gauge:        last value by point timestamp
 - distribution: count, sum, min, max
 
@@ -65,9 +67,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from messages.metrics import COUNTER, DISTRIBUTION, GAUGE, TIMER
+from messages.metrics import COUNTER, DISTRIBUTION, GAUGE, TIMER, TIMER_SUMMARY
 
-__all__ = ["OVERFLOW_TAGS", "TIMER_BUCKETS", "TRUNCATION_MARKER", "MetricsStore", "prometheus_name",
+__all__ = ["OVERFLOW_TAGS", "TIMER_BUCKETS", "TimerStats", "TRUNCATION_MARKER", "MetricsStore", "prometheus_name",
            "series_key"]
 
 # Prometheus client defaults, extended to 30 s for slow upstream calls.
@@ -116,7 +118,7 @@ def _clip(value: Any) -> str:
 
 
 @dataclass
-class _Stats:
+class TimerStats:
     """count/sum/min/max, plus bucket counts when used for timers."""
 
     count: int = 0
@@ -140,8 +142,25 @@ class _Stats:
     def as_json(self) -> dict[str, float]:
         return {"count": self.count, "sum": self.sum, "min": self.min, "max": self.max}
 
-    def merged(self, other: _Stats) -> _Stats:
-        return _Stats(self.count + other.count, self.sum + other.sum, min(self.min, other.min),
+    def summary(self) -> list[float]:
+        """The value of a `timer_summary` point (messages/metrics.py) carrying these timings."""
+        return [self.count, self.sum, self.min, self.max, *self.buckets]
+
+    @classmethod
+    def from_summary(cls, value: Any) -> TimerStats:
+        """The timings a `timer_summary` point carries; ValueError when it is not one
+        (wrong length, a count that is not its buckets' sum, a negative count, NaN)."""
+        if not isinstance(value, (list, tuple)) or len(value) != 4 + len(TIMER_BUCKETS) + 1:
+            raise ValueError("a timer summary is [count, sum, min, max, *buckets]")
+        count, total, low, high = (float(v) for v in value[:4])
+        buckets = [int(b) for b in value[4:]]
+        if (any(b < 0 for b in buckets) or count != sum(buckets) or count < 1
+                or not all(math.isfinite(v) for v in (total, low, high)) or low > high):
+            raise ValueError("an inconsistent timer summary")
+        return cls(int(count), total, low, high, buckets)
+
+    def merged(self, other: TimerStats) -> TimerStats:
+        return TimerStats(self.count + other.count, self.sum + other.sum, min(self.min, other.min),
                       max(self.max, other.max), [a + b for a, b in zip(self.buckets, other.buckets, strict=True)])
 
 
@@ -156,9 +175,9 @@ class _Aggregate:
     """All series of one scope (a single process, or the total)."""
 
     counters: dict[SeriesId, float] = field(default_factory=dict)
-    timers: dict[SeriesId, _Stats] = field(default_factory=dict)
+    timers: dict[SeriesId, TimerStats] = field(default_factory=dict)
     gauges: dict[SeriesId, _Gauge] = field(default_factory=dict)
-    distributions: dict[SeriesId, _Stats] = field(default_factory=dict)
+    distributions: dict[SeriesId, TimerStats] = field(default_factory=dict)
 
     def has(self, kind: str, series: SeriesId) -> bool:
         return series in self._table(kind)
@@ -186,9 +205,9 @@ class _Aggregate:
             if current is None or ts >= current.ts:
                 self.gauges[series] = _Gauge(value, ts)
         elif kind == TIMER:
-            self.timers.setdefault(series, _Stats()).add(value)
+            self.timers.setdefault(series, TimerStats()).add(value)
         elif kind == DISTRIBUTION:
-            self.distributions.setdefault(series, _Stats()).add(value)
+            self.distributions.setdefault(series, TimerStats()).add(value)
 
     def _table(self, kind: str) -> Mapping[SeriesId, object]:
         tables: dict[str, Mapping[SeriesId, object]] = {
@@ -255,18 +274,23 @@ class MetricsStore:
                     # The batch names the process; a tag of that name would only repeat it.
                     tuple(sorted((_clip(k), _clip(v)) for k, v in dict(tags).items() if k != "process")),
                 )
-                value, ts = float(value), float(ts)
+                summary = TimerStats.from_summary(value) if kind == TIMER_SUMMARY else None
+                value, ts = (0.0 if summary is not None else float(value)), float(ts)
             except (TypeError, ValueError):
                 self.rejected_points += 1
                 continue
-            if kind not in (COUNTER, GAUGE, TIMER, DISTRIBUTION):
+            if kind not in (COUNTER, GAUGE, TIMER, DISTRIBUTION, TIMER_SUMMARY):
                 self.rejected_points += 1
                 continue
-            admitted = self._admit(process, aggregate, kind, series)
+            admitted = self._admit(process, aggregate, TIMER if summary is not None else kind, series)
             if admitted is None:
                 self.rejected_points += 1
                 continue
-            aggregate.add(kind, admitted, value, ts)
+            if summary is not None:
+                held = aggregate.timers.get(admitted)
+                aggregate.timers[admitted] = held.merged(summary) if held is not None else summary
+            else:
+                aggregate.add(kind, admitted, value, ts)
 
     def expire(self, now: float, ttl: float) -> list[str]:
         """Forget the processes not heard from for `ttl` seconds before `now` (their series
@@ -466,7 +490,7 @@ def _labels(tags: Iterable[tuple[str, str]], process: str) -> dict[str, str]:
     return {**{_label_name(k): v for k, v in tags if k != "process"}, "process": process}
 
 
-def _add_histogram(metric: Metric, labels: dict[str, str], stats: _Stats) -> None:
+def _add_histogram(metric: Metric, labels: dict[str, str], stats: TimerStats) -> None:
     cumulative = 0
     for bound, count in zip((*TIMER_BUCKETS, math.inf), stats.buckets, strict=True):
         cumulative += count

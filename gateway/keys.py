@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from bus.ingest_store import IngestStore
     from bus.settings import Settings
     from gateway.api.changes import ConfigChanges
-    from gateway.app import AccessSampler, OwnSeries
+    from gateway.app import AccessSampler, OwnSeries, RequestTimers
     from gateway.ask import NatsWatch
     from gateway.console.session import SessionStore
     from gateway.ingest import IngestEndpoints
@@ -42,6 +42,7 @@ TOPOLOGY: web.AppKey[asyncio.Task[None]] = web.AppKey("topology")  # the read cl
 
 # -- requests: logs, metrics, limits
 ACCESS_SAMPLER: web.AppKey[AccessSampler] = web.AppKey("access_sampler")
+REQUEST_TIMERS: web.AppKey[RequestTimers] = web.AppKey("request_timers")
 OWN_SERIES: web.AppKey[OwnSeries] = web.AppKey("own_series")
 RELAY_ACTIVITY: web.AppKey[RelayActivity] = web.AppKey("relay_activity")
 REGISTRATIONS: web.AppKey[TokenBuckets] = web.AppKey("registrations")  # registration calls per client IP

@@ -13,4 +13,8 @@ COUNTER: Final = "counter"
 TIMER: Final = "timer"
 GAUGE: Final = "gauge"
 DISTRIBUTION: Final = "distribution"
-KINDS: Final = frozenset({COUNTER, TIMER, GAUGE, DISTRIBUTION})
+# Many timings of one series folded where they were measured, sent as one point: its value
+# is [count, sum, min, max, then the count in each timer bucket] (domain/metrics_store.py's
+# TIMER_BUCKETS and +Inf, not cumulative). The store folds it into the series' timer.
+TIMER_SUMMARY: Final = "timer_summary"
+KINDS: Final = frozenset({COUNTER, TIMER, GAUGE, DISTRIBUTION, TIMER_SUMMARY})

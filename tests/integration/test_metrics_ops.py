@@ -16,6 +16,7 @@ from bus.metric_catalogue import HELP
 from tests.conftest import gateway_redis_url
 from tests.integration.test_gateway_ops import GatewayProcess
 from tests.system import GatewayThread, SystemUnderTest, http_request
+from tests.waiting import eventually
 
 
 def families(url: str) -> dict[str, object]:
@@ -72,15 +73,21 @@ def test_metrics_answers_with_the_gateways_own_series_without_nats(
         status, headers, _ = http_request(gateway.url + "/metrics")
         assert status == 200 and "x-relayctl-metrics" not in headers  # the aggregate
         sut.stop()
-        time.sleep(1.0)  # one flush of the gateway's points (every 0.5 s)
         nats.stop()
-        status, headers, body = http_request(gateway.url + "/metrics")
-        assert status == 200 and headers["x-relayctl-metrics"] == "gateway-only", (status, body[:300])
-        assert body.startswith(b"# relayctl: the metrics actor did not answer")
-        own = {f.name: f for f in text_string_to_metric_families(body.decode())}
-        routes = {s.labels["route"] for s in own["relayctl_gateway_requests_seconds"].samples}
-        assert {"/_health/", "/metrics"} <= routes, routes
-        assert {s.labels["process"] for s in own["relayctl_gateway_requests_seconds"].samples} == {"gateway"}
+
+        def own_series() -> dict[str, object] | None:
+            status, headers, body = http_request(gateway.url + "/metrics")
+            assert status == 200 and headers["x-relayctl-metrics"] == "gateway-only", (status, body[:300])
+            assert body.startswith(b"# relayctl: the metrics actor did not answer")
+            own = {f.name: f for f in text_string_to_metric_families(body.decode())}
+            requests = own.get("relayctl_gateway_requests_seconds")
+            # The request timings are recorded once a second, then flushed (every 0.5 s).
+            routes = {s.labels["route"] for s in requests.samples} if requests else set()  # type: ignore[attr-defined]
+            return own if {"/_health/", "/metrics"} <= routes else None
+
+        own = eventually(own_series, "the gateway's own request timings", timeout=10)
+        samples = own["relayctl_gateway_requests_seconds"].samples  # type: ignore[attr-defined]
+        assert {s.labels["process"] for s in samples} == {"gateway"}
     finally:
         gateway.stop()
         sut.stop()

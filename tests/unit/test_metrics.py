@@ -497,3 +497,69 @@ def test_docs_list_every_metric() -> None:
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
     assert [name for name in METRICS if f"| `{name}` |" not in text] == []
+
+
+def test_a_timer_summary_folds_like_its_timings(recorder: Metrics, published: Published) -> None:
+    """Timings folded where they were measured (the gateway's request timer) and sent as one
+    `timer_summary` point give the store the same series as one timer point per timing."""
+    from domain.metrics_store import TimerStats
+
+    timings = [0.001, 0.004, 0.02, 0.3, 7.0, 45.0]
+    folded = TimerStats()
+    for seconds in timings:
+        folded.add(seconds)
+        recorder.timing("one.by.one", seconds, {"route": "/r/"})
+    recorder.timer_summary("folded", folded.summary(), {"route": "/r/"})
+    recorder.flush()
+    points = published.named("one.by.one") + published.named("folded")
+    each, summed = MetricsStore(), MetricsStore()
+    each.apply_batch({"process": "p", "points": published.named("one.by.one")})
+    summed.apply_batch({"process": "p", "points": [[*p[:1], "one.by.one", *p[2:]] for p in published.named("folded")]})
+    assert len(points) == len(timings) + 1
+    assert summed.snapshot() == each.snapshot()
+    assert summed.prometheus_text() == each.prometheus_text()
+    assert summed.snapshot()["timers"]["one.by.one{route=/r/}"]["count"] == len(timings)
+
+
+@pytest.mark.parametrize("value", [[1, 0.1], [2, 0.3, 0.1, 0.2] + [1] + [0] * 12, [1, float("nan"), 0.1, 0.1] + [1] + [0] * 12,
+                                   [1, 0.1, 0.2, 0.1] + [1] + [0] * 12, [0, 0, 0, 0] + [0] * 13, "many", 3.0,
+                                   [-1, 0.1, 0.1, 0.1] + [-1] + [0] * 12])
+def test_a_malformed_timer_summary_is_rejected(value: Any) -> None:
+    store = MetricsStore()
+    store.apply_batch({"process": "p", "points": [["timer_summary", "t", value, {}, 1.0]]})
+    assert store.rejected_points == 1
+    assert store.snapshot()["timers"] == {}
+
+
+def test_the_wire_takes_a_timer_summary_only_as_a_list_of_numbers() -> None:
+    good = [["timer_summary", "t", [1, 0.1, 0.1, 0.1] + [0, 0, 0, 0, 0, 0, 1] + [0] * 6, {}, 1.0]]
+    assert decode_batch(encode_batch("p", good))["points"] == good
+    for value in (0.5, ["a"], {"count": 1}):
+        with pytest.raises(MalformedBatch):
+            decode_batch(encode_batch("p", [["timer_summary", "t", value, {}, 1.0]]))
+
+
+def test_the_gateway_records_its_request_timings_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gateway/app.py RequestTimers: many requests, one timer_summary point per series."""
+    import asyncio
+
+    from gateway.app import RequestTimers
+
+    sent: list[tuple[str, list[float], dict[str, str]]] = []
+    monkeypatch.setattr(metrics_module, "timer_summary", lambda name, summary, tags: sent.append((name, summary, tags)))
+
+    async def main() -> None:
+        timers = RequestTimers(every=0.05)
+        for seconds in (0.001, 0.002, 0.003):
+            timers.add(seconds, ("/api/0/relays/projectconfigs/", "200", "3"))
+        timers.add(0.5, ("/_health/", "503"))
+        assert sent == []  # nothing per request
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+    by_route = {tags["route"]: (name, summary, tags) for name, summary, tags in sent}
+    assert len(sent) == 2 and {name for name, _, _ in sent} == {"gateway.requests"}
+    name, summary, tags = by_route["/api/0/relays/projectconfigs/"]
+    assert tags == {"route": "/api/0/relays/projectconfigs/", "status": "200", "version": "3"}
+    assert summary[:4] == [3, pytest.approx(0.006), 0.001, 0.003]
+    assert by_route["/_health/"][2] == {"route": "/_health/", "status": "503"}
