@@ -80,7 +80,7 @@ async def load(url: str, relay: RelayClient, keys: list[str], requests: int, con
 
 
 async def propagation(url: str, nats_url: str, relay: RelayClient, org: str, project: str, key: str,
-                      rounds: int) -> list[float]:
+                      rounds: int, settle: float = 0.0) -> list[float]:
     nc = await nats.connect(nats_url)
     times: list[float] = []
     kinds: list[str] = []
@@ -94,6 +94,10 @@ async def propagation(url: str, nats_url: str, relay: RelayClient, org: str, pro
 
         for i in range(rounds):
             kind = i % 4
+            if i and settle:
+                # The previous change's own aftermath (an org option rebuilds 2000 configs,
+                # and the gateway checks and unpacks each new value once) is not this one's.
+                await asyncio.sleep(settle)
             check: Callable[[Any], bool]
             if kind == 0:
                 await request(nc, "key.disable", {"public_key": key})
@@ -132,6 +136,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=2, help="runs of --seconds per server, in turns; medians")
     parser.add_argument("--rounds", type=int, default=40, help="changes in the propagation part")
     parser.add_argument("--batches", default="100,500")
+    parser.add_argument("--settle", type=float, default=0.25,
+                        help="seconds between one change being served and the next change (0: back to back)")
     parser.add_argument("--access-log-sample", metavar="RATE", help="the gateway's RELAYCTL_ACCESS_LOG_SAMPLE "
                         "(default: its own default, every request logged)")
     parser.add_argument("--baseline", metavar="DIR", help="also measure the gateway of this source tree (e.g. "
@@ -219,8 +225,10 @@ def main() -> None:
             bodies = _wrk.signed_bodies(relay, keys, 100)
             proc, lua_file = _wrk.start(gw_url + _wrk.PATH, _wrk.script(relay.relay_id, bodies), 600)
             try:
-                print("propagation by kind of change, while wrk -t2 -c8 polls the gateway (100 keys/request)")
-                times = asyncio.run(propagation(gw_url, nats_server.url, relay, org, "p0", keys[0], args.rounds))
+                print("propagation by kind of change, while wrk -t2 -c8 polls the gateway (100 keys/request),"
+                      f" {args.settle:g} s between one change served and the next")
+                times = asyncio.run(propagation(gw_url, nats_server.url, relay, org, "p0", keys[0], args.rounds,
+                                                args.settle))
             finally:
                 proc.send_signal(signal.SIGINT)  # wrk prints its figures on SIGINT
                 out = proc.communicate()[0]
