@@ -107,7 +107,7 @@ def async_client(url: str, *, cluster: bool = False, timeout: float = 2.0, repli
 
 
 class _Packed(bytes):
-    """A whole RESP command, packed by its caller (`_mget`)."""
+    """A whole RESP command, packed by its caller (`_pack_mget`)."""
 
 
 _PREPACKING: dict[type, type] = {}
@@ -133,11 +133,10 @@ def _pack_mget(names: Sequence[str]) -> _Packed:
     names share one length (the prefix and a 32-digit key; the global config's name may
     follow), so the lengths are written once per run instead of once per name."""
     head = f"*{len(names) + 1}\r\n$4\r\nMGET\r\n"
-    first, last = len(names[0]), len(names[-1])
-    lengths = set(map(len, names[:-1])) if len(names) > 1 else {first}
-    if len(lengths) == 1:
-        body = f"${first}\r\n" + f"\r\n${first}\r\n".join(names[:-1]) + "\r\n" if len(names) > 1 else ""
-        text = head + body + f"${last}\r\n{names[-1]}\r\n"
+    *run, last = names
+    if run and len(set(map(len, run))) == 1:  # every name but perhaps the last of one length
+        size = len(run[0])
+        text = head + f"${size}\r\n" + f"\r\n${size}\r\n".join(run) + f"\r\n${len(last)}\r\n{last}\r\n"
     else:
         text = head + "".join([f"${len(n)}\r\n{n}\r\n" for n in names])
     if text.isascii():  # then every length counted in characters is one in bytes

@@ -197,8 +197,12 @@ class _Aggregate:
             for series, stats in theirs.items():
                 mine[series] = mine[series].merged(stats) if series in mine else stats
 
-    def add(self, kind: str, series: SeriesId, value: float, ts: float) -> None:
-        if kind == COUNTER:
+    def add(self, kind: str, series: SeriesId, value: Any, ts: float) -> None:
+        """One point's value: a float, or the TimerStats of a `timer_summary`."""
+        if kind == TIMER_SUMMARY:
+            held = self.timers.get(series)
+            self.timers[series] = held.merged(value) if held is not None else value
+        elif kind == COUNTER:
             self.counters[series] = self.counters.get(series, 0.0) + value
         elif kind == GAUGE:
             current = self.gauges.get(series)
@@ -274,23 +278,19 @@ class MetricsStore:
                     # The batch names the process; a tag of that name would only repeat it.
                     tuple(sorted((_clip(k), _clip(v)) for k, v in dict(tags).items() if k != "process")),
                 )
-                summary = TimerStats.from_summary(value) if kind == TIMER_SUMMARY else None
-                value, ts = (0.0 if summary is not None else float(value)), float(ts)
+                value = TimerStats.from_summary(value) if kind == TIMER_SUMMARY else float(value)
+                ts = float(ts)
             except (TypeError, ValueError):
                 self.rejected_points += 1
                 continue
             if kind not in (COUNTER, GAUGE, TIMER, DISTRIBUTION, TIMER_SUMMARY):
                 self.rejected_points += 1
                 continue
-            admitted = self._admit(process, aggregate, TIMER if summary is not None else kind, series)
+            admitted = self._admit(process, aggregate, TIMER if kind == TIMER_SUMMARY else kind, series)
             if admitted is None:
                 self.rejected_points += 1
                 continue
-            if summary is not None:
-                held = aggregate.timers.get(admitted)
-                aggregate.timers[admitted] = held.merged(summary) if held is not None else summary
-            else:
-                aggregate.add(kind, admitted, value, ts)
+            aggregate.add(kind, admitted, value, ts)
 
     def expire(self, now: float, ttl: float) -> list[str]:
         """Forget the processes not heard from for `ttl` seconds before `now` (their series

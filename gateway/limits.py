@@ -164,13 +164,10 @@ def limits_middleware(limits: HttpLimits, registrations: TokenBuckets | None = N
                 request.match_info.handler, "reads_own_body", False):
             try:
                 # read() keeps the body, so the handler's own read() returns it at once.
-                # asyncio.timeout, not wait_for: no task made per request; none at all for a
-                # body received whole already (a relay's usual request: one packet or a few).
-                if request.content.is_eof():
+                # asyncio.timeout, not wait_for: no task made per request; no timer at all for
+                # a body received whole already (a relay's usual request: one packet or a few).
+                async with asyncio.timeout(None if request.content.is_eof() else limits.body_timeout):
                     await request.read()
-                else:
-                    async with asyncio.timeout(limits.body_timeout):
-                        await request.read()
             except TimeoutError:
                 response = error_response(408, "Request body not received in time")
                 response.force_close()
