@@ -51,6 +51,7 @@ no-ops, so library code can record metrics unconditionally.
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import queue
 import threading
@@ -68,6 +69,7 @@ from messages.metrics import COUNTER, DISTRIBUTION, GAUGE, KINDS, TIMER, TIMER_S
 __all__ = [
     "COUNTER",
     "DISTRIBUTION",
+    "FlushedEvery",
     "GAUGE",
     "KINDS",
     "TIMER",
@@ -401,6 +403,29 @@ class Metrics:
             log.warning("metrics.publish_hung", seconds=self._publish_timeout)
         elif failed.is_set():
             self._count_drop(publish=len(points))
+
+
+class FlushedEvery:
+    """Points kept in the process and recorded every `every` seconds (and on `flush`): a
+    subclass folds what it counts or times and records it in `_record`. The first point
+    after a flush schedules the next one on the running asyncio loop, so a quiet process
+    records nothing and a busy one once per interval, not once per request."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self._scheduled = False
+
+    def _due(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(self.every, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        self._record()
+
+    def _record(self) -> None:
+        raise NotImplementedError
 
 
 class _DefaultMetrics:

@@ -309,7 +309,7 @@ async def health(request: web.Request) -> web.Response:
                          200 if healthy else 503)
 
 
-class RequestTimers:
+class RequestTimers(metrics.FlushedEvery):
     """`gateway.requests` (route, status, version), folded in the process and recorded
     every `every` seconds as one `timer_summary` point per series (the same histogram the
     metrics actor shows) instead of a point per request: a queued point costs the request
@@ -318,21 +318,18 @@ class RequestTimers:
     TAGS = ("route", "status", "version")
 
     def __init__(self, every: float = 1.0) -> None:
-        self.every = every
+        super().__init__(every)
         self._series: dict[tuple[str, ...], TimerStats] = {}
-        self._scheduled = False
 
     def add(self, seconds: float, tags: tuple[str, ...]) -> None:
         stats = self._series.get(tags)
         if stats is None:
             stats = self._series[tags] = TimerStats()
         stats.add(seconds)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_later(self.every, self.flush)
+        self._due()
 
-    def flush(self) -> None:
-        series, self._series, self._scheduled = self._series, {}, False
+    def _record(self) -> None:
+        series, self._series = self._series, {}
         for tags, stats in series.items():
             metrics.timer_summary("gateway.requests", stats.summary(), dict(zip(self.TAGS, tags)))
 

@@ -17,7 +17,6 @@ key (every config if it is internal); any other is answered `{"disabled":true}`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import operator
 import re
@@ -380,7 +379,7 @@ class ServedEntries:
         return hit.part
 
 
-class HotCounts:
+class HotCounts(metrics.FlushedEvery):
     """What the v3 path serves, counted in the process and recorded every `every` seconds
     as the same `relay.keys` and `relay.cache` counters, instead of six metric points per
     request. A count is recorded at most `every` seconds after it was made (and at shutdown)."""
@@ -390,20 +389,17 @@ class HotCounts:
               ("relay.cache", {"result": "hit"}), ("relay.cache", {"result": "miss"}))
 
     def __init__(self, every: float = 1.0) -> None:
-        self.every = every
+        super().__init__(every)
         self._counts = [0] * len(self.FIELDS)
-        self._scheduled = False
 
     def add(self, *counts: int) -> None:
         mine = self._counts
         for i, n in enumerate(counts):
             mine[i] += n
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_later(self.every, self.flush)
+        self._due()
 
-    def flush(self) -> None:
-        counts, self._counts, self._scheduled = self._counts, [0] * len(self.FIELDS), False
+    def _record(self) -> None:
+        counts, self._counts = self._counts, [0] * len(self.FIELDS)
         for (name, tags), n in zip(self.FIELDS, counts):
             if n:
                 metrics.incr(name, n, tags=tags)
