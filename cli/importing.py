@@ -170,6 +170,9 @@ def register(main: click.Group) -> None:
                     current = {}
                     done += 1
         except KeyboardInterrupt:
+            # What Ctrl-C cut off half made (an event loop interrupted in its constructor)
+            # would print a finalizer's traceback at exit: the message below says it all.
+            sys.unraisablehook = lambda _unraisable: None
             # Each org is stored whole or not at all: say where it stopped and that a rerun
             # finishes the job (orgs stored already are skipped, an org in parts is resumed).
             partly = ""
