@@ -518,8 +518,14 @@ def option_type(spec: OptionSpec) -> tuple[str, str]:
 
 def default_value(key: str) -> Any:
     """The catalogue default of a key (a copy: callers may mutate it), None when unknown."""
+    return copy.deepcopy(shared_default(key))
+
+
+def shared_default(key: str) -> Any:
+    """The catalogue default of a key itself, None when unknown: read only (copy it to
+    change it, as `default_value` does)."""
     spec = option_spec(key)
-    return copy.deepcopy(spec.default) if spec is not None else None
+    return spec.default if spec is not None else None
 
 
 # Deeper than any real option value; a bound keeps a crafted control message from

@@ -25,7 +25,7 @@ from typing import Any
 from sentry_relay.processing import validate_pii_config
 
 from domain.model import DELETED, Org, Project, ProjectKey
-from domain.options import default_value, get_option, get_org_option
+from domain.options import default_value, get_option, get_org_option, shared_default
 from messages.errors import BadRequest
 
 DISABLED_CONFIG: dict[str, Any] = {"disabled": True}
@@ -163,11 +163,14 @@ def _published_keys(
 
 
 def _config(org: Org, project: Project, keys: list[ProjectKey]) -> dict[str, Any]:
+    # Each value copied once, the catalogue's default included (not copied first by the lookup).
     def option(name: str) -> Any:
-        return _json_copy(get_option(project, name, org=org))
+        value = get_option(project, name, _ABSENT, org=org)
+        return _json_copy(shared_default(name) if value is _ABSENT else value)
 
     def org_option(name: str) -> Any:
-        return _json_copy(get_org_option(org, name))
+        value = get_org_option(org, name, _ABSENT)
+        return _json_copy(shared_default(name) if value is _ABSENT else value)
 
     config: dict[str, Any] = {
         "allowedDomains": option("sentry:origins"),
@@ -222,10 +225,23 @@ def _config(org: Org, project: Project, keys: list[ProjectKey]) -> dict[str, Any
     return config
 
 
+_ABSENT = object()
+
+
 def _json_copy(value: Any) -> Any:
     """A copy (the document never aliases state that a projection later mutates), in the
     JSON form Relay validated: values stored before validation made them JSON-normal (a
-    msgpack map with int keys, say) build as the JSON that was checked, instead of failing."""
+    msgpack map with int keys, say) build as the JSON that was checked, instead of failing.
+
+    Plain JSON data (what validation stores) is copied directly; anything else goes through
+    a JSON round trip, part by part, which gives the same as one round trip of the whole."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or kind is float or value is None:
+        return value
+    if kind is list or kind is tuple:
+        return [_json_copy(item) for item in value]
+    if kind is dict and all(type(name) is str for name in value):
+        return {name: _json_copy(item) for name, item in value.items()}
     return json.loads(json.dumps(value))
 
 

@@ -486,3 +486,44 @@ def test_values_stored_before_json_validation_build_as_the_json_relay_checked() 
     project.options["sentry:breakdowns"] = {"a": {"type": "spanOperations", "matches": [b"\xff"]}}
     with pytest.raises(TypeError):
         build_project_config(org, project, key)
+
+
+def test_the_document_shares_nothing_with_state_or_the_catalogue() -> None:
+    """Every value in the document is a copy: changing the document (as a caller may) leaves
+    the org's, the project's and the catalogue's values as they were, and the next build
+    gives the same document."""
+    org, project, key = make(org_options={"sentry:safe_fields": ["id"], "sentry:trusted-relays": []},
+                             project_options={"sentry:origins": ["a.example.com"],
+                                              "sentry:breakdowns": {"ops": {"type": "spanOperations",
+                                                                            "matches": ["db", "http"]}}})
+    before = copy.deepcopy((org.options, project.options))
+    first = build_project_config(org, project, key, now=1.0)
+    pristine = copy.deepcopy(first)
+
+    def scribble(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in list(value.values()):
+                scribble(item)
+            value["scribbled"] = True
+        elif isinstance(value, list):
+            for item in value:
+                scribble(item)
+            value.append("scribbled")
+
+    scribble(first)
+    assert (org.options, project.options) == before
+    assert build_project_config(org, project, key, now=1.0) == pristine
+
+
+@pytest.mark.parametrize("value", [
+    None, True, 0, -3, 2**70, 1.5, -0.0, "x", [], {}, ["a", ("b", 1)], {"a": {"b": [1, {"c": None}]}},
+    {"a": {1: "int key", None: "none key"}}, [{2.5: ("t",)}], {"k": (1, [2, (3,)])},
+])
+def test_a_copied_value_is_what_a_json_round_trip_gives(value: Any) -> None:
+    """The builder's copy of a value: plain data directly, anything else (int map keys,
+    tuples) exactly as JSON gives it back."""
+    from domain.project_config import _json_copy
+
+    copied = _json_copy(value)
+    assert copied == json.loads(json.dumps(value))
+    assert json.dumps(copied) == json.dumps(json.loads(json.dumps(value)))
