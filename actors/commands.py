@@ -41,6 +41,17 @@ from messages.events import RELAY, DomainEvent, encode_commit
 log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 50
 ID_BLOCK = 50  # ids a handler claims at a time; a restart leaves the rest of its block unused
+# A command short of many ids (an import) claims for this many more like it, up to ID_BLOCK_MAX
+# ids (or what it lacks, if more): an import of orgs in turn then claims ids once every
+# ID_AHEAD orgs instead of twice an org (project and key ids), each claim a commit appended
+# and folded before the org's own.
+ID_AHEAD = 20
+ID_BLOCK_MAX = 5000
+
+
+def id_block(missing: int) -> int:
+    """How many ids to claim for a command that lacks `missing` of a kind."""
+    return max(ID_BLOCK, missing, min(missing * ID_AHEAD, ID_BLOCK_MAX))
 # Of each part commit of an import in parts, the bytes left for its markers (ImportStarted,
 # ImportPart, ImportCommitted, ImportAbandoned: well under this) beside the projects' events.
 IMPORT_MARKER_RESERVE = 2048
@@ -165,7 +176,7 @@ class CommandActor(ProjectionActor):
             # Claim every kind of id it lacks and its keys, then decide it again, once.
             prerequisites: list[tuple[Decision, Callable[[], None]]] = []
             for kind, missing in draw.short.items():
-                block = decider.claim_ids(kind, max(ID_BLOCK, missing), self.owner)
+                block = decider.claim_ids(kind, id_block(missing), self.owner)
                 prerequisites.append((block, self._pool_adds(kind, block.events[0].payload)))
             if claim is not None:
                 prerequisites.append((claim, lambda: None))

@@ -507,9 +507,12 @@ class DomainState:
         self.keys[public_key] = key
         self.key_numeric_ids.add(numeric_id)
         self.keys_of_project[project.id] += (public_key,)
-        claim = self.key_claims.pop(public_key, None)
-        if claim is not None:  # the claim's entry keyed by this same string: one copy of the key
-            self.key_claims[public_key] = claim
+        claim = self.key_claims.get(public_key)
+        if claim is not None and claim.org == e.aggregate_id:
+            # Its claim is used: from now on the key itself keeps other orgs from it, and an
+            # org's claim made before this commit is, to the same org, no claim (claims_for).
+            # Kept, a million created keys would keep a million claims.
+            del self.key_claims[public_key]
         return Changes(public_keys={public_key})
 
     def _set_key_status(self, e: DomainEvent, status: str | None) -> Changes | None:
@@ -801,11 +804,12 @@ class DomainState:
             claims = state.key_claims
             made: dict[tuple[str, int, int], KeyClaim] = {}  # one claim per claiming commit, as folded
             for k, org_slug, version, seq in data["key_claims"]:
-                key = known.get(k)
+                if k in known:
+                    continue  # used (a snapshot written before claims were dropped as they are used)
                 claim = made.get((org_slug, version, seq))
                 if claim is None:
                     claim = made[(org_slug, version, seq)] = KeyClaim(org_slug, version, seq)
-                claims[key.public_key if key is not None else k] = claim
+                claims[k] = claim
         state.skipped = [dict(s) for s in data["skipped"]]
         for raw in data.get("imports") or []:
             pending = PendingImport.from_map(raw)

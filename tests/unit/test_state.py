@@ -266,3 +266,24 @@ def test_key_claims_and_skipped_commits_survive_a_snapshot() -> None:
     assert restored.to_snapshot() == state.to_snapshot()
     assert restored.key_claims["d" * 32].org == "acme" and restored.key_claims["d" * 32].org_version == 9
     assert restored.skipped == state.skipped
+
+
+def test_a_claim_is_dropped_once_its_org_creates_the_key() -> None:
+    """A created key keeps other orgs from it by itself: its claim is dropped when its org's
+    KeyCreated is folded (a million keys imported leave no million claims, in memory or in a
+    snapshot), and a snapshot of before that restores without the used claims. Another org's
+    claim of a key, and a claim of a key not created yet, stay."""
+    state = fold(history())
+    state.apply(40, [ev("KeysClaimed", "keys", org="acme", org_version=9, public_keys=["d" * 32, "e" * 32])])
+    state.apply(41, [ev("KeysClaimed", "keys", org="beta", org_version=3, public_keys=["f" * 32])])
+    old_snapshot = json.loads(json.dumps(state.to_snapshot()))
+    state.apply(42, [ev("KeyCreated", "acme", project="web", public_key="d" * 32, rate_limit=None, numeric_id=90),
+                     ev("KeyCreated", "acme", project="web", public_key="f" * 32, rate_limit=None, numeric_id=91)])
+    assert "d" * 32 in state.keys and "f" * 32 in state.keys
+    assert set(state.key_claims) == {"e" * 32, "f" * 32}
+    assert [row[0] for row in state.to_snapshot()["key_claims"]] == ["e" * 32, "f" * 32]
+    restored = DomainState.from_snapshot(old_snapshot)
+    assert set(restored.key_claims) == {"d" * 32, "e" * 32, "f" * 32}  # none of them created then
+    later = json.loads(json.dumps(state.to_snapshot()))
+    later["key_claims"].append(["d" * 32, "acme", 9, 40])  # as a snapshot written before claims were dropped
+    assert set(DomainState.from_snapshot(later).key_claims) == {"e" * 32}

@@ -79,7 +79,8 @@ def stream() -> list[list[DomainEvent]]:
          event("ProjectCreated", "gamma", project="g2", name="g2", template=None, id=8),
          event("KeyCreated", "gamma", project="g2", public_key=key(6), rate_limit=None, numeric_id=8),
          event("ImportCommitted", "gamma", import_id="i-1", parts=2)],
-        # one still pending: nothing of it folded (and it is in a snapshot)
+        # one still pending: nothing of it folded (and it is in a snapshot), its key's claim held
+        [event("KeysClaimed", "keys", org="delta", org_version=0, public_keys=[key(7)])],
         [event("ImportStarted", "delta", import_id="i-2", projects=2),
          event("ImportPart", "delta", import_id="i-2", part=1, first=0, count=1, header=True),
          event("OrgCreated", "delta", name="Delta", id=9),
@@ -177,6 +178,8 @@ def test_the_command_actor_folds_everything_with_versions() -> None:
     assert CommandActor.projection is EVERYTHING
     state, _ = fold(EVERYTHING)
     assert state.aggregate_sequence and state.key_claims and state.relays and state.users
+    # the claims of keys created are dropped; the pending import's is held
+    assert list(state.key_claims) == [key(7)]
 
 
 def test_only_the_whole_state_can_be_a_snapshot() -> None:
@@ -202,10 +205,10 @@ def test_a_projection_adds_the_parts_its_parts_refer_to() -> None:
                                         ConfigActor.projection], ids=lambda p: p.name)
 def test_every_projection_folds_an_import_in_parts_only_when_committed(projection: Projection) -> None:
     state, changes = fold(projection)
-    assert changes[-3].public_keys == set() and changes[-1].public_keys == set()  # a part, the pending one
+    assert changes[-4].public_keys == set() and changes[-1].public_keys == set()  # a part, the pending one
     if projection.holds(KEYS):
         assert {key(5), key(6)} <= set(state.keys) and key(7) not in state.keys
-        assert changes[-2].public_keys >= {key(5), key(6)}  # the commit
+        assert changes[-3].public_keys >= {key(5), key(6)}  # the commit
     assert state.org("gamma") is not None and state.org("delta") is None
     assert set(state.imports) == {"delta"}
     restored = DomainState.from_snapshot(fold(EVERYTHING)[0].to_snapshot(), projection)
