@@ -54,6 +54,7 @@ class IdPool:
 
     def __init__(self) -> None:
         self._free: dict[str, list[range]] = {}
+        self.handed_out = 0  # ids consumed so far: a decision holding ids is stale once it moves
 
     def add(self, kind: str, first: int, count: int) -> None:
         self._free.setdefault(kind, []).append(range(first, first + count))
@@ -67,6 +68,7 @@ class IdPool:
         return None
 
     def consume(self, kind: str, n: int) -> None:
+        self.handed_out += n
         blocks = self._free.get(kind, [])
         while n and blocks:
             used = min(n, len(blocks[0]))

@@ -372,6 +372,8 @@ class DomainState:
 
     def import_holding_key(self, public_key: str) -> PendingImport | None:
         """The pending import whose parts name `public_key`, if any."""
+        if not self.imports:
+            return None
         return next((p for p in self.imports.values() if public_key in p.keys), None)
 
     def _new_id(self, kind: str, stored: Any, taken: Container[int], sequence: int) -> int:

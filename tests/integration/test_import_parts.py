@@ -281,3 +281,27 @@ def test_ctrl_c_between_parts_says_the_org_is_staged_and_a_rerun_resumes_it(
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["resumed"] == [{"org": spec["slug"], "import_id": import_id(spec)}]
     eventually(all_served(relay, keys[::97]), "the keys served", timeout=60)
+
+
+def test_orgs_imported_in_turn_claim_ids_ahead_not_each_org(small: SystemUnderTest, tmp_path: Path) -> None:
+    """A file of orgs imported in turn: the first org's ids are claimed for the orgs after it
+    too (at most one IdsClaimed of project ids and one of key ids for all five - none when
+    the handler still holds enough from an earlier test's claim - not two commits an org),
+    each key is claimed by the KeysClaimed of its own org, and every key is served."""
+    tag = uuid.uuid4().hex[:6]
+    orgs = [big_org(f"ahead-{tag}-{n}", 40) for n in range(5)]
+    path = tmp_path / "orgs.json"
+    path.write_text(json.dumps({"orgs": [spec for spec, _ in orgs]}))
+    before = last_sequence(small.nats_url)
+    result = small.cli_ok("import", str(path), "--json")
+    assert (result["orgs"], result["projects"], result.get("in_parts")) == (5, 200, None)
+
+    messages = stored_messages(small.nats_url, before)
+    claimed = [(subject, types) for _, subject, _, types in messages if "IdsClaimed" in types]
+    print(f"\n{len(messages)} commits for 5 orgs: {[s for s, _ in claimed]}")
+    assert sum(".project." in subject for subject, _ in claimed) <= 1
+    assert sum(".key." in subject for subject, _ in claimed) <= 1
+    assert sum(types == ["KeysClaimed"] for _, _, _, types in messages) == 5
+    assert len(messages) <= 5 * 2 + 3
+    relay = small.registered_relay()
+    eventually(all_served(relay, [k for _, keys in orgs for k in keys]), "all 200 keys served", timeout=60)

@@ -166,3 +166,111 @@ def test_an_import_over_the_commit_limit_is_stored_in_parts_each_within_it() -> 
         before = h.runtime.call(store.last_sequence())
         again = h.ask("import.org", {"org": spec, "part": {"id": "imp-1", "first": 0, "projects": 300, "last": True}})
         assert again["events"] == 0 and h.runtime.call(store.last_sequence()) == before
+
+
+# -- a decision kept while its key claims are stored ------------------------------------------------
+
+class HeldFolds:
+    """An in-memory store whose commits reach the actors only when released (in order): a
+    command can be stored while the one before it still waits to be folded."""
+
+    def __init__(self) -> None:
+        from bus.eventstore import InMemoryEventStore
+
+        class Store(InMemoryEventStore):
+            async def follow(inner, callback: Any, from_sequence: int = 1, subject: str = "rc.ev.>") -> Any:  # noqa: N805
+                async def gated(sequence: int, events: Any) -> None:
+                    if self.holding:
+                        self.held.append((callback, sequence, events))
+                        return
+                    result = callback(sequence, events)
+                    if result is not None:
+                        await result
+                return await InMemoryEventStore.follow(inner, gated, from_sequence, subject)
+
+        self.store = Store()
+        self.holding = False
+        self.held: list[Any] = []
+
+    async def release(self) -> None:
+        self.holding = False
+        for callback, sequence, events in self.held:
+            result = callback(sequence, events)
+            if result is not None:
+                await result
+        self.held.clear()
+
+
+def stored_events(h: ActorHarness, since: int) -> list[Any]:
+    return [e for s, commit in h.runtime.call(h.store.read()) if s > since for e in commit]
+
+
+def claim_held(h: ActorHarness, held: HeldFolds, spec: dict[str, Any]) -> tuple[Any, int]:
+    """Send an import naming a key and wait until its claim is stored (not yet folded)."""
+    from tests.waiting import wait_for
+
+    before = h.runtime.call(h.store.last_sequence())
+    held.holding = True
+    reply = h.send("import.org", {"org": spec})
+    wait_for(lambda: any(e.type == "KeysClaimed" for e in stored_events(h, before)))
+    return reply, h.runtime.call(h.store.last_sequence())
+
+
+def test_an_import_whose_ids_went_to_another_command_meanwhile_is_decided_again() -> None:
+    """While an import's key claim waits to be folded, another command takes ids from the
+    handler's pool: the import, decided before, held the same ids; it is decided again, so
+    no two projects (or keys) get one id."""
+    held = HeldFolds()
+    with ActorHarness(store=held.store) as h:
+        h.given("OrgCreated", ORG, name="Acme", id=1)
+        h.given("OrgCreated", "beta", name="Beta", id=2)
+        h.start(CommandActor)
+        h.ask("project.create", {"org": "beta", "project": "first"})  # the handler now holds a block of ids
+        before = h.runtime.call(h.store.last_sequence())
+        spec = {"slug": ORG, "projects": [{"slug": "p0", "keys": [{"publicKey": "c" * 32}]}]}
+        imported, claimed = claim_held(h, held, spec)
+        other = h.send("project.create", {"org": "beta", "project": "second"})
+        from tests.waiting import wait_for
+        wait_for(lambda: h.runtime.call(h.store.last_sequence()) > claimed)  # stored, not folded
+        h.runtime.call(held.release())
+        assert imported.result(timeout=5)["projects"] == 1 and other.result(timeout=5)["slug"] == "second"
+        created = [e.payload for e in stored_events(h, before) if e.type in ("ProjectCreated", "KeyCreated")]
+        project_ids = [p["id"] for p in created if "id" in p]
+        key_ids = [p["numeric_id"] for p in created if "numeric_id" in p]
+        assert len(project_ids) == 2 and len(set(project_ids)) == 2
+        assert len(key_ids) == 2 and len(set(key_ids)) == 2
+
+
+def test_an_import_whose_org_changed_meanwhile_is_decided_again() -> None:
+    """Another handler changes the org (it sets the option the import sets) after the import
+    was decided and just before its key claim is stored: once both are folded, the import is
+    decided again on the org as it is then, and stores only what still differs."""
+    from bus.eventstore import InMemoryEventStore
+    from messages.events import DomainEvent
+
+    class SlipIn(InMemoryEventStore):
+        """Stores `slip` (as another handler would) just before the first key claim."""
+        slip: list[DomainEvent] | None = None
+
+        async def append(self, events: list[DomainEvent], expected_sequence: int | None) -> int:
+            if self.slip is not None and events[0].type == "KeysClaimed":
+                slip, self.slip = self.slip, None
+                await super().append(slip, None)
+            return await super().append(events, expected_sequence)
+
+    store = SlipIn()
+    with ActorHarness(store=store) as h:
+        h.given("OrgCreated", ORG, name="Acme", id=1)
+        h.given("ProjectCreated", ORG, project="p0", id=10)
+        h.given("OrgCreated", "beta", name="Beta", id=2)
+        h.start(CommandActor)
+        h.ask("project.create", {"org": "beta", "project": "first"})  # the handler now holds a block of ids
+        before = h.runtime.call(h.store.last_sequence())
+        store.slip = [DomainEvent("ProjectOptionSet", ORG, {"project": "p0", "key": "sentry:scrub_data",
+                                                            "value": False})]
+        spec = {"slug": ORG, "projects": [{"slug": "p0", "options": {"sentry:scrub_data": False},
+                                           "keys": [{"publicKey": "c" * 32}]}]}
+        assert h.ask("import.org", {"org": spec})["keys"] == 1
+        stored = [(e.type, e.actor) for e in stored_events(h, before) if e.type not in ("IdsClaimed", "KeysClaimed")]
+        # (its key claimed again too: the first claim was made for the org as it was before)
+        assert stored == [("ProjectOptionSet", "system"), ("KeyCreated", "test")]
