@@ -28,6 +28,7 @@ from bus.eventstore import CommitTooLarge
 from bus.runtime import BUS_ERRORS, BusRuntime
 from bus.seams import Bus
 from bus.service import Call
+from bus.settings import InvalidSetting, Settings
 from domain.authorization import authorize
 from domain.decider import Decider
 from domain.decisions import Decision, IdDraw, IdPool
@@ -47,6 +48,16 @@ ID_BLOCK = 50  # ids a handler claims at a time; a restart leaves the rest of it
 # and folded before the org's own.
 ID_AHEAD = 20
 ID_BLOCK_MAX = 5000
+
+
+def snapshot_every(settings: Settings) -> int:
+    """RELAYCTL_SNAPSHOT_EVERY: commits between two snapshots; a restart replays at most that
+    many after the last one (fewer: shorter restarts, more time packing snapshots)."""
+    every = settings.value("RELAYCTL_SNAPSHOT_EVERY")
+    if every < 0:
+        raise InvalidSetting(f"RELAYCTL_SNAPSHOT_EVERY={every} is below 0 (0: no snapshots)",
+                             {"setting": "RELAYCTL_SNAPSHOT_EVERY"})
+    return int(every)
 
 
 def id_block(missing: int) -> int:
@@ -104,8 +115,10 @@ class CommandActor(ProjectionActor):
     projection = EVERYTHING  # it decides every command: it needs all of the state, with aggregate versions
     snapshot_every = 10_000  # every actor folds the same state; one kind writes the snapshot
 
-    def __init__(self, runtime: BusRuntime, bus: Bus) -> None:
+    def __init__(self, runtime: BusRuntime, bus: Bus, snapshot_every: int | None = None) -> None:
         super().__init__(runtime, bus)
+        if snapshot_every is not None:
+            self.snapshot_every = snapshot_every
         self.ids = IdPool()
         self.owner = f"commands-{uuid.uuid4().hex[:12]}"  # names this handler's id blocks
         # The last append the store refused or left unanswered (cleared by the next stored one).

@@ -68,7 +68,7 @@ class ActorKind:
 
 def _kinds() -> dict[str, ActorKind]:
     from actors.ai import ai_actor_factory
-    from actors.commands import CommandActor
+    from actors.commands import CommandActor, snapshot_every
     from actors.configs import ConfigActor
     from actors.forwarder import forwarder_factory
     from actors.lookup import KeyLookupActor, OrgAccessActor
@@ -77,7 +77,8 @@ def _kinds() -> dict[str, ActorKind]:
 
     return {
         "commands": ActorKind(
-            "commands", lambda d: CommandActor.start(d.runtime, d.bus), served_by("commands"),
+            "commands", lambda d: CommandActor.start(d.runtime, d.bus, snapshot_every=snapshot_every(d.settings)),
+            served_by("commands"),
             "control messages in, domain events out"),
         "keys": ActorKind(
             "keys", lambda d: KeyLookupActor.start(d.runtime, d.bus),

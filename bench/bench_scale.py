@@ -18,6 +18,9 @@ load average when it was measured (issue 15's figures; its targets are for 1M pr
   micro service is registered only once it has replayed from its snapshot to where the
   stream was), what it restored from (the snapshot's sequence, the commits replayed), and
   the restarted process's peak RSS; the gateway keeps serving cached configs meanwhile.
+  `--snapshot-every N` sets the workers' RELAYCTL_SNAPSHOT_EVERY: with N just over the
+  import's commits less 10,000, each restart replays as many commits as it ever can with
+  the default (the commits of the whole interval).
 
 `--out` writes every figure as JSON; `--baseline` (an earlier run's `--out`) prints its
 figures beside this run's, with the targets.
@@ -247,9 +250,13 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+SPAWN_ENV: dict[str, str] = {}  # variables set for every process spawned (--snapshot-every)
+
+
 def spawn(args: list[str], log_file: Path | None = None) -> subprocess.Popen[bytes]:
     err = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.DEVNULL, stderr=err)
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.DEVNULL, stderr=err,
+                            env={**os.environ, **SPAWN_ENV})
 
 
 async def wait_service(nc: nats.NATS, name: str, timeout: float = 900) -> None:
@@ -345,8 +352,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write every figure as JSON here")
     parser.add_argument("--baseline", type=Path, help="a run's --out file, printed beside this run's figures")
     parser.add_argument("--logs", type=Path, help="keep every process's log here (default: a temporary directory)")
+    parser.add_argument("--snapshot-every", type=int,
+                        help="RELAYCTL_SNAPSHOT_EVERY of the workers: commits between two snapshots (default 10000); "
+                             "set past the import's commits less 10000 to restart with the longest replay")
     parser.add_argument("--fold-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.snapshot_every is not None:
+        SPAWN_ENV["RELAYCTL_SNAPSHOT_EVERY"] = str(args.snapshot_every)
     if args.fold_one:
         fold_one(args.fold_one, args.projects, args.per_org)
         return
@@ -438,6 +450,8 @@ def run_system(projects: int, per_org: int, seconds: int, logs: Path) -> Report:
                     snap = loaded[0].get("sequence") if loaded else None
                     extra = log_events(log_file, "configs.materialized_all")
                     note = (f"snapshot at {snap}, stream at {replay_to}: replayed {replay_to - snap} commits"
+                            f" (snapshot fetched in {loaded[0].get('load_s')} s, restored in"
+                            f" {loaded[0].get('restore_s')} s)"
                             if snap is not None and replay_to is not None else f"no snapshot, replayed {replay_to}")
                     if extra:
                         note += f"; materialized every key in {extra[0].get('seconds')} s"

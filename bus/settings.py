@@ -44,6 +44,8 @@ CATALOGUE: tuple[Setting, ...] = (
     _s("RELAYCTL_REDIS_MAXMEMORY", TEXT, None, "maxmemory of the Redis `up` runs (256mb)"),
     _s("RELAYCTL_STREAM_REPLICAS", INT, "1", "copies of every stream and bucket when a process creates it"),
     _s("RELAYCTL_HEALTH_TIMEOUT", FLOAT, "90", "seconds `up` waits for a service to be healthy"),
+    _s("RELAYCTL_SNAPSHOT_EVERY", INT, "10000",
+       "commits the command handlers fold between two snapshots of the state (0: none)"),
     _s("RELAYCTL_GATEWAYS", INT, None, "gateway processes `up` runs on the one port (`--gateways`; one per core)"),
     # the system's own errors and metrics
     _s("RELAYCTL_SENTRY", FLAG, "1", "`0`: no sentry-sdk in the system's processes"),

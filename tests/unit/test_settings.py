@@ -75,3 +75,20 @@ def test_the_catalogue_defaults_are_the_gateways_own() -> None:
 
     assert HttpLimits.from_settings(Settings.load({})) == HttpLimits()
     assert HttpLimits.from_settings(Settings.load({"RELAYCTL_HTTP_MAX_HEADERS": "7"})).max_headers == 7
+
+
+def test_the_snapshot_interval_is_a_setting_of_the_command_handlers() -> None:
+    """RELAYCTL_SNAPSHOT_EVERY: 10,000 commits by default, 0 for none, a negative count refused
+    naming the variable; the command actor takes what it says."""
+    from actors.commands import CommandActor, snapshot_every
+
+    assert snapshot_every(Settings.load({})) == 10_000
+    assert snapshot_every(Settings.load({"RELAYCTL_SNAPSHOT_EVERY": "0"})) == 0
+    assert snapshot_every(Settings.load({"RELAYCTL_SNAPSHOT_EVERY": "2500"})) == 2500
+    with pytest.raises(InvalidSetting, match="RELAYCTL_SNAPSHOT_EVERY=-1 is below 0"):
+        snapshot_every(Settings.load({"RELAYCTL_SNAPSHOT_EVERY": "-1"}))
+    from bus.testing import ActorHarness
+
+    with ActorHarness() as h:
+        ref = h.start(CommandActor, snapshot_every=2500, serve=False)
+        assert ref.proxy().snapshot_every.get() == 2500
