@@ -49,20 +49,6 @@ ID_BLOCK = 50  # ids a handler claims at a time; a restart leaves the rest of it
 ID_AHEAD = 20
 ID_BLOCK_MAX = 5000
 
-
-def snapshot_every(settings: Settings) -> int:
-    """RELAYCTL_SNAPSHOT_EVERY: commits between two snapshots; a restart replays at most that
-    many after the last one (fewer: shorter restarts, more time packing snapshots)."""
-    every = settings.value("RELAYCTL_SNAPSHOT_EVERY")
-    if every < 0:
-        raise InvalidSetting(f"RELAYCTL_SNAPSHOT_EVERY={every} is below 0 (0: no snapshots)",
-                             {"setting": "RELAYCTL_SNAPSHOT_EVERY"})
-    return int(every)
-
-
-def id_block(missing: int) -> int:
-    """How many ids to claim for a command that lacks `missing` of a kind."""
-    return max(ID_BLOCK, missing, min(missing * ID_AHEAD, ID_BLOCK_MAX))
 # Of each part commit of an import in parts, the bytes left for its markers (ImportStarted,
 # ImportPart, ImportCommitted, ImportAbandoned: well under this) beside the projects' events.
 IMPORT_MARKER_RESERVE = 2048
@@ -81,6 +67,21 @@ RELAY_ACCESS_WAIT = 3.0  # at most this long; the command's own deadline bounds 
 # Answered at once, from what this handler knows, even when the store does not answer.
 STATUS_QUERY = "stream.status"
 QUERY_TYPES = queries_of(COMMANDS) - {STATUS_QUERY}
+
+
+def snapshot_every(settings: Settings) -> int:
+    """RELAYCTL_SNAPSHOT_EVERY: commits between two snapshots; a restart replays at most that
+    many after the last one (fewer: shorter restarts, more time packing snapshots)."""
+    every = settings.value("RELAYCTL_SNAPSHOT_EVERY")
+    if every < 0:
+        raise InvalidSetting(f"RELAYCTL_SNAPSHOT_EVERY={every} is below 0 (0: no snapshots)",
+                             {"setting": "RELAYCTL_SNAPSHOT_EVERY"})
+    return int(every)
+
+
+def id_block(missing: int) -> int:
+    """How many ids to claim for a command that lacks `missing` of a kind."""
+    return max(ID_BLOCK, missing, min(missing * ID_AHEAD, ID_BLOCK_MAX))
 
 
 class Kept:
@@ -184,7 +185,7 @@ class CommandActor(ProjectionActor):
         draw = kept.draw if kept is not None and reused is not None else IdDraw(self.ids)
         decider = Decider(self.state, actor, draw)
         try:
-            decision = reused or decider.decide(call.request.type, payload)
+            decision = reused if reused is not None else decider.decide(call.request.type, payload)
             if decision.explicit_keys and not synced:
                 # A key named explicitly may be one another handler has just stored: see it first.
                 unchanged = Kept(decision, draw, actor, self, exact=True)
