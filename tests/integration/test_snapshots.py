@@ -68,8 +68,8 @@ def commands_worker(servers: tuple[ServerProcess, ServerProcess, dict[str, str]]
 
 def write_snapshot(servers: tuple[ServerProcess, ServerProcess, dict[str, str]], monkeypatch: pytest.MonkeyPatch,
                    org: str) -> None:
-    """Make the command handlers write a snapshot: more commits than `snapshot_every`."""
-    monkeypatch.setattr(CommandActor, "snapshot_every", 5)
+    """Make the command handlers write a snapshot: more commits than RELAYCTL_SNAPSHOT_EVERY."""
+    monkeypatch.setenv("RELAYCTL_SNAPSHOT_EVERY", "5")
     worker = commands_worker(servers)
     try:
         async def setup(nc: NATS) -> None:
@@ -103,7 +103,7 @@ def started_from(servers: tuple[ServerProcess, ServerProcess, dict[str, str]],
     """Start a command handler (that writes no snapshot of its own) and the key lookup actor
     (which checks tokens): where the handler started from, its state, and what a forged
     token gets."""
-    monkeypatch.setattr(CommandActor, "snapshot_every", 0)
+    monkeypatch.setenv("RELAYCTL_SNAPSHOT_EVERY", "0")
     worker = commands_worker(servers, ["commands", "keys"])
     try:
         ref = worker.supervisors["commands"].ref
