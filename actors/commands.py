@@ -69,7 +69,7 @@ STATUS_QUERY = "stream.status"
 QUERY_TYPES = queries_of(COMMANDS) - {STATUS_QUERY}
 
 
-def snapshot_every(settings: Settings) -> int:
+def snapshot_interval(settings: Settings) -> int:
     """RELAYCTL_SNAPSHOT_EVERY: commits between two snapshots; a restart replays at most that
     many after the last one (fewer: shorter restarts, more time packing snapshots)."""
     every = settings.value("RELAYCTL_SNAPSHOT_EVERY")
@@ -114,12 +114,12 @@ class Kept:
 class CommandActor(ProjectionActor):
     name = "commands"
     projection = EVERYTHING  # it decides every command: it needs all of the state, with aggregate versions
-    snapshot_every = 10_000  # every actor folds the same state; one kind writes the snapshot
 
     def __init__(self, runtime: BusRuntime, bus: Bus, snapshot_every: int | None = None) -> None:
+        """`snapshot_every`: commits between two snapshots (every actor folds the same state;
+        this kind writes it); by default RELAYCTL_SNAPSHOT_EVERY's default."""
         super().__init__(runtime, bus)
-        if snapshot_every is not None:
-            self.snapshot_every = snapshot_every
+        self.snapshot_every = snapshot_interval(Settings.load({})) if snapshot_every is None else snapshot_every
         self.ids = IdPool()
         self.owner = f"commands-{uuid.uuid4().hex[:12]}"  # names this handler's id blocks
         # The last append the store refused or left unanswered (cleared by the next stored one).

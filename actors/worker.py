@@ -68,7 +68,7 @@ class ActorKind:
 
 def _kinds() -> dict[str, ActorKind]:
     from actors.ai import ai_actor_factory
-    from actors.commands import CommandActor, snapshot_every
+    from actors.commands import CommandActor, snapshot_interval
     from actors.configs import ConfigActor
     from actors.forwarder import forwarder_factory
     from actors.lookup import KeyLookupActor, OrgAccessActor
@@ -77,7 +77,7 @@ def _kinds() -> dict[str, ActorKind]:
 
     return {
         "commands": ActorKind(
-            "commands", lambda d: CommandActor.start(d.runtime, d.bus, snapshot_every=snapshot_every(d.settings)),
+            "commands", lambda d: CommandActor.start(d.runtime, d.bus, snapshot_every=snapshot_interval(d.settings)),
             served_by("commands"),
             "control messages in, domain events out"),
         "keys": ActorKind(

@@ -80,15 +80,17 @@ def test_the_catalogue_defaults_are_the_gateways_own() -> None:
 def test_the_snapshot_interval_is_a_setting_of_the_command_handlers() -> None:
     """RELAYCTL_SNAPSHOT_EVERY: 10,000 commits by default, 0 for none, a negative count refused
     naming the variable; the command actor takes what it says."""
-    from actors.commands import CommandActor, snapshot_every
+    from actors.commands import CommandActor, snapshot_interval
 
-    assert snapshot_every(Settings.load({})) == 10_000
-    assert snapshot_every(Settings.load({"RELAYCTL_SNAPSHOT_EVERY": "0"})) == 0
-    assert snapshot_every(Settings.load({"RELAYCTL_SNAPSHOT_EVERY": "2500"})) == 2500
+    assert snapshot_interval(Settings.load({})) == 10_000
+    assert snapshot_interval(Settings.load({"RELAYCTL_SNAPSHOT_EVERY": "0"})) == 0
+    assert snapshot_interval(Settings.load({"RELAYCTL_SNAPSHOT_EVERY": "2500"})) == 2500
     with pytest.raises(InvalidSetting, match="RELAYCTL_SNAPSHOT_EVERY=-1 is below 0"):
-        snapshot_every(Settings.load({"RELAYCTL_SNAPSHOT_EVERY": "-1"}))
+        snapshot_interval(Settings.load({"RELAYCTL_SNAPSHOT_EVERY": "-1"}))
     from bus.testing import ActorHarness
 
     with ActorHarness() as h:
         ref = h.start(CommandActor, snapshot_every=2500, serve=False)
         assert ref.proxy().snapshot_every.get() == 2500
+        ref = h.start(CommandActor, serve=False)  # the setting's default, not a second copy of it
+        assert ref.proxy().snapshot_every.get() == 10_000
